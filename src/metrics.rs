@@ -1,0 +1,163 @@
+//! Every Prometheus metric shenhe exports, declared once with its help text.
+//!
+//! Code that counts holds `metrics()` and touches the handle it needs. Label sets are bounded:
+//! route templates, categories, actions, outcome kinds; never a user id, a term or a raw path.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: sub-millisecond proxy overhead up to multi-minute generations.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+/// Scan-time buckets in seconds: one event's scan is microseconds.
+const SCAN_BUCKETS: &[f64] = &[
+    0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05,
+];
+/// Held-back bytes per released event: most are 0, a term prefix is a few dozen bytes.
+const HOLDBACK_BUCKETS: &[f64] = &[0.0, 1.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+pub struct Metrics {
+    pub registry: Registry,
+    // Proxy core.
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_ttfb: HistogramVec,
+    pub requests_in_flight: IntGauge,
+    pub active_streams: IntGauge,
+    pub request_bytes: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub client_errors: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    // Policy and config.
+    pub policy_terms: IntGaugeVec,
+    pub policy_age_seconds: IntGauge,
+    pub policy_info: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    // Moderation.
+    pub decisions: IntCounterVec,
+    pub stream_stops: IntCounterVec,
+    pub stream_holdback_bytes: Histogram,
+    pub scan_duration: HistogramVec,
+    pub stop_to_close: Histogram,
+    // Labels.
+    pub labels_applied: IntCounterVec,
+    pub unlabeled_deliveries: IntCounterVec,
+    // Audit.
+    pub audit_records: IntCounter,
+    pub audit_dropped: IntCounter,
+    pub audit_write_failures: IntCounter,
+    pub audit_queue_depth: IntGauge,
+}
+
+fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    reg.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn histogram_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("valid metric");
+    reg.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric");
+    reg.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let reg = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "shenhe",
+            );
+            let _ = reg.register(Box::new(pc));
+        }
+        let m = Metrics {
+            requests: counter_vec(&reg, "shenhe_requests_total", "Client requests answered, by route template, method and status class.", &["route", "method", "status"]),
+            request_duration: histogram_vec(&reg, "shenhe_request_duration_seconds", "Time from request received to response body finished, by route template.", &["route"], LATENCY_BUCKETS),
+            upstream_duration: histogram_vec(&reg, "shenhe_upstream_duration_seconds", "Time from upstream request sent to upstream body finished, by route template.", &["route"], LATENCY_BUCKETS),
+            upstream_ttfb: histogram_vec(&reg, "shenhe_upstream_ttfb_seconds", "Time from upstream request sent to upstream response headers, by route template.", &["route"], LATENCY_BUCKETS),
+            requests_in_flight: gauge(&reg, "shenhe_requests_in_flight", "Client requests being served now."),
+            active_streams: gauge(&reg, "shenhe_active_streams", "Streamed (SSE) responses open now."),
+            request_bytes: counter_vec(&reg, "shenhe_request_bytes_total", "Request body bytes received from clients, by route template.", &["route"]),
+            response_bytes: counter_vec(&reg, "shenhe_response_bytes_total", "Response body bytes sent to clients, by route template.", &["route"]),
+            upstream_errors: counter_vec(&reg, "shenhe_upstream_errors_total", "Upstream failures by kind (connect, timeout, protocol, decode).", &["kind"]),
+            client_errors: counter_vec(&reg, "shenhe_client_errors_total", "Requests refused for a client fault, by kind (body_too_large, bad_json, unknown_route, ...).", &["kind"]),
+            build_info: gauge_vec(&reg, "shenhe_build_info", "Always 1; the version label names the running build.", &["version"]),
+            policy_terms: gauge_vec(&reg, "shenhe_policy_terms", "Keyword terms in the active policy, by category.", &["category"]),
+            policy_age_seconds: gauge(&reg, "shenhe_policy_age_seconds", "Age of the oldest keyword list file of the active policy, in seconds."),
+            policy_info: gauge_vec(&reg, "shenhe_policy_info", "Always 1; the version label is the hash of the active compiled policy.", &["version"]),
+            config_reloads: counter_vec(&reg, "shenhe_config_reload_total", "Config reload attempts by result (ok, error).", &["result"]),
+            decisions: counter_vec(&reg, "shenhe_decisions_total", "Moderation findings acted on, by direction (prompt, completion), category and action.", &["direction", "category", "action"]),
+            stream_stops: counter_vec(&reg, "shenhe_stream_stops_total", "Streams stopped mid-generation, by category.", &["category"]),
+            stream_holdback_bytes: histogram(&reg, "shenhe_stream_holdback_bytes", "Bytes of channel text held back after each streamed event.", HOLDBACK_BUCKETS),
+            scan_duration: histogram_vec(&reg, "shenhe_scan_duration_seconds", "Time to scan one prompt or one streamed event, by direction.", &["direction"], SCAN_BUCKETS),
+            stop_to_close: histogram(&reg, "shenhe_stop_to_close_seconds", "Time from the violating event arriving to the upstream request being closed.", SCAN_BUCKETS),
+            labels_applied: counter_vec(&reg, "shenhe_labels_applied_total", "Provenance labels applied, by medium (text, image), kind (explicit, implicit, visible) and result (ok, error, skipped).", &["medium", "kind", "result"]),
+            unlabeled_deliveries: counter_vec(&reg, "shenhe_unlabeled_deliveries_total", "Generated content delivered without an explicit label, by medium and reason.", &["medium", "reason"]),
+            audit_records: counter(&reg, "shenhe_audit_records_total", "Audit records written."),
+            audit_dropped: counter(&reg, "shenhe_audit_dropped_total", "Audit records dropped because the queue stayed full past its wait bound."),
+            audit_write_failures: counter(&reg, "shenhe_audit_write_failures_total", "Audit record writes or syncs that failed."),
+            audit_queue_depth: gauge(&reg, "shenhe_audit_queue_depth", "Audit records waiting to be written."),
+            registry: reg,
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m
+    }
+
+    /// The text exposition of every metric, for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = enc.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metric handles.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
