@@ -1,0 +1,155 @@
+//! The HTTP server: listeners, shared state, the public proxy router and the admin router.
+
+pub mod body;
+pub mod headers;
+pub mod listener;
+pub mod proxy;
+pub mod reload;
+pub mod routes;
+pub mod signals;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, LoadedConfig};
+
+pub use listener::Shutdown;
+
+/// Everything a request needs that a reload may replace, swapped as one unit.
+/// In-flight requests keep the `Arc<Runtime>` they started with.
+pub struct Runtime {
+    pub config: Config,
+    pub routes: routes::RouteTable,
+    pub headers: headers::HeaderPlan,
+    pub upstream: upstream::Upstream,
+}
+
+impl Runtime {
+    pub fn build(config: Config) -> Result<Self, String> {
+        let routes = routes::RouteTable::new(&config.routes);
+        let headers = headers::HeaderPlan::new(&config.headers, &config.upstream);
+        let upstream = upstream::Upstream::new(&config.upstream)?;
+        Ok(Self {
+            config,
+            routes,
+            headers,
+            upstream,
+        })
+    }
+}
+
+/// State shared by both listeners for the life of the process.
+pub struct AppState {
+    runtime: ArcSwap<Runtime>,
+    /// Where the config came from, for reloads.
+    pub config_path: Option<PathBuf>,
+    /// False while a reload has failed and `server.unready_on_reload_error` is set.
+    pub reload_ok: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(runtime: Runtime, config_path: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            config_path,
+            reload_ok: AtomicBool::new(true),
+        })
+    }
+
+    /// The runtime in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Replace the runtime; requests already running keep the old one.
+    pub fn swap(&self, rt: Runtime) {
+        self.runtime.store(Arc::new(rt));
+    }
+
+    pub fn is_ready_config(&self) -> bool {
+        self.reload_ok.load(Ordering::Relaxed) || !self.runtime().config.server.unready_on_reload_error
+    }
+}
+
+/// The public router: every path goes through the proxy handler; no admin route lives here.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .fallback(proxy::handle)
+        .with_state(state)
+}
+
+/// A server started on its listeners, for `serve` and for tests.
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub shutdown: Shutdown,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Bind both listeners and start serving. Port 0 picks a free port (tests).
+pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
+    let cfg = loaded.config.clone();
+    let public = TcpListener::bind(cfg.server.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.server.listen,
+            source,
+        })?;
+    let admin = TcpListener::bind(cfg.server.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.server.admin_listen,
+            source,
+        })?;
+    let public_addr = public.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.server.listen,
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.server.admin_listen,
+        source,
+    })?;
+    let runtime = Runtime::build(cfg.clone()).map_err(StartError::Runtime)?;
+    let state = AppState::new(runtime, Some(loaded.path.clone()));
+    let shutdown = Shutdown::new();
+    let public_router = app(state.clone());
+    let admin_router = crate::admin::router(state.clone(), shutdown.clone());
+    let header_timeout = cfg.server.header_timeout.get();
+    let grace = cfg.server.shutdown_grace.get();
+    let sd = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let admin_sd = sd.clone();
+        let admin_task = tokio::spawn(async move {
+            listener::serve(admin, admin_router, admin_sd, header_timeout, grace).await;
+        });
+        listener::serve(public, public_router, sd, header_timeout, grace).await;
+        let _ = admin_task.await;
+    });
+    tracing::info!(%public_addr, %admin_addr, "Listening");
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        state,
+        shutdown,
+        task,
+    })
+}

@@ -1,0 +1,231 @@
+//! The proxy handler: route → dialect → (moderation) → upstream → client.
+//!
+//! Passthrough routes stream both bodies untouched. Moderated routes read the request body
+//! (bounded), let the dialect and policy judge it, forward exactly the bytes that were judged,
+//! and hand the response to the dialect's moderation of completions.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::body::{self, LimitedBody, ObservedStream, RequestLog};
+use super::headers;
+use super::listener::PeerAddr;
+use super::routes::RouteMatch;
+use super::upstream::UpstreamBody;
+use super::{AppState, Runtime};
+use crate::dialect::error::{ApiError, ErrorKind, ErrorShape};
+use crate::dialect::DialectName;
+use crate::metrics::metrics;
+
+/// Everything about one request that the stages after routing need.
+pub struct RequestCtx {
+    pub rt: Arc<Runtime>,
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub client_headers: HeaderMap,
+    pub peer: Option<PeerAddr>,
+    pub request_id: HeaderValue,
+    pub dialect: DialectName,
+    pub log: RequestLog,
+}
+
+impl RequestCtx {
+    pub fn shape(&self) -> ErrorShape {
+        self.dialect.error_shape()
+    }
+
+    /// An error answer in this route's shape, finishing the request log.
+    pub fn error(mut self, err: ApiError) -> Response {
+        let err = err.shaped(self.shape());
+        if err.kind.is_client_fault() {
+            metrics()
+                .client_errors
+                .with_label_values(&[err.kind.code()])
+                .inc();
+        }
+        let mut resp = err.clone().into_response();
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID, self.request_id.clone());
+        self.rt.headers.decorate_response(resp.headers_mut());
+        self.log.status = resp.status().as_u16();
+        self.log.error = Some(err.kind.code());
+        self.log.finish();
+        resp
+    }
+
+    /// A complete answer that shenhe built (JSON bodies), finishing the request log.
+    pub fn complete(mut self, status: StatusCode, mut headers: HeaderMap, body: bytes::Bytes) -> Response {
+        headers.insert(headers::X_REQUEST_ID, self.request_id.clone());
+        headers.remove(header::CONTENT_LENGTH);
+        self.log.status = status.as_u16();
+        self.log.bytes_out = body.len() as u64;
+        self.log.finish();
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// A streamed answer: the log is finished when the body ends or the client leaves.
+    pub fn streaming<S, E>(mut self, status: StatusCode, mut headers: HeaderMap, stream: S, sse: bool) -> Response
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        headers.insert(headers::X_REQUEST_ID, self.request_id.clone());
+        self.log.status = status.as_u16();
+        self.log.streamed = sse;
+        let observed = ObservedStream::new(stream, self.log);
+        let mut resp = Response::new(body::body_from_stream(observed));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+}
+
+/// The fallback handler of the public router.
+pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let rt = state.runtime();
+    let (parts, body) = req.into_parts();
+    let request_id = headers::request_id(&parts.headers);
+    let rid = request_id.to_str().unwrap_or_default().to_string();
+    let path = parts.uri.path().to_string();
+    let route = rt.routes.lookup(&parts.method, &path);
+    let (template, dialect) = match &route {
+        RouteMatch::Listed { template, dialect } => (template.clone(), *dialect),
+        RouteMatch::Unlisted => ("unlisted".to_string(), DialectName::Passthrough),
+        RouteMatch::Refused | RouteMatch::Ambiguous(_) => ("unlisted".to_string(), DialectName::Passthrough),
+    };
+    let log = RequestLog::new(rid, template, dialect.as_str(), parts.method.to_string());
+    let ctx = RequestCtx {
+        rt,
+        method: parts.method.clone(),
+        path: path.clone(),
+        query: parts.uri.query().map(str::to_string),
+        client_headers: parts.headers,
+        peer: parts.extensions.get::<PeerAddr>().copied(),
+        request_id,
+        dialect,
+        log,
+    };
+    match route {
+        RouteMatch::Refused => ctx.error(
+            ApiError::new(
+                ErrorKind::UnknownRoute,
+                format!(
+                    "no route for POST {path}: shenhe forwards only listed generation routes (add it under routes.paths, or set routes.default: passthrough)"
+                ),
+            ),
+        ),
+        RouteMatch::Ambiguous(why) => ctx.error(ApiError::new(
+            ErrorKind::BadRequest,
+            format!("refused path: {why}"),
+        )),
+        RouteMatch::Listed { .. } | RouteMatch::Unlisted => {
+            if dialect == DialectName::Passthrough {
+                passthrough(ctx, body).await
+            } else {
+                crate::dialect::moderate::handle(ctx, body).await
+            }
+        }
+    }
+}
+
+/// Forward a request untouched, bodies streamed both ways.
+async fn passthrough(ctx: RequestCtx, client_body: Body) -> Response {
+    let limit = ctx.rt.config.server.body_limit.get();
+    let declared = ctx
+        .client_headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return ctx.error(body::too_large(limit));
+    }
+    let has_body = declared.is_some_and(|n| n > 0)
+        || ctx.client_headers.contains_key(header::TRANSFER_ENCODING);
+    let (upstream_body, tripped) = if has_body {
+        let (b, tripped) = LimitedBody::new(client_body, limit);
+        (UpstreamBody::Stream(reqwest::Body::wrap(b)), Some(tripped))
+    } else {
+        (UpstreamBody::Empty, None)
+    };
+    metrics()
+        .request_bytes
+        .with_label_values(&[&ctx.log.route])
+        .inc_by(declared.unwrap_or(0));
+    forward(ctx, upstream_body, tripped, false).await
+}
+
+/// Send to the upstream and stream its answer back as it comes.
+pub async fn forward(
+    mut ctx: RequestCtx,
+    body: UpstreamBody,
+    tripped: Option<Arc<std::sync::atomic::AtomicBool>>,
+    moderated: bool,
+) -> Response {
+    let url = match ctx.rt.upstream.url(&ctx.path, ctx.query.as_deref()) {
+        Ok(u) => u,
+        Err(e) => return ctx.error(e),
+    };
+    let up_headers = ctx.rt.headers.upstream_request(
+        &ctx.client_headers,
+        ctx.peer.map(|p| p.0),
+        &ctx.request_id,
+        moderated,
+    );
+    let sent = Instant::now();
+    ctx.log.upstream_started = Some(sent);
+    let resp = ctx
+        .rt
+        .upstream
+        .send(ctx.method.clone(), url, up_headers, body, moderated)
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            if tripped.is_some_and(|t| t.load(Ordering::Relaxed)) {
+                let limit = ctx.rt.config.server.body_limit.get();
+                return ctx.error(body::too_large(limit));
+            }
+            return ctx.error(e);
+        }
+    };
+    metrics()
+        .upstream_ttfb
+        .with_label_values(&[&ctx.log.route])
+        .observe(sent.elapsed().as_secs_f64());
+    stream_back(ctx, resp, sent)
+}
+
+/// Relay an upstream response: status and headers kept, body streamed chunk by chunk.
+pub fn stream_back(mut ctx: RequestCtx, resp: reqwest::Response, sent: Instant) -> Response {
+    let status = resp.status();
+    ctx.log.upstream_status = Some(status.as_u16());
+    let headers = ctx.rt.headers.client_response(resp.headers(), &ctx.request_id);
+    let sse = is_event_stream(resp.headers());
+    let deadline = sent + ctx.rt.upstream.total_timeout;
+    let idle = ctx.rt.upstream.idle_timeout;
+    let stream = super::upstream::bounded_body(resp, idle, deadline)
+        .map(|r| r.map_err(|f| std::io::Error::other(f.message())));
+    ctx.streaming(status, headers, stream, sse)
+}
+
+pub fn is_event_stream(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// How long a moderated request may take to arrive.
+pub fn body_timeout(rt: &Runtime) -> Duration {
+    rt.config.server.body_timeout.get()
+}

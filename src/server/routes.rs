@@ -1,0 +1,203 @@
+//! The route table: which dialect serves a request path, and refusal of path variants.
+//!
+//! Matching is on a canonical form of the path so that no spelling of a moderated route
+//! (`/v1/chat/completions/`, `/V1/Chat/Completions`) reaches the upstream unmoderated. Paths
+//! that a server could read as another path (`//`, dot segments, percent-encoded `/`, `.`, `\`)
+//! are refused outright: shenhe cannot know how the upstream would interpret them.
+
+use std::collections::BTreeMap;
+
+use http::Method;
+
+use crate::config::{DefaultRoute, RoutesConfig};
+use crate::dialect::DialectName;
+
+/// Well-known model API paths and the dialect each speaks.
+pub const BUILTIN_ROUTES: &[(&str, DialectName)] = &[
+    ("/v1/chat/completions", DialectName::OpenaiChat),
+    ("/v1/completions", DialectName::OpenaiCompletions),
+    ("/v1/responses", DialectName::OpenaiResponses),
+    ("/v1/messages", DialectName::AnthropicMessages),
+    ("/v1/images/generations", DialectName::OpenaiImages),
+    ("/v1/embeddings", DialectName::Passthrough),
+    ("/v1/moderations", DialectName::Passthrough),
+    ("/v1/models", DialectName::Passthrough),
+    ("/v1/files", DialectName::Passthrough),
+    ("/v1/audio/transcriptions", DialectName::Passthrough),
+    ("/v1/messages/count_tokens", DialectName::Passthrough),
+    ("/v1/tokenize", DialectName::Passthrough),
+    ("/v1/detokenize", DialectName::Passthrough),
+];
+
+/// What a request path resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMatch {
+    /// A listed route; `template` is the table key (the metric label).
+    Listed { template: String, dialect: DialectName },
+    /// Not listed, forwarded untouched (GET and friends, or `routes.default: passthrough`).
+    Unlisted,
+    /// Not listed and refused (a POST while `routes.default: reject`).
+    Refused,
+    /// A path shenhe will not forward because the upstream could read it as another path.
+    Ambiguous(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    /// Canonical (lowercase, no trailing slash) path → (template as configured, dialect).
+    routes: BTreeMap<String, (String, DialectName)>,
+    default: DefaultRoute,
+}
+
+impl RouteTable {
+    pub fn new(cfg: &RoutesConfig) -> Self {
+        let mut routes = BTreeMap::new();
+        if cfg.builtin {
+            for (p, d) in BUILTIN_ROUTES {
+                routes.insert(canonical_key(p), ((*p).to_string(), *d));
+            }
+        }
+        for (p, d) in &cfg.paths {
+            routes.insert(canonical_key(p), (p.clone(), *d));
+        }
+        Self {
+            routes,
+            default: cfg.default,
+        }
+    }
+
+    /// Every route with its dialect, in path order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, DialectName)> {
+        self.routes.values().map(|(t, d)| (t.as_str(), *d))
+    }
+
+    pub fn default_route(&self) -> DefaultRoute {
+        self.default
+    }
+
+    pub fn lookup(&self, method: &Method, path: &str) -> RouteMatch {
+        if let Err(why) = check_unambiguous(path) {
+            return RouteMatch::Ambiguous(why);
+        }
+        if let Some((template, dialect)) = self.routes.get(&canonical_key(path)) {
+            return RouteMatch::Listed {
+                template: template.clone(),
+                dialect: *dialect,
+            };
+        }
+        let carries_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+        if carries_body && self.default == DefaultRoute::Reject {
+            RouteMatch::Refused
+        } else {
+            RouteMatch::Unlisted
+        }
+    }
+}
+
+/// The matching key of a path: ASCII-lowercased, trailing slashes removed.
+fn canonical_key(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    trimmed.to_ascii_lowercase()
+}
+
+fn check_unambiguous(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must start with `/`");
+    }
+    if path.contains("//") {
+        return Err("the path contains an empty segment (`//`)");
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("the path contains a dot segment");
+    }
+    if path.contains('\\') {
+        return Err("the path contains a backslash");
+    }
+    let lower = path.to_ascii_lowercase();
+    for enc in ["%2f", "%2e", "%5c", "%00"] {
+        if lower.contains(enc) {
+            return Err("the path contains a percent-encoded separator or dot");
+        }
+    }
+    if path.contains(';') {
+        return Err("the path contains a `;` parameter");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(default: DefaultRoute) -> RouteTable {
+        RouteTable::new(&RoutesConfig {
+            default,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn spellings_of_a_moderated_route_are_the_same_route() {
+        let t = table(DefaultRoute::Reject);
+        for p in [
+            "/v1/chat/completions",
+            "/v1/chat/completions/",
+            "/V1/Chat/Completions",
+        ] {
+            assert!(
+                matches!(t.lookup(&Method::POST, p), RouteMatch::Listed { dialect: DialectName::OpenaiChat, .. }),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        let t = table(DefaultRoute::Passthrough);
+        for p in [
+            "//v1/chat/completions",
+            "/v1/./chat/completions",
+            "/v1/x/../chat/completions",
+            "/v1/chat%2Fcompletions",
+            "/v1/chat/completions;x=1",
+            "/v1\\chat",
+        ] {
+            assert!(matches!(t.lookup(&Method::POST, p), RouteMatch::Ambiguous(_)), "{p}");
+        }
+    }
+
+    #[test]
+    fn unlisted_post_is_refused_unless_default_passthrough() {
+        assert_eq!(
+            table(DefaultRoute::Reject).lookup(&Method::POST, "/v2/generate"),
+            RouteMatch::Refused
+        );
+        assert_eq!(
+            table(DefaultRoute::Reject).lookup(&Method::GET, "/v2/anything"),
+            RouteMatch::Unlisted
+        );
+        assert_eq!(
+            table(DefaultRoute::Passthrough).lookup(&Method::POST, "/v2/generate"),
+            RouteMatch::Unlisted
+        );
+    }
+
+    #[test]
+    fn configured_paths_override_builtins() {
+        let mut cfg = RoutesConfig::default();
+        cfg.paths
+            .insert("/v1/embeddings".into(), DialectName::PromptOnly);
+        cfg.paths
+            .insert("/api/v3/chat/completions".into(), DialectName::OpenaiChat);
+        let t = RouteTable::new(&cfg);
+        assert!(matches!(
+            t.lookup(&Method::POST, "/v1/embeddings"),
+            RouteMatch::Listed { dialect: DialectName::PromptOnly, .. }
+        ));
+        assert!(matches!(
+            t.lookup(&Method::POST, "/api/v3/chat/completions"),
+            RouteMatch::Listed { dialect: DialectName::OpenaiChat, .. }
+        ));
+    }
+}

@@ -1,0 +1,202 @@
+//! The upstream model API: pooled keep-alive clients, bounded waits, and failures sorted by kind.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, Method};
+use reqwest::Url;
+
+use crate::config::UpstreamConfig;
+use crate::dialect::error::{ApiError, ErrorKind};
+use crate::metrics::metrics;
+
+/// Keep idle upstream connections this long; model servers usually keep theirs 5–75 s.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    base: Url,
+    /// For passthrough routes: bytes are forwarded exactly as they come, compressed or not.
+    raw: reqwest::Client,
+    /// For moderated routes: compressed answers (gzip, br, deflate, zstd) are decoded before scanning.
+    decoding: reqwest::Client,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub total_timeout: Duration,
+    pub probe: Option<String>,
+}
+
+/// A body to send upstream: fully read (moderated routes) or streamed from the client.
+pub enum UpstreamBody {
+    Empty,
+    Full(Bytes),
+    Stream(reqwest::Body),
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
+        let base = Url::parse(&cfg.base_url).map_err(|e| format!("upstream.base_url: {e}"))?;
+        let t = &cfg.timeouts;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(t.connect.get())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(cfg.pool_max_idle)
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .user_agent(concat!("shenhe/", env!("CARGO_PKG_VERSION")))
+        };
+        let raw = builder()
+            .no_gzip()
+            .no_brotli()
+            .no_deflate()
+            .no_zstd()
+            .build()
+            .map_err(|e| format!("cannot build upstream client: {e}"))?;
+        let decoding = builder()
+            .build()
+            .map_err(|e| format!("cannot build upstream client: {e}"))?;
+        Ok(Self {
+            base,
+            raw,
+            decoding,
+            connect_timeout: t.connect.get(),
+            first_byte_timeout: t.first_byte.get(),
+            idle_timeout: t.idle.get(),
+            total_timeout: t.total.get(),
+            probe: cfg.probe.clone(),
+        })
+    }
+
+    /// The upstream URL for a client path and query, under the base URL's own path.
+    pub fn url(&self, path: &str, query: Option<&str>) -> Result<Url, ApiError> {
+        let mut url = self.base.clone();
+        let base_path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base_path}{path}"));
+        url.set_query(query);
+        Ok(url)
+    }
+
+    /// Send a request and wait for the response headers, within the first-byte bound.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: UpstreamBody,
+        decode: bool,
+    ) -> Result<reqwest::Response, ApiError> {
+        let client = if decode { &self.decoding } else { &self.raw };
+        let req = client.request(method, url).headers(headers);
+        let req = match body {
+            UpstreamBody::Empty => req,
+            UpstreamBody::Full(b) => req.body(b),
+            UpstreamBody::Stream(s) => req.body(s),
+        };
+        match tokio::time::timeout(self.first_byte_timeout, req.send()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => {
+                metrics()
+                    .upstream_errors
+                    .with_label_values(&["timeout"])
+                    .inc();
+                Err(ApiError::new(
+                    ErrorKind::UpstreamTimeout,
+                    "the model server did not answer in time",
+                ))
+            }
+        }
+    }
+
+    /// Whether the upstream answers its probe path (any non-5xx status counts as reachable).
+    pub async fn probe_ok(&self) -> bool {
+        let Some(path) = &self.probe else {
+            return true;
+        };
+        let Ok(url) = self.url(path, None) else {
+            return false;
+        };
+        let req = self.raw.get(url).timeout(self.connect_timeout + Duration::from_secs(2));
+        matches!(req.send().await, Ok(r) if !r.status().is_server_error())
+    }
+}
+
+/// Sort a reqwest failure into a client-facing error and count it.
+pub fn classify(e: &reqwest::Error) -> ApiError {
+    let (kind, label, msg) = if e.is_timeout() {
+        (ErrorKind::UpstreamTimeout, "timeout", "the model server did not answer in time")
+    } else if e.is_connect() {
+        (ErrorKind::UpstreamUnreachable, "connect", "the model server cannot be reached")
+    } else if e.is_decode() {
+        (ErrorKind::UpstreamProtocol, "decode", "the model server sent a body that cannot be decoded")
+    } else if e.is_body() || e.is_request() {
+        (ErrorKind::UpstreamUnreachable, "protocol", "the connection to the model server failed")
+    } else {
+        (ErrorKind::UpstreamProtocol, "protocol", "the model server answered with an invalid response")
+    };
+    metrics().upstream_errors.with_label_values(&[label]).inc();
+    ApiError::new(kind, msg)
+}
+
+/// Why an upstream body stream ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFault {
+    /// No chunk within the idle bound.
+    Idle,
+    /// The whole exchange ran past its total bound.
+    Total,
+    /// The connection broke or the body could not be decoded.
+    Broken,
+}
+
+impl StreamFault {
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamFault::Idle | StreamFault::Total => "timeout",
+            StreamFault::Broken => "protocol",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            StreamFault::Idle => "the model server stopped sending in the middle of the response",
+            StreamFault::Total => "the response took longer than the configured total time",
+            StreamFault::Broken => "the connection to the model server was lost in the middle of the response",
+        }
+    }
+}
+
+/// The upstream body as a stream of chunks, each wait bounded by the idle and total timeouts.
+/// A fault ends the stream with one `Err` item; it is counted in `shenhe_upstream_errors_total`.
+pub fn bounded_body(
+    resp: reqwest::Response,
+    idle: Duration,
+    deadline: Instant,
+) -> impl Stream<Item = Result<Bytes, StreamFault>> + Send + 'static {
+    let inner = resp.bytes_stream();
+    futures_util::stream::unfold(Some(inner), move |state| async move {
+        let mut inner = state?;
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        let (wait, fault) = if left < idle {
+            (left, StreamFault::Total)
+        } else {
+            (idle, StreamFault::Idle)
+        };
+        let item = match tokio::time::timeout(wait, inner.next()).await {
+            Ok(Some(Ok(b))) => return Some((Ok(b), Some(inner))),
+            Ok(None) => return None,
+            Ok(Some(Err(_))) => StreamFault::Broken,
+            Err(_) => fault,
+        };
+        metrics()
+            .upstream_errors
+            .with_label_values(&[item.label()])
+            .inc();
+        Some((Err(item), None))
+    })
+}
