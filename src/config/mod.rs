@@ -391,7 +391,7 @@ impl Config {
         if self.server.body_limit.get() == 0 {
             issues.push(ConfigIssue::new("server.body_limit", "must be greater than zero"));
         }
-        if self.server.listen == self.server.admin_listen {
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             issues.push(ConfigIssue::new(
                 "server.admin_listen",
                 "must differ from server.listen: admin routes are never served on the public listener",

@@ -1,0 +1,52 @@
+//! `shenhe check` on good and bad configs.
+
+use std::process::Command;
+
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shenhe"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    for name in ["config/shenhe.yaml", "config/demo.yaml"] {
+        let out = check(std::path::Path::new(name));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("/v1/chat/completions"), "{stdout}");
+        assert!(stdout.contains("listen"), "{stdout}");
+    }
+}
+
+#[test]
+fn a_bad_config_names_every_problem_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.yaml");
+    std::fs::write(
+        &p,
+        "upstream:\n  base_url: \"ftp://nope\"\n  timeouts: { idle: \"0\" }\nserver:\n  body_limit: 0\n",
+    )
+    .unwrap();
+    let out = check(&p);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstream.base_url"), "{err}");
+    assert!(err.contains("upstream.timeouts.idle"), "{err}");
+    assert!(err.contains("server.body_limit"), "{err}");
+
+    std::fs::write(&p, "upstream:\n  timeouts:\n    conect: 5s\n").unwrap();
+    let out = check(&p);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstream.timeouts") && err.contains("conect"), "{err}");
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shenhe")).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}

@@ -1,0 +1,319 @@
+//! Proxy core: fidelity, streaming, disconnects, errors in the API's shape, shutdown, `shenhe check`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use support::*;
+use tokio::sync::Notify;
+
+#[tokio::test]
+async fn passthrough_json_and_headers_are_byte_identical() {
+    let body = r#"{"object":"list","data":[{"id":"m","object":"model"}],  "odd spacing" : true}"#;
+    let up = Upstream::fixed(
+        Script::json(body)
+            .with_status(203)
+            .with_header("x-upstream-thing", "kept")
+            .with_header("connection", "x-hop")
+            .with_header("x-hop", "dropped"),
+    )
+    .await;
+    let p = proxy(&up.base_url(), "").await;
+    let resp = client()
+        .get(p.url("/v1/models?limit=2"))
+        .header("x-client-thing", "forwarded")
+        .header("x-request-id", "req-abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 203);
+    assert_eq!(resp.headers()["x-upstream-thing"], "kept");
+    assert!(resp.headers().get("x-hop").is_none());
+    assert_eq!(resp.headers()["x-request-id"], "req-abc");
+    assert_eq!(resp.bytes().await.unwrap(), Bytes::from(body));
+    let rec = &up.requests()[0];
+    assert_eq!(rec.path, "/v1/models?limit=2");
+    assert_eq!(rec.header("x-client-thing"), Some("forwarded"));
+    assert_eq!(rec.header("x-request-id"), Some("req-abc"));
+    assert_eq!(rec.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(rec.header("x-forwarded-proto"), Some("http"));
+}
+
+#[tokio::test]
+async fn request_id_is_generated_when_absent() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    let p = proxy(&up.base_url(), "").await;
+    let resp = client().get(p.url("/v1/models")).send().await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    assert_eq!(up.requests()[0].header("x-request-id"), Some(id.as_str()));
+}
+
+#[tokio::test]
+async fn passthrough_post_body_and_sse_are_byte_identical() {
+    let events = vec![
+        ": comment line\n\n".to_string(),
+        "event: custom\ndata: {\"a\":1}\n\n".to_string(),
+        "data: partial".to_string(),
+        " event\r\n\r\n".to_string(),
+        "data: [DONE]\n\n".to_string(),
+    ];
+    let expected: String = events.concat();
+    let up = Upstream::fixed(Script::sse_writes(events)).await;
+    let p = proxy(&up.base_url(), "routes:\n  paths:\n    /v1/raw/stream: passthrough\n").await;
+    let req_body = "{\"prompt\": \"x\", \"n\": 1}\n";
+    let resp = client()
+        .post(p.url("/v1/raw/stream"))
+        .header("content-type", "application/json")
+        .body(req_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.text().await.unwrap(), expected);
+    let rec = &up.requests()[0];
+    assert_eq!(rec.body, req_body.as_bytes());
+    assert_eq!(rec.header("content-length"), Some(req_body.len().to_string().as_str()));
+}
+
+#[tokio::test]
+async fn streams_are_not_buffered() {
+    // The upstream will not send its last event until the client has seen the first one.
+    let gate = Arc::new(Notify::new());
+    let mut script = Script::sse_writes(vec![chat_chunk("first")]);
+    script.steps.push(Step::Gate(gate.clone()));
+    script.steps.push(Step::Write(Bytes::from(chat_finish())));
+    let up = Upstream::fixed(script).await;
+    let p = proxy(&up.base_url(), "routes:\n  paths:\n    /v1/raw/stream: passthrough\n").await;
+    let resp = client().post(p.url("/v1/raw/stream")).body("{}").send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("first event arrives while the upstream still holds the rest")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("first"));
+    gate.notify_one();
+    let mut rest = Vec::new();
+    while let Some(b) = stream.next().await {
+        rest.extend_from_slice(&b.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"));
+}
+
+#[tokio::test]
+async fn client_disconnect_reaches_the_upstream_within_100ms() {
+    let gate = Arc::new(Notify::new());
+    let mut script = Script::sse_writes(vec![chat_chunk("first")]);
+    // Keep the stream open, silent, until the client leaves.
+    script.steps.push(Step::Gate(gate.clone()));
+    let up = Upstream::fixed(script).await;
+    let p = proxy(&up.base_url(), "routes:\n  paths:\n    /v1/raw/stream: passthrough\n").await;
+    let resp = client().post(p.url("/v1/raw/stream")).body("{}").send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let _ = stream.next().await.unwrap().unwrap();
+    let notified = up.disconnected.notified();
+    let dropped_at = Instant::now();
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(5), notified)
+        .await
+        .expect("upstream sees the disconnect");
+    let (seen_at, written) = up.disconnects()[0];
+    let lag = seen_at.duration_since(dropped_at);
+    assert!(lag < Duration::from_millis(100), "upstream saw the disconnect after {lag:?}");
+    assert_eq!(written, 1);
+}
+
+async fn error_json(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    (status, serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap())
+}
+
+fn assert_openai_error(v: &serde_json::Value, code: &str) {
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert_eq!(e["code"], code, "{v}");
+    assert!(e.get("param").is_some(), "{v}");
+}
+
+#[tokio::test]
+async fn upstream_unreachable_is_502() {
+    // A port that was just free: nothing listens there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let p = proxy(&format!("http://{free}"), "").await;
+    let (status, v) = error_json(client().get(p.url("/v1/models")).send().await.unwrap()).await;
+    assert_eq!(status, 502);
+    assert_openai_error(&v, "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_504() {
+    let mut script = Script::json("{}");
+    script.head_delay = Duration::from_secs(3);
+    let up = Upstream::fixed(script).await;
+    let p = proxy(&up.base_url(), "upstream:\n  timeouts: { first_byte: \"200ms\" }\n").await;
+    let started = Instant::now();
+    let (status, v) = error_json(client().get(p.url("/v1/models")).send().await.unwrap()).await;
+    assert_eq!(status, 504);
+    assert_openai_error(&v, "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn body_over_limit_is_413_on_every_route_kind() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    let p = proxy(
+        &up.base_url(),
+        "routes:\n  paths:\n    /v1/raw: passthrough\nserver:\n  body_limit: 1KiB\n",
+    )
+    .await;
+    let big = format!("{{\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}", "x".repeat(2000));
+    for path in ["/v1/chat/completions", "/v1/raw"] {
+        let resp = client()
+            .post(p.url(path))
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = error_json(resp).await;
+        assert_eq!(status, 413, "{path}");
+        assert_openai_error(&v, "body_too_large");
+    }
+    // A chunked body (no declared length) over the limit is cut off too.
+    let chunks = futures_util::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 512]))),
+    );
+    let resp = client()
+        .post(p.url("/v1/raw"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(up.requests().iter().all(|r| r.body.len() <= 1024));
+}
+
+#[tokio::test]
+async fn malformed_json_on_a_moderated_route_is_400() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    let p = proxy(&up.base_url(), "").await;
+    for body in ["{not json", "{\"a\":1,\"a\":2}", "[1,2] trailing"] {
+        let resp = client()
+            .post(p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = error_json(resp).await;
+        assert_eq!(status, 400, "{body}");
+        assert_openai_error(&v, "invalid_json");
+    }
+    assert!(up.requests().is_empty(), "nothing malformed reaches the upstream");
+}
+
+#[tokio::test]
+async fn unknown_post_route_is_404_naming_it_unless_passthrough() {
+    let up = Upstream::fixed(Script::json("{\"ok\":true}")).await;
+    let p = proxy(&up.base_url(), "").await;
+    let (status, v) = error_json(client().post(p.url("/v2/generate")).body("{}").send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    assert_openai_error(&v, "unknown_route");
+    assert!(v["error"]["message"].as_str().unwrap().contains("/v2/generate"));
+    assert!(up.requests().is_empty());
+
+    let p2 = proxy(&up.base_url(), "routes:\n  default: passthrough\n").await;
+    let resp = client().post(p2.url("/v2/generate")).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn path_variants_of_moderated_routes_are_refused_or_moderated() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    let p = proxy(&up.base_url(), "routes:\n  default: passthrough\n").await;
+    let resp = client()
+        .post(p.url("/v1//chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // Another spelling of the route goes through the moderated dialect: a bad body is refused there.
+    let resp = client()
+        .post(p.url("/V1/chat/completions/"))
+        .header("content-type", "application/json")
+        .body("{bad")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let up = Upstream::fixed(Script::json("{\"ok\":1}")).await;
+    let p = proxy(&up.base_url(), "").await;
+    let c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let resp = c.get(p.url("/v1/models")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.text().await.unwrap(), "{\"ok\":1}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_running_stream_finish() {
+    let gate = Arc::new(Notify::new());
+    let mut script = Script::sse_writes(vec![chat_chunk("one")]);
+    script.steps.push(Step::Gate(gate.clone()));
+    script.steps.push(Step::Write(Bytes::from(chat_chunk("two"))));
+    script.steps.push(Step::Write(Bytes::from(chat_finish())));
+    let up = Upstream::fixed(script).await;
+    let p = proxy(&up.base_url(), "routes:\n  paths:\n    /v1/raw/stream: passthrough\n").await;
+    let resp = client().post(p.url("/v1/raw/stream")).body("{}").send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let _ = stream.next().await.unwrap().unwrap();
+    p.running.shutdown.trigger();
+    // New connections are no longer accepted once the listener is closed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(client().get(p.url("/v1/models")).send().await.is_err());
+    gate.notify_one();
+    let mut rest = Vec::new();
+    while let Some(b) = stream.next().await {
+        rest.extend_from_slice(&b.unwrap());
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(rest.contains("two") && rest.contains("[DONE]"), "{rest}");
+    tokio::time::timeout(Duration::from_secs(5), p.running.task)
+        .await
+        .expect("server stops after draining")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn admin_routes_live_only_on_the_admin_listener() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    let p = proxy(&up.base_url(), "").await;
+    let m = client().get(p.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+    let text = m.text().await.unwrap();
+    assert!(text.contains("shenhe_build_info"));
+    assert_eq!(client().get(p.admin_url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(p.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    // On the public listener, /metrics is just another upstream path.
+    let _ = client().get(p.url("/metrics")).send().await.unwrap();
+    assert_eq!(up.requests().last().unwrap().path, "/metrics");
+}
+
+#[tokio::test]
+async fn readyz_fails_when_the_probe_cannot_reach_the_upstream() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let p = proxy(&format!("http://{free}"), "upstream:\n  probe: /v1/models\n").await;
+    assert_eq!(client().get(p.admin_url("/readyz")).send().await.unwrap().status(), 503);
+}

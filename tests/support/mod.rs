@@ -1,0 +1,385 @@
+//! Test support: a scripted upstream on raw TCP that controls its write boundaries and records
+//! what it received and when the proxy hung up, plus helpers to start shenhe on port 0.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// One step of a scripted response body.
+#[derive(Clone)]
+pub enum Step {
+    /// Write these bytes in one write (one HTTP chunk when chunked), then flush.
+    Write(Bytes),
+    /// Pause.
+    Sleep(Duration),
+    /// Wait until the test calls `notify_one()` on this gate.
+    Gate(Arc<Notify>),
+}
+
+/// A scripted response.
+#[derive(Clone)]
+pub struct Script {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub steps: Vec<Step>,
+    /// Send the body with chunked encoding (true) or close-delimited (false).
+    pub chunked: bool,
+    /// Pause before the status line (first-byte timeouts).
+    pub head_delay: Duration,
+}
+
+impl Script {
+    pub fn json(body: &str) -> Self {
+        Self {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            steps: vec![Step::Write(Bytes::from(body.to_string()))],
+            chunked: true,
+            head_delay: Duration::ZERO,
+        }
+    }
+
+    /// An SSE response whose writes are exactly `writes` (each one write), in order.
+    pub fn sse_writes(writes: Vec<String>) -> Self {
+        Self {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "text/event-stream".into()),
+                ("cache-control".into(), "no-cache".into()),
+            ],
+            steps: writes
+                .into_iter()
+                .flat_map(|w| [Step::Write(Bytes::from(w)), Step::Sleep(Duration::from_millis(2))])
+                .collect(),
+            chunked: true,
+            head_delay: Duration::ZERO,
+        }
+    }
+
+    pub fn with_status(mut self, s: u16) -> Self {
+        self.status = s;
+        self
+    }
+
+    pub fn with_header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("upstream got JSON")
+    }
+}
+
+#[derive(Default)]
+pub struct Log {
+    pub requests: Vec<Recorded>,
+    /// When the proxy closed a connection before the script finished, and how many steps were written.
+    pub disconnects: Vec<(Instant, usize)>,
+    /// Scripts that ran to the end.
+    pub completed: usize,
+}
+
+type Handler = Arc<dyn Fn(&Recorded) -> Script + Send + Sync>;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Log>>,
+    pub disconnected: Arc<Notify>,
+}
+
+impl Upstream {
+    pub async fn start(handler: impl Fn(&Recorded) -> Script + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let disconnected = Arc::new(Notify::new());
+        let handler: Handler = Arc::new(handler);
+        let (l, d) = (log.clone(), disconnected.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { return };
+                let (h, l, d) = (handler.clone(), l.clone(), d.clone());
+                tokio::spawn(async move { serve_conn(sock, h, l, d).await });
+            }
+        });
+        Self { addr, log, disconnected }
+    }
+
+    /// Always answer with the same script.
+    pub async fn fixed(script: Script) -> Self {
+        Self::start(move |_| script.clone()).await
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.log.lock().unwrap().requests.clone()
+    }
+
+    pub fn disconnects(&self) -> Vec<(Instant, usize)> {
+        self.log.lock().unwrap().disconnects.clone()
+    }
+
+    pub fn completed(&self) -> usize {
+        self.log.lock().unwrap().completed
+    }
+}
+
+async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+    let head_end = loop {
+        if let Some(p) = find(buf, b"\r\n\r\n") {
+            break p;
+        }
+        let mut tmp = [0u8; 8192];
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    buf.drain(..head_end + 4);
+    let mut lines = head.split("\r\n");
+    let first = lines.next()?;
+    let mut parts = first.split(' ');
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while buf.len() < len {
+            let mut tmp = [0u8; 8192];
+            let n = sock.read(&mut tmp).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        body = buf.drain(..len).collect();
+    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let line_end = loop {
+                if let Some(p) = find(buf, b"\r\n") {
+                    break p;
+                }
+                let mut tmp = [0u8; 8192];
+                let n = sock.read(&mut tmp).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            };
+            let size_line = String::from_utf8_lossy(&buf[..line_end]).to_string();
+            let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                let mut tmp = [0u8; 8192];
+                let n = sock.read(&mut tmp).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Some(Recorded { method, path, headers, body })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn serve_conn(mut sock: TcpStream, handler: Handler, log: Arc<Mutex<Log>>, disconnected: Arc<Notify>) {
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut sock, &mut buf).await {
+        let script = handler(&req);
+        log.lock().unwrap().requests.push(req);
+        if !script.head_delay.is_zero() {
+            tokio::time::sleep(script.head_delay).await;
+        }
+        let mut head = format!("HTTP/1.1 {} Scripted\r\n", script.status);
+        for (k, v) in &script.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if script.chunked {
+            head.push_str("transfer-encoding: chunked\r\n");
+        } else {
+            head.push_str("connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        if sock.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let (mut rd, mut wr) = sock.split();
+        let mut written = 0usize;
+        let mut hung_up = false;
+        for step in &script.steps {
+            // While waiting, watch the read side: EOF means the proxy closed the connection.
+            let wait = async {
+                match step {
+                    Step::Write(b) => {
+                        let ok = if script.chunked {
+                            let mut frame = format!("{:x}\r\n", b.len()).into_bytes();
+                            frame.extend_from_slice(b);
+                            frame.extend_from_slice(b"\r\n");
+                            wr.write_all(&frame).await.is_ok()
+                        } else {
+                            wr.write_all(b).await.is_ok()
+                        };
+                        ok && wr.flush().await.is_ok()
+                    }
+                    Step::Sleep(d) => {
+                        tokio::time::sleep(*d).await;
+                        true
+                    }
+                    Step::Gate(n) => {
+                        n.notified().await;
+                        true
+                    }
+                }
+            };
+            let mut probe = [0u8; 1];
+            let ok = tokio::select! {
+                ok = wait => ok,
+                r = rd.read(&mut probe) => !matches!(r, Ok(0) | Err(_)),
+            };
+            if !ok {
+                hung_up = true;
+                break;
+            }
+            if matches!(step, Step::Write(_)) {
+                written += 1;
+            }
+        }
+        if hung_up {
+            log.lock().unwrap().disconnects.push((Instant::now(), written));
+            disconnected.notify_waiters();
+            return;
+        }
+        if script.chunked {
+            if wr.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
+            log.lock().unwrap().completed += 1;
+        } else {
+            log.lock().unwrap().completed += 1;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// A running shenhe for a test, with its config file kept alive.
+pub struct Proxy {
+    pub running: shenhe::server::Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.public_addr, path)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.admin_addr, path)
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("shenhe.yaml")
+    }
+}
+
+/// Start shenhe on ports 0 in front of `upstream`; `extra_yaml` is merged over the base config.
+pub async fn proxy(upstream: &str, extra_yaml: &str) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\n  shutdown_grace: \"5s\"\nupstream:\n  base_url: \"{upstream}\"\n"
+    );
+    let mut tree: serde_yaml_ng::Value = serde_yaml_ng::from_str(&base).unwrap();
+    if !extra_yaml.trim().is_empty() {
+        let extra: serde_yaml_ng::Value = serde_yaml_ng::from_str(extra_yaml).expect("test YAML parses");
+        merge(&mut tree, extra);
+    }
+    let yaml = serde_yaml_ng::to_string(&tree).unwrap();
+    let path = dir.path().join("shenhe.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let loaded = shenhe::config::Config::load(&path).expect("test config is valid");
+    let running = shenhe::server::start(loaded).await.expect("shenhe starts");
+    Proxy { running, dir }
+}
+
+/// Deep-merge `over` into `base` (mappings merge, everything else replaces).
+pub fn merge(base: &mut serde_yaml_ng::Value, over: serde_yaml_ng::Value) {
+    use serde_yaml_ng::Value;
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .build()
+        .unwrap()
+}
+
+/// `data: {json}\n\n` for an OpenAI chat chunk carrying `content` for choice 0.
+pub fn chat_chunk(content: &str) -> String {
+    let v = serde_json::json!({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]
+    });
+    format!("data: {v}\n\n")
+}
+
+pub fn chat_finish() -> String {
+    let v = serde_json::json!({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    });
+    format!("data: {v}\n\ndata: [DONE]\n\n")
+}
