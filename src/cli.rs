@@ -18,7 +18,11 @@ pub fn summary(loaded: &LoadedConfig) -> String {
     let c = &loaded.config;
     let mut out = String::new();
     let _ = writeln!(out, "config      {} (valid)", loaded.path.display());
-    let _ = writeln!(out, "listen      {}  (admin {})", c.server.listen, c.server.admin_listen);
+    let _ = writeln!(
+        out,
+        "listen      {}  (admin {})",
+        c.server.listen, c.server.admin_listen
+    );
     let _ = writeln!(
         out,
         "upstream    {}  (timeouts: connect {}, first byte {}, idle {}, total {})",
@@ -63,7 +67,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -80,7 +86,7 @@ pub fn demo_upstream_addr(c: &Config) -> Result<SocketAddr, String> {
     let url = reqwest::Url::parse(&c.upstream.base_url).map_err(|e| e.to_string())?;
     let host = url.host_str().unwrap_or("127.0.0.1");
     let port = url.port_or_known_default().unwrap_or(80);
-    format!("{host}:{port}")
-        .parse()
-        .map_err(|_| format!("the demo model needs an IP address in upstream.base_url, not `{host}`"))
+    format!("{host}:{port}").parse().map_err(|_| {
+        format!("the demo model needs an IP address in upstream.base_url, not `{host}`")
+    })
 }

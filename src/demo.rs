@@ -68,7 +68,10 @@ pub fn router(script: DemoScript) -> Router {
 }
 
 /// Serve the demo model on `addr` until the task is dropped; returns the bound address.
-pub async fn spawn(addr: SocketAddr, script: DemoScript) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn spawn(
+    addr: SocketAddr,
+    script: DemoScript,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = router(script);
@@ -79,7 +82,9 @@ pub async fn spawn(addr: SocketAddr, script: DemoScript) -> std::io::Result<(Soc
 }
 
 async fn models() -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": "demo", "object": "model", "owned_by": "shenhe-demo"}]}))
+    Json(
+        json!({"object": "list", "data": [{"id": "demo", "object": "model", "owned_by": "shenhe-demo"}]}),
+    )
 }
 
 async fn chat(State(script): State<Arc<DemoScript>>, body: Bytes) -> Response {
@@ -124,31 +129,37 @@ async fn generate(script: Arc<DemoScript>, body: Bytes, chat: bool) -> Response 
     }
     let pieces = script.pieces();
     let delay = script.delay;
-    let events = futures_util::stream::unfold((0usize, pieces, model), move |(i, pieces, model)| async move {
-        if i > pieces.len() + 1 {
-            return None;
-        }
-        if i > 0 && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let data = if i == pieces.len() + 1 {
-            "data: [DONE]\n\n".to_string()
-        } else {
-            let (delta, finish) = if i == pieces.len() {
-                (None, Some("stop"))
+    let events = futures_util::stream::unfold(
+        (0usize, pieces, model),
+        move |(i, pieces, model)| async move {
+            if i > pieces.len() + 1 {
+                return None;
+            }
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let data = if i == pieces.len() + 1 {
+                "data: [DONE]\n\n".to_string()
             } else {
-                (Some(pieces[i].as_str()), None)
+                let (delta, finish) = if i == pieces.len() {
+                    (None, Some("stop"))
+                } else {
+                    (Some(pieces[i].as_str()), None)
+                };
+                let choice = if chat {
+                    json!({"index": 0, "delta": delta.map_or(json!({}), |d| json!({"content": d})), "finish_reason": finish})
+                } else {
+                    json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
+                };
+                let chunk = json!({"id": "demo-1", "object": chunk_object, "created": 1_700_000_000, "model": model, "choices": [choice]});
+                format!("data: {chunk}\n\n")
             };
-            let choice = if chat {
-                json!({"index": 0, "delta": delta.map_or(json!({}), |d| json!({"content": d})), "finish_reason": finish})
-            } else {
-                json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
-            };
-            let chunk = json!({"id": "demo-1", "object": chunk_object, "created": 1_700_000_000, "model": model, "choices": [choice]});
-            format!("data: {chunk}\n\n")
-        };
-        Some((Ok::<_, std::io::Error>(Bytes::from(data)), (i + 1, pieces, model)))
-    });
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(data)),
+                (i + 1, pieces, model),
+            ))
+        },
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use shenhe::config::Config;
 
 #[derive(Parser)]
-#[command(name = "shenhe", version, about = "Inline moderation proxy for generative-model APIs")]
+#[command(
+    name = "shenhe",
+    version,
+    about = "Inline moderation proxy for generative-model APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

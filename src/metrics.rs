@@ -59,25 +59,29 @@ pub struct Metrics {
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    reg.register(Box::new(c.clone())).expect("metric registered once");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    reg.register(Box::new(c.clone())).expect("metric registered once");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    reg.register(Box::new(g.clone())).expect("metric registered once");
+    reg.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    reg.register(Box::new(g.clone())).expect("metric registered once");
+    reg.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
@@ -88,16 +92,21 @@ fn histogram_vec(
     labels: &[&str],
     buckets: &[f64],
 ) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
-        .expect("valid metric");
-    reg.register(Box::new(h.clone())).expect("metric registered once");
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    reg.register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
 fn histogram(reg: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
         .expect("valid metric");
-    reg.register(Box::new(h.clone())).expect("metric registered once");
+    reg.register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -141,7 +150,9 @@ impl Metrics {
             audit_queue_depth: gauge(&reg, "shenhe_audit_queue_depth", "Audit records waiting to be written."),
             registry: reg,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         m
     }
 

@@ -15,7 +15,11 @@ fn the_shipped_configs_are_valid() {
     for name in ["config/shenhe.yaml", "config/demo.yaml"] {
         let out = check(std::path::Path::new(name));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains("/v1/chat/completions"), "{stdout}");
         assert!(stdout.contains("listen"), "{stdout}");
     }
@@ -41,12 +45,18 @@ fn a_bad_config_names_every_problem_with_its_path() {
     let out = check(&p);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("upstream.timeouts") && err.contains("conect"), "{err}");
+    assert!(
+        err.contains("upstream.timeouts") && err.contains("conect"),
+        "{err}"
+    );
 }
 
 #[test]
 fn version_flag_prints_the_version() {
-    let out = Command::new(env!("CARGO_BIN_EXE_shenhe")).arg("--version").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shenhe"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }

@@ -63,7 +63,11 @@ async fn passthrough_post_body_and_sse_are_byte_identical() {
     ];
     let expected: String = events.concat();
     let up = Upstream::fixed(Script::sse_writes(events)).await;
-    let p = proxy(&up.base_url(), "routes:\n  paths:\n    /v1/raw/stream: passthrough\n").await;
+    let p = proxy(
+        &up.base_url(),
+        "routes:\n  paths:\n    /v1/raw/stream: passthrough\n",
+    )
+    .await;
     let req_body = "{\"prompt\": \"x\", \"n\": 1}\n";
     let resp = client()
         .post(p.url("/v1/raw/stream"))
@@ -76,7 +80,10 @@ async fn passthrough_post_body_and_sse_are_byte_identical() {
     assert_eq!(resp.text().await.unwrap(), expected);
     let rec = &up.requests()[0];
     assert_eq!(rec.body, req_body.as_bytes());
-    assert_eq!(rec.header("content-length"), Some(req_body.len().to_string().as_str()));
+    assert_eq!(
+        rec.header("content-length"),
+        Some(req_body.len().to_string().as_str())
+    );
 }
 
 #[tokio::test]
@@ -87,8 +94,17 @@ async fn streams_are_not_buffered() {
     script.steps.push(Step::Gate(gate.clone()));
     script.steps.push(Step::Write(Bytes::from(chat_finish())));
     let up = Upstream::fixed(script).await;
-    let p = proxy(&up.base_url(), "routes:\n  paths:\n    /v1/raw/stream: passthrough\n").await;
-    let resp = client().post(p.url("/v1/raw/stream")).body("{}").send().await.unwrap();
+    let p = proxy(
+        &up.base_url(),
+        "routes:\n  paths:\n    /v1/raw/stream: passthrough\n",
+    )
+    .await;
+    let resp = client()
+        .post(p.url("/v1/raw/stream"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let mut stream = resp.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
@@ -111,8 +127,17 @@ async fn client_disconnect_reaches_the_upstream_within_100ms() {
     // Keep the stream open, silent, until the client leaves.
     script.steps.push(Step::Gate(gate.clone()));
     let up = Upstream::fixed(script).await;
-    let p = proxy(&up.base_url(), "routes:\n  paths:\n    /v1/raw/stream: passthrough\n").await;
-    let resp = client().post(p.url("/v1/raw/stream")).body("{}").send().await.unwrap();
+    let p = proxy(
+        &up.base_url(),
+        "routes:\n  paths:\n    /v1/raw/stream: passthrough\n",
+    )
+    .await;
+    let resp = client()
+        .post(p.url("/v1/raw/stream"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let mut stream = resp.bytes_stream();
     let _ = stream.next().await.unwrap().unwrap();
     let notified = up.disconnected.notified();
@@ -123,14 +148,20 @@ async fn client_disconnect_reaches_the_upstream_within_100ms() {
         .expect("upstream sees the disconnect");
     let (seen_at, written) = up.disconnects()[0];
     let lag = seen_at.duration_since(dropped_at);
-    assert!(lag < Duration::from_millis(100), "upstream saw the disconnect after {lag:?}");
+    assert!(
+        lag < Duration::from_millis(100),
+        "upstream saw the disconnect after {lag:?}"
+    );
     assert_eq!(written, 1);
 }
 
 async fn error_json(resp: reqwest::Response) -> (u16, serde_json::Value) {
     let status = resp.status().as_u16();
     assert_eq!(resp.headers()["content-type"], "application/json");
-    (status, serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap(),
+    )
 }
 
 fn assert_openai_error(v: &serde_json::Value, code: &str) {
@@ -144,7 +175,10 @@ fn assert_openai_error(v: &serde_json::Value, code: &str) {
 #[tokio::test]
 async fn upstream_unreachable_is_502() {
     // A port that was just free: nothing listens there.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let p = proxy(&format!("http://{free}"), "").await;
     let (status, v) = error_json(client().get(p.url("/v1/models")).send().await.unwrap()).await;
     assert_eq!(status, 502);
@@ -156,7 +190,11 @@ async fn upstream_timeout_is_504() {
     let mut script = Script::json("{}");
     script.head_delay = Duration::from_secs(3);
     let up = Upstream::fixed(script).await;
-    let p = proxy(&up.base_url(), "upstream:\n  timeouts: { first_byte: \"200ms\" }\n").await;
+    let p = proxy(
+        &up.base_url(),
+        "upstream:\n  timeouts: { first_byte: \"200ms\" }\n",
+    )
+    .await;
     let started = Instant::now();
     let (status, v) = error_json(client().get(p.url("/v1/models")).send().await.unwrap()).await;
     assert_eq!(status, 504);
@@ -172,7 +210,10 @@ async fn body_over_limit_is_413_on_every_route_kind() {
         "routes:\n  paths:\n    /v1/raw: passthrough\nserver:\n  body_limit: 1KiB\n",
     )
     .await;
-    let big = format!("{{\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}", "x".repeat(2000));
+    let big = format!(
+        "{{\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+        "x".repeat(2000)
+    );
     for path in ["/v1/chat/completions", "/v1/raw"] {
         let resp = client()
             .post(p.url(path))
@@ -215,21 +256,40 @@ async fn malformed_json_on_a_moderated_route_is_400() {
         assert_eq!(status, 400, "{body}");
         assert_openai_error(&v, "invalid_json");
     }
-    assert!(up.requests().is_empty(), "nothing malformed reaches the upstream");
+    assert!(
+        up.requests().is_empty(),
+        "nothing malformed reaches the upstream"
+    );
 }
 
 #[tokio::test]
 async fn unknown_post_route_is_404_naming_it_unless_passthrough() {
     let up = Upstream::fixed(Script::json("{\"ok\":true}")).await;
     let p = proxy(&up.base_url(), "").await;
-    let (status, v) = error_json(client().post(p.url("/v2/generate")).body("{}").send().await.unwrap()).await;
+    let (status, v) = error_json(
+        client()
+            .post(p.url("/v2/generate"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
     assert_openai_error(&v, "unknown_route");
-    assert!(v["error"]["message"].as_str().unwrap().contains("/v2/generate"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v2/generate"));
     assert!(up.requests().is_empty());
 
     let p2 = proxy(&up.base_url(), "routes:\n  default: passthrough\n").await;
-    let resp = client().post(p2.url("/v2/generate")).body("{}").send().await.unwrap();
+    let resp = client()
+        .post(p2.url("/v2/generate"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(up.requests().len(), 1);
 }
@@ -261,7 +321,11 @@ async fn path_variants_of_moderated_routes_are_refused_or_moderated() {
 async fn h2c_clients_are_served() {
     let up = Upstream::fixed(Script::json("{\"ok\":1}")).await;
     let p = proxy(&up.base_url(), "").await;
-    let c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let resp = c.get(p.url("/v1/models")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.text().await.unwrap(), "{\"ok\":1}");
@@ -272,11 +336,22 @@ async fn graceful_shutdown_lets_a_running_stream_finish() {
     let gate = Arc::new(Notify::new());
     let mut script = Script::sse_writes(vec![chat_chunk("one")]);
     script.steps.push(Step::Gate(gate.clone()));
-    script.steps.push(Step::Write(Bytes::from(chat_chunk("two"))));
+    script
+        .steps
+        .push(Step::Write(Bytes::from(chat_chunk("two"))));
     script.steps.push(Step::Write(Bytes::from(chat_finish())));
     let up = Upstream::fixed(script).await;
-    let p = proxy(&up.base_url(), "routes:\n  paths:\n    /v1/raw/stream: passthrough\n").await;
-    let resp = client().post(p.url("/v1/raw/stream")).body("{}").send().await.unwrap();
+    let p = proxy(
+        &up.base_url(),
+        "routes:\n  paths:\n    /v1/raw/stream: passthrough\n",
+    )
+    .await;
+    let resp = client()
+        .post(p.url("/v1/raw/stream"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let mut stream = resp.bytes_stream();
     let _ = stream.next().await.unwrap().unwrap();
     p.running.shutdown.trigger();
@@ -304,8 +379,24 @@ async fn admin_routes_live_only_on_the_admin_listener() {
     assert_eq!(m.status(), 200);
     let text = m.text().await.unwrap();
     assert!(text.contains("shenhe_build_info"));
-    assert_eq!(client().get(p.admin_url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(client().get(p.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(p.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(p.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // On the public listener, /metrics is just another upstream path.
     let _ = client().get(p.url("/metrics")).send().await.unwrap();
     assert_eq!(up.requests().last().unwrap().path, "/metrics");
@@ -313,7 +404,22 @@ async fn admin_routes_live_only_on_the_admin_listener() {
 
 #[tokio::test]
 async fn readyz_fails_when_the_probe_cannot_reach_the_upstream() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let p = proxy(&format!("http://{free}"), "upstream:\n  probe: /v1/models\n").await;
-    assert_eq!(client().get(p.admin_url("/readyz")).send().await.unwrap().status(), 503);
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = proxy(
+        &format!("http://{free}"),
+        "upstream:\n  probe: /v1/models\n",
+    )
+    .await;
+    assert_eq!(
+        client()
+            .get(p.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
 }

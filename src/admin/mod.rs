@@ -34,7 +34,11 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     if !s.app.is_ready_config() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "last config reload failed\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "last config reload failed\n",
+        )
+            .into_response();
     }
     if !s.app.runtime().upstream.probe_ok().await {
         return (StatusCode::SERVICE_UNAVAILABLE, "upstream not reachable\n").into_response();
@@ -44,7 +48,10 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 async fn metrics_text() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics().render(),
     )
         .into_response()

@@ -12,14 +12,10 @@ pub fn expand_tree(
     issues: &mut Vec<ConfigIssue>,
 ) {
     match v {
-        Value::String(s) => {
-            if s.contains('$') {
-                match expand(s, lookup) {
-                    Ok(out) => *s = out,
-                    Err(msg) => issues.push(ConfigIssue::new(path, msg)),
-                }
-            }
-        }
+        Value::String(s) if s.contains('$') => match expand(s, lookup) {
+            Ok(out) => *s = out,
+            Err(msg) => issues.push(ConfigIssue::new(path, msg)),
+        },
         Value::Sequence(seq) => {
             for (i, item) in seq.iter_mut().enumerate() {
                 expand_tree(item, &format!("{path}[{i}]"), lookup, issues);
@@ -66,11 +62,7 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
                 Some((n, d)) => (n, Some(d)),
                 None => (inner, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("`${{{inner}}}` is not a valid variable reference"));
             }
             match (lookup(name), default) {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use units::{ByteSize, HumanDuration};
 
 use crate::dialect::DialectName;
+use crate::policy::config::PolicyConfig;
 
 /// Client traffic listener: all interfaces, the port model APIs conventionally use in front of a server.
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -42,6 +43,8 @@ pub struct Config {
     pub routes: RoutesConfig,
     pub headers: HeaderRules,
     pub dialects: DialectsConfig,
+    pub policy: PolicyConfig,
+    pub moderation: ModerationConfig,
     pub log: LogConfig,
 }
 
@@ -207,6 +210,26 @@ pub struct DialectExtras {
     pub extra_text_fields: Vec<String>,
 }
 
+/// `moderation:` how verdicts are delivered.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModerationConfig {
+    /// Text sent as its own delta before `finish_reason: content_filter` when a stream is
+    /// stopped (none by default: the stream just ends with the filter reason).
+    pub stop_notice: Option<String>,
+    /// Largest non-streamed response body shenhe reads to judge. Default 64MiB.
+    pub response_limit: ByteSize,
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        Self {
+            stop_notice: None,
+            response_limit: ByteSize::mib(64),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -281,7 +304,10 @@ impl ConfigError {
 }
 
 fn join_issues(v: &[ConfigIssue]) -> String {
-    v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; ")
+    v.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A config file read and checked, with the folder its relative paths resolve against.
@@ -324,8 +350,9 @@ impl Config {
         let mut tree: serde_yaml_ng::Value = if text.trim().is_empty() {
             serde_yaml_ng::Value::Mapping(Default::default())
         } else {
-            serde_yaml_ng::from_str(text)
-                .map_err(|e| ConfigError::Invalid(vec![ConfigIssue::new("", format!("not valid YAML: {e}"))]))?
+            serde_yaml_ng::from_str(text).map_err(|e| {
+                ConfigError::Invalid(vec![ConfigIssue::new("", format!("not valid YAML: {e}"))])
+            })?
         };
         if tree.is_null() {
             tree = serde_yaml_ng::Value::Mapping(Default::default());
@@ -371,7 +398,10 @@ impl Config {
         }
         if let Some(p) = &self.upstream.probe {
             if !p.starts_with('/') {
-                issues.push(ConfigIssue::new("upstream.probe", "must be a path starting with `/`"));
+                issues.push(ConfigIssue::new(
+                    "upstream.probe",
+                    "must be a path starting with `/`",
+                ));
             }
         }
         let t = &self.upstream.timeouts;
@@ -389,7 +419,10 @@ impl Config {
             }
         }
         if self.server.body_limit.get() == 0 {
-            issues.push(ConfigIssue::new("server.body_limit", "must be greater than zero"));
+            issues.push(ConfigIssue::new(
+                "server.body_limit",
+                "must be greater than zero",
+            ));
         }
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             issues.push(ConfigIssue::new(
@@ -407,12 +440,18 @@ impl Config {
         }
         for (i, h) in self.headers.drop_request.iter().enumerate() {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                issues.push(ConfigIssue::new(format!("headers.drop_request[{i}]"), "not a valid header name"));
+                issues.push(ConfigIssue::new(
+                    format!("headers.drop_request[{i}]"),
+                    "not a valid header name",
+                ));
             }
         }
         for (i, h) in self.headers.drop_response.iter().enumerate() {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                issues.push(ConfigIssue::new(format!("headers.drop_response[{i}]"), "not a valid header name"));
+                issues.push(ConfigIssue::new(
+                    format!("headers.drop_response[{i}]"),
+                    "not a valid header name",
+                ));
             }
         }
         for (section, map) in [
@@ -421,21 +460,48 @@ impl Config {
         ] {
             for (k, v) in map {
                 if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                    issues.push(ConfigIssue::new(format!("{section}.{k}"), "not a valid header name"));
+                    issues.push(ConfigIssue::new(
+                        format!("{section}.{k}"),
+                        "not a valid header name",
+                    ));
                 }
                 if http::HeaderValue::from_str(v).is_err() {
-                    issues.push(ConfigIssue::new(format!("{section}.{k}"), "not a valid header value"));
+                    issues.push(ConfigIssue::new(
+                        format!("{section}.{k}"),
+                        "not a valid header value",
+                    ));
                 }
             }
         }
         if let Some(h) = &self.upstream.api_key_header {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                issues.push(ConfigIssue::new("upstream.api_key_header", "not a valid header name"));
+                issues.push(ConfigIssue::new(
+                    "upstream.api_key_header",
+                    "not a valid header name",
+                ));
+            }
+        }
+        for (name, d) in [
+            ("openai_chat", &self.dialects.openai_chat),
+            ("openai_completions", &self.dialects.openai_completions),
+            ("openai_responses", &self.dialects.openai_responses),
+            ("anthropic_messages", &self.dialects.anthropic_messages),
+        ] {
+            for (i, f) in d.extra_text_fields.iter().enumerate() {
+                if let Err(e) = crate::dialect::paths::parse_pattern(f) {
+                    issues.push(ConfigIssue::new(
+                        format!("dialects.{name}.extra_text_fields[{i}]"),
+                        e,
+                    ));
+                }
             }
         }
         if let Some(k) = &self.upstream.api_key {
             if http::HeaderValue::from_str(k).is_err() {
-                issues.push(ConfigIssue::new("upstream.api_key", "not a valid header value"));
+                issues.push(ConfigIssue::new(
+                    "upstream.api_key",
+                    "not a valid header value",
+                ));
             }
         }
         issues
@@ -460,8 +526,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_its_path() {
-        let err = Config::from_yaml_str_with_env("server:\n  listn: 1.2.3.4:1\n", &env_none)
-            .unwrap_err();
+        let err =
+            Config::from_yaml_str_with_env("server:\n  listn: 1.2.3.4:1\n", &env_none).unwrap_err();
         let issues = err.issues();
         assert_eq!(issues.len(), 1);
         assert!(issues[0].path.starts_with("server"), "{issues:?}");
@@ -470,11 +536,9 @@ mod tests {
 
     #[test]
     fn bad_duration_names_its_path() {
-        let err = Config::from_yaml_str_with_env(
-            "upstream:\n  timeouts:\n    idle: 30\n",
-            &env_none,
-        )
-        .unwrap_err();
+        let err =
+            Config::from_yaml_str_with_env("upstream:\n  timeouts:\n    idle: 30\n", &env_none)
+                .unwrap_err();
         let issues = err.issues();
         assert_eq!(issues[0].path, "upstream.timeouts.idle", "{issues:?}");
     }
@@ -487,16 +551,26 @@ mod tests {
         )
         .unwrap_err();
         let paths: Vec<String> = err.issues().into_iter().map(|i| i.path).collect();
-        assert!(paths.contains(&"upstream.base_url".to_string()), "{paths:?}");
-        assert!(paths.contains(&"upstream.timeouts.connect".to_string()), "{paths:?}");
-        assert!(paths.contains(&"server.body_limit".to_string()), "{paths:?}");
+        assert!(
+            paths.contains(&"upstream.base_url".to_string()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"upstream.timeouts.connect".to_string()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"server.body_limit".to_string()),
+            "{paths:?}"
+        );
     }
 
     #[test]
     fn env_references_are_expanded_in_values_only() {
         let env = |k: &str| (k == "KEY").then(|| "s3cret\nserver: {}".to_string());
         // A value with a newline stays a value: it cannot add keys to the file.
-        let err = Config::from_yaml_str_with_env("upstream:\n  api_key: ${KEY}\n", &env).unwrap_err();
+        let err =
+            Config::from_yaml_str_with_env("upstream:\n  api_key: ${KEY}\n", &env).unwrap_err();
         assert!(err.issues()[0].path == "upstream.api_key", "{err}");
         let env = |k: &str| (k == "KEY").then(|| "s3cret".to_string());
         let c = Config::from_yaml_str_with_env("upstream:\n  api_key: ${KEY}\n", &env).unwrap();
@@ -505,8 +579,9 @@ mod tests {
 
     #[test]
     fn missing_env_var_is_an_error_with_path() {
-        let err = Config::from_yaml_str_with_env("upstream:\n  api_key: ${NOPE_NOT_SET}\n", &env_none)
-            .unwrap_err();
+        let err =
+            Config::from_yaml_str_with_env("upstream:\n  api_key: ${NOPE_NOT_SET}\n", &env_none)
+                .unwrap_err();
         let i = &err.issues()[0];
         assert_eq!(i.path, "upstream.api_key");
         assert!(i.message.contains("NOPE_NOT_SET"));

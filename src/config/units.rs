@@ -43,10 +43,14 @@ impl FromStr for HumanDuration {
             "m" | "min" => 60.0,
             "h" => 3600.0,
             "d" => 86400.0,
-            other => return Err(format!("duration `{s}` has unknown unit `{other}` (ms, s, m, h, d)")),
+            other => {
+                return Err(format!(
+                    "duration `{s}` has unknown unit `{other}` (ms, s, m, h, d)"
+                ))
+            }
         };
         let secs = n * mult;
-        if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+        if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
             return Err(format!("duration `{s}` is out of range"));
         }
         Ok(Self(Duration::from_secs_f64(secs)))
@@ -118,7 +122,11 @@ impl FromStr for ByteSize {
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            other => return Err(format!("size `{s}` has unknown unit `{other}` (B, KiB, MiB, GiB)")),
+            other => {
+                return Err(format!(
+                    "size `{s}` has unknown unit `{other}` (B, KiB, MiB, GiB)"
+                ))
+            }
         };
         n.checked_mul(mult)
             .map(Self)
@@ -169,10 +177,22 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!("30s".parse::<HumanDuration>().unwrap().get(), Duration::from_secs(30));
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().get(), Duration::from_millis(250));
-        assert_eq!("7d".parse::<HumanDuration>().unwrap().get(), Duration::from_secs(7 * 86400));
-        assert_eq!("1.5s".parse::<HumanDuration>().unwrap().get(), Duration::from_millis(1500));
+        assert_eq!(
+            "30s".parse::<HumanDuration>().unwrap().get(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().get(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "7d".parse::<HumanDuration>().unwrap().get(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(
+            "1.5s".parse::<HumanDuration>().unwrap().get(),
+            Duration::from_millis(1500)
+        );
         assert!("30".parse::<HumanDuration>().is_err());
         assert!("30x".parse::<HumanDuration>().is_err());
         assert!("-1s".parse::<HumanDuration>().is_err());

@@ -168,7 +168,8 @@ impl ApiError {
                     "param": self.param,
                 });
                 if let Some(c) = &self.category {
-                    err["innererror"] = json!({ "code": "ResponsibleAIPolicyViolation", "category": c });
+                    err["innererror"] =
+                        json!({ "code": "ResponsibleAIPolicyViolation", "category": c });
                 }
                 json!({ "error": err })
             }

@@ -104,7 +104,11 @@ mod tests {
     fn duplicate_keys_are_refused_at_any_depth() {
         assert!(parse_strict(br#"{"a":1,"a":2}"#).is_err());
         let e = parse_strict(br#"{"messages":[{"content":"x","content":"y"}]}"#).unwrap_err();
-        assert!(e.message.contains("duplicate key `content`"), "{}", e.message);
+        assert!(
+            e.message.contains("duplicate key `content`"),
+            "{}",
+            e.message
+        );
         assert!(parse_strict(br#"{"a":{"b":1},"c":{"b":2}}"#).is_ok());
     }
 

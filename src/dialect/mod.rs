@@ -66,3 +66,5 @@ impl std::fmt::Display for DialectName {
 
 pub mod json;
 pub mod moderate;
+pub mod openai;
+pub mod paths;

@@ -1,14 +1,35 @@
 //! Moderated routes: read and judge the request, forward exactly what was judged, judge the answer.
+//!
+//! The phases, in the order a request meets them:
+//! 1. `check_request_headers`: only plain UTF-8 JSON is judged, so only that is accepted.
+//! 2. prompt: the dialect lists the prompt texts; a `block` finding ends the request with the
+//!    dialect's refusal and the upstream never sees it; `redact` rewrites the text in place.
+//! 3. forward: the exact bytes judged (or their rewrite) go upstream.
+//! 4. completion: a streamed answer goes through the stream guard, a whole one is judged at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::Response;
-use http::header;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{header, HeaderMap, StatusCode};
+use serde_json::Value;
 
+use super::openai::{self, Flavor, OpenAiCodec};
+use super::paths::{self, Found};
 use crate::dialect::error::{ApiError, ErrorKind};
+use crate::dialect::DialectName;
 use crate::metrics::metrics;
+use crate::policy::{Action, Direction, Finding, Policy};
 use crate::server::body;
-use crate::server::proxy::{self, RequestCtx};
-use crate::server::upstream::UpstreamBody;
+use crate::server::proxy::{self, is_event_stream, RequestCtx};
+use crate::server::upstream::{bounded_body, UpstreamBody};
+use crate::stream::guard::{Guard, StopReason, StreamFinding};
+use crate::stream::{guarded_body, Reporter};
 
 /// Handle a request on a moderated route.
 pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
@@ -24,10 +45,20 @@ pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
         .request_bytes
         .with_label_values(&[&ctx.log.route])
         .inc_by(bytes.len() as u64);
-    if let Err(e) = super::json::parse_strict(&bytes) {
-        return ctx.error(e);
+    let json = match super::json::parse_strict(&bytes) {
+        Ok(v) => v,
+        Err(e) => return ctx.error(e),
+    };
+    match ctx.dialect {
+        DialectName::OpenaiChat => openai_exchange(ctx, bytes, json, Flavor::Chat).await,
+        DialectName::OpenaiCompletions => {
+            openai_exchange(ctx, bytes, json, Flavor::Completions).await
+        }
+        other => ctx.error(ApiError::new(
+            ErrorKind::Internal,
+            format!("the {other} dialect is not available in this build"),
+        )),
     }
-    proxy::forward(ctx, UpstreamBody::Full(bytes), None, true).await
 }
 
 /// A moderated body must be plain JSON: shenhe judges what it can read, and forwards only that.
@@ -46,10 +77,16 @@ fn check_request_headers(ctx: &RequestCtx) -> Result<(), ApiError> {
         if essence != "application/json" && !essence.ends_with("+json") {
             return Err(ApiError::new(
                 ErrorKind::UnsupportedMediaType,
-                format!("content type `{essence}` is not accepted on this route; send application/json"),
+                format!(
+                    "content type `{essence}` is not accepted on this route; send application/json"
+                ),
             ));
         }
-        if let Some(cs) = ct.split(';').skip(1).find_map(|p| p.trim().strip_prefix("charset=")) {
+        if let Some(cs) = ct
+            .split(';')
+            .skip(1)
+            .find_map(|p| p.trim().strip_prefix("charset="))
+        {
             let cs = cs.trim_matches('"');
             if cs != "utf-8" && cs != "utf8" {
                 return Err(ApiError::new(
@@ -60,4 +97,277 @@ fn check_request_headers(ctx: &RequestCtx) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The refusal text for a category in the client's language (zh unless it prefers English).
+pub fn refusal_text(policy: &Policy, category: &str, headers: &HeaderMap) -> String {
+    let english = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("en"));
+    match policy.category(category) {
+        Some(c) if english => c.refusal_en.clone(),
+        Some(c) => c.refusal_zh.clone(),
+        None if english => {
+            "This request cannot be processed under the service's content rules.".into()
+        }
+        None => "抱歉，该内容违反相关规定，无法处理。".into(),
+    }
+}
+
+/// Note a decision in the request log, the process log and the metrics.
+pub fn note_decision(
+    ctx_decisions: &Mutex<Vec<String>>,
+    direction: Direction,
+    f: &Finding,
+    where_: &str,
+) {
+    if let Ok(mut d) = ctx_decisions.lock() {
+        d.push(format!(
+            "{}:{}:{}",
+            direction.as_str(),
+            f.category,
+            f.action.as_str()
+        ));
+    }
+    tracing::info!(
+        direction = direction.as_str(),
+        category = %f.category,
+        action = f.action.as_str(),
+        field = where_,
+        "Moderation finding"
+    );
+}
+
+/// Judge the prompt texts. `Ok(Some(bytes))` when redaction rewrote the body; `Err` is the refusal.
+fn judge_prompt(ctx: &RequestCtx, json: &mut Value, texts: Vec<Found>) -> Result<bool, ApiError> {
+    let policy = &ctx.rt.policy;
+    let started = Instant::now();
+    let mut rewritten = false;
+    let mut block: Option<(Finding, String)> = None;
+    for t in texts {
+        let findings = policy.scan(&t.text, Direction::Prompt);
+        if findings.is_empty() {
+            continue;
+        }
+        let field = paths::display(&t.path);
+        for f in &findings {
+            metrics()
+                .decisions
+                .with_label_values(&["prompt", &f.category, f.action.as_str()])
+                .inc();
+            note_decision(&ctx.log.decisions, Direction::Prompt, f, &field);
+            if f.action == Action::Block && block.is_none() {
+                block = Some((f.clone(), field.clone()));
+            }
+        }
+        if findings.iter().any(|f| f.action == Action::Redact) {
+            let red = policy.redact(&t.text, &findings);
+            rewritten |= paths::set_string(json, &t.path, red);
+        }
+    }
+    metrics()
+        .scan_duration
+        .with_label_values(&["prompt"])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some((f, field)) = block {
+        let top = field
+            .split(['.', '['])
+            .next()
+            .unwrap_or("messages")
+            .to_string();
+        return Err(ApiError::new(
+            ErrorKind::ContentFilter,
+            refusal_text(policy, &f.category, &ctx.client_headers),
+        )
+        .with_param(top)
+        .with_category(f.category.to_string()));
+    }
+    Ok(rewritten)
+}
+
+async fn openai_exchange(
+    mut ctx: RequestCtx,
+    bytes: Bytes,
+    mut json: Value,
+    flavor: Flavor,
+) -> Response {
+    let texts = match openai::prompt_texts(flavor, &json) {
+        Ok(t) => t,
+        Err(e) => return ctx.error(e),
+    };
+    let forward_bytes = match judge_prompt(&ctx, &mut json, texts) {
+        Ok(true) => Bytes::from(serde_json::to_vec(&json).unwrap_or_default()),
+        Ok(false) => bytes,
+        Err(refusal) => return ctx.error(refusal),
+    };
+    let (resp, sent) =
+        match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward_bytes), true).await {
+            Ok(r) => r,
+            Err(e) => return ctx.error(e),
+        };
+    if !resp.status().is_success() {
+        return proxy::stream_back(ctx, resp, sent);
+    }
+    let extras = match flavor {
+        Flavor::Chat => ctx.rt.extras.openai_chat.clone(),
+        Flavor::Completions => ctx.rt.extras.openai_completions.clone(),
+    };
+    if is_event_stream(resp.headers()) {
+        let codec = OpenAiCodec::new(flavor, extras);
+        return guarded_response(ctx, resp, sent, codec);
+    }
+    let status = resp.status();
+    let headers = ctx
+        .rt
+        .headers
+        .client_response(resp.headers(), &ctx.request_id);
+    let body = match read_upstream(&ctx, resp, sent).await {
+        Ok(b) => b,
+        Err(e) => return ctx.error(e),
+    };
+    let Ok(mut doc) = serde_json::from_slice::<Value>(&body) else {
+        // Fail closed: a completion shenhe cannot read is not delivered.
+        metrics()
+            .upstream_errors
+            .with_label_values(&["protocol"])
+            .inc();
+        return ctx.error(ApiError::new(
+            ErrorKind::UpstreamProtocol,
+            "the model server answered with a body that is not JSON",
+        ));
+    };
+    let changed = judge_completion(&ctx, flavor, &mut doc, &extras);
+    let out = if changed {
+        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+    } else {
+        body
+    };
+    ctx.complete(status, headers, out)
+}
+
+/// Judge every choice of a whole response; returns whether the document changed.
+fn judge_completion(
+    ctx: &RequestCtx,
+    flavor: Flavor,
+    doc: &mut Value,
+    extras: &openai::Extras,
+) -> bool {
+    let policy = &ctx.rt.policy;
+    let started = Instant::now();
+    let texts = openai::response_texts(flavor, doc, extras);
+    let mut blocked: Vec<(u32, Arc<str>)> = Vec::new();
+    let mut changed = false;
+    for t in texts {
+        if blocked.iter().any(|(c, _)| *c == t.choice) {
+            continue;
+        }
+        let findings = policy.scan(&t.found.text, Direction::Completion);
+        if findings.is_empty() {
+            continue;
+        }
+        let field = paths::display(&t.found.path);
+        for f in &findings {
+            metrics()
+                .decisions
+                .with_label_values(&["completion", &f.category, f.action.as_str()])
+                .inc();
+            note_decision(&ctx.log.decisions, Direction::Completion, f, &field);
+        }
+        if let Some(b) = findings.iter().find(|f| f.action == Action::Block) {
+            blocked.push((t.choice, b.category.clone()));
+        } else if findings.iter().any(|f| f.action == Action::Redact) {
+            let red = policy.redact(&t.found.text, &findings);
+            changed |= paths::set_string(doc, &t.found.path, red);
+        }
+    }
+    for (choice, category) in &blocked {
+        let text = refusal_text(policy, category, &ctx.client_headers);
+        openai::refuse_choice(flavor, doc, *choice, &text);
+        changed = true;
+    }
+    metrics()
+        .scan_duration
+        .with_label_values(&["completion"])
+        .observe(started.elapsed().as_secs_f64());
+    changed
+}
+
+/// Read a whole upstream body within the response limit and the upstream timeouts.
+async fn read_upstream(
+    ctx: &RequestCtx,
+    resp: reqwest::Response,
+    sent: Instant,
+) -> Result<Bytes, ApiError> {
+    let limit = ctx.rt.config.moderation.response_limit.get();
+    let up = &ctx.rt.upstream;
+    let mut stream = Box::pin(bounded_body(resp, up.idle_timeout, sent + up.total_timeout));
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|f| {
+            let kind = match f {
+                crate::server::upstream::StreamFault::Broken => ErrorKind::UpstreamProtocol,
+                _ => ErrorKind::UpstreamTimeout,
+            };
+            ApiError::new(kind, f.message())
+        })?;
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(ApiError::new(
+                ErrorKind::UpstreamProtocol,
+                "the model server's answer is larger than moderation.response_limit",
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Stream a moderated SSE answer through the guard.
+fn guarded_response<C: crate::stream::guard::EventCodec>(
+    ctx: RequestCtx,
+    resp: reqwest::Response,
+    sent: Instant,
+    codec: C,
+) -> Response {
+    let status = resp.status();
+    let headers = ctx
+        .rt
+        .headers
+        .client_response(resp.headers(), &ctx.request_id);
+    let up = &ctx.rt.upstream;
+    let upstream = bounded_body(resp, up.idle_timeout, sent + up.total_timeout);
+    let guard = Guard::new(
+        codec,
+        ctx.rt.policy.clone(),
+        ctx.rt.config.moderation.stop_notice.clone(),
+    );
+    let reporter = StreamReporter {
+        decisions: ctx.log.decisions.clone(),
+    };
+    let body = guarded_body(upstream, guard, reporter);
+    let _ = StatusCode::OK;
+    ctx.streaming(status, headers, body, true)
+}
+
+/// Records what a guarded stream decided.
+struct StreamReporter {
+    decisions: Arc<Mutex<Vec<String>>>,
+}
+
+impl Reporter for StreamReporter {
+    fn report<'a>(
+        &'a mut self,
+        findings: Vec<StreamFinding>,
+        stop: Option<&'a StopReason>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            for sf in &findings {
+                let field = format!("choice{}:{}", sf.channel.0, sf.channel.1);
+                note_decision(&self.decisions, Direction::Completion, &sf.finding, &field);
+            }
+            if let Some(StopReason::BadUpstreamEvent(why)) = stop {
+                tracing::warn!(reason = %why, "Stream stopped: unreadable upstream event");
+            }
+        })
+    }
 }

@@ -39,7 +39,10 @@ pub async fn read_limited(body: Body, limit: u64, timeout: Duration) -> Result<B
         Ok(r) => r,
         Err(_) => Err(ApiError::new(
             ErrorKind::BodyTimeout,
-            format!("the request body was not received within {}s", timeout.as_secs()),
+            format!(
+                "the request body was not received within {}s",
+                timeout.as_secs()
+            ),
         )),
     }
 }
@@ -120,7 +123,7 @@ impl http_body::Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         // The client's declared length, so the upstream gets Content-Length rather than chunks.
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -137,8 +140,9 @@ pub struct RequestLog {
     pub upstream_status: Option<u16>,
     pub bytes_out: u64,
     pub streamed: bool,
-    /// Short decision summary for the log line, e.g. `prompt:A1d:block`.
-    pub decisions: Vec<String>,
+    /// Short decision summary for the log line, e.g. `prompt:A1d:block`; shared with the
+    /// stream guard's reporter, which adds to it while the response streams.
+    pub decisions: Arc<std::sync::Mutex<Vec<String>>>,
     pub error: Option<&'static str>,
     pub user: Option<String>,
     pub content_id: Option<String>,
@@ -159,7 +163,7 @@ impl RequestLog {
             upstream_status: None,
             bytes_out: 0,
             streamed: false,
-            decisions: Vec::new(),
+            decisions: Arc::default(),
             error: None,
             user: None,
             content_id: None,
@@ -207,7 +211,7 @@ impl RequestLog {
             streamed = self.streamed,
             bytes_out = self.bytes_out,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            decisions = %self.decisions.join(","),
+            decisions = %self.decisions.lock().map(|d| d.join(",")).unwrap_or_default(),
             error = self.error,
             user = self.user.as_deref(),
             content_id = self.content_id.as_deref(),

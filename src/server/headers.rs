@@ -56,18 +56,20 @@ impl HeaderPlan {
                 })
                 .collect::<Vec<_>>()
         };
-        let upstream_key = upstream.api_key.as_ref().and_then(|key| {
-            match &upstream.api_key_header {
-                Some(h) => Some((
-                    HeaderName::from_bytes(h.as_bytes()).ok()?,
-                    HeaderValue::from_str(key).ok()?,
-                )),
-                None => Some((
-                    header::AUTHORIZATION,
-                    HeaderValue::from_str(&format!("Bearer {key}")).ok()?,
-                )),
-            }
-        });
+        let upstream_key =
+            upstream
+                .api_key
+                .as_ref()
+                .and_then(|key| match &upstream.api_key_header {
+                    Some(h) => Some((
+                        HeaderName::from_bytes(h.as_bytes()).ok()?,
+                        HeaderValue::from_str(key).ok()?,
+                    )),
+                    None => Some((
+                        header::AUTHORIZATION,
+                        HeaderValue::from_str(&format!("Bearer {key}")).ok()?,
+                    )),
+                });
         let upstream_key = upstream_key.map(|(n, mut v)| {
             v.set_sensitive(true);
             (n, v)
@@ -119,7 +121,10 @@ impl HeaderPlan {
         out.insert(X_REQUEST_ID, request_id.clone());
         if moderated {
             // shenhe must read what it judges: ask for plain bytes (compressed answers are decoded anyway).
-            out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            out.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
         for (name, value) in &self.add_request {
             out.insert(name.clone(), value.clone());
@@ -220,7 +225,10 @@ mod tests {
     #[test]
     fn upstream_key_replaces_client_credentials() {
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer client-key"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer client-key"),
+        );
         let out = plan(Some("up-key")).upstream_request(&h, None, &new_request_id(), true);
         assert_eq!(out["authorization"], "Bearer up-key");
         assert_eq!(out["accept-encoding"], "identity");

@@ -10,7 +10,7 @@ pub mod signals;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, LoadedConfig};
+use crate::policy::Policy;
 
 pub use listener::Shutdown;
 
@@ -29,18 +30,46 @@ pub struct Runtime {
     pub routes: routes::RouteTable,
     pub headers: headers::HeaderPlan,
     pub upstream: upstream::Upstream,
+    pub policy: Arc<Policy>,
+    pub extras: Extras,
+}
+
+/// Extra text fields per dialect, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    pub openai_chat: crate::dialect::openai::Extras,
+    pub openai_completions: crate::dialect::openai::Extras,
+    pub openai_responses: crate::dialect::openai::Extras,
+    pub anthropic_messages: crate::dialect::openai::Extras,
 }
 
 impl Runtime {
-    pub fn build(config: Config) -> Result<Self, String> {
+    /// Compile everything a config needs; `base_dir` resolves relative file paths.
+    pub fn build(config: Config, base_dir: &Path) -> Result<Self, String> {
         let routes = routes::RouteTable::new(&config.routes);
         let headers = headers::HeaderPlan::new(&config.headers, &config.upstream);
         let upstream = upstream::Upstream::new(&config.upstream)?;
+        let compiled =
+            Policy::compile(&config.policy, base_dir).map_err(|e| format!("policy: {e}"))?;
+        for w in &compiled.warnings {
+            tracing::warn!(warning = %w, "Policy");
+        }
+        let policy = Arc::new(compiled.policy);
+        let d = &config.dialects;
+        let parse = |f: &[String]| crate::dialect::openai::Extras::parse(f);
+        let extras = Extras {
+            openai_chat: parse(&d.openai_chat.extra_text_fields)?,
+            openai_completions: parse(&d.openai_completions.extra_text_fields)?,
+            openai_responses: parse(&d.openai_responses.extra_text_fields)?,
+            anthropic_messages: parse(&d.anthropic_messages.extra_text_fields)?,
+        };
         Ok(Self {
             config,
             routes,
             headers,
             upstream,
+            policy,
+            extras,
         })
     }
 }
@@ -74,15 +103,14 @@ impl AppState {
     }
 
     pub fn is_ready_config(&self) -> bool {
-        self.reload_ok.load(Ordering::Relaxed) || !self.runtime().config.server.unready_on_reload_error
+        self.reload_ok.load(Ordering::Relaxed)
+            || !self.runtime().config.server.unready_on_reload_error
     }
 }
 
 /// The public router: every path goes through the proxy handler; no admin route lives here.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(proxy::handle)
-        .with_state(state)
+    Router::new().fallback(proxy::handle).with_state(state)
 }
 
 /// A server started on its listeners, for `serve` and for tests.
@@ -128,7 +156,7 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
         addr: cfg.server.admin_listen,
         source,
     })?;
-    let runtime = Runtime::build(cfg.clone()).map_err(StartError::Runtime)?;
+    let runtime = Runtime::build(cfg.clone(), &loaded.base_dir).map_err(StartError::Runtime)?;
     let state = AppState::new(runtime, Some(loaded.path.clone()));
     let shutdown = Shutdown::new();
     let public_router = app(state.clone());

@@ -62,7 +62,12 @@ impl RequestCtx {
     }
 
     /// A complete answer that shenhe built (JSON bodies), finishing the request log.
-    pub fn complete(mut self, status: StatusCode, mut headers: HeaderMap, body: bytes::Bytes) -> Response {
+    pub fn complete(
+        mut self,
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> Response {
         headers.insert(headers::X_REQUEST_ID, self.request_id.clone());
         headers.remove(header::CONTENT_LENGTH);
         self.log.status = status.as_u16();
@@ -75,7 +80,13 @@ impl RequestCtx {
     }
 
     /// A streamed answer: the log is finished when the body ends or the client leaves.
-    pub fn streaming<S, E>(mut self, status: StatusCode, mut headers: HeaderMap, stream: S, sse: bool) -> Response
+    pub fn streaming<S, E>(
+        mut self,
+        status: StatusCode,
+        mut headers: HeaderMap,
+        stream: S,
+        sse: bool,
+    ) -> Response
     where
         S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
@@ -102,7 +113,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let (template, dialect) = match &route {
         RouteMatch::Listed { template, dialect } => (template.clone(), *dialect),
         RouteMatch::Unlisted => ("unlisted".to_string(), DialectName::Passthrough),
-        RouteMatch::Refused | RouteMatch::Ambiguous(_) => ("unlisted".to_string(), DialectName::Passthrough),
+        RouteMatch::Refused | RouteMatch::Ambiguous(_) => {
+            ("unlisted".to_string(), DialectName::Passthrough)
+        }
     };
     let log = RequestLog::new(rid, template, dialect.as_str(), parts.method.to_string());
     let ctx = RequestCtx {
@@ -172,10 +185,25 @@ pub async fn forward(
     tripped: Option<Arc<std::sync::atomic::AtomicBool>>,
     moderated: bool,
 ) -> Response {
-    let url = match ctx.rt.upstream.url(&ctx.path, ctx.query.as_deref()) {
-        Ok(u) => u,
-        Err(e) => return ctx.error(e),
-    };
+    match send_upstream(&mut ctx, body, moderated).await {
+        Ok((resp, sent)) => stream_back(ctx, resp, sent),
+        Err(e) => {
+            if tripped.is_some_and(|t| t.load(Ordering::Relaxed)) {
+                let limit = ctx.rt.config.server.body_limit.get();
+                return ctx.error(body::too_large(limit));
+            }
+            ctx.error(e)
+        }
+    }
+}
+
+/// Send the request upstream and wait for its response headers.
+pub async fn send_upstream(
+    ctx: &mut RequestCtx,
+    body: UpstreamBody,
+    moderated: bool,
+) -> Result<(reqwest::Response, Instant), ApiError> {
+    let url = ctx.rt.upstream.url(&ctx.path, ctx.query.as_deref())?;
     let up_headers = ctx.rt.headers.upstream_request(
         &ctx.client_headers,
         ctx.peer.map(|p| p.0),
@@ -188,29 +216,23 @@ pub async fn forward(
         .rt
         .upstream
         .send(ctx.method.clone(), url, up_headers, body, moderated)
-        .await;
-    let resp = match resp {
-        Ok(r) => r,
-        Err(e) => {
-            if tripped.is_some_and(|t| t.load(Ordering::Relaxed)) {
-                let limit = ctx.rt.config.server.body_limit.get();
-                return ctx.error(body::too_large(limit));
-            }
-            return ctx.error(e);
-        }
-    };
+        .await?;
+    ctx.log.upstream_status = Some(resp.status().as_u16());
     metrics()
         .upstream_ttfb
         .with_label_values(&[&ctx.log.route])
         .observe(sent.elapsed().as_secs_f64());
-    stream_back(ctx, resp, sent)
+    Ok((resp, sent))
 }
 
 /// Relay an upstream response: status and headers kept, body streamed chunk by chunk.
 pub fn stream_back(mut ctx: RequestCtx, resp: reqwest::Response, sent: Instant) -> Response {
     let status = resp.status();
     ctx.log.upstream_status = Some(status.as_u16());
-    let headers = ctx.rt.headers.client_response(resp.headers(), &ctx.request_id);
+    let headers = ctx
+        .rt
+        .headers
+        .client_response(resp.headers(), &ctx.request_id);
     let sse = is_event_stream(resp.headers());
     let deadline = sent + ctx.rt.upstream.total_timeout;
     let idle = ctx.rt.upstream.idle_timeout;
@@ -222,7 +244,11 @@ pub fn stream_back(mut ctx: RequestCtx, resp: reqwest::Response, sent: Instant) 
 pub fn is_event_stream(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
 }
 
 /// How long a moderated request may take to arrive.

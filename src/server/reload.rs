@@ -44,7 +44,7 @@ fn try_reload(state: &AppState) -> Result<(), ReloadError> {
     {
         tracing::warn!("Listener addresses changed in the config; they take effect on restart");
     }
-    let rt = Runtime::build(loaded.config).map_err(ReloadError::Runtime)?;
+    let rt = Runtime::build(loaded.config, &loaded.base_dir).map_err(ReloadError::Runtime)?;
     state.swap(rt);
     Ok(())
 }

@@ -33,7 +33,10 @@ pub const BUILTIN_ROUTES: &[(&str, DialectName)] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteMatch {
     /// A listed route; `template` is the table key (the metric label).
-    Listed { template: String, dialect: DialectName },
+    Listed {
+        template: String,
+        dialect: DialectName,
+    },
     /// Not listed, forwarded untouched (GET and friends, or `routes.default: passthrough`).
     Unlisted,
     /// Not listed and refused (a POST while `routes.default: reject`).
@@ -146,7 +149,13 @@ mod tests {
             "/V1/Chat/Completions",
         ] {
             assert!(
-                matches!(t.lookup(&Method::POST, p), RouteMatch::Listed { dialect: DialectName::OpenaiChat, .. }),
+                matches!(
+                    t.lookup(&Method::POST, p),
+                    RouteMatch::Listed {
+                        dialect: DialectName::OpenaiChat,
+                        ..
+                    }
+                ),
                 "{p}"
             );
         }
@@ -163,7 +172,10 @@ mod tests {
             "/v1/chat/completions;x=1",
             "/v1\\chat",
         ] {
-            assert!(matches!(t.lookup(&Method::POST, p), RouteMatch::Ambiguous(_)), "{p}");
+            assert!(
+                matches!(t.lookup(&Method::POST, p), RouteMatch::Ambiguous(_)),
+                "{p}"
+            );
         }
     }
 
@@ -193,11 +205,17 @@ mod tests {
         let t = RouteTable::new(&cfg);
         assert!(matches!(
             t.lookup(&Method::POST, "/v1/embeddings"),
-            RouteMatch::Listed { dialect: DialectName::PromptOnly, .. }
+            RouteMatch::Listed {
+                dialect: DialectName::PromptOnly,
+                ..
+            }
         ));
         assert!(matches!(
             t.lookup(&Method::POST, "/api/v3/chat/completions"),
-            RouteMatch::Listed { dialect: DialectName::OpenaiChat, .. }
+            RouteMatch::Listed {
+                dialect: DialectName::OpenaiChat,
+                ..
+            }
         ));
     }
 }

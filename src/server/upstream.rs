@@ -120,7 +120,10 @@ impl Upstream {
         let Ok(url) = self.url(path, None) else {
             return false;
         };
-        let req = self.raw.get(url).timeout(self.connect_timeout + Duration::from_secs(2));
+        let req = self
+            .raw
+            .get(url)
+            .timeout(self.connect_timeout + Duration::from_secs(2));
         matches!(req.send().await, Ok(r) if !r.status().is_server_error())
     }
 }
@@ -128,15 +131,35 @@ impl Upstream {
 /// Sort a reqwest failure into a client-facing error and count it.
 pub fn classify(e: &reqwest::Error) -> ApiError {
     let (kind, label, msg) = if e.is_timeout() {
-        (ErrorKind::UpstreamTimeout, "timeout", "the model server did not answer in time")
+        (
+            ErrorKind::UpstreamTimeout,
+            "timeout",
+            "the model server did not answer in time",
+        )
     } else if e.is_connect() {
-        (ErrorKind::UpstreamUnreachable, "connect", "the model server cannot be reached")
+        (
+            ErrorKind::UpstreamUnreachable,
+            "connect",
+            "the model server cannot be reached",
+        )
     } else if e.is_decode() {
-        (ErrorKind::UpstreamProtocol, "decode", "the model server sent a body that cannot be decoded")
+        (
+            ErrorKind::UpstreamProtocol,
+            "decode",
+            "the model server sent a body that cannot be decoded",
+        )
     } else if e.is_body() || e.is_request() {
-        (ErrorKind::UpstreamUnreachable, "protocol", "the connection to the model server failed")
+        (
+            ErrorKind::UpstreamUnreachable,
+            "protocol",
+            "the connection to the model server failed",
+        )
     } else {
-        (ErrorKind::UpstreamProtocol, "protocol", "the model server answered with an invalid response")
+        (
+            ErrorKind::UpstreamProtocol,
+            "protocol",
+            "the model server answered with an invalid response",
+        )
     };
     metrics().upstream_errors.with_label_values(&[label]).inc();
     ApiError::new(kind, msg)
@@ -153,6 +176,12 @@ pub enum StreamFault {
     Broken,
 }
 
+impl crate::stream::Fault for StreamFault {
+    fn message(&self) -> &'static str {
+        StreamFault::message(*self)
+    }
+}
+
 impl StreamFault {
     pub fn label(self) -> &'static str {
         match self {
@@ -165,7 +194,9 @@ impl StreamFault {
         match self {
             StreamFault::Idle => "the model server stopped sending in the middle of the response",
             StreamFault::Total => "the response took longer than the configured total time",
-            StreamFault::Broken => "the connection to the model server was lost in the middle of the response",
+            StreamFault::Broken => {
+                "the connection to the model server was lost in the middle of the response"
+            }
         }
     }
 }

@@ -56,7 +56,12 @@ impl Script {
             ],
             steps: writes
                 .into_iter()
-                .flat_map(|w| [Step::Write(Bytes::from(w)), Step::Sleep(Duration::from_millis(2))])
+                .flat_map(|w| {
+                    [
+                        Step::Write(Bytes::from(w)),
+                        Step::Sleep(Duration::from_millis(2)),
+                    ]
+                })
                 .collect(),
             chunked: true,
             head_delay: Duration::ZERO,
@@ -121,12 +126,18 @@ impl Upstream {
         let (l, d) = (log.clone(), disconnected.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let (h, l, d) = (handler.clone(), l.clone(), d.clone());
                 tokio::spawn(async move { serve_conn(sock, h, l, d).await });
             }
         });
-        Self { addr, log, disconnected }
+        Self {
+            addr,
+            log,
+            disconnected,
+        }
     }
 
     /// Always answer with the same script.
@@ -217,14 +228,24 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorde
             }
         }
     }
-    Some(Recorded { method, path, headers, body })
+    Some(Recorded {
+        method,
+        path,
+        headers,
+        body,
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn serve_conn(mut sock: TcpStream, handler: Handler, log: Arc<Mutex<Log>>, disconnected: Arc<Notify>) {
+async fn serve_conn(
+    mut sock: TcpStream,
+    handler: Handler,
+    log: Arc<Mutex<Log>>,
+    disconnected: Arc<Notify>,
+) {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut sock, &mut buf).await {
         let script = handler(&req);
@@ -287,7 +308,10 @@ async fn serve_conn(mut sock: TcpStream, handler: Handler, log: Arc<Mutex<Log>>,
             }
         }
         if hung_up {
-            log.lock().unwrap().disconnects.push((Instant::now(), written));
+            log.lock()
+                .unwrap()
+                .disconnects
+                .push((Instant::now(), written));
             disconnected.notify_waiters();
             return;
         }
@@ -330,7 +354,8 @@ pub async fn proxy(upstream: &str, extra_yaml: &str) -> Proxy {
     );
     let mut tree: serde_yaml_ng::Value = serde_yaml_ng::from_str(&base).unwrap();
     if !extra_yaml.trim().is_empty() {
-        let extra: serde_yaml_ng::Value = serde_yaml_ng::from_str(extra_yaml).expect("test YAML parses");
+        let extra: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(extra_yaml).expect("test YAML parses");
         merge(&mut tree, extra);
     }
     let yaml = serde_yaml_ng::to_string(&tree).unwrap();

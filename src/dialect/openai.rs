@@ -1,0 +1,578 @@
+//! OpenAI Chat Completions and Completions, and the many servers that speak them (vLLM, Ollama,
+//! llama.cpp, DeepSeek, Qwen): where the text is, how a choice is refused, how a stream ends.
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg};
+use crate::dialect::error::{ApiError, ErrorKind};
+use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
+use crate::stream::sse::RawEvent;
+
+/// Chat or legacy completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Chat,
+    Completions,
+}
+
+/// Prompt fields of a chat request: every message of every role, its name, tool-call arguments
+/// and tool results (tool results are `role: tool` messages, so `content` covers them).
+const CHAT_PROMPT: &[&str] = &[
+    "messages.*.content",
+    "messages.*.content.*.text",
+    "messages.*.name",
+    "messages.*.tool_calls.*.function.arguments",
+    "messages.*.function_call.arguments",
+    "messages.*.reasoning_content",
+    "messages.*.refusal",
+];
+
+/// Completion fields of one choice: (channel field id, path below the choice object).
+/// In a stream the fields sit under `delta`, in a whole response under `message`.
+const CHAT_FIELDS: &[(u32, &str)] = &[
+    (0, "content"),
+    (1, "reasoning_content"),
+    (2, "reasoning"),
+    (3, "refusal"),
+    (4, "function_call.arguments"),
+];
+/// Tool-call arguments: field id is this base plus the tool call's own index.
+const TOOL_ARGS_BASE: u32 = 100;
+/// Configured extra fields: field id is this base plus the pattern's position.
+const EXTRA_BASE: u32 = 10_000;
+/// Completions text channel.
+const TEXT_FIELD: u32 = 5;
+
+/// Configured extra text fields, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    pub patterns: Vec<Vec<Pat>>,
+}
+
+impl Extras {
+    pub fn parse(fields: &[String]) -> Result<Self, String> {
+        Ok(Self {
+            patterns: fields
+                .iter()
+                .map(|f| parse_pattern(f))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// The prompt texts of a request; requests whose prompt shenhe cannot read are refused.
+pub fn prompt_texts(flavor: Flavor, req: &Value) -> Result<Vec<Found>, ApiError> {
+    if !req.is_object() {
+        return Err(ApiError::new(
+            ErrorKind::BadJson,
+            "the request body must be a JSON object",
+        ));
+    }
+    let mut out = Vec::new();
+    match flavor {
+        Flavor::Chat => {
+            if !req["messages"].is_array() {
+                return Err(
+                    ApiError::new(ErrorKind::BadRequest, "`messages` must be an array")
+                        .with_param("messages"),
+                );
+            }
+            for p in CHAT_PROMPT {
+                find_strings(req, &parse_pattern(p).expect("static pattern"), &mut out);
+            }
+        }
+        Flavor::Completions => match &req["prompt"] {
+            Value::String(s) => out.push(Found {
+                path: vec![Seg::Key("prompt".into())],
+                text: s.clone(),
+            }),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => out.push(Found {
+                            path: vec![Seg::Key("prompt".into()), Seg::Index(i)],
+                            text: s.clone(),
+                        }),
+                        // Token ids cannot be judged as text: refuse rather than pass unread.
+                        _ => {
+                            return Err(ApiError::new(
+                                ErrorKind::BadRequest,
+                                "token-id prompts cannot be moderated; send the prompt as text",
+                            )
+                            .with_param("prompt"))
+                        }
+                    }
+                }
+            }
+            Value::Null => {}
+            _ => {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    "`prompt` must be a string or an array of strings",
+                )
+                .with_param("prompt"))
+            }
+        },
+    }
+    Ok(out)
+}
+
+/// Whether the client asked for a stream.
+pub fn wants_stream(req: &Value) -> bool {
+    req.get("stream").and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// Whether the client asked for JSON output (an explicit label would break it).
+pub fn json_mode(req: &Value) -> bool {
+    matches!(
+        req.pointer("/response_format/type").and_then(Value::as_str),
+        Some("json_object" | "json_schema")
+    )
+}
+
+/// A choice's text in a whole (non-streamed) response.
+#[derive(Debug, Clone)]
+pub struct ChoiceText {
+    pub choice: u32,
+    pub field: u32,
+    pub found: Found,
+}
+
+/// Every completion text of a whole response, per choice and field.
+pub fn response_texts(flavor: Flavor, resp: &Value, extras: &Extras) -> Vec<ChoiceText> {
+    let mut out = Vec::new();
+    let Some(choices) = resp.get("choices").and_then(Value::as_array) else {
+        return out;
+    };
+    for (pos, c) in choices.iter().enumerate() {
+        let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64) as u32;
+        let base = vec![Seg::Key("choices".into()), Seg::Index(pos)];
+        choice_texts(flavor, c, "message", &base, index, &mut out);
+    }
+    for (k, pat) in extras.patterns.iter().enumerate() {
+        let mut found = Vec::new();
+        find_strings(resp, pat, &mut found);
+        for f in found {
+            let choice = choice_of(&f.path);
+            out.push(ChoiceText {
+                choice,
+                field: EXTRA_BASE + k as u32,
+                found: f,
+            });
+        }
+    }
+    out
+}
+
+fn choice_of(path: &[Seg]) -> u32 {
+    match path {
+        [Seg::Key(k), Seg::Index(i), ..] if k == "choices" => *i as u32,
+        _ => 0,
+    }
+}
+
+fn choice_texts(
+    flavor: Flavor,
+    c: &Value,
+    holder: &str,
+    base: &[Seg],
+    index: u32,
+    out: &mut Vec<ChoiceText>,
+) {
+    let mut push = |field: u32, rel: &[&str], v: &Value| {
+        if let Value::String(s) = v {
+            let mut path = base.to_vec();
+            path.extend(rel.iter().map(|k| Seg::Key((*k).to_string())));
+            out.push(ChoiceText {
+                choice: index,
+                field,
+                found: Found {
+                    path,
+                    text: s.clone(),
+                },
+            });
+        }
+    };
+    match flavor {
+        Flavor::Completions => push(TEXT_FIELD, &["text"], &c["text"]),
+        Flavor::Chat => {
+            let m = &c[holder];
+            for (field, rel) in CHAT_FIELDS {
+                let keys: Vec<&str> = std::iter::once(holder).chain(rel.split('.')).collect();
+                let v = keys[1..].iter().fold(m, |cur, k| &cur[*k]);
+                push(*field, &keys, v);
+            }
+            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                for (pos, call) in calls.iter().enumerate() {
+                    let ti = call
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(pos as u64) as u32;
+                    if let Value::String(s) = &call["function"]["arguments"] {
+                        let mut path = base.to_vec();
+                        path.extend([
+                            Seg::Key(holder.into()),
+                            Seg::Key("tool_calls".into()),
+                            Seg::Index(pos),
+                            Seg::Key("function".into()),
+                            Seg::Key("arguments".into()),
+                        ]);
+                        out.push(ChoiceText {
+                            choice: index,
+                            field: TOOL_ARGS_BASE + ti,
+                            found: Found {
+                                path,
+                                text: s.clone(),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Replace a blocked choice of a whole response by the refusal, `finish_reason: content_filter`.
+pub fn refuse_choice(flavor: Flavor, resp: &mut Value, choice: u32, refusal: &str) {
+    let Some(choices) = resp.get_mut("choices").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for (pos, c) in choices.iter_mut().enumerate() {
+        let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64) as u32;
+        if index != choice {
+            continue;
+        }
+        if let Some(obj) = c.as_object_mut() {
+            match flavor {
+                Flavor::Chat => {
+                    obj.insert(
+                        "message".into(),
+                        json!({"role": "assistant", "content": refusal}),
+                    );
+                }
+                Flavor::Completions => {
+                    obj.insert("text".into(), Value::String(refusal.to_string()));
+                }
+            }
+            obj.insert(
+                "finish_reason".into(),
+                Value::String("content_filter".into()),
+            );
+            if obj.contains_key("logprobs") {
+                obj.insert("logprobs".into(), Value::Null);
+            }
+        }
+    }
+}
+
+/// A streamed chunk kept for re-rendering: the JSON and the path of each text piece.
+pub struct Chunk {
+    json: Value,
+    paths: Vec<Vec<Seg>>,
+    /// Choices this chunk finishes (they carry a `finish_reason`).
+    finishes: Vec<u32>,
+}
+
+/// Reads and ends OpenAI-style streams.
+pub struct OpenAiCodec {
+    flavor: Flavor,
+    extras: Extras,
+    id: Value,
+    model: Value,
+    created: Value,
+    system_fingerprint: Option<Value>,
+    /// Choices seen, and whether each has finished.
+    choices: Vec<(u32, bool)>,
+}
+
+impl OpenAiCodec {
+    pub fn new(flavor: Flavor, extras: Extras) -> Self {
+        Self {
+            flavor,
+            extras,
+            id: Value::String("shenhe".into()),
+            model: Value::Null,
+            created: Value::from(0),
+            system_fingerprint: None,
+            choices: Vec::new(),
+        }
+    }
+
+    fn object(&self) -> &'static str {
+        match self.flavor {
+            Flavor::Chat => "chat.completion.chunk",
+            Flavor::Completions => "text_completion",
+        }
+    }
+
+    fn chunk(&self, choices: Vec<Value>) -> Bytes {
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone());
+        m.insert("object".into(), Value::String(self.object().into()));
+        m.insert("created".into(), self.created.clone());
+        m.insert("model".into(), self.model.clone());
+        if let Some(fp) = &self.system_fingerprint {
+            m.insert("system_fingerprint".into(), fp.clone());
+        }
+        m.insert("choices".into(), Value::Array(choices));
+        sse_data(&Value::Object(m))
+    }
+
+    fn note_choice(&mut self, index: u32, finished: bool) {
+        match self.choices.iter_mut().find(|(i, _)| *i == index) {
+            Some(c) => c.1 |= finished,
+            None => self.choices.push((index, finished)),
+        }
+    }
+
+    /// Choices that have not sent a finish reason yet (choice 0 when none was seen).
+    fn open_choices(&self) -> Vec<u32> {
+        if self.choices.is_empty() {
+            return vec![0];
+        }
+        self.choices
+            .iter()
+            .filter(|(_, f)| !f)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    fn delta_choice(&self, index: u32, text: &str) -> Value {
+        match self.flavor {
+            Flavor::Chat => {
+                json!({"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+            }
+            Flavor::Completions => {
+                json!({"index": index, "text": text, "logprobs": null, "finish_reason": null})
+            }
+        }
+    }
+
+    fn finish_choice(&self, index: u32, reason: &str) -> Value {
+        match self.flavor {
+            Flavor::Chat => {
+                json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason})
+            }
+            Flavor::Completions => {
+                json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
+            }
+        }
+    }
+
+    /// A chunk that carries `text` as ordinary content of `choice` (labels, notices).
+    pub fn text_chunk(&self, choice: u32, text: &str) -> Bytes {
+        self.chunk(vec![self.delta_choice(choice, text)])
+    }
+
+    /// Choices seen so far.
+    pub fn seen_choices(&self) -> Vec<u32> {
+        if self.choices.is_empty() {
+            vec![0]
+        } else {
+            self.choices.iter().map(|(i, _)| *i).collect()
+        }
+    }
+}
+
+/// `data: <json>\n\n`.
+pub fn sse_data(v: &Value) -> Bytes {
+    let mut buf = Vec::with_capacity(128);
+    buf.extend_from_slice(b"data: ");
+    let _ = serde_json::to_writer(&mut buf, v);
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
+impl EventCodec for OpenAiCodec {
+    type Event = Chunk;
+
+    fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Chunk>, CodecError> {
+        let Some(data) = &ev.data else {
+            return Ok(Parsed::passthrough());
+        };
+        let trimmed = data.trim();
+        if trimmed == "[DONE]" {
+            return Ok(Parsed {
+                event: None,
+                pieces: Vec::new(),
+                terminal: true,
+            });
+        }
+        let json: Value = serde_json::from_str(trimmed)
+            .map_err(|e| CodecError(format!("stream event is not JSON: {e}")))?;
+        if json.get("error").is_some() {
+            // An upstream error event carries no generated text; it is forwarded as is.
+            return Ok(Parsed::passthrough());
+        }
+        for (k, slot) in [
+            ("id", &mut self.id),
+            ("model", &mut self.model),
+            ("created", &mut self.created),
+        ] {
+            if let Some(v) = json.get(k) {
+                *slot = v.clone();
+            }
+        }
+        if let Some(fp) = json.get("system_fingerprint") {
+            self.system_fingerprint = Some(fp.clone());
+        }
+        let mut pieces = Vec::new();
+        let mut paths = Vec::new();
+        let mut notes = Vec::new();
+        if let Some(choices) = json.get("choices").and_then(Value::as_array) {
+            for (pos, c) in choices.iter().enumerate() {
+                let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64) as u32;
+                let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+                notes.push((index, finished));
+                let base = vec![Seg::Key("choices".into()), Seg::Index(pos)];
+                let mut texts = Vec::new();
+                choice_texts(self.flavor, c, "delta", &base, index, &mut texts);
+                for t in texts {
+                    if t.found.text.is_empty() {
+                        continue;
+                    }
+                    pieces.push(TextPiece {
+                        channel: (t.choice, t.field),
+                        text: t.found.text,
+                    });
+                    paths.push(t.found.path);
+                }
+            }
+        } else if !json.is_object() {
+            return Err(CodecError("stream event is not a JSON object".into()));
+        }
+        for (k, pat) in self.extras.patterns.iter().enumerate() {
+            let mut found = Vec::new();
+            find_strings(&json, pat, &mut found);
+            for f in found {
+                if f.text.is_empty() {
+                    continue;
+                }
+                let key: ChannelKey = (choice_of(&f.path), EXTRA_BASE + k as u32);
+                pieces.push(TextPiece {
+                    channel: key,
+                    text: f.text,
+                });
+                paths.push(f.path);
+            }
+        }
+        // A choice counts as finished only once its finishing chunk is released to the client.
+        let finishes = notes.iter().filter(|(_, f)| *f).map(|(i, _)| *i).collect();
+        for (i, _) in notes {
+            self.note_choice(i, false);
+        }
+        Ok(Parsed {
+            event: Some(Chunk {
+                json,
+                paths,
+                finishes,
+            }),
+            pieces,
+            terminal: false,
+        })
+    }
+
+    fn released(&mut self, event: &Chunk) {
+        for i in &event.finishes {
+            self.note_choice(*i, true);
+        }
+    }
+
+    fn render(&self, event: &Chunk, texts: &[String]) -> Bytes {
+        let mut v = event.json.clone();
+        for (path, text) in event.paths.iter().zip(texts) {
+            paths::set_string(&mut v, path, text.clone());
+            // Token log-probabilities echo the original text: drop them from the rewritten choice.
+            if let [Seg::Key(k), Seg::Index(i), ..] = path.as_slice() {
+                if k == "choices" {
+                    if let Some(lp) = v["choices"][*i].get_mut("logprobs") {
+                        *lp = Value::Null;
+                    }
+                }
+            }
+        }
+        sse_data(&v)
+    }
+
+    fn stop(&mut self, _category: &str, notice: Option<&str>) -> Vec<Bytes> {
+        let open = self.open_choices();
+        let mut out = Vec::new();
+        if let Some(n) = notice {
+            out.push(self.chunk(open.iter().map(|i| self.delta_choice(*i, n)).collect()));
+        }
+        out.push(
+            self.chunk(
+                open.iter()
+                    .map(|i| self.finish_choice(*i, "content_filter"))
+                    .collect(),
+            ),
+        );
+        for i in open {
+            self.note_choice(i, true);
+        }
+        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        out
+    }
+
+    fn fault(&mut self, message: &str) -> Vec<Bytes> {
+        vec![
+            sse_data(
+                &json!({"error": {"message": message, "type": "api_error", "code": "upstream_error", "param": null}}),
+            ),
+            Bytes::from_static(b"data: [DONE]\n\n"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_prompt_covers_every_text_field() {
+        let req = json!({"messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "name": "nm", "content": [{"type": "text", "text": "part"}, {"type": "image_url", "image_url": {"url": "u"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{\"q\":\"args\"}"}}]},
+            {"role": "tool", "tool_call_id": "1", "content": "result"},
+        ]});
+        let texts: Vec<String> = prompt_texts(Flavor::Chat, &req)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.text)
+            .collect();
+        for t in ["sys", "nm", "part", "{\"q\":\"args\"}", "result"] {
+            assert!(texts.iter().any(|x| x == t), "{t} missing from {texts:?}");
+        }
+    }
+
+    #[test]
+    fn completions_prompt_refuses_token_ids() {
+        assert!(prompt_texts(Flavor::Completions, &json!({"prompt": [1, 2, 3]})).is_err());
+        let ok = prompt_texts(Flavor::Completions, &json!({"prompt": ["a", "b"]})).unwrap();
+        assert_eq!(ok.len(), 2);
+    }
+
+    #[test]
+    fn stream_chunk_channels_per_choice_and_field() {
+        let mut c = OpenAiCodec::new(Flavor::Chat, Extras::default());
+        let data = json!({"id": "x", "model": "m", "created": 1, "choices": [
+            {"index": 0, "delta": {"content": "a", "reasoning_content": "r"}},
+            {"index": 1, "delta": {"tool_calls": [{"index": 2, "function": {"arguments": "{"}}]}},
+        ]});
+        let ev = RawEvent {
+            raw: sse_data(&data),
+            data: Some(data.to_string()),
+            event: None,
+        };
+        let p = c.parse(&ev).unwrap();
+        let keys: Vec<ChannelKey> = p.pieces.iter().map(|p| p.channel).collect();
+        assert_eq!(keys, vec![(0, 0), (0, 1), (1, TOOL_ARGS_BASE + 2)]);
+        let stop = c.stop("A1d", None);
+        let s = String::from_utf8(stop.concat()).unwrap();
+        assert!(s.contains("\"finish_reason\":\"content_filter\""));
+        assert!(s.contains("\"index\":0") && s.contains("\"index\":1"));
+        assert!(s.ends_with("data: [DONE]\n\n"));
+    }
+}

@@ -1,0 +1,152 @@
+//! Dotted field patterns over JSON (`messages.*.content`): find the strings a dialect moderates
+//! and write rewritten text back to exactly the same place.
+
+use serde_json::Value;
+
+/// One step of a concrete path into a JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A pattern step: a key, or `*` for every element of an array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pat {
+    Key(String),
+    Any,
+}
+
+/// Parse `a.*.b` into pattern steps. Empty segments are rejected.
+pub fn parse_pattern(s: &str) -> Result<Vec<Pat>, String> {
+    if s.is_empty() {
+        return Err("empty field path".into());
+    }
+    s.split('.')
+        .map(|seg| match seg {
+            "" => Err(format!("`{s}` has an empty segment")),
+            "*" => Ok(Pat::Any),
+            k => Ok(Pat::Key(k.to_string())),
+        })
+        .collect()
+}
+
+/// A string found in a JSON value, with its concrete path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub path: Vec<Seg>,
+    pub text: String,
+}
+
+/// Every string at `pattern` in `v`, in document order. Non-string leaves are skipped.
+pub fn find_strings(v: &Value, pattern: &[Pat], out: &mut Vec<Found>) {
+    let mut path = Vec::new();
+    walk(v, pattern, &mut path, out);
+}
+
+fn walk(v: &Value, pattern: &[Pat], path: &mut Vec<Seg>, out: &mut Vec<Found>) {
+    let Some((head, rest)) = pattern.split_first() else {
+        if let Value::String(s) = v {
+            out.push(Found {
+                path: path.clone(),
+                text: s.clone(),
+            });
+        }
+        return;
+    };
+    match (head, v) {
+        (Pat::Key(k), Value::Object(m)) => {
+            if let Some(child) = m.get(k) {
+                path.push(Seg::Key(k.clone()));
+                walk(child, rest, path, out);
+                path.pop();
+            }
+        }
+        (Pat::Any, Value::Array(a)) => {
+            for (i, child) in a.iter().enumerate() {
+                path.push(Seg::Index(i));
+                walk(child, rest, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The value at a concrete path.
+pub fn get<'a>(v: &'a Value, path: &[Seg]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, seg| match seg {
+        Seg::Key(k) => cur.get(k.as_str()),
+        Seg::Index(i) => cur.get(*i),
+    })
+}
+
+/// The value at a concrete path, mutably.
+pub fn get_mut<'a>(v: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |cur, seg| match seg {
+        Seg::Key(k) => cur.get_mut(k.as_str()),
+        Seg::Index(i) => cur.get_mut(*i),
+    })
+}
+
+/// Replace the string at `path`; returns false when the path does not lead to a string.
+pub fn set_string(v: &mut Value, path: &[Seg], text: String) -> bool {
+    match get_mut(v, path) {
+        Some(slot @ Value::String(_)) => {
+            *slot = Value::String(text);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Render a path for messages and audit records: `messages[2].content`.
+pub fn display(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_strings_through_arrays_and_writes_back() {
+        let mut v = json!({"messages": [
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "image_url"}]},
+        ]});
+        let mut out = Vec::new();
+        find_strings(&v, &parse_pattern("messages.*.content").unwrap(), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].text, "a");
+        let mut parts = Vec::new();
+        find_strings(
+            &v,
+            &parse_pattern("messages.*.content.*.text").unwrap(),
+            &mut parts,
+        );
+        assert_eq!(parts[0].text, "b");
+        assert_eq!(display(&parts[0].path), "messages[1].content[0].text");
+        assert!(set_string(&mut v, &parts[0].path, "B".into()));
+        assert_eq!(v["messages"][1]["content"][0]["text"], "B");
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected() {
+        assert!(parse_pattern("").is_err());
+        assert!(parse_pattern("a..b").is_err());
+    }
+}

@@ -1,0 +1,432 @@
+//! The stream guard: one scanner per text channel, events held in order and released as soon as
+//! none of their text can still become part of a match, and a clean stop on a blocking finding.
+//!
+//! A dialect supplies an [`EventCodec`] that says where the text of an event is, how to re-render
+//! an event whose text was redacted, and how its API ends a stream. The guard itself knows
+//! nothing of any API. Events that the policy leaves alone are forwarded as their original bytes.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::sse::RawEvent;
+use crate::metrics::metrics;
+use crate::policy::{Action, Direction, Finding, Policy, ScanStep, StreamScanner};
+
+/// Identifies one text stream inside a response: (choice or content-block index, field).
+/// The field numbers are the codec's own.
+pub type ChannelKey = (u32, u32);
+
+/// The text of one channel carried by one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextPiece {
+    pub channel: ChannelKey,
+    pub text: String,
+}
+
+/// What a codec made of one event.
+pub struct Parsed<E> {
+    /// The decoded event, kept for re-rendering and release bookkeeping; `None` for events
+    /// the codec has no use for (comments, keep-alives).
+    pub event: Option<E>,
+    /// Text pieces in the order they appear in the event.
+    pub pieces: Vec<TextPiece>,
+    /// The API's own end of stream (e.g. `data: [DONE]`): every scanner is finished first.
+    pub terminal: bool,
+}
+
+impl<E> Parsed<E> {
+    pub fn passthrough() -> Self {
+        Self {
+            event: None,
+            pieces: Vec::new(),
+            terminal: false,
+        }
+    }
+}
+
+/// The upstream sent an event that cannot be read on a moderated route.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub String);
+
+/// How one API's streams are read and ended.
+pub trait EventCodec: Send + 'static {
+    type Event: Send + 'static;
+
+    /// Read one event.
+    fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Self::Event>, CodecError>;
+
+    /// An event reached the client (as its raw bytes or re-rendered).
+    fn released(&mut self, _event: &Self::Event) {}
+
+    /// Render an event whose text pieces were rewritten; `texts[i]` replaces piece `i`.
+    /// Fields that echo the original text (logprobs) must be dropped from rewritten parts.
+    fn render(&self, event: &Self::Event, texts: &[String]) -> Bytes;
+
+    /// The events that end the stream after a blocking finding in `category`.
+    fn stop(&mut self, category: &str, notice: Option<&str>) -> Vec<Bytes>;
+
+    /// The events that end the stream after an upstream fault.
+    fn fault(&mut self, message: &str) -> Vec<Bytes>;
+}
+
+/// A finding in a stream, with where it happened.
+#[derive(Debug, Clone)]
+pub struct StreamFinding {
+    pub finding: Finding,
+    pub channel: ChannelKey,
+    /// A bounded window of the channel text around the match (for audit excerpts).
+    pub context: String,
+    /// The match's position inside `context`.
+    pub context_span: Range<usize>,
+}
+
+/// Why the guard ended a stream early.
+#[derive(Debug, Clone)]
+pub enum StopReason {
+    Blocked { category: Arc<str> },
+    BadUpstreamEvent(String),
+}
+
+/// Characters of context kept either side of a match for the audit excerpt.
+const CONTEXT_CHARS: usize = 40;
+
+struct Channel {
+    key: ChannelKey,
+    scanner: StreamScanner,
+    /// Bytes of text pushed so far.
+    total: usize,
+    /// Bytes that are final (no later finding can touch them).
+    released: usize,
+    /// Channel text from `tail_start` to `total`: what queued events still hold.
+    tail: String,
+    tail_start: usize,
+    /// Redactions not yet applied to released events: (span, mask).
+    redactions: Vec<(Range<usize>, String)>,
+}
+
+struct Held<E> {
+    raw: Bytes,
+    event: Option<E>,
+    /// (channel index, byte range in that channel) per piece, in piece order.
+    pieces: Vec<(usize, Range<usize>)>,
+    texts: Vec<String>,
+}
+
+/// Moderates one streamed response.
+pub struct Guard<C: EventCodec> {
+    codec: C,
+    policy: Arc<Policy>,
+    channels: Vec<Channel>,
+    queue: VecDeque<Held<C::Event>>,
+    findings: Vec<StreamFinding>,
+    stopped: Option<StopReason>,
+    notice: Option<String>,
+    finished: bool,
+}
+
+impl<C: EventCodec> Guard<C> {
+    pub fn new(codec: C, policy: Arc<Policy>, notice: Option<String>) -> Self {
+        Self {
+            codec,
+            policy,
+            channels: Vec::new(),
+            queue: VecDeque::new(),
+            findings: Vec::new(),
+            stopped: None,
+            notice,
+            finished: false,
+        }
+    }
+
+    /// Findings so far (each is reported once; `take_findings` drains them).
+    pub fn take_findings(&mut self) -> Vec<StreamFinding> {
+        std::mem::take(&mut self.findings)
+    }
+
+    pub fn stopped(&self) -> Option<&StopReason> {
+        self.stopped.as_ref()
+    }
+
+    /// True once the stream is over (stopped, ended or failed): nothing more is accepted.
+    pub fn is_done(&self) -> bool {
+        self.finished
+    }
+
+    /// Bytes held back right now across channels.
+    pub fn held_bytes(&self) -> usize {
+        self.channels.iter().map(|c| c.total - c.released).sum()
+    }
+
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    pub fn codec_mut(&mut self) -> &mut C {
+        &mut self.codec
+    }
+
+    /// Take one upstream event; returns the bytes to send to the client now.
+    pub fn on_event(&mut self, ev: RawEvent, out: &mut Vec<Bytes>) {
+        if self.finished {
+            return;
+        }
+        let started = Instant::now();
+        let parsed = match self.codec.parse(&ev) {
+            Ok(p) => p,
+            Err(e) => {
+                // Fail closed: text that cannot be read is never forwarded.
+                self.finish_scanners(out);
+                if self.finished {
+                    return;
+                }
+                self.release(out, None);
+                self.queue.clear();
+                out.extend(
+                    self.codec
+                        .fault("the model server sent an event that cannot be read"),
+                );
+                self.stopped = Some(StopReason::BadUpstreamEvent(e.0));
+                self.finished = true;
+                return;
+            }
+        };
+        let mut pieces = Vec::with_capacity(parsed.pieces.len());
+        let mut texts = Vec::with_capacity(parsed.pieces.len());
+        let mut steps = Vec::new();
+        for p in parsed.pieces {
+            let ci = self.channel_index(p.channel);
+            let ch = &mut self.channels[ci];
+            let start = ch.total;
+            let step = ch.scanner.push(&p.text);
+            ch.total += p.text.len();
+            ch.tail.push_str(&p.text);
+            pieces.push((ci, start..ch.total));
+            texts.push(p.text);
+            steps.push((ci, step));
+        }
+        self.queue.push_back(Held {
+            raw: ev.raw,
+            event: parsed.event,
+            pieces,
+            texts,
+        });
+        for (ci, step) in steps {
+            if self.apply_step(ci, step, out) {
+                self.observe(started);
+                return;
+            }
+        }
+        if parsed.terminal {
+            self.finish_scanners(out);
+            if self.finished {
+                self.observe(started);
+                return;
+            }
+        }
+        self.release(out, None);
+        self.observe(started);
+    }
+
+    /// The upstream ended: final scan, release everything held.
+    pub fn on_end(&mut self, out: &mut Vec<Bytes>) {
+        if self.finished {
+            return;
+        }
+        self.finish_scanners(out);
+        if !self.finished {
+            self.release(out, None);
+            self.finished = true;
+        }
+    }
+
+    /// The upstream failed mid-stream: what is held is scanned as final, then the API's error end.
+    pub fn on_fault(&mut self, message: &str, out: &mut Vec<Bytes>) {
+        if self.finished {
+            return;
+        }
+        self.finish_scanners(out);
+        if !self.finished {
+            self.release(out, None);
+            out.extend(self.codec.fault(message));
+            self.finished = true;
+        }
+    }
+
+    fn observe(&self, started: Instant) {
+        let m = metrics();
+        m.scan_duration
+            .with_label_values(&["completion"])
+            .observe(started.elapsed().as_secs_f64());
+        m.stream_holdback_bytes.observe(self.held_bytes() as f64);
+    }
+
+    fn channel_index(&mut self, key: ChannelKey) -> usize {
+        if let Some(i) = self.channels.iter().position(|c| c.key == key) {
+            return i;
+        }
+        self.channels.push(Channel {
+            key,
+            scanner: self.policy.scanner(Direction::Completion),
+            total: 0,
+            released: 0,
+            tail: String::new(),
+            tail_start: 0,
+            redactions: Vec::new(),
+        });
+        self.channels.len() - 1
+    }
+
+    fn finish_scanners(&mut self, out: &mut Vec<Bytes>) {
+        for ci in 0..self.channels.len() {
+            let step = self.channels[ci].scanner.finish();
+            if self.apply_step(ci, step, out) {
+                return;
+            }
+        }
+    }
+
+    /// Record a scanner step; returns true when it stopped the stream.
+    fn apply_step(&mut self, ci: usize, step: ScanStep, out: &mut Vec<Bytes>) -> bool {
+        for f in step.findings {
+            let ch = &self.channels[ci];
+            let (context, context_span) = context_of(&ch.tail, ch.tail_start, &f.span);
+            let sf = StreamFinding {
+                channel: ch.key,
+                context,
+                context_span,
+                finding: f.clone(),
+            };
+            metrics()
+                .decisions
+                .with_label_values(&["completion", &f.category, f.action.as_str()])
+                .inc();
+            self.findings.push(sf);
+            match f.action {
+                Action::Block => {
+                    // Findings come in span order, so everything before this match is final.
+                    let ch = &mut self.channels[ci];
+                    ch.released = ch.released.max(f.span.start);
+                    self.stop(ci, f.span.start, f.category.clone(), out);
+                    return true;
+                }
+                Action::Redact => {
+                    let ch = &self.channels[ci];
+                    let lo = f.span.start.saturating_sub(ch.tail_start);
+                    let hi = f.span.end.saturating_sub(ch.tail_start).min(ch.tail.len());
+                    let matched = ch.tail.get(lo..hi).unwrap_or_default();
+                    let mask = self.policy.mask(&f, matched);
+                    self.channels[ci].redactions.push((f.span.clone(), mask));
+                }
+                Action::Flag => {}
+            }
+        }
+        let ch = &mut self.channels[ci];
+        ch.released = ch.released.max(step.released.min(ch.total));
+        false
+    }
+
+    fn stop(&mut self, ci: usize, at: usize, category: Arc<str>, out: &mut Vec<Bytes>) {
+        self.release(out, Some((ci, at)));
+        self.queue.clear();
+        metrics().stream_stops.with_label_values(&[&category]).inc();
+        out.extend(self.codec.stop(&category, self.notice.as_deref()));
+        self.stopped = Some(StopReason::Blocked { category });
+        self.finished = true;
+    }
+
+    /// Send every queued event, in order, whose text is final; with `limit = (channel, at)` also
+    /// stop before the first event whose text in that channel reaches `at`.
+    fn release(&mut self, out: &mut Vec<Bytes>, limit: Option<(usize, usize)>) {
+        while let Some(front) = self.queue.front() {
+            let ready = front.pieces.iter().all(|(ci, r)| {
+                r.end <= self.channels[*ci].released
+                    && limit.is_none_or(|(lc, at)| *ci != lc || r.end <= at)
+            });
+            if !ready {
+                break;
+            }
+            let Some(held) = self.queue.pop_front() else {
+                break;
+            };
+            let rewritten = self.rewrite(&held);
+            match (rewritten, &held.event) {
+                (Some(texts), Some(ev)) => out.push(self.codec.render(ev, &texts)),
+                _ => out.push(held.raw.clone()),
+            }
+            if let Some(ev) = &held.event {
+                self.codec.released(ev);
+            }
+            for (ci, r) in &held.pieces {
+                let ch = &mut self.channels[*ci];
+                let cut = r.end.saturating_sub(ch.tail_start).min(ch.tail.len());
+                if ch.tail.is_char_boundary(cut) {
+                    ch.tail.drain(..cut);
+                    ch.tail_start += cut;
+                }
+                ch.redactions.retain(|(span, _)| span.end > r.end);
+            }
+        }
+    }
+
+    /// The event's texts with pending redactions applied, or `None` when nothing changes.
+    fn rewrite(&self, held: &Held<C::Event>) -> Option<Vec<String>> {
+        let mut texts: Option<Vec<String>> = None;
+        for (pi, (ci, r)) in held.pieces.iter().enumerate() {
+            let ch = &self.channels[*ci];
+            let hits: Vec<&(Range<usize>, String)> = ch
+                .redactions
+                .iter()
+                .filter(|(span, _)| span.start < r.end && span.end > r.start)
+                .collect();
+            if hits.is_empty() {
+                continue;
+            }
+            let original = &held.texts[pi];
+            let mut s = String::with_capacity(original.len());
+            let mut at = r.start;
+            for (span, mask) in hits {
+                let lo = span.start.max(r.start);
+                let hi = span.end.min(r.end);
+                if lo > at {
+                    s.push_str(original.get(at - r.start..lo - r.start).unwrap_or_default());
+                }
+                // The mask goes where the match starts; later pieces of the match are dropped.
+                if span.start >= r.start {
+                    s.push_str(mask);
+                }
+                at = hi.max(at);
+            }
+            if at < r.end {
+                s.push_str(original.get(at - r.start..).unwrap_or_default());
+            }
+            texts.get_or_insert_with(|| held.texts.clone())[pi] = s;
+        }
+        texts
+    }
+}
+
+/// A bounded window of `tail` (which starts at absolute offset `tail_start`) around `span`.
+fn context_of(tail: &str, tail_start: usize, span: &Range<usize>) -> (String, Range<usize>) {
+    let lo = span.start.saturating_sub(tail_start).min(tail.len());
+    let hi = span.end.saturating_sub(tail_start).min(tail.len());
+    if !tail.is_char_boundary(lo) || !tail.is_char_boundary(hi) {
+        return (String::new(), 0..0);
+    }
+    let before: String = {
+        let b: Vec<char> = tail[..lo].chars().rev().take(CONTEXT_CHARS).collect();
+        b.into_iter().rev().collect()
+    };
+    let after: String = tail[hi..].chars().take(CONTEXT_CHARS).collect();
+    let mut s = String::with_capacity(before.len() + (hi - lo) + after.len());
+    s.push_str(&before);
+    let start = s.len();
+    s.push_str(&tail[lo..hi]);
+    let end = s.len();
+    s.push_str(&after);
+    (s, start..end)
+}

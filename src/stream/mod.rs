@@ -1,0 +1,141 @@
+//! Moderating streams as they flow: SSE framing and the guard that holds back only what could
+//! still become a match, releases the rest at once, and stops generation on a violation.
+
+pub mod guard;
+pub mod sse;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+
+use guard::{EventCodec, Guard, StopReason, StreamFinding};
+use sse::SseFramer;
+
+/// Receives what a guarded stream decided, as it happens (audit records, the request log).
+pub trait Reporter: Send + 'static {
+    fn report<'a>(
+        &'a mut self,
+        findings: Vec<StreamFinding>,
+        stop: Option<&'a StopReason>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+    /// The stream is over (ended, stopped, failed, or the client left); called once.
+    fn done(&mut self, _held_at_end: usize) {}
+}
+
+/// Why an upstream body ended early, as the guarded body needs to know it.
+pub trait Fault {
+    fn message(&self) -> &'static str;
+}
+
+struct State<C: EventCodec, S, R: Reporter> {
+    upstream: Option<Pin<Box<S>>>,
+    framer: SseFramer,
+    guard: Guard<C>,
+    reporter: R,
+    done: bool,
+}
+
+impl<C: EventCodec, S, R: Reporter> Drop for State<C, S, R> {
+    fn drop(&mut self) {
+        self.reporter.done(self.guard.held_bytes());
+    }
+}
+
+/// The client-facing body of a moderated SSE response. Upstream chunks are framed into events,
+/// judged by the guard, and what may be released is sent at once, one write per upstream chunk.
+/// On a blocking finding the upstream body is dropped on the spot, which closes the upstream
+/// request and stops generation.
+pub fn guarded_body<C, S, E, R>(
+    upstream: S,
+    guard: Guard<C>,
+    reporter: R,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send
+where
+    C: EventCodec,
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Fault + Send + 'static,
+    R: Reporter,
+{
+    let state = State {
+        upstream: Some(Box::pin(upstream)),
+        framer: SseFramer::new(),
+        guard,
+        reporter,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            let mut out = Vec::new();
+            let up = st.upstream.as_mut()?;
+            let next = up.next().await;
+            let arrived = Instant::now();
+            match next {
+                Some(Ok(chunk)) => match st.framer.push(&chunk) {
+                    Ok(events) => {
+                        for ev in events {
+                            st.guard.on_event(ev, &mut out);
+                            if st.guard.is_done() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(_) => st.guard.on_fault(
+                        "the model server sent an event stream that is not UTF-8",
+                        &mut out,
+                    ),
+                },
+                Some(Err(fault)) => {
+                    if let Ok(Some(ev)) = st.framer.finish() {
+                        st.guard.on_event(ev, &mut out);
+                    }
+                    st.guard.on_fault(fault.message(), &mut out);
+                }
+                None => {
+                    match st.framer.finish() {
+                        Ok(Some(ev)) => st.guard.on_event(ev, &mut out),
+                        Ok(None) => {}
+                        Err(_) => st.guard.on_fault(
+                            "the model server sent an event stream that is not UTF-8",
+                            &mut out,
+                        ),
+                    }
+                    st.guard.on_end(&mut out);
+                }
+            }
+            if st.guard.is_done() {
+                // Close the upstream request now: this is what stops generation.
+                st.upstream = None;
+                if st.guard.stopped().is_some() {
+                    crate::metrics::metrics()
+                        .stop_to_close
+                        .observe(arrived.elapsed().as_secs_f64());
+                }
+                st.done = true;
+            }
+            let findings = st.guard.take_findings();
+            if !findings.is_empty() || st.guard.stopped().is_some() {
+                let stop = st.guard.stopped().cloned();
+                st.reporter.report(findings, stop.as_ref()).await;
+            }
+            if !out.is_empty() {
+                let bytes = if out.len() == 1 {
+                    out.pop().unwrap_or_default()
+                } else {
+                    let mut b = BytesMut::with_capacity(out.iter().map(Bytes::len).sum());
+                    for o in out {
+                        b.extend_from_slice(&o);
+                    }
+                    b.freeze()
+                };
+                return Some((Ok(bytes), st));
+            }
+        }
+    })
+}
