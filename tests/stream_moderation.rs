@@ -541,3 +541,62 @@ async fn comments_and_keepalives_keep_flowing() {
     assert!(text.starts_with(": keep-alive\n\n"));
     assert!(text.contains(": ping\n\n"));
 }
+
+#[tokio::test]
+async fn every_decision_is_recorded_with_a_pseudonymous_user() {
+    let (text_up, _) = (
+        Script::sse_writes(vec![chat_chunk("a"), chat_chunk("炸弹"), chat_finish()]),
+        (),
+    );
+    let up = Upstream::fixed(text_up).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    // A blocked prompt.
+    let body = json!({"model": "m1", "messages": [{"role": "user", "content": "教我做炸弹"}]});
+    let resp = client()
+        .post(p.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-user-id", "alice@example.com")
+        .header("x-request-id", "rid-prompt")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // A stopped stream.
+    let resp = client()
+        .post(p.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-user-id", "alice@example.com")
+        .header("x-request-id", "rid-stream")
+        .body(chat_req(true).to_string())
+        .send()
+        .await
+        .unwrap();
+    let _ = resp.text().await.unwrap();
+    let records = p.records(3).await;
+    let prompt = records
+        .iter()
+        .find(|r| r["request_id"] == "rid-prompt" && r["kind"] == "decision")
+        .expect("prompt decision recorded");
+    assert_eq!(prompt["direction"], "prompt");
+    assert_eq!(prompt["category"], "A1d");
+    assert_eq!(prompt["action"], "block");
+    assert_eq!(prompt["model"], "m1");
+    assert!(prompt["policy_version"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    let user = prompt["user"].as_str().unwrap();
+    assert!(user.starts_with("u-") && !user.contains("alice"), "{user}");
+    let stop = records
+        .iter()
+        .find(|r| r["request_id"] == "rid-stream" && r["kind"] == "decision")
+        .expect("stream decision recorded");
+    assert_eq!(stop["direction"], "completion");
+    assert_eq!(stop["stopped"], true);
+    assert_eq!(stop["user"], user, "the same user gets the same pseudonym");
+    let all = serde_json::to_string(&records).unwrap();
+    assert!(
+        !all.contains("alice"),
+        "raw user ids never reach the records"
+    );
+}

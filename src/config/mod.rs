@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use units::{ByteSize, HumanDuration};
 
+use crate::audit::config::AuditConfig;
 use crate::dialect::DialectName;
 use crate::policy::config::PolicyConfig;
 
@@ -45,6 +46,7 @@ pub struct Config {
     pub dialects: DialectsConfig,
     pub policy: PolicyConfig,
     pub moderation: ModerationConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
 }
 
@@ -495,6 +497,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Err(audit_issues) = self.audit.validate() {
+            issues.extend(audit_issues);
         }
         if let Some(k) = &self.upstream.api_key {
             if http::HeaderValue::from_str(k).is_err() {

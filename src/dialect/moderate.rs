@@ -16,11 +16,12 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap};
 use serde_json::Value;
 
 use super::openai::{self, Flavor, OpenAiCodec};
 use super::paths::{self, Found};
+use crate::audit::Record;
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::dialect::DialectName;
 use crate::metrics::metrics;
@@ -139,8 +140,14 @@ pub fn note_decision(
     );
 }
 
-/// Judge the prompt texts. `Ok(Some(bytes))` when redaction rewrote the body; `Err` is the refusal.
-fn judge_prompt(ctx: &RequestCtx, json: &mut Value, texts: Vec<Found>) -> Result<bool, ApiError> {
+/// Judge the prompt texts: `Ok(true)` when redaction rewrote the body; `Err` is the refusal.
+/// Every finding becomes a record in `records`.
+fn judge_prompt(
+    ctx: &RequestCtx,
+    json: &mut Value,
+    texts: Vec<Found>,
+    records: &mut Vec<Record>,
+) -> Result<bool, ApiError> {
     let policy = &ctx.rt.policy;
     let started = Instant::now();
     let mut rewritten = false;
@@ -157,6 +164,10 @@ fn judge_prompt(ctx: &RequestCtx, json: &mut Value, texts: Vec<Found>) -> Result
                 .with_label_values(&["prompt", &f.category, f.action.as_str()])
                 .inc();
             note_decision(&ctx.log.decisions, Direction::Prompt, f, &field);
+            records.push(
+                ctx.rec
+                    .decision(policy, Direction::Prompt, f, &t.text, f.span.clone()),
+            );
             if f.action == Action::Block && block.is_none() {
                 block = Some((f.clone(), field.clone()));
             }
@@ -186,17 +197,40 @@ fn judge_prompt(ctx: &RequestCtx, json: &mut Value, texts: Vec<Found>) -> Result
     Ok(rewritten)
 }
 
+/// Write the records of a judged prompt; with `audit.fail_closed`, refuse when they cannot be kept.
+async fn keep_records(ctx: &RequestCtx, records: Vec<Record>) -> Result<(), ApiError> {
+    for r in records {
+        ctx.rec.write(r).await;
+    }
+    if ctx.rec.records.auditor.refuse_traffic() {
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "moderation records cannot be written right now; try again later",
+        ));
+    }
+    Ok(())
+}
+
 async fn openai_exchange(
     mut ctx: RequestCtx,
     bytes: Bytes,
     mut json: Value,
     flavor: Flavor,
 ) -> Response {
+    ctx.rec.model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take(128).collect());
     let texts = match openai::prompt_texts(flavor, &json) {
         Ok(t) => t,
         Err(e) => return ctx.error(e),
     };
-    let forward_bytes = match judge_prompt(&ctx, &mut json, texts) {
+    let mut records = Vec::new();
+    let verdict = judge_prompt(&ctx, &mut json, texts, &mut records);
+    if let Err(e) = keep_records(&ctx, records).await {
+        return ctx.error(e);
+    }
+    let forward_bytes = match verdict {
         Ok(true) => Bytes::from(serde_json::to_vec(&json).unwrap_or_default()),
         Ok(false) => bytes,
         Err(refusal) => return ctx.error(refusal),
@@ -237,7 +271,15 @@ async fn openai_exchange(
             "the model server answered with a body that is not JSON",
         ));
     };
-    let changed = judge_completion(&ctx, flavor, &mut doc, &extras);
+    let mut records = Vec::new();
+    let changed = judge_completion(&ctx, flavor, &mut doc, &extras, &mut records);
+    let mut delivery = ctx.rec.delivery();
+    delivery.upstream_status = Some(status.as_u16());
+    delivery.upstream_ms = Some(sent.elapsed().as_millis() as u64);
+    records.push(delivery);
+    for r in records {
+        ctx.rec.write(r).await;
+    }
     let out = if changed {
         Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
     } else {
@@ -252,6 +294,7 @@ fn judge_completion(
     flavor: Flavor,
     doc: &mut Value,
     extras: &openai::Extras,
+    records: &mut Vec<Record>,
 ) -> bool {
     let policy = &ctx.rt.policy;
     let started = Instant::now();
@@ -273,6 +316,13 @@ fn judge_completion(
                 .with_label_values(&["completion", &f.category, f.action.as_str()])
                 .inc();
             note_decision(&ctx.log.decisions, Direction::Completion, f, &field);
+            records.push(ctx.rec.decision(
+                policy,
+                Direction::Completion,
+                f,
+                &t.found.text,
+                f.span.clone(),
+            ));
         }
         if let Some(b) = findings.iter().find(|f| f.action == Action::Block) {
             blocked.push((t.choice, b.category.clone()));
@@ -343,15 +393,24 @@ fn guarded_response<C: crate::stream::guard::EventCodec>(
     );
     let reporter = StreamReporter {
         decisions: ctx.log.decisions.clone(),
+        rec: ctx.rec.clone(),
+        policy: ctx.rt.policy.clone(),
+        upstream_status: status.as_u16(),
+        sent,
+        stopped: false,
     };
     let body = guarded_body(upstream, guard, reporter);
-    let _ = StatusCode::OK;
     ctx.streaming(status, headers, body, true)
 }
 
 /// Records what a guarded stream decided.
 struct StreamReporter {
     decisions: Arc<Mutex<Vec<String>>>,
+    rec: crate::server::records::RecordCtx,
+    policy: Arc<Policy>,
+    upstream_status: u16,
+    sent: Instant,
+    stopped: bool,
 }
 
 impl Reporter for StreamReporter {
@@ -364,10 +423,36 @@ impl Reporter for StreamReporter {
             for sf in &findings {
                 let field = format!("choice{}:{}", sf.channel.0, sf.channel.1);
                 note_decision(&self.decisions, Direction::Completion, &sf.finding, &field);
+                let mut r = self.rec.decision(
+                    &self.policy,
+                    Direction::Completion,
+                    &sf.finding,
+                    &sf.context,
+                    sf.context_span.clone(),
+                );
+                r.stopped = sf.finding.action == Action::Block;
+                self.rec.write(r).await;
             }
-            if let Some(StopReason::BadUpstreamEvent(why)) = stop {
-                tracing::warn!(reason = %why, "Stream stopped: unreadable upstream event");
+            match stop {
+                Some(StopReason::BadUpstreamEvent(why)) => {
+                    tracing::warn!(request_id = %self.rec.request_id, reason = %why, "Stream stopped: unreadable upstream event");
+                    self.stopped = true;
+                }
+                Some(StopReason::Blocked { .. }) => self.stopped = true,
+                None => {}
             }
         })
+    }
+
+    fn done(&mut self, held_at_end: usize) {
+        let mut r = self.rec.delivery();
+        r.upstream_status = Some(self.upstream_status);
+        r.upstream_ms = Some(self.sent.elapsed().as_millis() as u64);
+        r.stopped = self.stopped;
+        if held_at_end > 0 {
+            r.detail = Some(format!("client left with {held_at_end} bytes held back"));
+        }
+        // Called from a drop: queue without waiting (a full queue counts a drop).
+        let _ = self.rec.records.auditor.try_record(r);
     }
 }

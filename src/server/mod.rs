@@ -4,6 +4,7 @@ pub mod body;
 pub mod headers;
 pub mod listener;
 pub mod proxy;
+pub mod records;
 pub mod reload;
 pub mod routes;
 pub mod signals;
@@ -77,6 +78,8 @@ impl Runtime {
 /// State shared by both listeners for the life of the process.
 pub struct AppState {
     runtime: ArcSwap<Runtime>,
+    /// Audit records for the life of the process (a reload does not restart the writer).
+    pub records: Arc<records::Records>,
     /// Where the config came from, for reloads.
     pub config_path: Option<PathBuf>,
     /// False while a reload has failed and `server.unready_on_reload_error` is set.
@@ -84,9 +87,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(runtime: Runtime, config_path: Option<PathBuf>) -> Arc<Self> {
+    pub fn new(
+        runtime: Runtime,
+        records: records::Records,
+        config_path: Option<PathBuf>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
+            records: Arc::new(records),
             config_path,
             reload_ok: AtomicBool::new(true),
         })
@@ -157,7 +165,25 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
         source,
     })?;
     let runtime = Runtime::build(cfg.clone(), &loaded.base_dir).map_err(StartError::Runtime)?;
-    let state = AppState::new(runtime, Some(loaded.path.clone()));
+    let audit_cfg = cfg.audit.validate().map_err(|issues| {
+        StartError::Runtime(
+            issues
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    if audit_cfg.pseudonym_is_ephemeral() {
+        tracing::warn!("No pseudonym secret configured (audit.pseudonym_secret_env or _file): user ids in records change on every restart");
+    }
+    let (auditor, audit_task) = crate::audit::Auditor::start(&audit_cfg)
+        .map_err(|e| StartError::Runtime(format!("audit: {e}")))?;
+    let state = AppState::new(
+        runtime,
+        records::Records::new(auditor, &audit_cfg),
+        Some(loaded.path.clone()),
+    );
     let shutdown = Shutdown::new();
     let public_router = app(state.clone());
     let admin_router = crate::admin::router(state.clone(), shutdown.clone());
@@ -171,6 +197,10 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
         });
         listener::serve(public, public_router, sd, header_timeout, grace).await;
         let _ = admin_task.await;
+        // Every record queued before the listeners closed is written and synced.
+        if let Err(e) = audit_task.shutdown().await {
+            tracing::error!(error = %e, "Audit writer did not shut down cleanly");
+        }
     });
     tracing::info!(%public_addr, %admin_addr, "Listening");
     Ok(Running {

@@ -35,6 +35,7 @@ pub struct RequestCtx {
     pub request_id: HeaderValue,
     pub dialect: DialectName,
     pub log: RequestLog,
+    pub rec: super::records::RecordCtx,
 }
 
 impl RequestCtx {
@@ -117,8 +118,21 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
             ("unlisted".to_string(), DialectName::Passthrough)
         }
     };
-    let log = RequestLog::new(rid, template, dialect.as_str(), parts.method.to_string());
+    let (user, tenant) = state.records.identity(&parts.headers);
+    let rec = super::records::RecordCtx {
+        records: state.records.clone(),
+        request_id: rid.clone(),
+        route: template.clone(),
+        dialect: dialect.as_str(),
+        model: None,
+        user: user.clone(),
+        tenant,
+        policy_version: rt.policy.version().to_string(),
+    };
+    let mut log = RequestLog::new(rid, template, dialect.as_str(), parts.method.to_string());
+    log.user = user;
     let ctx = RequestCtx {
+        rec,
         rt,
         method: parts.method.clone(),
         path: path.clone(),

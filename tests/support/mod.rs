@@ -344,13 +344,37 @@ impl Proxy {
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("shenhe.yaml")
     }
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("audit")
+    }
+    /// Every audit record written so far (waits briefly for the writer to catch up).
+    pub async fn records(&self, min: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut out = Vec::new();
+            if let Ok(rd) = std::fs::read_dir(self.audit_dir()) {
+                let mut files: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+                files.sort();
+                for f in files {
+                    let text = std::fs::read_to_string(&f).unwrap_or_default();
+                    out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+                }
+            }
+            if out.len() >= min || std::time::Instant::now() > deadline {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Start shenhe on ports 0 in front of `upstream`; `extra_yaml` is merged over the base config.
 pub async fn proxy(upstream: &str, extra_yaml: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
+    let audit_dir = dir.path().join("audit");
     let base = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\n  shutdown_grace: \"5s\"\nupstream:\n  base_url: \"{upstream}\"\n"
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\n  shutdown_grace: \"5s\"\nupstream:\n  base_url: \"{upstream}\"\naudit:\n  dir: \"{}\"\n  fsync: always\n",
+        audit_dir.display()
     );
     let mut tree: serde_yaml_ng::Value = serde_yaml_ng::from_str(&base).unwrap();
     if !extra_yaml.trim().is_empty() {

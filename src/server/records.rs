@@ -1,0 +1,153 @@
+//! Audit records of what each request decided: who (pseudonymously), what, by which policy.
+//!
+//! The auditor and the pseudonymizer live for the whole process; each request gets a
+//! [`RecordCtx`] that stamps its records with the request's id, route, model and user.
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap};
+
+use crate::audit::{self, excerpt, Auditor, Pseudonymizer, Record, ValidAuditConfig};
+use crate::policy::{Action, Detector, Direction, Finding, Policy};
+
+/// Process-wide audit state.
+pub struct Records {
+    pub auditor: Auditor,
+    pub pseudonymizer: Pseudonymizer,
+    pub user_header: String,
+    pub tenant_header: String,
+    pub excerpt_chars: usize,
+}
+
+impl Records {
+    pub fn new(auditor: Auditor, cfg: &ValidAuditConfig) -> Self {
+        Self {
+            auditor,
+            pseudonymizer: cfg.pseudonymizer.clone(),
+            user_header: cfg.user_id_header.clone(),
+            tenant_header: cfg.tenant_header.clone(),
+            excerpt_chars: cfg.excerpt_chars,
+        }
+    }
+
+    /// The pseudonymous user (from the user-id header, else the caller's API key) and the tenant.
+    pub fn identity(&self, h: &HeaderMap) -> (Option<String>, Option<String>) {
+        let raw_user = h
+            .get(self.user_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                let auth = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+                let key = auth.strip_prefix("Bearer ").unwrap_or(auth).trim();
+                (!key.is_empty()).then(|| format!("key:{key}"))
+            })
+            .or_else(|| {
+                let key = h.get("x-api-key")?.to_str().ok()?.trim();
+                (!key.is_empty()).then(|| format!("key:{key}"))
+            });
+        let user = raw_user.map(|u| self.pseudonymizer.id(&u));
+        let tenant = h
+            .get(self.tenant_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.chars().take(64).collect());
+        (user, tenant)
+    }
+}
+
+/// A request's view of the audit log.
+#[derive(Clone)]
+pub struct RecordCtx {
+    pub records: Arc<Records>,
+    pub request_id: String,
+    pub route: String,
+    pub dialect: &'static str,
+    pub model: Option<String>,
+    pub user: Option<String>,
+    pub tenant: Option<String>,
+    pub policy_version: String,
+}
+
+impl RecordCtx {
+    fn stamp(&self, mut r: Record) -> Record {
+        r.route = Some(self.route.clone());
+        r.dialect = Some(self.dialect.to_string());
+        r.model = self.model.clone();
+        r.user = self.user.clone();
+        r.tenant = self.tenant.clone();
+        r.policy_version = Some(self.policy_version.clone());
+        r
+    }
+
+    /// A decision record for `f`, found in `text` (a bounded, PII-masked excerpt is kept).
+    pub fn decision(
+        &self,
+        policy: &Policy,
+        direction: Direction,
+        f: &Finding,
+        text: &str,
+        span: std::ops::Range<usize>,
+    ) -> Record {
+        let mut r = Record::decision(
+            self.request_id.clone(),
+            audit_direction(direction),
+            f.category.to_string(),
+            audit_action(f.action),
+        );
+        let (detector, term_id) = match &f.detector {
+            Detector::Keyword { term_id } => ("keyword".to_string(), Some(term_id.to_string())),
+            Detector::Pattern { name } => (format!("pattern:{name}"), None),
+            Detector::Pii { kind } => (format!("pii:{kind}"), None),
+        };
+        r.detector = Some(detector);
+        r.term_id = term_id;
+        r.excerpt = Some(excerpt(text, span, self.records.excerpt_chars, |s| {
+            mask_pii(policy, s)
+        }));
+        self.stamp(r)
+    }
+
+    /// A delivery record: the content id, hash and label status of what reached the client.
+    pub fn delivery(&self) -> Record {
+        self.stamp(Record::delivery(self.request_id.clone()))
+    }
+
+    /// Queue a record; a full queue past its bound is counted as a drop inside the auditor.
+    pub async fn write(&self, r: Record) {
+        if let Err(e) = self.records.auditor.record(r).await {
+            tracing::warn!(request_id = %self.request_id, error = %e, "Audit record not written");
+        }
+    }
+}
+
+/// Mask personal information in an excerpt with the policy's own detectors.
+pub fn mask_pii(policy: &Policy, s: &str) -> String {
+    let findings: Vec<Finding> = policy
+        .scan(s, Direction::Completion)
+        .into_iter()
+        .filter(|f| matches!(f.detector, Detector::Pii { .. }))
+        .map(|mut f| {
+            f.action = Action::Redact;
+            f
+        })
+        .collect();
+    if findings.is_empty() {
+        s.to_string()
+    } else {
+        policy.redact(s, &findings)
+    }
+}
+
+fn audit_direction(d: Direction) -> audit::Direction {
+    match d {
+        Direction::Prompt => audit::Direction::Prompt,
+        Direction::Completion => audit::Direction::Completion,
+    }
+}
+
+fn audit_action(a: Action) -> audit::Action {
+    match a {
+        Action::Block => audit::Action::Block,
+        Action::Redact => audit::Action::Redact,
+        Action::Flag => audit::Action::Flag,
+    }
+}
