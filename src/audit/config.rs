@@ -267,7 +267,7 @@ impl AuditConfig {
         for (i, user) in self.legal_hold_users.iter().enumerate() {
             if !is_pseudonym(user) {
                 issues.push(issue(
-                    &format!("legal_hold_users[{i}]"),
+                    format!("legal_hold_users[{i}]"),
                     "not a pseudonymous id (u- and 32 hex digits as shown in records); \
                      never list raw user ids",
                 ));
