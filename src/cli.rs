@@ -90,3 +90,78 @@ pub fn demo_upstream_addr(c: &Config) -> Result<SocketAddr, String> {
         format!("the demo model needs an IP address in upstream.base_url, not `{host}`")
     })
 }
+
+/// What `shenhe audit` does.
+pub enum AuditAction {
+    Find {
+        config: std::path::PathBuf,
+        content_id: Option<String>,
+        user: Option<String>,
+        request_id: Option<String>,
+        since: Option<String>,
+        limit: usize,
+    },
+    Erase {
+        config: std::path::PathBuf,
+        user: String,
+    },
+}
+
+/// Parse `--since`: RFC 3339 or a plain date (midnight UTC).
+pub fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| format!("`{s}` is neither an RFC 3339 time nor a YYYY-MM-DD date"))
+}
+
+/// `shenhe audit find|erase` over the configured record files.
+pub fn audit(action: AuditAction) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    let config = match &action {
+        AuditAction::Find { config, .. } | AuditAction::Erase { config, .. } => config.clone(),
+    };
+    let loaded = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let valid = loaded
+        .config
+        .audit
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    let dir = valid
+        .dir
+        .as_ref()
+        .map(|d| if d.is_relative() { loaded.base_dir.join(d) } else { d.clone() })
+        .context("audit.dir is not set: records go to stdout only")?;
+    let pseudonym = |u: &str| {
+        if crate::audit::pseudonym::is_pseudonym(u) {
+            u.to_string()
+        } else {
+            valid.pseudonymizer.id(u)
+        }
+    };
+    match action {
+        AuditAction::Find { content_id, user, request_id, since, limit, .. } => {
+            let q = crate::audit::Query {
+                content_id,
+                user: user.as_deref().map(pseudonym),
+                request_id,
+                since: since.as_deref().map(parse_since).transpose().map_err(anyhow::Error::msg)?,
+                limit: Some(limit),
+            };
+            for r in crate::audit::find(&dir, &q)? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        AuditAction::Erase { user, .. } => {
+            let id = pseudonym(&user);
+            let report = crate::audit::erase(&dir, &id, &valid.legal_hold_users)?;
+            eprintln!("erased: {report:?}");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}

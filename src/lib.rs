@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod stream;
+pub mod label;

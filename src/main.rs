@@ -37,6 +37,59 @@ enum Command {
         #[arg(long, default_value = "config/demo.yaml")]
         config: PathBuf,
     },
+    /// Write a new Ed25519 key pair for implicit labels (private key mode 0600; never overwrites).
+    Keygen {
+        /// Folder for `shenhe-signing-key.pem` and `shenhe-signing-key.pub.pem`.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Read the AIGC label of an image (PNG, JPEG, WebP) or a saved JSON response and check its
+    /// signature; exits non-zero when the label is absent, malformed, duplicated or forged.
+    Verify {
+        /// The file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Public key (PEM) to check the signature with.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find or erase audit records.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Records by content id (the ProduceID in a label), user or request id.
+    Find {
+        #[arg(long, env = "SHENHE_CONFIG", default_value = "config/shenhe.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        content_id: Option<String>,
+        /// A raw user id (pseudonymized with the configured secret) or a `u-…` pseudonym.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// RFC 3339 time or a date (`2026-01-31`): only records from then on.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Remove a user's records (personal-information deletion request), unless under legal hold.
+    Erase {
+        #[arg(long, env = "SHENHE_CONFIG", default_value = "config/shenhe.yaml")]
+        config: PathBuf,
+        /// A raw user id or a `u-…` pseudonym.
+        #[arg(long)]
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +120,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Serve { config } => serve(config, false),
         Command::Demo { config } => serve(config, true),
+        Command::Keygen { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let (private, public) = shenhe::label::keygen(&dir)?;
+            println!("private key: {}\npublic key:  {}", private.display(), public.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { file, public_key, json } => {
+            let bytes = if file.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                b
+            } else {
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let key = match public_key {
+                Some(p) => Some(shenhe::label::load_public_key_file(&p)?),
+                None => None,
+            };
+            let report = shenhe::label::verify_bytes(&bytes, key.as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Audit { command } => shenhe::cli::audit(match command {
+            AuditCommand::Find { config, content_id, user, request_id, since, limit } => {
+                shenhe::cli::AuditAction::Find { config, content_id, user, request_id, since, limit }
+            }
+            AuditCommand::Erase { config, user } => shenhe::cli::AuditAction::Erase { config, user },
+        }),
     }
 }
 
@@ -87,6 +172,17 @@ fn serve(path: PathBuf, demo: bool) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if demo {
+        if let Some(imp) = loaded.config.labels.implicit.signing_key_file.as_ref() {
+            let key = loaded.base_dir.join(imp);
+            if !key.exists() {
+                let dir = key.parent().map(PathBuf::from).unwrap_or_default();
+                std::fs::create_dir_all(&dir)?;
+                shenhe::label::keygen(&dir)?;
+                eprintln!("made a demo signing key in {}", dir.display());
+            }
+        }
+    }
     rt.block_on(async move {
         let _demo = if demo {
             let addr = shenhe::cli::demo_upstream_addr(&loaded.config).map_err(anyhow::Error::msg)?;

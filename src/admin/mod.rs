@@ -1,12 +1,21 @@
 //! The admin listener: health, readiness, metrics and the admin API. Never on the public listener.
+//!
+//! Read-only transparency routes (`/admin/policy`, `/admin/labels/public-key`) are open on the
+//! admin listener (localhost by default); every route that reads records or changes state needs
+//! `Authorization: Bearer <token>` with the token from `server.admin_token_file` or the
+//! `server.admin_token_env` variable, compared in constant time. With no token configured those
+//! routes are refused.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::metrics::metrics;
 use crate::server::{AppState, Shutdown};
@@ -22,6 +31,11 @@ pub fn router(app: Arc<AppState>, shutdown: Shutdown) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/admin/policy", get(policy))
+        .route("/admin/labels/public-key", get(public_key))
+        .route("/admin/reload", post(reload))
+        .route("/admin/records", get(records))
+        .route("/admin/records/erase", post(erase))
         .with_state(AdminState { app, shutdown })
 }
 
@@ -34,11 +48,10 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     if !s.app.is_ready_config() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "last config reload failed\n",
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, "last config reload failed\n").into_response();
+    }
+    if s.app.records.auditor.refuse_traffic() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "audit records cannot be written\n").into_response();
     }
     if !s.app.runtime().upstream.probe_ok().await {
         return (StatusCode::SERVICE_UNAVAILABLE, "upstream not reachable\n").into_response();
@@ -48,11 +61,162 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 async fn metrics_text() -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         metrics().render(),
     )
         .into_response()
+}
+
+/// The configured admin token, read fresh so a rotated Secret takes effect without a restart.
+fn admin_token(app: &AppState) -> Option<String> {
+    let cfg = &app.runtime().config.server;
+    if let Some(p) = &cfg.admin_token_file {
+        return std::fs::read_to_string(p).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    }
+    std::env::var(&cfg.admin_token_env).ok().filter(|t| !t.is_empty())
+}
+
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = admin_token(app) else {
+        return Err(admin_error(StatusCode::FORBIDDEN, "no admin token is configured (server.admin_token_env or server.admin_token_file)"));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(admin_error(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
+    }
+}
+
+fn admin_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": {"message": message, "type": "admin_error", "code": status.as_u16(), "param": null}}))).into_response()
+}
+
+/// What an inspector asks to see (Art. 19): policy version, categories, list sizes, labels, retention.
+async fn policy(State(s): State<AdminState>) -> Response {
+    let rt = s.app.runtime();
+    let p = &rt.policy;
+    let mut body = crate::admin::policy_view::view(p);
+    let c = &rt.config;
+    body["labels"] = json!({
+        "explicit": rt.labeler.as_ref().and_then(|l| l.explicit_text()).is_some(),
+        "implicit_producer": rt.labeler.as_ref().and_then(|l| l.producer()),
+        "position": format!("{:?}", c.labels.explicit.position).to_lowercase(),
+    });
+    body["audit"] = json!({
+        "retention_days": c.audit.retention_days,
+        "fsync": c.audit.fsync,
+        "fail_closed": c.audit.fail_closed,
+    });
+    body["routes"] = rt
+        .routes
+        .entries()
+        .map(|(path, d)| (path.to_string(), json!(d.as_str())))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    Json(body).into_response()
+}
+
+async fn public_key(State(s): State<AdminState>) -> Response {
+    public_key_response(&s.app)
+}
+
+/// The label public key as PEM, for third parties who verify labels.
+pub fn public_key_response(app: &AppState) -> Response {
+    match app.runtime().labeler.as_ref().and_then(|l| l.signer().map(|s| s.public_key_pem())) {
+        Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+        None => admin_error(StatusCode::NOT_FOUND, "implicit labels are not enabled"),
+    }
+}
+
+async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s.app, &headers) {
+        return r;
+    }
+    match crate::server::reload::reload(&s.app, "admin") {
+        Ok(()) => Json(json!({"reloaded": true, "policy_version": s.app.runtime().policy.version()})).into_response(),
+        Err(e) => admin_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct RecordsQuery {
+    content_id: Option<String>,
+    user: Option<String>,
+    request_id: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Find records: from an output's content id (complaints, inspections) to its decisions.
+async fn records(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<RecordsQuery>) -> Response {
+    if let Err(r) = authorize(&s.app, &headers) {
+        return r;
+    }
+    let Some(dir) = s.app.records.auditor.dir().map(|d| d.to_path_buf()) else {
+        return admin_error(StatusCode::NOT_FOUND, "audit records go to stdout only (audit.dir is unset)");
+    };
+    let since = match q.since.as_deref().map(crate::cli::parse_since).transpose() {
+        Ok(s) => s,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let user = q.user.map(|u| pseudonym(&s.app, &u));
+    let query = crate::audit::Query {
+        content_id: q.content_id,
+        user,
+        request_id: q.request_id,
+        since,
+        limit: Some(q.limit.unwrap_or(1000).min(10_000)),
+    };
+    match tokio::task::spawn_blocking(move || crate::audit::find(&dir, &query)).await {
+        Ok(Ok(found)) => Json(json!({"records": found})).into_response(),
+        Ok(Err(e)) => admin_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => admin_error(StatusCode::INTERNAL_SERVER_ERROR, "record search failed"),
+    }
+}
+
+#[derive(Deserialize)]
+struct EraseBody {
+    user: String,
+}
+
+/// Erase a user's records (Art. 11 deletion request), outside a legal hold; itself recorded.
+async fn erase(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<EraseBody>) -> Response {
+    if let Err(r) = authorize(&s.app, &headers) {
+        return r;
+    }
+    let id = pseudonym(&s.app, &b.user);
+    match s.app.records.auditor.erase(&id).await {
+        Ok(report) => {
+            let detail = format!("{report:?}");
+            let _ = s.app.records.auditor.record(crate::audit::Record::erasure(id.clone(), detail.clone())).await;
+            Json(json!({"user": id, "report": detail})).into_response()
+        }
+        Err(e) => admin_error(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+fn pseudonym(app: &AppState, u: &str) -> String {
+    if crate::audit::pseudonym::is_pseudonym(u) {
+        u.to_string()
+    } else {
+        app.records.pseudonymizer.id(u)
+    }
+}
+
+pub mod policy_view {
+    //! The policy as an inspector sees it: never the terms themselves.
+    use serde_json::{json, Value};
+
+    use crate::policy::Policy;
+
+    pub fn view(p: &Policy) -> Value {
+        json!({
+            "policy_version": p.version(),
+        })
+    }
 }

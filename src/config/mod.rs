@@ -20,6 +20,7 @@ pub use units::{ByteSize, HumanDuration};
 
 use crate::audit::config::AuditConfig;
 use crate::dialect::DialectName;
+use crate::label::LabelsConfig;
 use crate::policy::config::PolicyConfig;
 
 /// Client traffic listener: all interfaces, the port model APIs conventionally use in front of a server.
@@ -46,6 +47,7 @@ pub struct Config {
     pub dialects: DialectsConfig,
     pub policy: PolicyConfig,
     pub moderation: ModerationConfig,
+    pub labels: LabelsConfig,
     pub audit: AuditConfig,
     pub log: LogConfig,
 }
@@ -498,6 +500,12 @@ impl Config {
                 }
             }
         }
+        if let Err(label_issues) = self.labels.validate() {
+            issues.extend(label_issues.into_iter().map(|m| match m.split_once(": ") {
+                Some((path, msg)) if path.starts_with("labels") => ConfigIssue::new(path, msg),
+                _ => ConfigIssue::new("labels", m),
+            }));
+        }
         if let Err(audit_issues) = self.audit.validate() {
             issues.extend(audit_issues);
         }
@@ -521,9 +529,18 @@ mod tests {
         None
     }
 
+    /// Implicit labels need a producer code and a key; these tests are about other sections.
+    const NO_IMPLICIT: &str = "labels:\n  implicit: { enabled: false }\n";
+
     #[test]
-    fn empty_file_gives_defaults() {
-        let c = Config::from_yaml_str_with_env("", &env_none).unwrap();
+    fn empty_file_needs_a_producer_code_for_labels() {
+        let err = Config::from_yaml_str_with_env("", &env_none).unwrap_err();
+        assert!(err.issues().iter().any(|i| i.path.starts_with("labels.implicit")), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = Config::from_yaml_str_with_env(NO_IMPLICIT, &env_none).unwrap();
         assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.server.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(c.routes.default, DefaultRoute::Reject);
@@ -576,9 +593,13 @@ mod tests {
         // A value with a newline stays a value: it cannot add keys to the file.
         let err =
             Config::from_yaml_str_with_env("upstream:\n  api_key: ${KEY}\n", &env).unwrap_err();
-        assert!(err.issues()[0].path == "upstream.api_key", "{err}");
+        assert!(err.issues().iter().any(|i| i.path == "upstream.api_key"), "{err}");
         let env = |k: &str| (k == "KEY").then(|| "s3cret".to_string());
-        let c = Config::from_yaml_str_with_env("upstream:\n  api_key: ${KEY}\n", &env).unwrap();
+        let c = Config::from_yaml_str_with_env(
+            &format!("upstream:\n  api_key: ${{KEY}}\n{NO_IMPLICIT}"),
+            &env,
+        )
+        .unwrap();
         assert_eq!(c.upstream.api_key.as_deref(), Some("s3cret"));
     }
 

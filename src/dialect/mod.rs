@@ -68,3 +68,4 @@ pub mod json;
 pub mod moderate;
 pub mod openai;
 pub mod paths;
+pub mod labels;

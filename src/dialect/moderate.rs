@@ -19,7 +19,8 @@ use futures_util::StreamExt;
 use http::{header, HeaderMap};
 use serde_json::Value;
 
-use super::openai::{self, Flavor, OpenAiCodec};
+use super::labels::{aigc_value, Delivery, TextLabels};
+use super::openai::{self, Flavor, OpenAiCodec, StreamLabels};
 use super::paths::{self, Found};
 use crate::audit::Record;
 use crate::dialect::error::{ApiError, ErrorKind};
@@ -248,8 +249,16 @@ async fn openai_exchange(
         Flavor::Completions => ctx.rt.extras.openai_completions.clone(),
     };
     if is_event_stream(resp.headers()) {
-        let codec = OpenAiCodec::new(flavor, extras);
-        return guarded_response(ctx, resp, sent, codec);
+        let mut codec = OpenAiCodec::new(flavor, extras);
+        let mut extra_headers = Vec::new();
+        let mut delivery = None;
+        if let Some(labeler) = ctx.rt.labeler.clone() {
+            let labels = TextLabels::new(labeler, openai::json_mode(&json));
+            extra_headers.extend(labels.header(None));
+            delivery = Some(labels.delivery.clone());
+            codec = codec.with_labels(StreamLabels::new(labels));
+        }
+        return guarded_response(ctx, resp, sent, codec, extra_headers, delivery);
     }
     let status = resp.status();
     let headers = ctx
@@ -272,8 +281,28 @@ async fn openai_exchange(
         ));
     };
     let mut records = Vec::new();
-    let changed = judge_completion(&ctx, flavor, &mut doc, &extras, &mut records);
+    let (mut changed, blocked) = judge_completion(&ctx, flavor, &mut doc, &extras, &mut records);
+    let mut headers = headers;
     let mut delivery = ctx.rec.delivery();
+    if let Some(labeler) = ctx.rt.labeler.clone() {
+        let labels = TextLabels::new(labeler, openai::json_mode(&json));
+        let explicit_used = match &labels.explicit {
+            Some((label, pos)) => openai::label_choices(flavor, &mut doc, &blocked, label, *pos),
+            None => false,
+        };
+        changed |= explicit_used;
+        let delivered = openai::delivered_text(flavor, &doc);
+        if let Some(aigc) = labels.seal(&delivered, explicit_used) {
+            if let Some(obj) = doc.as_object_mut() {
+                obj.insert(crate::label::CHAT_AIGC_FIELD.into(), aigc_value(&aigc));
+                changed = true;
+            }
+            if let Some((name, value)) = labels.header(Some(&aigc)) {
+                headers.insert(name, value);
+            }
+        }
+        fill_delivery(&mut delivery, &labels.delivery);
+    }
     delivery.upstream_status = Some(status.as_u16());
     delivery.upstream_ms = Some(sent.elapsed().as_millis() as u64);
     records.push(delivery);
@@ -295,7 +324,7 @@ fn judge_completion(
     doc: &mut Value,
     extras: &openai::Extras,
     records: &mut Vec<Record>,
-) -> bool {
+) -> (bool, Vec<u32>) {
     let policy = &ctx.rt.policy;
     let started = Instant::now();
     let texts = openai::response_texts(flavor, doc, extras);
@@ -340,7 +369,16 @@ fn judge_completion(
         .scan_duration
         .with_label_values(&["completion"])
         .observe(started.elapsed().as_secs_f64());
-    changed
+    (changed, blocked.into_iter().map(|(c, _)| c).collect())
+}
+
+/// Copy what the labels decided into a delivery record.
+fn fill_delivery(r: &mut Record, d: &Mutex<Delivery>) {
+    if let Ok(d) = d.lock() {
+        r.content_id = d.content_id.clone();
+        r.content_sha256 = d.content_sha256.clone();
+        r.label = d.label.clone();
+    }
 }
 
 /// Read a whole upstream body within the response limit and the upstream timeouts.
@@ -378,12 +416,17 @@ fn guarded_response<C: crate::stream::guard::EventCodec>(
     resp: reqwest::Response,
     sent: Instant,
     codec: C,
+    extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    delivery: Option<Arc<Mutex<Delivery>>>,
 ) -> Response {
     let status = resp.status();
-    let headers = ctx
+    let mut headers = ctx
         .rt
         .headers
         .client_response(resp.headers(), &ctx.request_id);
+    for (k, v) in extra_headers {
+        headers.insert(k, v);
+    }
     let up = &ctx.rt.upstream;
     let upstream = bounded_body(resp, up.idle_timeout, sent + up.total_timeout);
     let guard = Guard::new(
@@ -398,6 +441,7 @@ fn guarded_response<C: crate::stream::guard::EventCodec>(
         upstream_status: status.as_u16(),
         sent,
         stopped: false,
+        delivery,
     };
     let body = guarded_body(upstream, guard, reporter);
     ctx.streaming(status, headers, body, true)
@@ -411,6 +455,7 @@ struct StreamReporter {
     upstream_status: u16,
     sent: Instant,
     stopped: bool,
+    delivery: Option<Arc<Mutex<Delivery>>>,
 }
 
 impl Reporter for StreamReporter {
@@ -449,6 +494,9 @@ impl Reporter for StreamReporter {
         r.upstream_status = Some(self.upstream_status);
         r.upstream_ms = Some(self.sent.elapsed().as_millis() as u64);
         r.stopped = self.stopped;
+        if let Some(d) = &self.delivery {
+            fill_delivery(&mut r, d);
+        }
         if held_at_end > 0 {
             r.detail = Some(format!("client left with {held_at_end} bytes held back"));
         }

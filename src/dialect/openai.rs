@@ -4,9 +4,11 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::labels::{aigc_value, TextLabels};
 use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
+use crate::label::Position;
 use crate::stream::sse::RawEvent;
 
 /// Chat or legacy completions.
@@ -233,6 +235,44 @@ fn choice_texts(
     }
 }
 
+/// Add the explicit label to every choice's visible text, except blocked choices and choices
+/// without text (tool calls). Returns whether any label was added.
+pub fn label_choices(flavor: Flavor, doc: &mut Value, blocked: &[u32], label: &str, pos: Position) -> bool {
+    let Some(choices) = doc.get_mut("choices").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let mut any = false;
+    for (i, c) in choices.iter_mut().enumerate() {
+        let index = c.get("index").and_then(Value::as_u64).unwrap_or(i as u64) as u32;
+        if blocked.contains(&index) {
+            continue;
+        }
+        let slot = match flavor {
+            Flavor::Chat => c.pointer_mut("/message/content"),
+            Flavor::Completions => c.get_mut("text"),
+        };
+        if let Some(Value::String(text)) = slot {
+            if !text.is_empty() {
+                *text = crate::label::apply_explicit(text, label, pos);
+                any = true;
+            }
+        }
+    }
+    any
+}
+
+/// The visible text a whole response delivers, choices in order: what the implicit label signs.
+pub fn delivered_text(flavor: Flavor, doc: &Value) -> String {
+    match flavor {
+        Flavor::Chat => crate::label::chat_delivered_text(doc),
+        Flavor::Completions => doc
+            .get("choices")
+            .and_then(Value::as_array)
+            .map(|cs| cs.iter().filter_map(|c| c["text"].as_str()).collect())
+            .unwrap_or_default(),
+    }
+}
+
 /// Replace a blocked choice of a whole response by the refusal, `finish_reason: content_filter`.
 pub fn refuse_choice(flavor: Flavor, resp: &mut Value, choice: u32, refusal: &str) {
     let Some(choices) = resp.get_mut("choices").and_then(Value::as_array_mut) else {
@@ -270,8 +310,48 @@ pub fn refuse_choice(flavor: Flavor, resp: &mut Value, choice: u32, refusal: &st
 pub struct Chunk {
     json: Value,
     paths: Vec<Vec<Seg>>,
+    /// The channel of each piece, parallel to `paths`.
+    keys: Vec<ChannelKey>,
     /// Choices this chunk finishes (they carry a `finish_reason`).
     finishes: Vec<u32>,
+}
+
+/// Labels riding on a stream: what each choice has delivered, which labels went out.
+pub struct StreamLabels {
+    pub text: TextLabels,
+    /// Content delivered per choice (labels included), for the signature.
+    delivered: Vec<(u32, String)>,
+    started: Vec<u32>,
+    ended: Vec<u32>,
+}
+
+impl StreamLabels {
+    pub fn new(text: TextLabels) -> Self {
+        Self {
+            text,
+            delivered: Vec::new(),
+            started: Vec::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, choice: u32, text: &str) {
+        match self.delivered.iter_mut().find(|(c, _)| *c == choice) {
+            Some((_, s)) => s.push_str(text),
+            None => self.delivered.push((choice, text.to_string())),
+        }
+    }
+
+    fn has_content(&self, choice: u32) -> bool {
+        self.delivered.iter().any(|(c, s)| *c == choice && !s.is_empty())
+    }
+
+    /// All delivered content, choices in index order.
+    fn delivered_text(&self) -> String {
+        let mut d = self.delivered.clone();
+        d.sort_by_key(|(c, _)| *c);
+        d.into_iter().map(|(_, s)| s).collect()
+    }
 }
 
 /// Reads and ends OpenAI-style streams.
@@ -284,6 +364,7 @@ pub struct OpenAiCodec {
     system_fingerprint: Option<Value>,
     /// Choices seen, and whether each has finished.
     choices: Vec<(u32, bool)>,
+    labels: Option<StreamLabels>,
 }
 
 impl OpenAiCodec {
@@ -296,7 +377,52 @@ impl OpenAiCodec {
             created: Value::from(0),
             system_fingerprint: None,
             choices: Vec::new(),
+            labels: None,
         }
+    }
+
+    /// Label what this stream delivers.
+    pub fn with_labels(mut self, labels: StreamLabels) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+
+    /// The channel field that carries a choice's visible text.
+    fn content_field(&self) -> u32 {
+        match self.flavor {
+            Flavor::Chat => 0,
+            Flavor::Completions => TEXT_FIELD,
+        }
+    }
+
+    /// The explicit end label for `choice`, once, if it delivered content.
+    fn end_label(&mut self, choice: u32) -> Option<Bytes> {
+        let l = self.labels.as_mut()?;
+        let (label, pos) = l.text.explicit.clone()?;
+        if !matches!(pos, Position::End | Position::Both) || l.ended.contains(&choice) || !l.has_content(choice) {
+            return None;
+        }
+        l.ended.push(choice);
+        let t = format!("\n{label}");
+        l.push(choice, &t);
+        crate::label::record("text", "explicit", "ok");
+        Some(self.text_chunk(choice, &t))
+    }
+
+    /// The final chunk carrying the signed implicit label (choices empty, like a usage chunk).
+    fn seal_chunk(&mut self) -> Option<Bytes> {
+        let l = self.labels.as_mut()?;
+        let delivered = l.delivered_text();
+        let explicit_used = !l.started.is_empty() || !l.ended.is_empty();
+        let aigc = l.text.seal(&delivered, explicit_used)?;
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone());
+        m.insert("object".into(), Value::String(self.object().into()));
+        m.insert("created".into(), self.created.clone());
+        m.insert("model".into(), self.model.clone());
+        m.insert("choices".into(), Value::Array(Vec::new()));
+        m.insert(crate::label::CHAT_AIGC_FIELD.into(), aigc_value(&aigc));
+        Some(sse_data(&Value::Object(m)))
     }
 
     fn object(&self) -> &'static str {
@@ -419,6 +545,7 @@ impl EventCodec for OpenAiCodec {
         }
         let mut pieces = Vec::new();
         let mut paths = Vec::new();
+        let mut keys = Vec::new();
         let mut notes = Vec::new();
         if let Some(choices) = json.get("choices").and_then(Value::as_array) {
             for (pos, c) in choices.iter().enumerate() {
@@ -432,6 +559,7 @@ impl EventCodec for OpenAiCodec {
                     if t.found.text.is_empty() {
                         continue;
                     }
+                    keys.push((t.choice, t.field));
                     pieces.push(TextPiece {
                         channel: (t.choice, t.field),
                         text: t.found.text,
@@ -450,6 +578,7 @@ impl EventCodec for OpenAiCodec {
                     continue;
                 }
                 let key: ChannelKey = (choice_of(&f.path), EXTRA_BASE + k as u32);
+                keys.push(key);
                 pieces.push(TextPiece {
                     channel: key,
                     text: f.text,
@@ -466,6 +595,7 @@ impl EventCodec for OpenAiCodec {
             event: Some(Chunk {
                 json,
                 paths,
+                keys,
                 finishes,
             }),
             pieces,
@@ -473,9 +603,56 @@ impl EventCodec for OpenAiCodec {
         })
     }
 
-    fn released(&mut self, event: &Chunk) {
-        for i in &event.finishes {
-            self.note_choice(*i, true);
+    fn on_release(&mut self, event: &Chunk, texts: &[String], before: &mut Vec<Bytes>, after: &mut Vec<Bytes>) {
+        let content = self.content_field();
+        let mut with_content = Vec::new();
+        for (key, text) in event.keys.iter().zip(texts) {
+            if key.1 != content {
+                continue;
+            }
+            let choice = key.0;
+            let start_label = self.labels.as_mut().and_then(|l| {
+                let (label, pos) = l.text.explicit.clone()?;
+                if !matches!(pos, Position::Start | Position::Both) || l.started.contains(&choice) {
+                    return None;
+                }
+                l.started.push(choice);
+                let t = format!("{label}\n");
+                l.push(choice, &t);
+                Some(t)
+            });
+            if let Some(t) = start_label {
+                crate::label::record("text", "explicit", "ok");
+                before.push(self.text_chunk(choice, &t));
+            }
+            if let Some(l) = self.labels.as_mut() {
+                l.push(choice, text);
+            }
+            with_content.push(choice);
+        }
+        for &choice in &event.finishes {
+            if let Some(b) = self.end_label(choice) {
+                // The label follows the choice's last text: before its finish chunk, or after a
+                // chunk that carries both its last text and its finish reason.
+                if with_content.contains(&choice) {
+                    after.push(b);
+                } else {
+                    before.push(b);
+                }
+            }
+            self.note_choice(choice, true);
+        }
+    }
+
+    fn on_end(&mut self, out: &mut Vec<Bytes>) {
+        let open: Vec<u32> = self.seen_choices();
+        for c in open {
+            if let Some(b) = self.end_label(c) {
+                out.push(b);
+            }
+        }
+        if let Some(b) = self.seal_chunk() {
+            out.push(b);
         }
     }
 
@@ -501,6 +678,12 @@ impl EventCodec for OpenAiCodec {
         if let Some(n) = notice {
             out.push(self.chunk(open.iter().map(|i| self.delta_choice(*i, n)).collect()));
         }
+        // What was delivered before the stop is generated content: it is labeled like any other.
+        for &c in &open {
+            if let Some(b) = self.end_label(c) {
+                out.push(b);
+            }
+        }
         out.push(
             self.chunk(
                 open.iter()
@@ -510,6 +693,9 @@ impl EventCodec for OpenAiCodec {
         );
         for i in open {
             self.note_choice(i, true);
+        }
+        if let Some(b) = self.seal_chunk() {
+            out.push(b);
         }
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
         out

@@ -20,6 +20,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, LoadedConfig};
+use crate::label::Labeler;
 use crate::policy::Policy;
 
 pub use listener::Shutdown;
@@ -33,6 +34,8 @@ pub struct Runtime {
     pub upstream: upstream::Upstream,
     pub policy: Arc<Policy>,
     pub extras: Extras,
+    /// Labels for generated content; `None` when both explicit and implicit labels are off.
+    pub labeler: Option<Arc<Labeler>>,
 }
 
 /// Extra text fields per dialect, parsed once.
@@ -64,6 +67,19 @@ impl Runtime {
             openai_responses: parse(&d.openai_responses.extra_text_fields)?,
             anthropic_messages: parse(&d.anthropic_messages.extra_text_fields)?,
         };
+        let labels = config
+            .labels
+            .validate()
+            .map_err(|e| format!("labels: {}", e.join("; ")))?;
+        let labeler = if labels.explicit.is_none() && labels.implicit.is_none() {
+            None
+        } else {
+            let mut valid = labels;
+            if let Some(imp) = valid.implicit.as_mut() {
+                resolve_key_path(imp, base_dir);
+            }
+            Some(Arc::new(Labeler::from_config(&valid).map_err(|e| format!("labels: {e}"))?))
+        };
         Ok(Self {
             config,
             routes,
@@ -71,7 +87,17 @@ impl Runtime {
             upstream,
             policy,
             extras,
+            labeler,
         })
+    }
+}
+
+/// A relative signing-key path is relative to the config file, like keyword lists.
+fn resolve_key_path(imp: &mut crate::label::ValidImplicit, base_dir: &Path) {
+    if let Some(p) = imp.signing_key_file.as_mut() {
+        if p.is_relative() {
+            *p = base_dir.join(&*p);
+        }
     }
 }
 

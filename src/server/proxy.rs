@@ -110,6 +110,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let request_id = headers::request_id(&parts.headers);
     let rid = request_id.to_str().unwrap_or_default().to_string();
     let path = parts.uri.path().to_string();
+    if parts.method == Method::GET {
+        if let Some((key_path, pem)) = rt.labeler.as_ref().and_then(|l| l.public_key_route()) {
+            if key_path == path {
+                return ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response();
+            }
+        }
+    }
     let route = rt.routes.lookup(&parts.method, &path);
     let (template, dialect) = match &route {
         RouteMatch::Listed { template, dialect } => (template.clone(), *dialect),

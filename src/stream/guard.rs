@@ -60,8 +60,20 @@ pub trait EventCodec: Send + 'static {
     /// Read one event.
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Self::Event>, CodecError>;
 
-    /// An event reached the client (as its raw bytes or re-rendered).
-    fn released(&mut self, _event: &Self::Event) {}
+    /// An event is about to reach the client with `texts` (its pieces as delivered). The codec
+    /// may add events of its own just before or after it (explicit labels).
+    fn on_release(
+        &mut self,
+        _event: &Self::Event,
+        _texts: &[String],
+        _before: &mut Vec<Bytes>,
+        _after: &mut Vec<Bytes>,
+    ) {
+    }
+
+    /// The stream ends normally: events to send before the API's own end (implicit labels).
+    /// Called once, before the terminal event or at the upstream's end.
+    fn on_end(&mut self, _out: &mut Vec<Bytes>) {}
 
     /// Render an event whose text pieces were rewritten; `texts[i]` replaces piece `i`.
     /// Fields that echo the original text (logprobs) must be dropped from rewritten parts.
@@ -112,6 +124,7 @@ struct Channel {
 struct Held<E> {
     raw: Bytes,
     event: Option<E>,
+    terminal: bool,
     /// (channel index, byte range in that channel) per piece, in piece order.
     pieces: Vec<(usize, Range<usize>)>,
     texts: Vec<String>,
@@ -127,6 +140,8 @@ pub struct Guard<C: EventCodec> {
     stopped: Option<StopReason>,
     notice: Option<String>,
     finished: bool,
+    /// The codec's end-of-stream events were sent.
+    ended: bool,
 }
 
 impl<C: EventCodec> Guard<C> {
@@ -140,6 +155,7 @@ impl<C: EventCodec> Guard<C> {
             stopped: None,
             notice,
             finished: false,
+            ended: false,
         }
     }
 
@@ -212,6 +228,7 @@ impl<C: EventCodec> Guard<C> {
         self.queue.push_back(Held {
             raw: ev.raw,
             event: parsed.event,
+            terminal: parsed.terminal,
             pieces,
             texts,
         });
@@ -240,6 +257,10 @@ impl<C: EventCodec> Guard<C> {
         self.finish_scanners(out);
         if !self.finished {
             self.release(out, None);
+            if !self.ended {
+                self.ended = true;
+                self.codec.on_end(out);
+            }
             self.finished = true;
         }
     }
@@ -355,11 +376,25 @@ impl<C: EventCodec> Guard<C> {
             };
             let rewritten = self.rewrite(&held);
             match (rewritten, &held.event) {
-                (Some(texts), Some(ev)) => out.push(self.codec.render(ev, &texts)),
-                _ => out.push(held.raw.clone()),
-            }
-            if let Some(ev) = &held.event {
-                self.codec.released(ev);
+                (Some(texts), Some(ev)) => {
+                    let mut after = Vec::new();
+                    self.codec.on_release(ev, &texts, out, &mut after);
+                    out.push(self.codec.render(ev, &texts));
+                    out.extend(after);
+                }
+                (None, Some(ev)) => {
+                    let mut after = Vec::new();
+                    self.codec.on_release(ev, &held.texts, out, &mut after);
+                    out.push(held.raw.clone());
+                    out.extend(after);
+                }
+                (_, None) => {
+                    if held.terminal && !self.ended {
+                        self.ended = true;
+                        self.codec.on_end(out);
+                    }
+                    out.push(held.raw.clone());
+                }
             }
             for (ci, r) in &held.pieces {
                 let ch = &mut self.channels[*ci];

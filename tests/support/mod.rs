@@ -373,7 +373,7 @@ pub async fn proxy(upstream: &str, extra_yaml: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let audit_dir = dir.path().join("audit");
     let base = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\n  shutdown_grace: \"5s\"\nupstream:\n  base_url: \"{upstream}\"\naudit:\n  dir: \"{}\"\n  fsync: always\n",
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\n  shutdown_grace: \"5s\"\nupstream:\n  base_url: \"{upstream}\"\naudit:\n  dir: \"{}\"\n  fsync: always\nlabels:\n  explicit: {{ enabled: false }}\n  implicit: {{ enabled: false }}\n",
         audit_dir.display()
     );
     let mut tree: serde_yaml_ng::Value = serde_yaml_ng::from_str(&base).unwrap();
@@ -431,4 +431,25 @@ pub fn chat_finish() -> String {
         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
     });
     format!("data: {v}\n\ndata: [DONE]\n\n")
+}
+
+/// YAML that turns labels on with a fresh key in `dir` (explicit at the end, implicit signed).
+pub fn labels_yaml(dir: &std::path::Path) -> String {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (private, _) = shenhe::label::keygen(&keys).unwrap();
+    format!(
+        "labels:\n  explicit: {{ enabled: true, position: end }}\n  implicit: {{ enabled: true, producer: \"test-producer\", signing_key_file: \"{}\" }}\n",
+        private.display()
+    )
+}
+
+/// Verify an AIGC record (JSON value) against the proxy's published key and the delivered text.
+pub async fn verify_aigc(p: &Proxy, aigc: &serde_json::Value, delivered: &str) -> Result<(), String> {
+    use sha2::Digest as _;
+    let pem = client().get(p.admin_url("/admin/labels/public-key")).send().await.unwrap().text().await.unwrap();
+    let key = shenhe::label::public_key_from_pem(&pem).map_err(|e| e.to_string())?;
+    let a = shenhe::label::Aigc::from_json(&aigc.to_string()).map_err(|e| e.to_string())?;
+    let digest: [u8; 32] = sha2::Sha256::digest(delivered.as_bytes()).into();
+    shenhe::label::verify(&key, &a, &digest).map(|_| ()).map_err(|e| e.to_string())
 }
