@@ -126,15 +126,25 @@ pub fn audit(action: AuditAction) -> anyhow::Result<std::process::ExitCode> {
         AuditAction::Find { config, .. } | AuditAction::Erase { config, .. } => config.clone(),
     };
     let loaded = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let valid = loaded
-        .config
-        .audit
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    let valid = loaded.config.audit.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
     let dir = valid
         .dir
         .as_ref()
-        .map(|d| if d.is_relative() { loaded.base_dir.join(d) } else { d.clone() })
+        .map(|d| {
+            if d.is_relative() {
+                loaded.base_dir.join(d)
+            } else {
+                d.clone()
+            }
+        })
         .context("audit.dir is not set: records go to stdout only")?;
     let pseudonym = |u: &str| {
         if crate::audit::pseudonym::is_pseudonym(u) {
@@ -144,12 +154,23 @@ pub fn audit(action: AuditAction) -> anyhow::Result<std::process::ExitCode> {
         }
     };
     match action {
-        AuditAction::Find { content_id, user, request_id, since, limit, .. } => {
+        AuditAction::Find {
+            content_id,
+            user,
+            request_id,
+            since,
+            limit,
+            ..
+        } => {
             let q = crate::audit::Query {
                 content_id,
                 user: user.as_deref().map(pseudonym),
                 request_id,
-                since: since.as_deref().map(parse_since).transpose().map_err(anyhow::Error::msg)?,
+                since: since
+                    .as_deref()
+                    .map(parse_since)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
                 limit: Some(limit),
             };
             for r in crate::audit::find(&dir, &q)? {

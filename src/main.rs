@@ -121,12 +121,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(config, false),
         Command::Demo { config } => serve(config, true),
         Command::Keygen { dir } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             let (private, public) = shenhe::label::keygen(&dir)?;
-            println!("private key: {}\npublic key:  {}", private.display(), public.display());
+            println!(
+                "private key: {}\npublic key:  {}",
+                private.display(),
+                public.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { file, public_key, json } => {
+        Command::Verify {
+            file,
+            public_key,
+            json,
+        } => {
             let bytes = if file.as_os_str() == "-" {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -144,13 +153,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{report}");
             }
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Audit { command } => shenhe::cli::audit(match command {
-            AuditCommand::Find { config, content_id, user, request_id, since, limit } => {
-                shenhe::cli::AuditAction::Find { config, content_id, user, request_id, since, limit }
+            AuditCommand::Find {
+                config,
+                content_id,
+                user,
+                request_id,
+                since,
+                limit,
+            } => shenhe::cli::AuditAction::Find {
+                config,
+                content_id,
+                user,
+                request_id,
+                since,
+                limit,
+            },
+            AuditCommand::Erase { config, user } => {
+                shenhe::cli::AuditAction::Erase { config, user }
             }
-            AuditCommand::Erase { config, user } => shenhe::cli::AuditAction::Erase { config, user },
         }),
     }
 }

@@ -6,7 +6,8 @@ mod support;
 use serde_json::{json, Value};
 use support::*;
 
-const POLICY: &str = "policy:\n  categories:\n    - { id: A1d, action: block, keywords: [\"炸弹\"] }\n";
+const POLICY: &str =
+    "policy:\n  categories:\n    - { id: A1d, action: block, keywords: [\"炸弹\"] }\n";
 
 async fn labeled_proxy(up: &Upstream) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
@@ -41,28 +42,56 @@ fn whole(content: Value, extra: Value) -> String {
 async fn whole_response_gets_explicit_and_signed_implicit_labels() {
     let up = Upstream::fixed(Script::json(&whole(json!("天气很好。"), json!({})))).await;
     let p = labeled_proxy(&up).await;
-    let resp = post(&p, json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})).await;
-    let header = resp.headers().get("x-aigc-label").expect("implicit label header").to_str().unwrap().to_string();
+    let resp = post(
+        &p,
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let header = resp
+        .headers()
+        .get("x-aigc-label")
+        .expect("implicit label header")
+        .to_str()
+        .unwrap()
+        .to_string();
     let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(content, "天气很好。\n【本内容由人工智能生成】");
     let aigc = &v["aigc"];
-    let keys: Vec<&str> = aigc.as_object().unwrap().keys().map(String::as_str).collect();
-    for k in ["Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator", "PropagateID", "ReservedCode2"] {
+    let keys: Vec<&str> = aigc
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "Label",
+        "ContentProducer",
+        "ProduceID",
+        "ReservedCode1",
+        "ContentPropagator",
+        "PropagateID",
+        "ReservedCode2",
+    ] {
         assert!(keys.contains(&k), "{k} missing from {aigc}");
     }
     assert_eq!(aigc["Label"], "1");
     assert_eq!(aigc["ContentProducer"], "test-producer");
     let header_v: Value = serde_json::from_str(&header).unwrap();
     assert_eq!(header_v["ProduceID"], aigc["ProduceID"]);
-    verify_aigc(&p, aigc, content).await.expect("signature verifies over the delivered text");
+    verify_aigc(&p, aigc, content)
+        .await
+        .expect("signature verifies over the delivered text");
     // One changed byte of the delivered text fails.
     let forged = content.replacen("很好", "很坏", 1);
     assert!(verify_aigc(&p, aigc, &forged).await.is_err());
     // The content id leads back to the delivery record.
     let pid = aigc["ProduceID"].as_str().unwrap();
     let recs = p.records(1).await;
-    let d = recs.iter().find(|r| r["content_id"] == pid).expect("delivery record with the content id");
+    let d = recs
+        .iter()
+        .find(|r| r["content_id"] == pid)
+        .expect("delivery record with the content id");
     assert_eq!(d["kind"], "delivery");
     assert_eq!(d["label"], "explicit+implicit");
 }
@@ -74,15 +103,34 @@ async fn json_mode_and_tool_calls_get_no_explicit_label() {
     let resp = post(&p, json!({"model": "m", "response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "hi"}]})).await;
     let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "{\"a\":1}");
-    assert!(v["aigc"]["ProduceID"].is_string(), "implicit label carries the duty: {v}");
+    assert!(
+        v["aigc"]["ProduceID"].is_string(),
+        "implicit label carries the duty: {v}"
+    );
     let recs = p.records(1).await;
-    assert!(recs.iter().any(|r| r["label"] == "implicit_only:json_mode"), "{recs:?}");
+    assert!(
+        recs.iter().any(|r| r["label"] == "implicit_only:json_mode"),
+        "{recs:?}"
+    );
 
-    let tool = whole(Value::Null, json!({"tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{\"q\":1}"}}]}));
+    let tool = whole(
+        Value::Null,
+        json!({"tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{\"q\":1}"}}]}),
+    );
     let up = Upstream::fixed(Script::json(&tool)).await;
     let p = labeled_proxy(&up).await;
-    let v: Value = serde_json::from_slice(&post(&p, json!({"model": "m", "messages": []})).await.bytes().await.unwrap()).unwrap();
-    assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"q\":1}");
+    let v: Value = serde_json::from_slice(
+        &post(&p, json!({"model": "m", "messages": []}))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{\"q\":1}"
+    );
     assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
 }
 
@@ -96,10 +144,20 @@ fn sse_json(text: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn streamed_labels_ride_the_event_flow() {
-    let up = Upstream::fixed(Script::sse_writes(vec![chat_chunk("你好"), chat_chunk("，世界"), chat_finish()])).await;
+    let up = Upstream::fixed(Script::sse_writes(vec![
+        chat_chunk("你好"),
+        chat_chunk("，世界"),
+        chat_finish(),
+    ]))
+    .await;
     let p = labeled_proxy(&up).await;
-    let resp = post(&p, json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await;
-    let header: Value = serde_json::from_str(resp.headers()["x-aigc-label"].to_str().unwrap()).unwrap();
+    let resp = post(
+        &p,
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let header: Value =
+        serde_json::from_str(resp.headers()["x-aigc-label"].to_str().unwrap()).unwrap();
     let text = resp.text().await.unwrap();
     let events = sse_json(&text);
     let content: String = events
@@ -108,26 +166,51 @@ async fn streamed_labels_ride_the_event_flow() {
         .collect();
     assert_eq!(content, "你好，世界\n【本内容由人工智能生成】");
     // The label is its own delta, before the finish chunk.
-    let label_pos = events.iter().position(|e| e["choices"][0]["delta"]["content"] == "\n【本内容由人工智能生成】").unwrap();
-    let finish_pos = events.iter().position(|e| e["choices"][0]["finish_reason"] == "stop").unwrap();
+    let label_pos = events
+        .iter()
+        .position(|e| e["choices"][0]["delta"]["content"] == "\n【本内容由人工智能生成】")
+        .unwrap();
+    let finish_pos = events
+        .iter()
+        .position(|e| e["choices"][0]["finish_reason"] == "stop")
+        .unwrap();
     assert!(label_pos < finish_pos);
     // The signed record is in the last chunk before [DONE].
     let last = events.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["aigc"]["ProduceID"], header["ProduceID"]);
     assert!(text.trim_end().ends_with("data: [DONE]"));
-    verify_aigc(&p, &last["aigc"], &content).await.expect("stream signature verifies");
+    verify_aigc(&p, &last["aigc"], &content)
+        .await
+        .expect("stream signature verifies");
 }
 
 #[tokio::test]
 async fn a_stopped_stream_is_labeled_too() {
-    let up = Upstream::fixed(Script::sse_writes(vec![chat_chunk("前面"), chat_chunk("炸弹"), chat_finish()])).await;
+    let up = Upstream::fixed(Script::sse_writes(vec![
+        chat_chunk("前面"),
+        chat_chunk("炸弹"),
+        chat_finish(),
+    ]))
+    .await;
     let p = labeled_proxy(&up).await;
-    let text = post(&p, json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await.text().await.unwrap();
+    let text = post(
+        &p,
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
     let events = sse_json(&text);
-    let content: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    let content: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(content, "前面\n【本内容由人工智能生成】", "{text}");
-    assert!(events.iter().any(|e| e["choices"][0]["finish_reason"] == "content_filter"));
+    assert!(events
+        .iter()
+        .any(|e| e["choices"][0]["finish_reason"] == "content_filter"));
     let last = events.last().unwrap();
     verify_aigc(&p, &last["aigc"], &content).await.unwrap();
 }
@@ -136,7 +219,14 @@ async fn a_stopped_stream_is_labeled_too() {
 async fn public_key_is_served_on_the_admin_listener() {
     let up = Upstream::fixed(Script::json("{}")).await;
     let p = labeled_proxy(&up).await;
-    let pem = client().get(p.admin_url("/admin/labels/public-key")).send().await.unwrap().text().await.unwrap();
+    let pem = client()
+        .get(p.admin_url("/admin/labels/public-key"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(pem.contains("BEGIN PUBLIC KEY"), "{pem}");
     assert!(shenhe::label::public_key_from_pem(&pem).is_ok());
 }

@@ -48,10 +48,18 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     if !s.app.is_ready_config() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "last config reload failed\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "last config reload failed\n",
+        )
+            .into_response();
     }
     if s.app.records.auditor.refuse_traffic() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "audit records cannot be written\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit records cannot be written\n",
+        )
+            .into_response();
     }
     if !s.app.runtime().upstream.probe_ok().await {
         return (StatusCode::SERVICE_UNAVAILABLE, "upstream not reachable\n").into_response();
@@ -61,7 +69,10 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 async fn metrics_text() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics().render(),
     )
         .into_response()
@@ -71,14 +82,22 @@ async fn metrics_text() -> Response {
 fn admin_token(app: &AppState) -> Option<String> {
     let cfg = &app.runtime().config.server;
     if let Some(p) = &cfg.admin_token_file {
-        return std::fs::read_to_string(p).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        return std::fs::read_to_string(p)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
     }
-    std::env::var(&cfg.admin_token_env).ok().filter(|t| !t.is_empty())
+    std::env::var(&cfg.admin_token_env)
+        .ok()
+        .filter(|t| !t.is_empty())
 }
 
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) = admin_token(app) else {
-        return Err(admin_error(StatusCode::FORBIDDEN, "no admin token is configured (server.admin_token_env or server.admin_token_file)"));
+        return Err(admin_error(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured (server.admin_token_env or server.admin_token_file)",
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -88,7 +107,10 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
-        Err(admin_error(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
+        Err(admin_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token",
+        ))
     }
 }
 
@@ -127,7 +149,12 @@ async fn public_key(State(s): State<AdminState>) -> Response {
 
 /// The label public key as PEM, for third parties who verify labels.
 pub fn public_key_response(app: &AppState) -> Response {
-    match app.runtime().labeler.as_ref().and_then(|l| l.signer().map(|s| s.public_key_pem())) {
+    match app
+        .runtime()
+        .labeler
+        .as_ref()
+        .and_then(|l| l.signer().map(|s| s.public_key_pem()))
+    {
         Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
         None => admin_error(StatusCode::NOT_FOUND, "implicit labels are not enabled"),
     }
@@ -138,7 +165,10 @@ async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
         return r;
     }
     match crate::server::reload::reload(&s.app, "admin") {
-        Ok(()) => Json(json!({"reloaded": true, "policy_version": s.app.runtime().policy.version()})).into_response(),
+        Ok(()) => {
+            Json(json!({"reloaded": true, "policy_version": s.app.runtime().policy.version()}))
+                .into_response()
+        }
         Err(e) => admin_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
     }
 }
@@ -153,12 +183,19 @@ struct RecordsQuery {
 }
 
 /// Find records: from an output's content id (complaints, inspections) to its decisions.
-async fn records(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<RecordsQuery>) -> Response {
+async fn records(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<RecordsQuery>,
+) -> Response {
     if let Err(r) = authorize(&s.app, &headers) {
         return r;
     }
     let Some(dir) = s.app.records.auditor.dir().map(|d| d.to_path_buf()) else {
-        return admin_error(StatusCode::NOT_FOUND, "audit records go to stdout only (audit.dir is unset)");
+        return admin_error(
+            StatusCode::NOT_FOUND,
+            "audit records go to stdout only (audit.dir is unset)",
+        );
     };
     let since = match q.since.as_deref().map(crate::cli::parse_since).transpose() {
         Ok(s) => s,
@@ -185,7 +222,11 @@ struct EraseBody {
 }
 
 /// Erase a user's records (Art. 11 deletion request), outside a legal hold; itself recorded.
-async fn erase(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<EraseBody>) -> Response {
+async fn erase(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Json(b): Json<EraseBody>,
+) -> Response {
     if let Err(r) = authorize(&s.app, &headers) {
         return r;
     }
@@ -193,7 +234,12 @@ async fn erase(State(s): State<AdminState>, headers: HeaderMap, Json(b): Json<Er
     match s.app.records.auditor.erase(&id).await {
         Ok(report) => {
             let detail = format!("{report:?}");
-            let _ = s.app.records.auditor.record(crate::audit::Record::erasure(id.clone(), detail.clone())).await;
+            let _ = s
+                .app
+                .records
+                .auditor
+                .record(crate::audit::Record::erasure(id.clone(), detail.clone()))
+                .await;
             Json(json!({"user": id, "report": detail})).into_response()
         }
         Err(e) => admin_error(StatusCode::CONFLICT, &e.to_string()),

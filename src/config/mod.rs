@@ -535,7 +535,12 @@ mod tests {
     #[test]
     fn empty_file_needs_a_producer_code_for_labels() {
         let err = Config::from_yaml_str_with_env("", &env_none).unwrap_err();
-        assert!(err.issues().iter().any(|i| i.path.starts_with("labels.implicit")), "{err}");
+        assert!(
+            err.issues()
+                .iter()
+                .any(|i| i.path.starts_with("labels.implicit")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -593,7 +598,10 @@ mod tests {
         // A value with a newline stays a value: it cannot add keys to the file.
         let err =
             Config::from_yaml_str_with_env("upstream:\n  api_key: ${KEY}\n", &env).unwrap_err();
-        assert!(err.issues().iter().any(|i| i.path == "upstream.api_key"), "{err}");
+        assert!(
+            err.issues().iter().any(|i| i.path == "upstream.api_key"),
+            "{err}"
+        );
         let env = |k: &str| (k == "KEY").then(|| "s3cret".to_string());
         let c = Config::from_yaml_str_with_env(
             &format!("upstream:\n  api_key: ${{KEY}}\n{NO_IMPLICIT}"),

@@ -52,7 +52,10 @@ impl TextLabels {
         match (explicit_used, implicit) {
             (true, true) => "explicit+implicit".into(),
             (true, false) => "explicit_only".into(),
-            (false, true) => format!("implicit_only:{}", self.explicit_absent.unwrap_or("no_text")),
+            (false, true) => format!(
+                "implicit_only:{}",
+                self.explicit_absent.unwrap_or("no_text")
+            ),
             (false, false) => "unlabeled".into(),
         }
     }
@@ -82,7 +85,11 @@ impl TextLabels {
             Some(a) => Labeler::header_value(a),
             None => {
                 let producer = self.labeler.producer()?;
-                Labeler::header_value(&Aigc::first_write(producer, &self.produce_id, String::new()))
+                Labeler::header_value(&Aigc::first_write(
+                    producer,
+                    &self.produce_id,
+                    String::new(),
+                ))
             }
         };
         Some((name, HeaderValue::from_str(&value).ok()?))

@@ -65,7 +65,7 @@ impl std::fmt::Display for DialectName {
 }
 
 pub mod json;
+pub mod labels;
 pub mod moderate;
 pub mod openai;
 pub mod paths;
-pub mod labels;

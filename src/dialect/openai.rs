@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use super::labels::{aigc_value, TextLabels};
 use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg};
 use crate::dialect::error::{ApiError, ErrorKind};
-use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
 use crate::label::Position;
+use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
 use crate::stream::sse::RawEvent;
 
 /// Chat or legacy completions.
@@ -237,7 +237,13 @@ fn choice_texts(
 
 /// Add the explicit label to every choice's visible text, except blocked choices and choices
 /// without text (tool calls). Returns whether any label was added.
-pub fn label_choices(flavor: Flavor, doc: &mut Value, blocked: &[u32], label: &str, pos: Position) -> bool {
+pub fn label_choices(
+    flavor: Flavor,
+    doc: &mut Value,
+    blocked: &[u32],
+    label: &str,
+    pos: Position,
+) -> bool {
     let Some(choices) = doc.get_mut("choices").and_then(Value::as_array_mut) else {
         return false;
     };
@@ -343,7 +349,9 @@ impl StreamLabels {
     }
 
     fn has_content(&self, choice: u32) -> bool {
-        self.delivered.iter().any(|(c, s)| *c == choice && !s.is_empty())
+        self.delivered
+            .iter()
+            .any(|(c, s)| *c == choice && !s.is_empty())
     }
 
     /// All delivered content, choices in index order.
@@ -399,7 +407,10 @@ impl OpenAiCodec {
     fn end_label(&mut self, choice: u32) -> Option<Bytes> {
         let l = self.labels.as_mut()?;
         let (label, pos) = l.text.explicit.clone()?;
-        if !matches!(pos, Position::End | Position::Both) || l.ended.contains(&choice) || !l.has_content(choice) {
+        if !matches!(pos, Position::End | Position::Both)
+            || l.ended.contains(&choice)
+            || !l.has_content(choice)
+        {
             return None;
         }
         l.ended.push(choice);
@@ -603,7 +614,13 @@ impl EventCodec for OpenAiCodec {
         })
     }
 
-    fn on_release(&mut self, event: &Chunk, texts: &[String], before: &mut Vec<Bytes>, after: &mut Vec<Bytes>) {
+    fn on_release(
+        &mut self,
+        event: &Chunk,
+        texts: &[String],
+        before: &mut Vec<Bytes>,
+        after: &mut Vec<Bytes>,
+    ) {
         let content = self.content_field();
         let mut with_content = Vec::new();
         for (key, text) in event.keys.iter().zip(texts) {

@@ -1,248 +1,340 @@
-//! Minimal keyword policy with the policy engine's interface, so the dialects and the stream
-//! guard can be built and tested while the full engine (normalization, PII detectors,
-//! TC260 categories) is written. Replaced wholesale by the full engine.
+//! The policy engine: compiled keyword libraries, PII and pattern detectors, and categories,
+//! scanning text one-shot or as a stream. Pure library: no HTTP, no I/O after `compile`.
+//!
+//! Flow: [`Policy::compile`] reads the lists and builds an immutable [`Policy`] (shared as
+//! `Arc<Policy>`, swapped whole on reload through [`PolicyHandle`]). [`Policy::scan`] checks one
+//! text; [`Policy::scanner`] gives a [`StreamScanner`] that checks a text arriving in pieces and
+//! says how much of it is final (`released`). Both give the same findings for the same text.
+//!
+//! Files, in the order text meets them: `config.rs` (YAML shape), `lists.rs` (list files),
+//! `categories.rs` (the 31 TC260-003 types), `compile.rs`, `normalize.rs`, `keywords.rs`
+//! (automaton, allow list), `pii.rs` and `detect.rs` (regex detectors), `scanner.rs` (streaming),
+//! `finding.rs`, `stats.rs`.
 
-pub mod config;
-
-use std::ops::Range;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use aho_corasick::{AhoCorasick, MatchKind};
-use serde::{Deserialize, Serialize};
+use arc_swap::ArcSwap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Prompt,
-    Completion,
-}
+mod categories;
+mod compile;
+pub mod config;
+mod detect;
+mod finding;
+mod keywords;
+mod lists;
+mod normalize;
+mod pii;
+mod scanner;
+mod stats;
+#[cfg(test)]
+mod tests;
 
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Prompt => "prompt",
-            Direction::Completion => "completion",
-        }
-    }
-}
+pub use categories::{Action, AppliesTo, Category, Evidence};
+pub use config::PolicyConfig;
+pub use finding::{Detector, Direction, Finding, ReportLine};
+pub use pii::PiiKind;
+pub use scanner::{ScanStep, StreamScanner};
+pub use stats::PolicyStats;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Flag,
-    Redact,
-    #[default]
-    Block,
-}
+use detect::PatternDetector;
+use keywords::{AllowSet, KeywordSet};
+use normalize::{NormBuf, Normalizer};
 
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Flag => "flag",
-            Action::Redact => "redact",
-            Action::Block => "block",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Detector {
-    Keyword { term_id: u32 },
-    Pattern { name: Arc<str> },
-    Pii { kind: &'static str },
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub category: Arc<str>,
-    pub action: Action,
-    pub severity: u8,
-    pub detector: Detector,
-    pub span: Range<usize>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Category {
-    pub id: Arc<str>,
-    pub action: Action,
-    pub refusal_zh: String,
-    pub refusal_en: String,
-}
-
+/// Why a policy did not compile. Lists every problem found, each naming its YAML path or
+/// `file:line`.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{0}")]
-    Invalid(String),
+    #[error("invalid policy: {}", .0.join("; "))]
+    Invalid(Vec<String>),
 }
 
+/// A compiled policy and the warnings met on the way (skipped list lines, TC260-003 §8.1
+/// shortfalls).
+#[derive(Debug)]
 pub struct Compiled {
     pub policy: Policy,
     pub warnings: Vec<String>,
 }
 
+/// Original term texts, by term id, in one allocation.
+#[derive(Debug, Default)]
+pub(crate) struct TermStore {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl TermStore {
+    fn push(&mut self, t: &str) -> Option<u32> {
+        let id = u32::try_from(self.ends.len()).ok()?;
+        let end = u32::try_from(self.text.len() + t.len()).ok()?;
+        self.text.push_str(t);
+        self.ends.push(end);
+        Some(id)
+    }
+
+    fn get(&self, id: u32) -> Option<&str> {
+        let i = id as usize;
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text.get(start..end)
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * 4
+    }
+}
+
+/// A compiled, immutable policy. `Send + Sync`; share it as `Arc<Policy>`.
 pub struct Policy {
-    terms: Vec<(String, usize)>,
-    categories: Vec<Category>,
-    ac: Option<AhoCorasick>,
-    max_len: usize,
     version: String,
+    normalizer: Normalizer,
+    categories: Vec<Category>,
+    index: HashMap<String, usize>,
+    kw_prompt: Arc<KeywordSet>,
+    kw_completion: Arc<KeywordSet>,
+    allow: AllowSet,
+    det_prompt: Vec<PatternDetector>,
+    det_completion: Vec<PatternDetector>,
+    pattern_detectors: usize,
+    terms: TermStore,
+    keyword_mask: String,
+    terms_per_cat: Vec<usize>,
+    total_terms: usize,
+    oldest_list_mtime: Option<SystemTime>,
+    list_files: usize,
+    library: config::LibraryConfig,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("version", &self.version)
+            .field("terms", &self.total_terms)
+            .field("allow", &self.allow.len())
+            .field("detectors", &self.pattern_detectors)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Apply a mask spec: one character is repeated per character of `matched`, anything else
+/// replaces the match verbatim.
+fn apply_mask(spec: &str, matched: &str) -> String {
+    let mut it = spec.chars();
+    match (it.next(), it.next()) {
+        (Some(c), None) => std::iter::repeat_n(c, matched.chars().count()).collect(),
+        _ => spec.to_owned(),
+    }
 }
 
 impl Policy {
-    pub fn compile(cfg: &config::PolicyConfig, _base_dir: &Path) -> Result<Compiled, PolicyError> {
-        let mut terms = Vec::new();
-        let mut categories = Vec::new();
-        for (ci, c) in cfg.categories.iter().enumerate() {
-            categories.push(Category {
-                id: Arc::from(c.id.as_str()),
-                action: c.action,
-                refusal_zh: "抱歉，该内容违反相关规定，无法提供。".into(),
-                refusal_en: "Sorry, this content cannot be provided.".into(),
-            });
-            for k in &c.keywords {
-                terms.push((k.to_lowercase(), ci));
-            }
-        }
-        let ac = if terms.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(terms.iter().map(|t| t.0.as_bytes()))
-                    .map_err(|e| PolicyError::Invalid(e.to_string()))?,
-            )
-        };
-        let max_len = terms.iter().map(|t| t.0.len()).max().unwrap_or(0);
-        let version = format!("p-{:016x}", terms.len() as u64 * 7919 + max_len as u64);
-        Ok(Compiled {
-            policy: Policy {
-                terms,
-                categories,
-                ac,
-                max_len,
-                version,
-            },
-            warnings: Vec::new(),
-        })
+    /// Compile `cfg`; relative list paths resolve against `base_dir` (the config file's folder).
+    pub fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, PolicyError> {
+        compile::compile(cfg, base_dir)
     }
 
+    /// `"p-"` + 16 hex digits of the SHA-256 of the compiled content (terms with their
+    /// categories, allow phrases, detectors, category settings, normalization). Same input →
+    /// same version.
     pub fn version(&self) -> &str {
         &self.version
     }
 
-    pub fn scan(&self, text: &str, _dir: Direction) -> Vec<Finding> {
-        let Some(ac) = &self.ac else {
-            return Vec::new();
-        };
-        let lower = text.to_lowercase();
-        if lower.len() != text.len() {
-            return Vec::new();
+    pub(crate) fn keywords_for(&self, dir: Direction) -> &KeywordSet {
+        match dir {
+            Direction::Prompt => &self.kw_prompt,
+            Direction::Completion => &self.kw_completion,
         }
-        ac.find_iter(lower.as_bytes())
-            .map(|m| {
-                let (_, ci) = &self.terms[m.pattern().as_usize()];
-                let c = &self.categories[*ci];
-                Finding {
-                    category: c.id.clone(),
-                    action: c.action,
-                    severity: 5,
-                    detector: Detector::Keyword {
-                        term_id: m.pattern().as_u32(),
-                    },
-                    span: m.start()..m.end(),
-                }
-            })
-            .collect()
     }
 
+    pub(crate) fn detectors_for(&self, dir: Direction) -> &[PatternDetector] {
+        match dir {
+            Direction::Prompt => &self.det_prompt,
+            Direction::Completion => &self.det_completion,
+        }
+    }
+
+    /// Every finding in `text` for categories that apply to `dir`, in span order.
+    pub fn scan(&self, text: &str, dir: Direction) -> Vec<Finding> {
+        let mut core = scanner::ScanCore::new(self, dir);
+        let mut out = Vec::new();
+        core.push(self, dir, text, &mut out);
+        core.finish(self, dir, &mut out);
+        out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        out
+    }
+
+    /// A scanner for one text stream, holding this policy for its whole life.
     pub fn scanner(self: &Arc<Self>, dir: Direction) -> StreamScanner {
-        StreamScanner {
-            policy: self.clone(),
-            dir,
-            text: String::new(),
-            reported: 0,
-            released: 0,
+        StreamScanner::new(Arc::clone(self), dir)
+    }
+
+    /// Redaction text for finding `f` whose original text is `matched`: the category's `mask` if
+    /// set, else the PII detector's rule (phone `138****8000`, cards and ids keep the last 4,
+    /// e-mail `z***@domain`, IP last part `*`), else `redaction.keyword_mask`.
+    pub fn mask(&self, f: &Finding, matched: &str) -> String {
+        let cat_mask = self.category(&f.category).and_then(|c| c.mask.as_deref());
+        match (cat_mask, &f.detector) {
+            (Some(m), _) => apply_mask(m, matched),
+            (None, Detector::Pii { kind }) => kind.mask(matched),
+            (None, _) => apply_mask(&self.keyword_mask, matched),
         }
     }
 
-    pub fn mask(&self, _f: &Finding, matched: &str) -> String {
-        "*".repeat(matched.chars().count())
-    }
-
+    /// `text` with every `Redact` finding replaced by its mask. Findings whose span does not fit
+    /// `text` are ignored; where redactions overlap, the part already replaced is not replaced
+    /// again and the rest gets the keyword mask.
     pub fn redact(&self, text: &str, findings: &[Finding]) -> String {
+        let mut red: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.action == Action::Redact && text.get(f.span.clone()).is_some())
+            .collect();
+        red.sort_by_key(|f| (f.span.start, std::cmp::Reverse(f.span.end)));
         let mut out = String::with_capacity(text.len());
-        let mut at = 0;
-        for f in findings.iter().filter(|f| f.action == Action::Redact) {
-            if f.span.start < at {
+        let mut pos = 0;
+        for f in red {
+            let (s, e) = (f.span.start, f.span.end);
+            if e <= pos {
                 continue;
             }
-            out.push_str(&text[at..f.span.start]);
-            out.push_str(&self.mask(f, &text[f.span.clone()]));
-            at = f.span.end;
+            if s >= pos {
+                out.push_str(&text[pos..s]);
+                out.push_str(&self.mask(f, &text[s..e]));
+            } else {
+                out.push_str(&apply_mask(&self.keyword_mask, &text[pos..e]));
+            }
+            pos = e;
         }
-        out.push_str(&text[at..]);
+        out.push_str(&text[pos..]);
         out
     }
 
     pub fn category(&self, id: &str) -> Option<&Category> {
-        self.categories.iter().find(|c| &*c.id == id)
+        self.index.get(id).map(|&i| &self.categories[i])
     }
 
+    /// The 31 built-in categories in TC260-003 order, then custom ones in config order.
+    pub fn categories(&self) -> impl Iterator<Item = &Category> {
+        self.categories.iter()
+    }
+
+    /// The original text of a keyword term, for audit records and `shenhe scan`. Never show it
+    /// to clients.
     pub fn term(&self, term_id: u32) -> Option<&str> {
-        self.terms.get(term_id as usize).map(|t| t.0.as_str())
-    }
-}
-
-pub struct ScanStep {
-    pub findings: Vec<Finding>,
-    pub released: usize,
-}
-
-/// Rescans the whole text on each push and holds the last `max_len - 1` bytes: correct, not minimal.
-pub struct StreamScanner {
-    policy: Arc<Policy>,
-    dir: Direction,
-    text: String,
-    reported: usize,
-    released: usize,
-}
-
-impl StreamScanner {
-    pub fn push(&mut self, piece: &str) -> ScanStep {
-        self.text.push_str(piece);
-        let hold = self.policy.max_len.saturating_sub(1);
-        let mut cut = self.text.len().saturating_sub(hold);
-        while !self.text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        self.step(cut.max(self.released))
+        self.terms.get(term_id)
     }
 
-    pub fn finish(&mut self) -> ScanStep {
-        let n = self.text.len();
-        self.step(n)
+    /// The matching form of `text` under this policy's normalization (for `shenhe scan` and
+    /// debugging lists).
+    pub fn normalize(&self, text: &str) -> String {
+        let mut buf = NormBuf::default();
+        self.normalizer.normalize_str(text, &mut buf);
+        buf.text
     }
 
-    fn step(&mut self, upto: usize) -> ScanStep {
-        let all = self.policy.scan(&self.text, self.dir);
-        let findings: Vec<Finding> = all
-            .into_iter()
-            .filter(|f| f.span.start >= self.reported && f.span.start < upto)
+    pub fn stats(&self) -> PolicyStats {
+        let counts: Vec<(&Category, usize)> = self
+            .categories
+            .iter()
+            .zip(self.terms_per_cat.iter().copied())
             .collect();
-        let mut released = upto;
-        for f in &findings {
-            released = released.max(f.span.end.min(self.text.len()));
+        let warnings = stats::tc260_warnings(
+            self.total_terms,
+            &counts,
+            self.oldest_list_mtime,
+            &self.library,
+            SystemTime::now(),
+        );
+        let automaton_bytes = self.kw_prompt.memory_usage()
+            + if Arc::ptr_eq(&self.kw_prompt, &self.kw_completion) {
+                0
+            } else {
+                self.kw_completion.memory_usage()
+            }
+            + self.allow.memory_usage()
+            + self.terms.memory_usage();
+        PolicyStats {
+            version: self.version.clone(),
+            total_terms: self.total_terms,
+            terms_per_category: counts.iter().map(|(c, n)| (c.id.to_string(), *n)).collect(),
+            allow_phrases: self.allow.len(),
+            pattern_detectors: self.pattern_detectors,
+            list_files: self.list_files,
+            oldest_list_mtime: self.oldest_list_mtime,
+            automaton_bytes,
+            warnings,
         }
-        if let Some(f) = findings.last() {
-            self.reported = f.span.end;
+    }
+
+    /// Set `shenhe_policy_terms{category}`, `shenhe_policy_age_seconds` and
+    /// `shenhe_policy_info{version}` for this policy (call after it becomes active).
+    pub fn publish_metrics(&self) {
+        let m = crate::metrics::metrics();
+        m.policy_terms.reset();
+        for (c, n) in self.categories.iter().zip(&self.terms_per_cat) {
+            m.policy_terms
+                .with_label_values(&[c.id.as_ref()])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
-        self.reported = self.reported.max(upto);
-        self.released = released;
-        ScanStep { findings, released }
+        let age = self
+            .oldest_list_mtime
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        m.policy_age_seconds.set(age);
+        m.policy_info.reset();
+        m.policy_info
+            .with_label_values(&[self.version.as_str()])
+            .set(1);
+    }
+}
+
+/// Findings of `text` as report lines for `shenhe scan` (operators only: includes terms).
+pub fn scan_report(policy: &Policy, text: &str, dir: Direction) -> Vec<ReportLine> {
+    policy
+        .scan(text, dir)
+        .into_iter()
+        .map(|f| ReportLine {
+            term: match f.detector {
+                Detector::Keyword { term_id } => policy.term(term_id).map(str::to_owned),
+                _ => None,
+            },
+            matched: text.get(f.span.clone()).unwrap_or("").to_owned(),
+            category: f.category,
+            action: f.action,
+            severity: f.severity,
+            detector: f.detector,
+            span: f.span,
+        })
+        .collect()
+}
+
+/// The hot-reload seam: the active policy, swapped whole. Loading never blocks; a stream keeps
+/// the `Arc<Policy>` it started with.
+pub type SharedPolicy = ArcSwap<Policy>;
+
+/// A small wrapper over [`SharedPolicy`].
+#[derive(Debug)]
+pub struct PolicyHandle {
+    inner: ArcSwap<Policy>,
+}
+
+impl PolicyHandle {
+    pub fn new(policy: Policy) -> PolicyHandle {
+        PolicyHandle {
+            inner: ArcSwap::from_pointee(policy),
+        }
+    }
+
+    /// The active policy.
+    pub fn load(&self) -> Arc<Policy> {
+        self.inner.load_full()
+    }
+
+    /// Make `policy` active and return the previous one. Build the new policy first (that is
+    /// the slow part); the swap itself is atomic and wait-free for readers.
+    pub fn replace(&self, policy: Policy) -> Arc<Policy> {
+        self.inner.swap(Arc::new(policy))
     }
 }

@@ -78,7 +78,9 @@ impl Runtime {
             if let Some(imp) = valid.implicit.as_mut() {
                 resolve_key_path(imp, base_dir);
             }
-            Some(Arc::new(Labeler::from_config(&valid).map_err(|e| format!("labels: {e}"))?))
+            Some(Arc::new(
+                Labeler::from_config(&valid).map_err(|e| format!("labels: {e}"))?,
+            ))
         };
         Ok(Self {
             config,

@@ -96,7 +96,7 @@ impl RecordCtx {
         let (detector, term_id) = match &f.detector {
             Detector::Keyword { term_id } => ("keyword".to_string(), Some(term_id.to_string())),
             Detector::Pattern { name } => (format!("pattern:{name}"), None),
-            Detector::Pii { kind } => (format!("pii:{kind}"), None),
+            Detector::Pii { kind } => (format!("pii:{}", kind.as_str()), None),
         };
         r.detector = Some(detector);
         r.term_id = term_id;

@@ -445,11 +445,24 @@ pub fn labels_yaml(dir: &std::path::Path) -> String {
 }
 
 /// Verify an AIGC record (JSON value) against the proxy's published key and the delivered text.
-pub async fn verify_aigc(p: &Proxy, aigc: &serde_json::Value, delivered: &str) -> Result<(), String> {
+pub async fn verify_aigc(
+    p: &Proxy,
+    aigc: &serde_json::Value,
+    delivered: &str,
+) -> Result<(), String> {
     use sha2::Digest as _;
-    let pem = client().get(p.admin_url("/admin/labels/public-key")).send().await.unwrap().text().await.unwrap();
+    let pem = client()
+        .get(p.admin_url("/admin/labels/public-key"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let key = shenhe::label::public_key_from_pem(&pem).map_err(|e| e.to_string())?;
     let a = shenhe::label::Aigc::from_json(&aigc.to_string()).map_err(|e| e.to_string())?;
     let digest: [u8; 32] = sha2::Sha256::digest(delivered.as_bytes()).into();
-    shenhe::label::verify(&key, &a, &digest).map(|_| ()).map_err(|e| e.to_string())
+    shenhe::label::verify(&key, &a, &digest)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

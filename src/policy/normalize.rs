@@ -1,0 +1,666 @@
+//! Text normalization: the matching form of a text plus a map back to original byte offsets.
+//!
+//! Per character, in this order (each step switchable in `policy.normalize`):
+//! 1. `zero_width`: drop format and default-ignorable characters (Cf: U+200B–U+200F, U+2060–U+2064,
+//!    U+FEFF, soft hyphen, bidi controls…; variation selectors; Hangul fillers).
+//! 2. `width`: NFKC of the character (full-width → ASCII, ligatures, compatibility ideographs).
+//! 3. `confusables`: strip diacritics (NFD, drop combining marks, NFC); then a non-ASCII,
+//!    non-CJK letter whose UTS #39 skeleton (or its lower case's) is plain ASCII letters or
+//!    digits is replaced by that skeleton (Cyrillic а → a, В → B, Greek ο → o).
+//! 4. `case`: Unicode lower-casing.
+//! 5. `traditional`: traditional → simplified Chinese with fast2s's character table (the
+//!    character alone, without its neighbours as context).
+//!
+//! The result of steps 1–6 for every BMP character is computed once per flag set into a table
+//! (cached in a process-wide `LazyLock`); characters outside the BMP are mapped on the fly.
+//!
+//! Then `separators`: each output character is a *separator* (not alphanumeric: whitespace,
+//! punctuation, symbols, emoji, controls), *CJK* (Han, kana, Hangul, Bopomofo) or a *word*
+//! character (any other letter, digit or mark). A maximal run of separators between two
+//! non-separators L and R:
+//! - is dropped at the start or end of the text;
+//! - is dropped when L or R is CJK (`制 造*炸|弹` → `制造炸弹`);
+//! - is dropped when L and R are both *single* word characters, i.e. neither has a word character
+//!   on its other side (`f.o.r.b.i.d`, `f o r b i d` → `forbid`);
+//! - otherwise becomes one ASCII space (`forbidden  word` → `forbidden word`, which does not
+//!   contain `forbiddenword`; the term `bad phrase` matches `bad   phrase`).
+//!
+//! Terms go through exactly the same steps, so a term and the text it should match agree.
+//! The streaming form ([`NormState`]) carries the pending separator run and one held word
+//! character across pieces, so normalizing a text piece by piece gives the same output as
+//! normalizing it whole.
+
+use std::sync::{Arc, LazyLock, Mutex};
+
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
+
+use super::config::NormalizeConfig;
+
+/// How a normalized character takes part in separator handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    Sep = 0,
+    Cjk = 1,
+    Word = 2,
+}
+
+impl Class {
+    fn from_bits(b: u32) -> Class {
+        match b & 3 {
+            0 => Class::Sep,
+            1 => Class::Cjk,
+            _ => Class::Word,
+        }
+    }
+}
+
+const CLASS_SHIFT: u32 = 24;
+const CHAR_MASK: u32 = 0x1F_FFFF;
+const REMOVED: u32 = 1 << 30;
+const MULTI: u32 = 1 << 31;
+
+/// Per-character mapping for one set of normalization flags.
+pub(crate) struct CharTable {
+    /// One packed entry per BMP code point: a single output char and its class, `REMOVED`, or
+    /// `MULTI | index` into `multi`.
+    bmp: Vec<u32>,
+    multi: Vec<Box<[(char, Class)]>>,
+    flags: NormalizeConfig,
+}
+
+/// Format and default-ignorable code points dropped by the `zero_width` step.
+pub(crate) fn is_ignorable(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x0890
+        | 0x0891 | 0x08E2 | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+/// Han, kana, Hangul, Bopomofo and CJK radicals: scripts written without spaces.
+pub(crate) fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x1100..=0x11FF | 0x2E80..=0x2FDF | 0x3005..=0x3007 | 0x3021..=0x3029
+        | 0x3041..=0x30FA | 0x30FC..=0x30FF | 0x3100..=0x312F | 0x3131..=0x318F
+        | 0x31A0..=0x31FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xA960..=0xA97F
+        | 0xAC00..=0xD7FF | 0xF900..=0xFAFF | 0x20000..=0x323AF)
+}
+
+pub(crate) fn classify(c: char) -> Class {
+    if c.is_ascii() {
+        if c.is_ascii_alphanumeric() {
+            Class::Word
+        } else {
+            Class::Sep
+        }
+    } else if is_cjk(c) {
+        Class::Cjk
+    } else if c.is_alphanumeric() || is_combining_mark(c) {
+        Class::Word
+    } else {
+        Class::Sep
+    }
+}
+
+/// Steps 1–6 for one character, the slow way (used to build the table and for non-BMP chars).
+fn map_slow(c: char, f: &NormalizeConfig, out: &mut Vec<(char, Class)>) {
+    out.clear();
+    if f.zero_width && is_ignorable(c) {
+        return;
+    }
+    let mut buf: Vec<char> = if f.width {
+        std::iter::once(c).nfkc().collect()
+    } else {
+        vec![c]
+    };
+    if f.confusables && buf.iter().any(|&d| !d.is_ascii()) {
+        buf = buf
+            .iter()
+            .copied()
+            .nfd()
+            .filter(|&d| !is_combining_mark(d))
+            .nfc()
+            .collect();
+    }
+    if f.confusables {
+        let mut folded = Vec::with_capacity(buf.len());
+        let mut tmp = [0u8; 4];
+        for &d in &buf {
+            if !d.is_ascii() && d.is_alphabetic() && !is_cjk(d) {
+                // The skeleton of the character as written, else of its lower case
+                // (Cyrillic В has the skeleton B, в has none).
+                let ascii_skeleton = |c: char, tmp: &mut [u8; 4]| -> Option<Vec<char>> {
+                    let sk: Vec<char> = unicode_security::skeleton(c.encode_utf8(tmp))
+                        .filter(|&s| !is_combining_mark(s))
+                        .collect();
+                    (!sk.is_empty() && sk.iter().all(|s| s.is_ascii_alphanumeric())).then_some(sk)
+                };
+                let sk = ascii_skeleton(d, &mut tmp).or_else(|| {
+                    let mut lower = d.to_lowercase();
+                    match (lower.next(), lower.next()) {
+                        (Some(l), None) if l != d => ascii_skeleton(l, &mut tmp),
+                        _ => None,
+                    }
+                });
+                if let Some(sk) = sk {
+                    for s in sk {
+                        folded.push(if f.case { s.to_ascii_lowercase() } else { s });
+                    }
+                    continue;
+                }
+            }
+            folded.push(d);
+        }
+        buf = folded;
+    }
+    if f.case {
+        buf = buf.iter().flat_map(|d| d.to_lowercase()).collect();
+    }
+    if f.traditional {
+        let mut tmp = [0u8; 4];
+        for d in buf.iter_mut() {
+            if d.len_utf8() == 3 {
+                let conv = fast2s::convert(d.encode_utf8(&mut tmp));
+                let mut it = conv.chars();
+                if let (Some(s), None) = (it.next(), it.next()) {
+                    *d = s;
+                }
+            }
+        }
+    }
+    for d in buf {
+        if f.zero_width && is_ignorable(d) {
+            continue;
+        }
+        out.push((d, classify(d)));
+    }
+}
+
+fn table_key(f: &NormalizeConfig) -> u8 {
+    u8::from(f.width)
+        | u8::from(f.case) << 1
+        | u8::from(f.zero_width) << 2
+        | u8::from(f.traditional) << 3
+        | u8::from(f.confusables) << 4
+}
+
+type TableCache = Mutex<Vec<(u8, Arc<CharTable>)>>;
+
+/// Tables already built, by flag set; building one takes tens of milliseconds.
+static TABLES: LazyLock<TableCache> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+impl CharTable {
+    /// The table for `flags`, built on first use and shared afterwards.
+    pub(crate) fn get(flags: &NormalizeConfig) -> Arc<CharTable> {
+        let key = table_key(flags);
+        let mut cache = TABLES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, t)) = cache.iter().find(|(k, _)| *k == key) {
+            return Arc::clone(t);
+        }
+        let t = Arc::new(CharTable::build(flags));
+        cache.push((key, Arc::clone(&t)));
+        t
+    }
+
+    fn build(flags: &NormalizeConfig) -> CharTable {
+        let mut bmp = vec![REMOVED; 0x1_0000];
+        let mut multi = Vec::new();
+        let mut out = Vec::with_capacity(4);
+        for cp in 0u32..0x1_0000 {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            map_slow(c, flags, &mut out);
+            bmp[cp as usize] = match out.as_slice() {
+                [] => REMOVED,
+                [(d, class)] => *d as u32 | (*class as u32) << CLASS_SHIFT,
+                many => {
+                    multi.push(many.to_vec().into_boxed_slice());
+                    MULTI | (multi.len() as u32 - 1)
+                }
+            };
+        }
+        CharTable {
+            bmp,
+            multi,
+            flags: *flags,
+        }
+    }
+}
+
+/// Normalized text with, for each normalized byte, the original byte range of the character
+/// that produced it (relative to `obase`, so a long stream fits in `u32`).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct NormBuf {
+    pub text: String,
+    ostart: Vec<u32>,
+    oend: Vec<u32>,
+    obase: usize,
+}
+
+impl NormBuf {
+    #[inline(always)]
+    fn emit(&mut self, ch: char, os: usize, oe: usize) {
+        let s = (os - self.obase) as u32;
+        let e = (oe - self.obase) as u32;
+        let n = ch.len_utf8();
+        self.text.push(ch);
+        self.ostart.extend(std::iter::repeat_n(s, n));
+        self.oend.extend(std::iter::repeat_n(e, n));
+    }
+
+    /// Make room for about `n` more normalized bytes.
+    fn reserve(&mut self, n: usize) {
+        self.text.reserve(n);
+        self.ostart.reserve(n);
+        self.oend.reserve(n);
+    }
+
+    /// Original start offset of the character behind normalized byte `i` (relative to `text`).
+    pub fn orig_start(&self, i: usize) -> usize {
+        self.obase + self.ostart[i] as usize
+    }
+
+    /// Original end offset of the character behind normalized byte `i`.
+    pub fn orig_end(&self, i: usize) -> usize {
+        self.obase + self.oend[i] as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Drop the first `k` bytes (`k` on a char boundary); `consumed` is the lowest original
+    /// offset a later emission can carry, used as the new base when the buffer empties.
+    pub fn trim_front(&mut self, k: usize, consumed: usize) {
+        if k == 0 {
+            return;
+        }
+        self.text.drain(..k);
+        self.ostart.drain(..k);
+        self.oend.drain(..k);
+        let new_base = self
+            .ostart
+            .first()
+            .map_or(consumed, |&s| self.obase + s as usize);
+        let delta = (new_base - self.obase) as u32;
+        if delta != 0 {
+            for v in self.ostart.iter_mut().chain(self.oend.iter_mut()) {
+                *v -= delta;
+            }
+            self.obase = new_base;
+        }
+    }
+
+    /// Start a fresh buffer at original offset `base`.
+    pub fn reset(&mut self, base: usize) {
+        self.text.clear();
+        self.ostart.clear();
+        self.oend.clear();
+        self.obase = base;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Last {
+    /// Start of text: nothing emitted yet.
+    #[default]
+    Boundary,
+    Cjk,
+    /// A word character; `single_left` when its left neighbour is not a word character.
+    Word {
+        single_left: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldWord {
+    ch: char,
+    os: usize,
+    oe: usize,
+    sep_os: usize,
+    sep_oe: usize,
+}
+
+/// Streaming state of the separator rule: carried from one piece to the next.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NormState {
+    last: Last,
+    /// Original range of the first separator of an undecided run.
+    pending_sep: Option<(usize, usize)>,
+    /// A word character after a separator run that followed a single word character: whether
+    /// the run is dropped depends on the character after this one.
+    held: Option<HeldWord>,
+}
+
+impl NormState {
+    /// Original offset of the earliest character whose output is not yet decided.
+    pub fn pending_origin(&self) -> Option<usize> {
+        self.held.map(|h| h.os)
+    }
+
+    /// The lowest original offset a later emission can carry (a kept separator's origin).
+    pub fn min_future_origin(&self) -> Option<usize> {
+        match (self.pending_sep, self.held) {
+            (Some((s, _)), _) => Some(s),
+            (None, Some(h)) => Some(h.sep_os),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The normalizer of a compiled policy.
+#[derive(Clone)]
+pub(crate) struct Normalizer {
+    table: Arc<CharTable>,
+    separators: bool,
+}
+
+impl std::fmt::Debug for Normalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Normalizer")
+            .field("flags", &self.table.flags)
+            .finish()
+    }
+}
+
+impl Normalizer {
+    pub fn new(flags: &NormalizeConfig) -> Normalizer {
+        Normalizer {
+            table: CharTable::get(flags),
+            separators: flags.separators,
+        }
+    }
+
+    /// Normalize one piece whose first byte is at original offset `base`, appending to `out`.
+    pub fn feed(&self, st: &mut NormState, piece: &str, base: usize, out: &mut NormBuf) {
+        let bytes = piece.as_bytes();
+        out.reserve(bytes.len() + 4);
+        let mut i = 0;
+        let mut scratch = Vec::new();
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b < 0x80 {
+                let e = self.table.bmp[b as usize];
+                let ch = (e & CHAR_MASK) as u8 as char;
+                self.step(
+                    st,
+                    ch,
+                    Class::from_bits(e >> CLASS_SHIFT),
+                    base + i,
+                    base + i + 1,
+                    out,
+                );
+                i += 1;
+                continue;
+            }
+            let Some(c) = piece[i..].chars().next() else {
+                break;
+            };
+            let n = c.len_utf8();
+            let (os, oe) = (base + i, base + i + n);
+            i += n;
+            if (c as u32) < 0x1_0000 {
+                let e = self.table.bmp[c as usize];
+                if e & MULTI != 0 {
+                    for &(d, class) in self.table.multi[(e & !MULTI) as usize].iter() {
+                        self.step(st, d, class, os, oe, out);
+                    }
+                } else if e & REMOVED == 0 {
+                    let d = char::from_u32(e & CHAR_MASK).unwrap_or(c);
+                    self.step(st, d, Class::from_bits(e >> CLASS_SHIFT), os, oe, out);
+                }
+            } else {
+                map_slow(c, &self.table.flags, &mut scratch);
+                for &(d, class) in &scratch {
+                    self.step(st, d, class, os, oe, out);
+                }
+            }
+        }
+    }
+
+    /// End of text: a held word character is single (boundary on its right); a trailing
+    /// separator run is dropped. Resets `st` for a new text.
+    pub fn finish(&self, st: &mut NormState, out: &mut NormBuf) {
+        if let Some(h) = st.held.take() {
+            out.emit(h.ch, h.os, h.oe);
+        }
+        *st = NormState::default();
+    }
+
+    /// Normalize a whole text (terms, allow phrases, tests) into its matching form.
+    pub fn normalize_str(&self, s: &str, out: &mut NormBuf) {
+        out.reset(0);
+        let mut st = NormState::default();
+        self.feed(&mut st, s, 0, out);
+        self.finish(&mut st, out);
+    }
+
+    #[inline(always)]
+    fn step(
+        &self,
+        st: &mut NormState,
+        ch: char,
+        class: Class,
+        os: usize,
+        oe: usize,
+        out: &mut NormBuf,
+    ) {
+        if !self.separators {
+            out.emit(ch, os, oe);
+            return;
+        }
+        match class {
+            Class::Sep => {
+                if let Some(h) = st.held.take() {
+                    // The held character has a separator on its right: it is single, so the
+                    // run before it is dropped.
+                    out.emit(h.ch, h.os, h.oe);
+                    st.last = Last::Word { single_left: true };
+                }
+                if st.pending_sep.is_none() && st.last != Last::Boundary {
+                    st.pending_sep = Some((os, oe));
+                }
+            }
+            Class::Cjk => {
+                if let Some(h) = st.held.take() {
+                    out.emit(h.ch, h.os, h.oe);
+                }
+                st.pending_sep = None;
+                out.emit(ch, os, oe);
+                st.last = Last::Cjk;
+            }
+            Class::Word => {
+                if let Some(h) = st.held.take() {
+                    // The held character continues into a word: not single, keep one space.
+                    out.emit(' ', h.sep_os, h.sep_oe);
+                    out.emit(h.ch, h.os, h.oe);
+                    out.emit(ch, os, oe);
+                    st.last = Last::Word { single_left: false };
+                    return;
+                }
+                match (st.pending_sep.take(), st.last) {
+                    (Some((so, se)), Last::Word { single_left }) => {
+                        if single_left {
+                            st.held = Some(HeldWord {
+                                ch,
+                                os,
+                                oe,
+                                sep_os: so,
+                                sep_oe: se,
+                            });
+                        } else {
+                            out.emit(' ', so, se);
+                            out.emit(ch, os, oe);
+                        }
+                        st.last = Last::Word { single_left: true };
+                    }
+                    (Some(_), _) => {
+                        out.emit(ch, os, oe);
+                        st.last = Last::Word { single_left: true };
+                    }
+                    (None, last) => {
+                        out.emit(ch, os, oe);
+                        st.last = Last::Word {
+                            single_left: !matches!(last, Last::Word { .. }),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm_with(f: NormalizeConfig, s: &str) -> String {
+        let n = Normalizer::new(&f);
+        let mut out = NormBuf::default();
+        n.normalize_str(s, &mut out);
+        out.text
+    }
+
+    fn norm(s: &str) -> String {
+        norm_with(NormalizeConfig::default(), s)
+    }
+
+    fn only(step: &str) -> NormalizeConfig {
+        NormalizeConfig {
+            width: step == "width",
+            case: step == "case",
+            zero_width: step == "zero_width",
+            separators: step == "separators",
+            traditional: step == "traditional",
+            confusables: step == "confusables",
+        }
+    }
+
+    #[test]
+    fn width_folding() {
+        assert_eq!(norm_with(only("width"), "ＡＢＣ１２３"), "ABC123");
+        assert_eq!(norm_with(only("width"), "ﬁ①"), "fi1");
+        assert_eq!(norm_with(only("case"), "ＡＢＣ"), "ａｂｃ");
+        assert_eq!(norm("ＦＯＲＢＩＤ"), "forbid");
+    }
+
+    #[test]
+    fn case_folding() {
+        assert_eq!(norm_with(only("case"), "ForBID Ä"), "forbid ä");
+        assert_eq!(norm_with(only("width"), "ForBID"), "ForBID");
+    }
+
+    #[test]
+    fn zero_width_removal() {
+        let s = "炸\u{200B}弹\u{FEFF}x\u{00AD}y\u{FE0F}\u{2060}";
+        assert_eq!(norm_with(only("zero_width"), s), "炸弹xy");
+        assert_eq!(norm_with(only("case"), s), s);
+    }
+
+    #[test]
+    fn traditional_to_simplified() {
+        assert_eq!(norm_with(only("traditional"), "製造炸彈"), "制造炸弹");
+        assert_eq!(norm_with(only("traditional"), "爆炸裝置"), "爆炸装置");
+        assert_eq!(norm_with(only("width"), "炸彈"), "炸彈");
+    }
+
+    #[test]
+    fn confusables_fold_to_latin() {
+        // Cyrillic а, о, е; Greek ο.
+        assert_eq!(norm_with(only("confusables"), "b\u{043E}mb"), "bomb");
+        assert_eq!(norm_with(only("confusables"), "\u{03BF}k"), "ok");
+        assert_eq!(norm_with(only("confusables"), "bômb"), "bomb");
+        assert_eq!(norm("ВОМВ"), "bomb");
+        assert_eq!(norm_with(only("case"), "b\u{043E}mb"), "b\u{043E}mb");
+        // CJK untouched.
+        assert_eq!(norm_with(only("confusables"), "炸弹"), "炸弹");
+    }
+
+    #[test]
+    fn separators_between_cjk() {
+        assert_eq!(norm_with(only("separators"), "制 造*炸|弹"), "制造炸弹");
+        assert_eq!(norm("制　造，炸😀弹"), "制造炸弹");
+        assert_eq!(norm("炸 bomb"), "炸bomb");
+    }
+
+    #[test]
+    fn separators_between_single_letters() {
+        assert_eq!(norm("f.o.r.b.i.d"), "forbid");
+        assert_eq!(norm("f o r b i d"), "forbid");
+        assert_eq!(norm("f  -  o r"), "for");
+        assert_eq!(norm("I am f o o"), "i am foo");
+    }
+
+    #[test]
+    fn separators_between_words_are_kept() {
+        assert_eq!(norm("forbidden word"), "forbidden word");
+        assert_eq!(norm("a forbidden wordlist"), "a forbidden wordlist");
+        assert_eq!(norm("bad   phrase"), "bad phrase");
+        assert_eq!(norm("bad_phrase!"), "bad phrase");
+        assert_eq!(norm("  lead and trail  "), "lead and trail");
+        assert_eq!(norm_with(only("case"), "a  b"), "a  b");
+    }
+
+    #[test]
+    fn offsets_round_trip_on_mixed_text() {
+        let s = "Ａ炸\u{200B}彈 👍🏽 e\u{301}x Ｂ 한국";
+        let n = Normalizer::new(&NormalizeConfig::default());
+        let mut out = NormBuf::default();
+        n.normalize_str(s, &mut out);
+        for (i, _) in out.text.char_indices() {
+            let (a, b) = (out.orig_start(i), out.orig_end(i));
+            assert!(a < b && b <= s.len(), "{i}: {a}..{b}");
+            assert!(s.is_char_boundary(a) && s.is_char_boundary(b));
+        }
+        // "a" comes from "Ａ" (3 bytes at 0).
+        assert_eq!((out.orig_start(0), out.orig_end(0)), (0, 3));
+        let zha = out.text.find('炸').unwrap_or(0);
+        assert_eq!(&s[out.orig_start(zha)..out.orig_end(zha)], "炸");
+        let dan = out.text.find('弹').unwrap_or(0);
+        assert_eq!(&s[out.orig_start(dan)..out.orig_end(dan)], "彈");
+        assert!(out.text.contains("炸弹"));
+    }
+
+    #[test]
+    fn streamed_equals_whole() {
+        let n = Normalizer::new(&NormalizeConfig::default());
+        let s = "a b c 炸 弹 forbidden  word f.o.r Ｘ";
+        let mut whole = NormBuf::default();
+        n.normalize_str(s, &mut whole);
+        for cut in 0..=s.len() {
+            if !s.is_char_boundary(cut) {
+                continue;
+            }
+            let mut st = NormState::default();
+            let mut out = NormBuf::default();
+            n.feed(&mut st, &s[..cut], 0, &mut out);
+            n.feed(&mut st, &s[cut..], cut, &mut out);
+            n.finish(&mut st, &mut out);
+            assert_eq!(out.text, whole.text, "cut at {cut}");
+            assert_eq!(out.ostart, whole.ostart);
+        }
+    }
+
+    #[test]
+    fn non_bmp_chars() {
+        assert_eq!(norm("𝐀𝐁"), "ab");
+        assert_eq!(norm("𠀀"), "𠀀");
+    }
+
+    #[test]
+    fn trim_rebases() {
+        let n = Normalizer::new(&NormalizeConfig::default());
+        let mut st = NormState::default();
+        let mut out = NormBuf::default();
+        n.feed(&mut st, "abc炸弹", 0, &mut out);
+        out.trim_front(3, 9);
+        assert_eq!(out.text, "炸弹");
+        assert_eq!(out.orig_start(0), 3);
+        assert_eq!(out.orig_end(3), 9);
+    }
+}

@@ -1,0 +1,234 @@
+//! Incremental scanning of one text stream; `Policy::scan` is the same machine fed once.
+//!
+//! Each push normalizes only the new piece (the normalizer carries its separator state), runs
+//! the keyword automaton over the held normalized tail plus the new text, and steps the pattern
+//! detectors over the held original tail plus the new text. Work per push is proportional to
+//! the new piece plus the held tail; nothing already released is scanned again.
+//!
+//! `released` contract: after a step returns `released = r`, every finding intersecting `[0, r)`
+//! has been reported with its final span, and no later step reports a finding starting before
+//! `r`. `r` is the minimum of: the original start of the first live keyword position (or of an
+//! undecided match), the normalizer's held character, and each detector's cursor. `finish()`
+//! releases everything. `r` is on a char boundary and never decreases.
+
+use std::sync::Arc;
+
+use super::keywords::DrainBufs;
+use super::normalize::{NormBuf, NormState};
+use super::{Direction, Finding, Policy};
+
+/// Largest piece handed to the normalizer at once, so normalized offsets fit in `u32`.
+const MAX_SUBPIECE: usize = 1 << 30;
+
+/// The result of one `push` or `finish`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanStep {
+    /// New findings, in span order.
+    pub findings: Vec<Finding>,
+    /// Absolute byte offset into the concatenated pieces up to which text is final.
+    pub released: usize,
+}
+
+/// The per-stream state, independent of how the policy is held.
+#[derive(Debug, Default)]
+pub(crate) struct ScanCore {
+    norm_state: NormState,
+    nbuf: NormBuf,
+    /// Absolute normalized offset of `nbuf.text[0]`.
+    nbase: usize,
+    kw_cursor: usize,
+    /// Original text kept for the detectors, starting at absolute offset `orig_base`.
+    orig: String,
+    orig_base: usize,
+    det_cursors: Vec<usize>,
+    total: usize,
+    released: usize,
+    kw_bufs: DrainBufs,
+    spans: Vec<(usize, usize)>,
+}
+
+impl ScanCore {
+    pub fn new(policy: &Policy, dir: Direction) -> ScanCore {
+        ScanCore {
+            det_cursors: vec![0; policy.detectors_for(dir).len()],
+            ..ScanCore::default()
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        policy: &Policy,
+        dir: Direction,
+        piece: &str,
+        out: &mut Vec<Finding>,
+    ) -> usize {
+        let keep_orig = !self.det_cursors.is_empty();
+        let mut rest = piece;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_SUBPIECE);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (sub, tail) = rest.split_at(cut);
+            policy
+                .normalizer
+                .feed(&mut self.norm_state, sub, self.total, &mut self.nbuf);
+            if keep_orig {
+                self.orig.push_str(sub);
+            }
+            self.total += sub.len();
+            rest = tail;
+            if !rest.is_empty() {
+                self.run(policy, dir, false, out);
+            }
+        }
+        self.run(policy, dir, false, out)
+    }
+
+    pub fn finish(&mut self, policy: &Policy, dir: Direction, out: &mut Vec<Finding>) -> usize {
+        policy
+            .normalizer
+            .finish(&mut self.norm_state, &mut self.nbuf);
+        self.run(policy, dir, true, out)
+    }
+
+    fn run(
+        &mut self,
+        policy: &Policy,
+        dir: Direction,
+        is_final: bool,
+        out: &mut Vec<Finding>,
+    ) -> usize {
+        let first_new = out.len();
+        let kws = policy.keywords_for(dir);
+        let kw_hold = kws.drain(
+            &policy.allow,
+            &self.nbuf.text,
+            self.nbase,
+            &mut self.kw_cursor,
+            is_final,
+            &mut self.kw_bufs,
+        );
+        for h in &self.kw_bufs.hits {
+            let cat = &policy.categories[h.meta.cat as usize];
+            out.push(Finding {
+                category: Arc::clone(&cat.id),
+                action: cat.action,
+                severity: cat.severity,
+                detector: super::Detector::Keyword {
+                    term_id: h.meta.term_id,
+                },
+                span: self.nbuf.orig_start(h.start - self.nbase)
+                    ..self.nbuf.orig_end(h.end - 1 - self.nbase),
+            });
+        }
+        let mut released = self.total;
+        if !is_final {
+            if let Some(h) = kw_hold {
+                released = released.min(self.nbuf.orig_start(h - self.nbase));
+            }
+            if let Some(p) = self.norm_state.pending_origin() {
+                released = released.min(p);
+            }
+        }
+        for (det, cursor) in policy
+            .detectors_for(dir)
+            .iter()
+            .zip(self.det_cursors.iter_mut())
+        {
+            self.spans.clear();
+            det.step(
+                &self.orig,
+                self.orig_base,
+                cursor,
+                is_final,
+                &mut self.spans,
+            );
+            let cat = &policy.categories[det.cat as usize];
+            for &(s, e) in &self.spans {
+                out.push(Finding {
+                    category: Arc::clone(&cat.id),
+                    action: cat.action,
+                    severity: cat.severity,
+                    detector: det.finding_detector(),
+                    span: s..e,
+                });
+            }
+            if !is_final {
+                released = released.min(*cursor);
+            }
+        }
+        debug_assert!(released >= self.released, "released went back");
+        self.released = self.released.max(released);
+        self.trim(policy);
+        out[first_new..].sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        self.released
+    }
+
+    /// Drop what no later step can need: normalized text before the keyword cursor (less the
+    /// allow-list context) and original text before the earliest detector cursor (less one char).
+    fn trim(&mut self, policy: &Policy) {
+        let ctx = policy.allow.max_len();
+        let keep_from = self.kw_cursor.saturating_sub(ctx).max(self.nbase);
+        let mut k = (keep_from - self.nbase).min(self.nbuf.len());
+        while !self.nbuf.text.is_char_boundary(k) {
+            k -= 1;
+        }
+        let floor = self
+            .norm_state
+            .min_future_origin()
+            .map_or(self.total, |o| o.min(self.total));
+        self.nbuf.trim_front(k, floor);
+        self.nbase += k;
+
+        if let Some(&min_cur) = self.det_cursors.iter().min() {
+            let keep = min_cur.saturating_sub(4).max(self.orig_base);
+            let mut k = (keep - self.orig_base).min(self.orig.len());
+            while !self.orig.is_char_boundary(k) {
+                k -= 1;
+            }
+            self.orig.drain(..k);
+            self.orig_base += k;
+        }
+    }
+}
+
+/// Scans one text stream (e.g. choice 0 × `content`) as it arrives. Owns the policy it started
+/// with, so a policy reload does not change a stream mid-way.
+#[derive(Debug)]
+pub struct StreamScanner {
+    policy: Arc<Policy>,
+    dir: Direction,
+    core: ScanCore,
+}
+
+impl StreamScanner {
+    pub(crate) fn new(policy: Arc<Policy>, dir: Direction) -> StreamScanner {
+        let core = ScanCore::new(&policy, dir);
+        StreamScanner { policy, dir, core }
+    }
+
+    /// Feed the next piece of the stream.
+    pub fn push(&mut self, piece: &str) -> ScanStep {
+        let mut findings = Vec::new();
+        let released = self.core.push(&self.policy, self.dir, piece, &mut findings);
+        ScanStep { findings, released }
+    }
+
+    /// End of stream: everything is final and released. Call once.
+    pub fn finish(&mut self) -> ScanStep {
+        let mut findings = Vec::new();
+        let released = self.core.finish(&self.policy, self.dir, &mut findings);
+        ScanStep { findings, released }
+    }
+
+    /// Bytes pushed so far.
+    pub fn total(&self) -> usize {
+        self.core.total
+    }
+
+    /// The policy this stream is scanned with.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+}
