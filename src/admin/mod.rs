@@ -92,12 +92,12 @@ fn admin_token(app: &AppState) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = admin_token(app) else {
-        return Err(admin_error(
+        return Err(Box::new(admin_error(
             StatusCode::FORBIDDEN,
             "no admin token is configured (server.admin_token_env or server.admin_token_file)",
-        ));
+        )));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -107,10 +107,10 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
-        Err(admin_error(
+        Err(Box::new(admin_error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token",
-        ))
+        )))
     }
 }
 
@@ -162,7 +162,7 @@ pub fn public_key_response(app: &AppState) -> Response {
 
 async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&s.app, &headers) {
-        return r;
+        return *r;
     }
     match crate::server::reload::reload(&s.app, "admin") {
         Ok(()) => {
@@ -189,7 +189,7 @@ async fn records(
     Query(q): Query<RecordsQuery>,
 ) -> Response {
     if let Err(r) = authorize(&s.app, &headers) {
-        return r;
+        return *r;
     }
     let Some(dir) = s.app.records.auditor.dir().map(|d| d.to_path_buf()) else {
         return admin_error(
@@ -228,7 +228,7 @@ async fn erase(
     Json(b): Json<EraseBody>,
 ) -> Response {
     if let Err(r) = authorize(&s.app, &headers) {
-        return r;
+        return *r;
     }
     let id = pseudonym(&s.app, &b.user);
     match s.app.records.auditor.erase(&id).await {
