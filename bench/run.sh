@@ -81,7 +81,10 @@ SHENHE_BIN=$ROOT/target/release/shenhe
 MODEL_BIN=$ROOT/target/release/examples/scripted_model
 [[ -x $SHENHE_BIN && -x $MODEL_BIN ]] || { echo "build first (cargo build --release --locked && cargo build --release --locked --examples)" >&2; exit 1; }
 
-( sleep "$WATCHDOG_S"; echo "watchdog: run exceeded ${WATCHDOG_S}s, stopping" >&2; kill -TERM $$ ) &
+# (the sleep is killed with the watchdog, so it holds no pipe open after the run)
+( trap 'kill $sp 2>/dev/null; exit 0' TERM
+  sleep "$WATCHDOG_S" </dev/null >/dev/null 2>&1 & sp=$!
+  wait $sp && { echo "watchdog: run exceeded ${WATCHDOG_S}s, stopping" >&2; kill -TERM $$; } ) &
 WATCHDOG=$!
 
 # ---------------------------------------------------------------------------------- inputs

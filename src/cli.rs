@@ -4,13 +4,101 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::config::{Config, ConfigError, DefaultRoute, LoadedConfig, LogFormat};
+use crate::config::{Config, ConfigError, ConfigIssue, DefaultRoute, LoadedConfig, LogFormat};
+use crate::policy::{Direction, Policy, PolicyError};
 use crate::server::routes::RouteTable;
 
-/// `shenhe check`: load and validate, then a one-screen summary; or every error with its path.
+/// `shenhe check`: load, validate and compile, then a one-screen summary; or every error with
+/// its path.
 pub fn check(path: &Path) -> Result<String, ConfigError> {
     let loaded = Config::load(path)?;
-    Ok(summary(&loaded))
+    let compiled = Policy::compile(&loaded.config.policy, &loaded.base_dir).map_err(|e| {
+        let PolicyError::Invalid(list) = e;
+        ConfigError::Invalid(
+            list.into_iter()
+                .map(|m| split_issue(&m, "policy"))
+                .collect(),
+        )
+    })?;
+    let mut out = summary(&loaded);
+    out.push_str(&policy_summary(&compiled.policy, &compiled.warnings));
+    Ok(out)
+}
+
+/// `path: message` into an issue (messages from sections that carry their own paths).
+fn split_issue(m: &str, section: &str) -> ConfigIssue {
+    match m.split_once(": ") {
+        Some((p, msg)) if p.starts_with(section) || p.contains(':') || p.contains('/') => {
+            ConfigIssue::new(p, msg)
+        }
+        _ => ConfigIssue::new(section, m),
+    }
+}
+
+/// The policy part of the summary: version, library size per category, TC260 warnings.
+pub fn policy_summary(p: &Policy, warnings: &[String]) -> String {
+    let st = p.stats();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "policy      {}  ({} terms, {} allow phrases, {} pattern detectors, {} list files)",
+        st.version, st.total_terms, st.allow_phrases, st.pattern_detectors, st.list_files
+    );
+    let used: Vec<_> = p
+        .categories()
+        .filter(|c| {
+            st.terms_per_category
+                .get(c.id.as_ref())
+                .copied()
+                .unwrap_or(0)
+                > 0
+                || !c.is_builtin()
+        })
+        .collect();
+    for c in used.iter().take(12) {
+        let n = st
+            .terms_per_category
+            .get(c.id.as_ref())
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<7} {:>8} terms  {}",
+            c.id,
+            c.action.as_str(),
+            n,
+            c.name_en
+        );
+    }
+    if used.len() > 12 {
+        let _ = writeln!(out, "  … and {} more categories", used.len() - 12);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for w in warnings.iter().chain(st.warnings.iter()) {
+        if seen.insert(w) {
+            let _ = writeln!(out, "warning     {w}");
+        }
+    }
+    out
+}
+
+/// `shenhe scan`: findings in `text` as JSON lines, for list maintainers.
+pub fn scan(path: &Path, text: &str, direction: Direction) -> Result<Vec<String>, ConfigError> {
+    let loaded = Config::load(path)?;
+    let compiled = Policy::compile(&loaded.config.policy, &loaded.base_dir).map_err(|e| {
+        let PolicyError::Invalid(list) = e;
+        ConfigError::Invalid(
+            list.into_iter()
+                .map(|m| split_issue(&m, "policy"))
+                .collect(),
+        )
+    })?;
+    Ok(
+        crate::policy::scan_report(&compiled.policy, text, direction)
+            .iter()
+            .filter_map(|l| serde_json::to_string(l).ok())
+            .collect(),
+    )
 }
 
 /// The one-screen summary of a valid config.

@@ -37,6 +37,17 @@ enum Command {
         #[arg(long, default_value = "config/demo.yaml")]
         config: PathBuf,
     },
+    /// Print the policy's findings in a text as JSON lines (category, term, detector, span, action).
+    Scan {
+        #[arg(long, env = "SHENHE_CONFIG", default_value = "config/shenhe.yaml")]
+        config: PathBuf,
+        /// The text file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Judge the text as a prompt instead of a completion.
+        #[arg(long)]
+        prompt: bool,
+    },
     /// Write a new Ed25519 key pair for implicit labels (private key mode 0600; never overwrites).
     Keygen {
         /// Folder for `shenhe-signing-key.pem` and `shenhe-signing-key.pub.pem`.
@@ -120,6 +131,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Serve { config } => serve(config, false),
         Command::Demo { config } => serve(config, true),
+        Command::Scan {
+            config,
+            file,
+            prompt,
+        } => {
+            let text = if file.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+                t
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let dir = if prompt {
+                shenhe::policy::Direction::Prompt
+            } else {
+                shenhe::policy::Direction::Completion
+            };
+            match shenhe::cli::scan(&config, &text, dir) {
+                Ok(lines) => {
+                    for l in &lines {
+                        println!("{l}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    for issue in e.issues() {
+                        eprintln!("  {issue}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Keygen { dir } => {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;

@@ -261,8 +261,29 @@ pub mod policy_view {
     use crate::policy::Policy;
 
     pub fn view(p: &Policy) -> Value {
+        let st = p.stats();
+        let categories: Vec<Value> = p
+            .categories()
+            .map(|c| {
+                json!({
+                    "id": c.id.as_ref(),
+                    "group": c.group,
+                    "name_zh": c.name_zh,
+                    "name_en": c.name_en,
+                    "action": c.action.as_str(),
+                    "severity": c.severity,
+                    "terms": st.terms_per_category.get(c.id.as_ref()).copied().unwrap_or(0),
+                })
+            })
+            .collect();
         json!({
             "policy_version": p.version(),
+            "total_terms": st.total_terms,
+            "allow_phrases": st.allow_phrases,
+            "pattern_detectors": st.pattern_detectors,
+            "list_files": st.list_files,
+            "warnings": st.warnings,
+            "categories": categories,
         })
     }
 }

@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub admin_token_file: Option<PathBuf>,
     /// How long in-flight requests may finish after SIGTERM/SIGINT. Default 30s.
     pub shutdown_grace: HumanDuration,
+    /// After SIGTERM, keep accepting (while `/readyz` already fails) this long so load balancers
+    /// stop sending first. Default 0s: in Kubernetes the pod's `preStop` sleep does this.
+    pub drain_delay: HumanDuration,
     /// Largest request body accepted, on every route. Default 8MiB.
     pub body_limit: ByteSize,
     /// Time allowed to receive request headers. Default 30s.
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             admin_token_env: "SHENHE_ADMIN_TOKEN".into(),
             admin_token_file: None,
             shutdown_grace: HumanDuration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
+            drain_delay: HumanDuration::from_secs(0),
             body_limit: DEFAULT_BODY_LIMIT,
             header_timeout: HumanDuration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
             body_timeout: HumanDuration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),

@@ -53,6 +53,34 @@ impl Shutdown {
     }
 }
 
+/// Serve one connection, watched by the graceful-shutdown tracker.
+fn spawn_conn(
+    builder: &Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    router: &Router,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let router = router.clone();
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let router = router.clone();
+        async move {
+            let resp = router
+                .oneshot(req.map(axum::body::Body::new))
+                .await
+                .unwrap_or_else(|e: Infallible| match e {});
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let conn = graceful.watch(conn.into_owned());
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+}
+
 /// Serve `router` on `listener` until shutdown, then drain connections for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
@@ -60,6 +88,7 @@ pub async fn serve(
     shutdown: Shutdown,
     header_timeout: Duration,
     grace: Duration,
+    drain_delay: Duration,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -76,7 +105,23 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.reached(1) => break,
+            _ = shutdown.reached(1) => {
+                if drain_delay.is_zero() {
+                    break;
+                }
+                // Readiness already fails; keep taking connections until balancers have noticed.
+                let until = tokio::time::Instant::now() + drain_delay;
+                loop {
+                    tokio::select! {
+                        r = listener.accept() => if let Ok((stream, peer)) = r {
+                            spawn_conn(&builder, &graceful, &router, stream, peer);
+                        },
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = shutdown.reached(2) => break,
+                    }
+                }
+                break;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -87,24 +132,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            let router = router.clone();
-            async move {
-                let resp = router
-                    .oneshot(req.map(axum::body::Body::new))
-                    .await
-                    .unwrap_or_else(|e: Infallible| match e {});
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        spawn_conn(&builder, &graceful, &router, stream, peer);
     }
     drop(listener);
     tokio::select! {

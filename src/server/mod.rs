@@ -9,6 +9,7 @@ pub mod reload;
 pub mod routes;
 pub mod signals;
 pub mod upstream;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -135,6 +136,7 @@ impl AppState {
 
     /// Replace the runtime; requests already running keep the old one.
     pub fn swap(&self, rt: Runtime) {
+        rt.policy.publish_metrics();
         self.runtime.store(Arc::new(rt));
     }
 
@@ -215,15 +217,36 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
     let shutdown = Shutdown::new();
     let public_router = app(state.clone());
     let admin_router = crate::admin::router(state.clone(), shutdown.clone());
+    if cfg.server.watch {
+        tokio::spawn(watch::run(state.clone(), shutdown.clone()));
+    }
     let header_timeout = cfg.server.header_timeout.get();
     let grace = cfg.server.shutdown_grace.get();
+    let drain_delay = cfg.server.drain_delay.get();
     let sd = shutdown.clone();
     let task = tokio::spawn(async move {
         let admin_sd = sd.clone();
         let admin_task = tokio::spawn(async move {
-            listener::serve(admin, admin_router, admin_sd, header_timeout, grace).await;
+            // The admin listener stays up through the drain so probes and metrics keep answering.
+            listener::serve(
+                admin,
+                admin_router,
+                admin_sd,
+                header_timeout,
+                grace,
+                drain_delay,
+            )
+            .await;
         });
-        listener::serve(public, public_router, sd, header_timeout, grace).await;
+        listener::serve(
+            public,
+            public_router,
+            sd,
+            header_timeout,
+            grace,
+            drain_delay,
+        )
+        .await;
         let _ = admin_task.await;
         // Every record queued before the listeners closed is written and synced.
         if let Err(e) = audit_task.shutdown().await {

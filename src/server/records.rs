@@ -17,6 +17,8 @@ pub struct Records {
     pub user_header: String,
     pub tenant_header: String,
     pub excerpt_chars: usize,
+    /// `fsync: always`: a request is answered only once its records are on disk.
+    pub durable: bool,
 }
 
 impl Records {
@@ -27,6 +29,7 @@ impl Records {
             user_header: cfg.user_id_header.clone(),
             tenant_header: cfg.tenant_header.clone(),
             excerpt_chars: cfg.excerpt_chars,
+            durable: cfg.fsync == crate::audit::FsyncMode::Always,
         }
     }
 
@@ -111,9 +114,16 @@ impl RecordCtx {
         self.stamp(Record::delivery(self.request_id.clone()))
     }
 
-    /// Queue a record; a full queue past its bound is counted as a drop inside the auditor.
+    /// Queue a record (with `fsync: always`, wait until it is on disk); a full queue past its
+    /// bound is counted as a drop inside the auditor.
     pub async fn write(&self, r: Record) {
-        if let Err(e) = self.records.auditor.record(r).await {
+        let a = &self.records.auditor;
+        let res = if self.records.durable {
+            a.record_durable(r).await
+        } else {
+            a.record(r).await
+        };
+        if let Err(e) = res {
             tracing::warn!(request_id = %self.request_id, error = %e, "Audit record not written");
         }
     }
