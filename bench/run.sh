@@ -244,6 +244,7 @@ run_wrk() {
   local w=$1 target=$2 url=$3 body=$4 kind=$5 tag cpu0 cpu1 chunks=-
   tag=$(echo "${w}_$target" | tr -c 'A-Za-z0-9_\n' '_')
   log "$w / $target: warmup ${WARM}s, run ${DUR}s"
+  echo "$w $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
   WRK_BODY_FILE=$body timeout $((WARM + 30)) wrk -t2 -c$CONC -d${WARM}s --timeout 30s -s bench/wrk_post.lua "$url" >"$OUT/warm_$tag.txt" 2>&1
   if [[ $body == *stream* ]]; then chunks=$(count_chunks "$url" "$tag"); fi
   cpu0=$(cpu_ms "$kind" "$MODEL_FAST_PID")
@@ -258,6 +259,7 @@ run_slow() {
   local target=$1 url=$2 kind=$3 port=$4 tag idle=- loaded=- conns=- wrk_pid t r c cpu0 cpu1 chunks
   tag=$(echo "slow_$target" | tr -c 'A-Za-z0-9_\n' '_')
   log "slow / $target: warmup, idle RSS, ${SLOW_CONC} streams for ${SLOW_DUR}s"
+  echo "slow $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
   WRK_BODY_FILE=$OUT/body_stream.json timeout 40 wrk -t2 -c16 -d6s --timeout 30s -s bench/wrk_post.lua "$url" >"$OUT/warm_$tag.txt" 2>&1
   chunks=$(count_chunks "$url" "$tag")
   sleep 2
