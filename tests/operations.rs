@@ -377,8 +377,11 @@ async fn acknowledged_decisions_survive_sigkill() {
             }
         }));
     }
-    // Let the load run, then kill without warning.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the load run until a fair number of decisions were acknowledged, then kill without warning.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 60 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     p.child.kill().unwrap();
     let _ = p.child.wait();
     for t in tasks {

@@ -353,6 +353,7 @@ impl<C: EventCodec> Guard<C> {
 
     fn stop(&mut self, ci: usize, at: usize, category: Arc<str>, out: &mut Vec<Bytes>) {
         self.release(out, Some((ci, at)));
+        self.release_prefix(ci, at, out);
         self.queue.clear();
         metrics().stream_stops.with_label_values(&[&category]).inc();
         out.extend(self.codec.stop(&category, self.notice.as_deref()));
@@ -405,6 +406,63 @@ impl<C: EventCodec> Guard<C> {
                 }
                 ch.redactions.retain(|(span, _)| span.end > r.end);
             }
+        }
+    }
+
+    /// After a stop: the event in which the match starts is sent with its text cut just before
+    /// the match (and echo fields dropped by the codec's `render`), so the client gets every byte
+    /// before the match and none of it.
+    fn release_prefix(&mut self, ci: usize, at: usize, out: &mut Vec<Bytes>) {
+        let Some(front) = self.queue.front() else {
+            return;
+        };
+        if front.event.is_none() {
+            return;
+        }
+        let cut_here = front
+            .pieces
+            .iter()
+            .any(|(c, r)| *c == ci && r.start < at && at < r.end);
+        let others_final = front.pieces.iter().all(|(c, r)| {
+            if *c == ci {
+                r.end <= at || r.start < at
+            } else {
+                r.end <= self.channels[*c].released
+            }
+        });
+        if !cut_here || !others_final {
+            return;
+        }
+        let Some(held) = self.queue.pop_front() else {
+            return;
+        };
+        let mut cut = Held {
+            raw: Bytes::new(),
+            event: None,
+            terminal: false,
+            pieces: Vec::with_capacity(held.pieces.len()),
+            texts: Vec::with_capacity(held.texts.len()),
+        };
+        for ((c, r), t) in held.pieces.iter().zip(&held.texts) {
+            if *c == ci && r.end > at {
+                let keep = at.saturating_sub(r.start);
+                let mut k = keep.min(t.len());
+                while !t.is_char_boundary(k) {
+                    k -= 1;
+                }
+                cut.pieces.push((*c, r.start..r.start + k));
+                cut.texts.push(t[..k].to_string());
+            } else {
+                cut.pieces.push((*c, r.clone()));
+                cut.texts.push(t.clone());
+            }
+        }
+        let texts = self.rewrite(&cut).unwrap_or(cut.texts);
+        if let Some(ev) = &held.event {
+            let mut after = Vec::new();
+            self.codec.on_release(ev, &texts, out, &mut after);
+            out.push(self.codec.render(ev, &texts));
+            out.extend(after);
         }
     }
 
@@ -464,4 +522,172 @@ fn context_of(tail: &str, tail_start: usize, span: &Range<usize>) -> (String, Ra
     let end = s.len();
     s.push_str(&after);
     (s, start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The guard against the one-shot scan, through a minimal codec: one text event per SSE event.
+    use super::*;
+    use crate::policy::config::PolicyConfig;
+    use proptest::prelude::*;
+
+    /// `data: <text>` events carry channel (0, 0) text; `data: [END]` is terminal.
+    struct PlainCodec;
+
+    impl EventCodec for PlainCodec {
+        type Event = ();
+        fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<()>, CodecError> {
+            let Some(d) = &ev.data else {
+                return Ok(Parsed::passthrough());
+            };
+            if d == "[END]" {
+                return Ok(Parsed {
+                    event: None,
+                    pieces: Vec::new(),
+                    terminal: true,
+                });
+            }
+            Ok(Parsed {
+                event: Some(()),
+                pieces: vec![TextPiece {
+                    channel: (0, 0),
+                    text: d.clone(),
+                }],
+                terminal: false,
+            })
+        }
+        fn render(&self, _: &(), texts: &[String]) -> Bytes {
+            Bytes::from(format!("data: {}\n\n", texts[0]))
+        }
+        fn stop(&mut self, category: &str, _: Option<&str>) -> Vec<Bytes> {
+            vec![Bytes::from(format!("data: [STOP {category}]\n\n"))]
+        }
+        fn fault(&mut self, _: &str) -> Vec<Bytes> {
+            vec![Bytes::from_static(b"data: [FAULT]\n\n")]
+        }
+    }
+
+    fn policy() -> Arc<Policy> {
+        let cfg: PolicyConfig = serde_yaml_ng::from_str(
+            r#"
+categories:
+  - { id: A1d, action: block, keywords: ["炸弹", "forbid"] }
+  - { id: red, action: redact, keywords: ["secret"] }
+"#,
+        )
+        .unwrap();
+        Arc::new(
+            Policy::compile(&cfg, std::path::Path::new("."))
+                .unwrap()
+                .policy,
+        )
+    }
+
+    fn ev(text: &str) -> RawEvent {
+        RawEvent {
+            raw: Bytes::from(format!("data: {text}\n\n")),
+            data: Some(text.to_string()),
+            event: None,
+        }
+    }
+
+    /// Run pieces through the guard; returns the released text and the stop marker, if any.
+    fn run(policy: &Arc<Policy>, pieces: &[String]) -> (String, Option<String>) {
+        let mut g = Guard::new(PlainCodec, policy.clone(), None);
+        let mut out = Vec::new();
+        for p in pieces {
+            g.on_event(ev(p), &mut out);
+        }
+        g.on_event(ev("[END]"), &mut out);
+        g.on_end(&mut out);
+        let mut text = String::new();
+        let mut stop = None;
+        for b in out {
+            let s = String::from_utf8(b.to_vec()).unwrap();
+            let d = s.trim_start_matches("data: ").trim_end_matches("\n\n");
+            if let Some(c) = d.strip_prefix("[STOP ") {
+                stop = Some(c.trim_end_matches(']').to_string());
+            } else if d != "[END]" {
+                text.push_str(d);
+            }
+        }
+        (text, stop)
+    }
+
+    /// What a correct guard must release for `text`: the redacted text up to the first block.
+    fn expected(policy: &Policy, text: &str) -> (String, Option<String>) {
+        let findings = policy.scan(text, Direction::Completion);
+        match findings.iter().find(|f| f.action == Action::Block) {
+            Some(b) => {
+                let before: Vec<Finding> = findings
+                    .iter()
+                    .filter(|f| f.span.end <= b.span.start)
+                    .cloned()
+                    .collect();
+                (
+                    policy.redact(&text[..b.span.start], &before),
+                    Some(b.category.to_string()),
+                )
+            }
+            None => (policy.redact(text, &findings), None),
+        }
+    }
+
+    fn pieces_of(text: &str, cuts: &[usize]) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &c in cuts {
+            let c = c.min(chars.len());
+            if c > at {
+                out.push(chars[at..c].iter().collect());
+                at = c;
+            }
+        }
+        if at < chars.len() {
+            out.push(chars[at..].iter().collect());
+        }
+        out
+    }
+
+    #[test]
+    fn a_split_term_never_leaks_a_byte() {
+        let p = policy();
+        let (text, stop) = run(
+            &p,
+            &["ok ".into(), "炸".into(), "弹".into(), " after".into()],
+        );
+        assert_eq!(stop.as_deref(), Some("A1d"));
+        assert_eq!(text, "ok ");
+    }
+
+    #[test]
+    fn redaction_spanning_events_is_rewritten() {
+        let p = policy();
+        let (text, stop) = run(&p, &["my se".into(), "cr".into(), "et!".into()]);
+        assert_eq!(stop, None);
+        assert_eq!(text, "my ******!");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Invariant 2: for any split of a text into events, the released text and the verdict
+        /// equal the one-shot scan of the whole text.
+        #[test]
+        fn any_chunking_releases_what_the_one_shot_scan_allows(
+            words in proptest::collection::vec(prop_oneof![
+                Just("炸"), Just("弹"), Just("炸弹"), Just("for"), Just("bid"), Just("forbid"),
+                Just("se"), Just("cret"), Just("secret"), Just(" "), Just("天气"), Just("好"),
+                Just("x"), Just("。"), Just("Ｆｏｒｂｉｄ"), Just("炸 弹"),
+            ], 0..24),
+            cuts in proptest::collection::vec(0usize..80, 0..12),
+        ) {
+            let p = policy();
+            let text: String = words.concat();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let streamed = run(&p, &pieces_of(&text, &cuts));
+            prop_assert_eq!(streamed, expected(&p, &text));
+        }
+    }
 }
