@@ -191,13 +191,17 @@ routes:
     /v1/raw/chat: passthrough
 log:
   level: warn
+# explicit text label on (the default); implicit signed labels off: they need a producer code
+# and a signing key (shenhe keygen), which a bench has no business holding
+labels:
+  implicit: { enabled: false }
 $3
 EOF
 }
 start_shenhe() { # $1 config file, $2 log name
   "$SHENHE_BIN" serve --config "$1" >"$OUT/$2.log" 2>&1 &
   SHENHE_PID=$!; PIDS+=("$SHENHE_PID")
-  wait_http $SHENHE
+  wait_http $SHENHE || { cat "$OUT/$2.log" >&2; return 1; }
 }
 
 # RSS (KiB) and CPU time (ms) of a proxy: shenhe = its process, nginx = sum over workers.

@@ -173,6 +173,11 @@ impl<C: EventCodec> Guard<C> {
         self.finished
     }
 
+    /// Events held back right now (the hold-back lag in events, i.e. tokens on token streams).
+    pub fn held_events(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Bytes held back right now across channels.
     pub fn held_bytes(&self) -> usize {
         self.channels.iter().map(|c| c.total - c.released).sum()
