@@ -64,8 +64,12 @@ impl std::fmt::Display for DialectName {
     }
 }
 
+pub mod anthropic;
+pub mod generation;
+pub mod images;
 pub mod json;
 pub mod labels;
 pub mod moderate;
 pub mod openai;
 pub mod paths;
+pub mod responses;

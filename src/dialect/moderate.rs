@@ -56,6 +56,16 @@ pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
         DialectName::OpenaiCompletions => {
             openai_exchange(ctx, bytes, json, Flavor::Completions).await
         }
+        DialectName::AnthropicMessages => {
+            let extras = ctx.rt.extras.anthropic_messages.clone();
+            text_exchange(ctx, bytes, json, super::anthropic::Anthropic, extras).await
+        }
+        DialectName::OpenaiResponses => {
+            let extras = ctx.rt.extras.openai_responses.clone();
+            text_exchange(ctx, bytes, json, super::responses::Responses, extras).await
+        }
+        DialectName::OpenaiImages => images_exchange(ctx, bytes, json).await,
+        DialectName::PromptOnly => prompt_only_exchange(ctx, bytes, json).await,
         other => ctx.error(ApiError::new(
             ErrorKind::Internal,
             format!("the {other} dialect is not available in this build"),
@@ -173,9 +183,15 @@ fn judge_prompt(
                 block = Some((f.clone(), field.clone()));
             }
         }
-        if findings.iter().any(|f| f.action == Action::Redact) {
+        if let Some(f) = findings.iter().find(|f| f.action == Action::Redact) {
             let red = policy.redact(&t.text, &findings);
-            rewritten |= paths::set_string(json, &t.path, red);
+            if paths::set_string(json, &t.path, red) {
+                rewritten = true;
+            } else if block.is_none() {
+                // Not a string in the request (a tool input object): it cannot be rewritten in
+                // place, and forwarding it unredacted is not an option, so the request is refused.
+                block = Some((f.clone(), field.clone()));
+            }
         }
     }
     metrics()
@@ -502,5 +518,273 @@ impl Reporter for StreamReporter {
         }
         // Called from a drop: queue without waiting (a full queue counts a drop).
         let _ = self.rec.records.auditor.try_record(r);
+    }
+}
+
+/// The prompt phase shared by every dialect: judge, keep the records, and give the bytes to
+/// forward (the client's own, or the redacted rewrite). `Err` is the answer to send instead.
+async fn prompt_phase(
+    ctx: &mut RequestCtx,
+    bytes: Bytes,
+    json: &mut Value,
+    texts: Vec<Found>,
+) -> Result<Bytes, ApiError> {
+    ctx.rec.model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take(128).collect());
+    let mut records = Vec::new();
+    let verdict = judge_prompt(ctx, json, texts, &mut records);
+    keep_records(ctx, records).await?;
+    match verdict? {
+        true => Ok(Bytes::from(serde_json::to_vec(json).unwrap_or_default())),
+        false => Ok(bytes),
+    }
+}
+
+/// A moderated exchange with a text-generation API other than OpenAI chat (Anthropic Messages,
+/// OpenAI Responses): the same phases as [`openai_exchange`], the places of text from `api`.
+async fn text_exchange<A: super::generation::TextApi>(
+    mut ctx: RequestCtx,
+    bytes: Bytes,
+    mut json: Value,
+    api: A,
+    extras: openai::Extras,
+) -> Response {
+    let texts = match api.prompt_texts(&json) {
+        Ok(t) => t,
+        Err(e) => return ctx.error(e),
+    };
+    let forward_bytes = match prompt_phase(&mut ctx, bytes, &mut json, texts).await {
+        Ok(b) => b,
+        Err(e) => return ctx.error(e),
+    };
+    let (resp, sent) =
+        match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward_bytes), true).await {
+            Ok(r) => r,
+            Err(e) => return ctx.error(e),
+        };
+    if !resp.status().is_success() {
+        return proxy::stream_back(ctx, resp, sent);
+    }
+    let json_mode = api.json_mode(&json);
+    if is_event_stream(resp.headers()) {
+        let mut extra_headers = Vec::new();
+        let mut delivery = None;
+        let mut labels = None;
+        if let Some(labeler) = ctx.rt.labeler.clone().filter(|_| api.stream_labels()) {
+            let l = TextLabels::new(labeler, json_mode);
+            extra_headers.extend(l.header(None));
+            delivery = Some(l.delivery.clone());
+            labels = Some(l);
+        }
+        let codec = api.codec(extras, labels);
+        return guarded_response(ctx, resp, sent, codec, extra_headers, delivery);
+    }
+    let status = resp.status();
+    let mut headers = ctx
+        .rt
+        .headers
+        .client_response(resp.headers(), &ctx.request_id);
+    let body = match read_upstream(&ctx, resp, sent).await {
+        Ok(b) => b,
+        Err(e) => return ctx.error(e),
+    };
+    let Ok(mut doc) = serde_json::from_slice::<Value>(&body) else {
+        metrics()
+            .upstream_errors
+            .with_label_values(&["protocol"])
+            .inc();
+        return ctx.error(ApiError::new(
+            ErrorKind::UpstreamProtocol,
+            "the model server answered with a body that is not JSON",
+        ));
+    };
+    let mut records = Vec::new();
+    let texts = api.response_texts(&doc, &extras);
+    let (mut changed, blocked) = judge_whole(&ctx, &mut doc, texts, &mut records);
+    if let Some(category) = &blocked {
+        let text = refusal_text(&ctx.rt.policy, category, &ctx.client_headers);
+        api.refuse(&mut doc, &text);
+        changed = true;
+    }
+    let mut delivery = ctx.rec.delivery();
+    if let Some(labeler) = ctx.rt.labeler.clone() {
+        let labels = TextLabels::new(labeler, json_mode);
+        let explicit_used = match (&labels.explicit, &blocked) {
+            (Some((label, pos)), None) => api.label(&mut doc, label, *pos),
+            _ => false,
+        };
+        changed |= explicit_used;
+        let delivered = api.delivered_text(&doc);
+        if let Some(aigc) = labels.seal(&delivered, explicit_used) {
+            if let Some(obj) = doc.as_object_mut() {
+                obj.insert(crate::label::CHAT_AIGC_FIELD.into(), aigc_value(&aigc));
+                changed = true;
+            }
+            if let Some((name, value)) = labels.header(Some(&aigc)) {
+                headers.insert(name, value);
+            }
+        }
+        fill_delivery(&mut delivery, &labels.delivery);
+    }
+    delivery.upstream_status = Some(status.as_u16());
+    delivery.upstream_ms = Some(sent.elapsed().as_millis() as u64);
+    records.push(delivery);
+    for r in records {
+        ctx.rec.write(r).await;
+    }
+    let out = if changed {
+        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+    } else {
+        body
+    };
+    ctx.complete(status, headers, out)
+}
+
+/// Judge the texts of a whole answer: redactions are applied in place; the first blocking
+/// finding (or a redaction that cannot be applied in place) blocks the whole answer and its
+/// category is returned. Returns whether the document changed.
+fn judge_whole(
+    ctx: &RequestCtx,
+    doc: &mut Value,
+    texts: Vec<Found>,
+    records: &mut Vec<Record>,
+) -> (bool, Option<Arc<str>>) {
+    let policy = &ctx.rt.policy;
+    let started = Instant::now();
+    let mut changed = false;
+    let mut blocked = None;
+    for t in texts {
+        let findings = policy.scan(&t.text, Direction::Completion);
+        if findings.is_empty() {
+            continue;
+        }
+        let field = paths::display(&t.path);
+        for f in &findings {
+            metrics()
+                .decisions
+                .with_label_values(&["completion", &f.category, f.action.as_str()])
+                .inc();
+            note_decision(&ctx.log.decisions, Direction::Completion, f, &field);
+            records.push(ctx.rec.decision(
+                policy,
+                Direction::Completion,
+                f,
+                &t.text,
+                f.span.clone(),
+            ));
+        }
+        if let Some(b) = findings.iter().find(|f| f.action == Action::Block) {
+            blocked = Some(b.category.clone());
+            break;
+        }
+        if let Some(f) = findings.iter().find(|f| f.action == Action::Redact) {
+            let red = policy.redact(&t.text, &findings);
+            if paths::set_string(doc, &t.path, red) {
+                changed = true;
+            } else {
+                // A tool input object cannot be rewritten in place: the answer is refused.
+                blocked = Some(f.category.clone());
+                break;
+            }
+        }
+    }
+    metrics()
+        .scan_duration
+        .with_label_values(&["completion"])
+        .observe(started.elapsed().as_secs_f64());
+    (changed, blocked)
+}
+
+/// OpenAI Images: the prompt is judged; generated images are labeled (see `images`).
+async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> Response {
+    let texts = match super::images::prompt_texts(&json) {
+        Ok(t) => t,
+        Err(e) => return ctx.error(e),
+    };
+    if openai::wants_stream(&json) {
+        // Streamed partial images cannot be labeled as they come: refuse rather than pass them.
+        return ctx.error(
+            ApiError::new(
+                ErrorKind::BadRequest,
+                "streamed image generation is not supported on this route; send `stream: false`",
+            )
+            .with_param("stream"),
+        );
+    }
+    let forward_bytes = match prompt_phase(&mut ctx, bytes, &mut json, texts).await {
+        Ok(b) => b,
+        Err(e) => return ctx.error(e),
+    };
+    let (resp, sent) =
+        match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward_bytes), true).await {
+            Ok(r) => r,
+            Err(e) => return ctx.error(e),
+        };
+    if !resp.status().is_success() {
+        return proxy::stream_back(ctx, resp, sent);
+    }
+    let status = resp.status();
+    let headers = ctx
+        .rt
+        .headers
+        .client_response(resp.headers(), &ctx.request_id);
+    let body = match read_upstream(&ctx, resp, sent).await {
+        Ok(b) => b,
+        Err(e) => return ctx.error(e),
+    };
+    let Ok(mut doc) = serde_json::from_slice::<Value>(&body) else {
+        metrics()
+            .upstream_errors
+            .with_label_values(&["protocol"])
+            .inc();
+        return ctx.error(ApiError::new(
+            ErrorKind::UpstreamProtocol,
+            "the model server answered with a body that is not JSON",
+        ));
+    };
+    let labeler = ctx.rt.labeler.clone();
+    let deliveries = match super::images::label_images(&mut doc, labeler.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            let mut r = ctx.rec.delivery();
+            r.upstream_status = Some(status.as_u16());
+            r.label = Some("refused:unlabelable_image".into());
+            ctx.rec.write(r).await;
+            return ctx.error(e);
+        }
+    };
+    let changed = deliveries.iter().any(|d| d.content_sha256.is_some());
+    for d in deliveries {
+        let mut r = ctx.rec.delivery();
+        r.content_id = d.content_id;
+        r.content_sha256 = d.content_sha256;
+        r.label = Some(d.label);
+        r.upstream_status = Some(status.as_u16());
+        r.upstream_ms = Some(sent.elapsed().as_millis() as u64);
+        ctx.rec.write(r).await;
+    }
+    let out = if changed {
+        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+    } else {
+        body
+    };
+    ctx.complete(status, headers, out)
+}
+
+/// Prompt-only routes: the request's text is judged, the answer passes untouched.
+async fn prompt_only_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> Response {
+    let texts = match super::images::prompt_only_texts(&json) {
+        Ok(t) => t,
+        Err(e) => return ctx.error(e),
+    };
+    let forward_bytes = match prompt_phase(&mut ctx, bytes, &mut json, texts).await {
+        Ok(b) => b,
+        Err(e) => return ctx.error(e),
+    };
+    match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward_bytes), true).await {
+        Ok((resp, sent)) => proxy::stream_back(ctx, resp, sent),
+        Err(e) => ctx.error(e),
     }
 }

@@ -466,3 +466,190 @@ pub async fn verify_aigc(
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// `event: <name>\ndata: <json>\n\n`: a named SSE event (Anthropic, OpenAI Responses).
+pub fn named_event(name: &str, v: &serde_json::Value) -> String {
+    format!("event: {name}\ndata: {v}\n\n")
+}
+
+/// An Anthropic Messages event named after its `type`.
+pub fn anthropic_event(v: serde_json::Value) -> String {
+    let name = v["type"].as_str().unwrap_or("unknown").to_string();
+    named_event(&name, &v)
+}
+
+pub fn anthropic_start() -> String {
+    anthropic_event(serde_json::json!({"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test", "content": [],
+        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 5, "output_tokens": 1}}}))
+}
+
+/// `content_block_start` for a block of `kind` (`text`, `thinking`, `tool_use`).
+pub fn anthropic_block_start(index: u32, kind: &str) -> String {
+    let block = match kind {
+        "text" => serde_json::json!({"type": "text", "text": ""}),
+        "thinking" => serde_json::json!({"type": "thinking", "thinking": "", "signature": ""}),
+        _ => {
+            serde_json::json!({"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}})
+        }
+    };
+    anthropic_event(
+        serde_json::json!({"type": "content_block_start", "index": index, "content_block": block}),
+    )
+}
+
+/// A `content_block_delta` of `kind` (`text`, `thinking`, `tool_use`) carrying `text`.
+pub fn anthropic_delta(index: u32, kind: &str, text: &str) -> String {
+    let delta = match kind {
+        "text" => serde_json::json!({"type": "text_delta", "text": text}),
+        "thinking" => serde_json::json!({"type": "thinking_delta", "thinking": text}),
+        _ => serde_json::json!({"type": "input_json_delta", "partial_json": text}),
+    };
+    anthropic_event(
+        serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}),
+    )
+}
+
+pub fn anthropic_block_stop(index: u32) -> String {
+    anthropic_event(serde_json::json!({"type": "content_block_stop", "index": index}))
+}
+
+/// `message_delta` (end_turn) and `message_stop`.
+pub fn anthropic_end() -> String {
+    [
+        anthropic_event(serde_json::json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 12}})),
+        anthropic_event(serde_json::json!({"type": "message_stop"})),
+    ]
+    .concat()
+}
+
+/// A whole Anthropic stream: one text block whose deltas are `texts`, with a ping.
+pub fn anthropic_text_stream(texts: &[&str]) -> Vec<String> {
+    let mut w = vec![
+        anthropic_start(),
+        anthropic_block_start(0, "text"),
+        anthropic_event(serde_json::json!({"type": "ping"})),
+    ];
+    w.extend(texts.iter().map(|t| anthropic_delta(0, "text", t)));
+    w.push(anthropic_block_stop(0));
+    w.push(anthropic_end());
+    w
+}
+
+/// A Responses stream event named after its `type`, with a sequence number.
+pub fn responses_event(seq: u64, mut v: serde_json::Value) -> String {
+    v["sequence_number"] = serde_json::json!(seq);
+    let name = v["type"].as_str().unwrap_or("unknown").to_string();
+    named_event(&name, &v)
+}
+
+/// The `response` object of a Responses stream with `status` and `output`.
+pub fn responses_object(status: &str, output: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-test",
+        "status": status, "output": output, "incomplete_details": null, "error": null,
+        "instructions": null, "metadata": {}, "parallel_tool_calls": true, "temperature": 1.0,
+        "tool_choice": "auto", "tools": [], "top_p": 1.0})
+}
+
+/// A whole Responses stream: one message whose `output_text` deltas are `texts`, then the
+/// `.done` events and `response.completed` repeating the whole text.
+pub fn responses_text_stream(texts: &[&str]) -> Vec<String> {
+    use serde_json::json;
+    let full: String = texts.concat();
+    let mut seq = 0u64;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    let item = |status: &str, text: Option<&str>| {
+        let content = match text {
+            Some(t) => {
+                json!([{"type": "output_text", "text": t, "annotations": [], "logprobs": []}])
+            }
+            None => json!([]),
+        };
+        json!({"type": "message", "id": "msg_1", "status": status, "role": "assistant", "content": content})
+    };
+    let mut w = vec![
+        responses_event(
+            next(),
+            json!({"type": "response.created", "response": responses_object("in_progress", json!([]))}),
+        ),
+        responses_event(
+            next(),
+            json!({"type": "response.in_progress", "response": responses_object("in_progress", json!([]))}),
+        ),
+        responses_event(
+            next(),
+            json!({"type": "response.output_item.added", "output_index": 0, "item": item("in_progress", None)}),
+        ),
+        responses_event(
+            next(),
+            json!({"type": "response.content_part.added", "output_index": 0, "content_index": 0, "item_id": "msg_1",
+            "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+        ),
+    ];
+    for t in texts {
+        w.push(responses_event(
+            next(),
+            json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+            "item_id": "msg_1", "delta": t, "logprobs": []}),
+        ));
+    }
+    w.push(responses_event(
+        next(),
+        json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0,
+        "item_id": "msg_1", "text": full, "logprobs": []}),
+    ));
+    w.push(responses_event(next(), json!({"type": "response.content_part.done", "output_index": 0, "content_index": 0, "item_id": "msg_1",
+        "part": {"type": "output_text", "text": full, "annotations": [], "logprobs": []}})));
+    w.push(responses_event(next(), json!({"type": "response.output_item.done", "output_index": 0, "item": item("completed", Some(&full))})));
+    w.push(responses_event(
+        next(),
+        json!({"type": "response.completed",
+        "response": responses_object("completed", json!([item("completed", Some(&full))]))}),
+    ));
+    w
+}
+
+/// The JSON payloads of an SSE body with their event names, in order.
+pub fn sse_events(text: &str) -> Vec<(Option<String>, serde_json::Value)> {
+    text.split("\n\n")
+        .filter_map(|ev| {
+            let mut name = None;
+            let mut data = Vec::new();
+            for l in ev.lines() {
+                if let Some(n) = l.strip_prefix("event:") {
+                    name = Some(n.trim().to_string());
+                } else if let Some(d) = l.strip_prefix("data:") {
+                    data.push(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            let v = serde_json::from_str(&data.join("\n")).ok()?;
+            Some((name, v))
+        })
+        .collect()
+}
+
+/// POST a JSON body to the proxy.
+pub async fn post_json(p: &Proxy, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    client()
+        .post(p.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Wait until the upstream saw the proxy hang up.
+pub async fn wait_disconnect(up: &Upstream) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while up.disconnects().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("upstream request closed");
+}

@@ -1,0 +1,77 @@
+//! What the shared moderated exchange needs from a text-generation API other than OpenAI chat:
+//! where the prompt and answer texts are, how a whole answer is refused and labeled, and the
+//! stream codec. Anthropic Messages and OpenAI Responses implement it.
+
+use serde_json::Value;
+
+use super::labels::TextLabels;
+use super::openai::Extras;
+use super::paths::Found;
+use crate::dialect::error::ApiError;
+use crate::label::Position;
+use crate::stream::guard::EventCodec;
+
+/// A text-generation API, seen by the moderated exchange.
+pub trait TextApi: Send + 'static {
+    type Codec: EventCodec;
+
+    /// Every prompt text of a request; requests whose prompt cannot be read are refused.
+    /// A text whose path does not lead to a JSON string (a serialized tool input) cannot be
+    /// redacted in place: a `redact` finding there refuses the request instead.
+    fn prompt_texts(&self, req: &Value) -> Result<Vec<Found>, ApiError>;
+
+    /// Whether the client asked for JSON output (no explicit label then).
+    fn json_mode(&self, req: &Value) -> bool;
+
+    /// The stream codec; `labels` is `Some` when labels are on and the codec can carry them.
+    fn codec(&self, extras: Extras, labels: Option<TextLabels>) -> Self::Codec;
+
+    /// Whether this API's streams carry labels (the implicit-label header is sent only then).
+    fn stream_labels(&self) -> bool;
+
+    /// Every generated text of a whole answer, configured extra fields included.
+    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<Found>;
+
+    /// Replace the whole answer by the refusal.
+    fn refuse(&self, doc: &mut Value, refusal: &str);
+
+    /// Add the explicit label to the visible text; returns whether it was added.
+    fn label(&self, doc: &mut Value, label: &str, pos: Position) -> bool;
+
+    /// The visible text of a whole answer, what the implicit label signs.
+    fn delivered_text(&self, doc: &Value) -> String;
+}
+
+/// Apply the explicit label to the first and last of `slots` (visible text strings in order).
+/// Returns whether a label was added.
+pub fn label_slots(mut slots: Vec<&mut String>, label: &str, pos: Position) -> bool {
+    let n = slots.len();
+    if n == 0 {
+        return false;
+    }
+    if n == 1 {
+        let s = &mut slots[0];
+        **s = crate::label::apply_explicit(s, label, pos);
+        return true;
+    }
+    if matches!(pos, Position::Start | Position::Both) {
+        let s = &mut slots[0];
+        **s = crate::label::apply_explicit(s, label, Position::Start);
+    }
+    if matches!(pos, Position::End | Position::Both) {
+        let s = &mut slots[n - 1];
+        **s = crate::label::apply_explicit(s, label, Position::End);
+    }
+    true
+}
+
+/// `event: <name>\ndata: <json>\n\n`: the framing of APIs that name their events.
+pub fn sse_named(name: &str, v: &Value) -> bytes::Bytes {
+    let mut buf = Vec::with_capacity(160);
+    buf.extend_from_slice(b"event: ");
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(b"\ndata: ");
+    let _ = serde_json::to_writer(&mut buf, v);
+    buf.extend_from_slice(b"\n\n");
+    bytes::Bytes::from(buf)
+}

@@ -1,0 +1,601 @@
+//! OpenAI Responses (`/v1/responses`): where the text is, how an answer is refused, how a stream
+//! of typed events is read and ended.
+//!
+//! Text arrives twice in a Responses stream: as deltas (`response.output_text.delta`, keyed by
+//! `output_index` and `content_index`), then again whole in the `.done` events, in
+//! `content_part.done`, `output_item.done` and the final `response.completed`. Deltas are the
+//! channels the guard scans as they come. Every repeated whole text is judged on a channel of its
+//! own, in one piece: the same verdicts as its deltas (the scan does not depend on chunking), so
+//! a redaction rewrites it the same way, and a text that was blocked is never sent because its
+//! deltas stopped the stream first (the guard never sends anything after a stop).
+//!
+//! Stopped streams end with `response.incomplete`, `incomplete_details.reason: content_filter`,
+//! carrying the output as it was delivered. Labels are not added to Responses streams yet: a
+//! stream records `unlabeled` (whole answers are labeled).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::generation::{label_slots, sse_named, TextApi};
+use super::labels::TextLabels;
+use super::openai::Extras;
+use super::paths::{self, find_strings, parse_pattern, Found, Seg};
+use crate::dialect::error::{ApiError, ErrorKind};
+use crate::label::Position;
+use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
+use crate::stream::sse::RawEvent;
+
+/// Prompt fields: instructions, and the text of every input item.
+const PROMPT: &[&str] = &[
+    "instructions",
+    "input.*.content",
+    "input.*.content.*.text",
+    "input.*.content.*.refusal",
+    "input.*.output",
+    "input.*.output.*.text",
+    "input.*.arguments",
+    "input.*.input",
+    "input.*.summary.*.text",
+];
+
+/// Text fields of one output item (below the item).
+const ITEM_TEXT: &[&str] = &[
+    "content.*.text",
+    "content.*.refusal",
+    "summary.*.text",
+    "arguments",
+    "input",
+];
+
+/// Delta channel kinds; the field id is `kind * KIND_STRIDE + content_index`.
+const K_TEXT: u32 = 1;
+const K_REFUSAL: u32 = 2;
+const K_REASONING: u32 = 3;
+const K_SUMMARY: u32 = 4;
+const K_ARGS: u32 = 5;
+const KIND_STRIDE: u32 = 1024;
+/// Whole repeated texts each get a channel of their own: (sequence, this field).
+const REPEAT_FIELD: u32 = u32::MAX;
+/// Configured extra fields: field id is this base plus the pattern's position.
+const EXTRA_BASE: u32 = 100_000;
+
+/// The OpenAI Responses API.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Responses;
+
+impl TextApi for Responses {
+    type Codec = ResponsesCodec;
+
+    fn prompt_texts(&self, req: &Value) -> Result<Vec<Found>, ApiError> {
+        prompt_texts(req)
+    }
+
+    fn json_mode(&self, req: &Value) -> bool {
+        matches!(
+            req.pointer("/text/format/type").and_then(Value::as_str),
+            Some("json_object" | "json_schema")
+        )
+    }
+
+    fn codec(&self, extras: Extras, _labels: Option<TextLabels>) -> ResponsesCodec {
+        ResponsesCodec::new(extras)
+    }
+
+    fn stream_labels(&self) -> bool {
+        false
+    }
+
+    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<Found> {
+        let mut out = Vec::new();
+        for p in ITEM_TEXT {
+            let pat = parse_pattern(&format!("output.*.{p}")).expect("static pattern");
+            find_strings(doc, &pat, &mut out);
+        }
+        find_strings(doc, &[paths::Pat::Key("output_text".into())], &mut out);
+        for pat in &extras.patterns {
+            find_strings(doc, pat, &mut out);
+        }
+        out
+    }
+
+    fn refuse(&self, doc: &mut Value, refusal: &str) {
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert(
+                "output".into(),
+                json!([{"type": "message", "id": "msg_shenhe_refusal", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": refusal, "annotations": []}]}]),
+            );
+            obj.insert("status".into(), json!("incomplete"));
+            obj.insert(
+                "incomplete_details".into(),
+                json!({"reason": "content_filter"}),
+            );
+            if obj.contains_key("output_text") {
+                obj.insert("output_text".into(), json!(refusal));
+            }
+        }
+    }
+
+    fn label(&self, doc: &mut Value, label: &str, pos: Position) -> bool {
+        let Some(items) = doc.get_mut("output").and_then(Value::as_array_mut) else {
+            return false;
+        };
+        let slots: Vec<&mut String> = items
+            .iter_mut()
+            .filter(|i| i["type"] == "message")
+            .filter_map(|i| i.get_mut("content").and_then(Value::as_array_mut))
+            .flatten()
+            .filter(|p| p["type"] == "output_text")
+            .filter_map(|p| match p.get_mut("text") {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            })
+            .collect();
+        label_slots(slots, label, pos)
+    }
+
+    fn delivered_text(&self, doc: &Value) -> String {
+        let mut s = String::new();
+        for item in doc["output"].as_array().into_iter().flatten() {
+            if item["type"] != "message" {
+                continue;
+            }
+            for part in item["content"].as_array().into_iter().flatten() {
+                if part["type"] == "output_text" {
+                    s.push_str(part["text"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        s
+    }
+}
+
+/// The prompt texts of a Responses request; `input` is a string or a list of items.
+pub fn prompt_texts(req: &Value) -> Result<Vec<Found>, ApiError> {
+    if !req.is_object() {
+        return Err(ApiError::new(
+            ErrorKind::BadJson,
+            "the request body must be a JSON object",
+        ));
+    }
+    let mut out = Vec::new();
+    match &req["input"] {
+        Value::String(s) => out.push(Found {
+            path: vec![Seg::Key("input".into())],
+            text: s.clone(),
+        }),
+        Value::Array(_) | Value::Null => {}
+        _ => {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                "`input` must be a string or an array of items",
+            )
+            .with_param("input"))
+        }
+    }
+    for p in PROMPT {
+        find_strings(req, &parse_pattern(p).expect("static pattern"), &mut out);
+    }
+    Ok(out)
+}
+
+/// What a Responses stream event is, for release bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    /// `response.created` / `in_progress` / `queued`: the response id and metadata.
+    Lifecycle,
+    ItemAdded {
+        output: u32,
+    },
+    PartAdded {
+        output: u32,
+        part: u32,
+        summary: bool,
+    },
+    Delta {
+        output: u32,
+        part: u32,
+        kind: u32,
+    },
+    ItemDone {
+        output: u32,
+    },
+    Other,
+}
+
+/// One stream event kept for re-rendering.
+pub struct Event {
+    name: Option<String>,
+    json: Value,
+    kind: Kind,
+    paths: Vec<Vec<Seg>>,
+}
+
+/// Reads and ends Responses streams.
+pub struct ResponsesCodec {
+    extras: Extras,
+    /// Sequence for the channels of whole repeated texts.
+    repeats: u32,
+    /// The response as announced (`response.created`), released.
+    response: Value,
+    /// Output items as delivered so far, by output index.
+    items: BTreeMap<u32, Value>,
+    /// Last `sequence_number` seen.
+    sequence: u64,
+}
+
+impl ResponsesCodec {
+    pub fn new(extras: Extras) -> Self {
+        Self {
+            extras,
+            repeats: 0,
+            response: Value::Null,
+            items: BTreeMap::new(),
+            sequence: 0,
+        }
+    }
+
+    fn next_sequence(&mut self) -> u64 {
+        self.sequence += 1;
+        self.sequence
+    }
+
+    /// The response as delivered so far, with `status` and what ended it.
+    fn snapshot(&self, status: &str, details: Value) -> Value {
+        let mut r = match &self.response {
+            Value::Object(_) => self.response.clone(),
+            _ => json!({"id": "resp_shenhe", "object": "response", "created_at": 0, "model": null}),
+        };
+        r["status"] = json!(status);
+        r["incomplete_details"] = details;
+        r["output"] = Value::Array(
+            self.items
+                .values()
+                .cloned()
+                .map(|mut i| {
+                    if i.get("status").is_some_and(|s| s == "in_progress") {
+                        i["status"] = json!("incomplete");
+                    }
+                    i
+                })
+                .collect(),
+        );
+        r
+    }
+
+    /// Append delivered delta text to the item it belongs to.
+    fn grow(&mut self, output: u32, part: u32, kind: u32, text: &str) {
+        let Some(item) = self.items.get_mut(&output) else {
+            return;
+        };
+        let slot = match kind {
+            K_TEXT | K_REASONING => item
+                .get_mut("content")
+                .and_then(|c| c.get_mut(part as usize))
+                .and_then(|p| p.get_mut("text")),
+            K_REFUSAL => item
+                .get_mut("content")
+                .and_then(|c| c.get_mut(part as usize))
+                .and_then(|p| p.get_mut("refusal")),
+            K_SUMMARY => item
+                .get_mut("summary")
+                .and_then(|c| c.get_mut(part as usize))
+                .and_then(|p| p.get_mut("text")),
+            _ => {
+                if item.get("arguments").is_some() {
+                    item.get_mut("arguments")
+                } else {
+                    item.get_mut("input")
+                }
+            }
+        };
+        if let Some(Value::String(s)) = slot {
+            s.push_str(text);
+        }
+    }
+}
+
+/// The delta kind, the field holding the delta, and whether the index is `summary_index`.
+fn delta_kind(ty: &str) -> Option<(u32, bool)> {
+    Some(match ty {
+        "response.output_text.delta" => (K_TEXT, false),
+        "response.refusal.delta" => (K_REFUSAL, false),
+        "response.reasoning_text.delta" => (K_REASONING, false),
+        "response.reasoning_summary_text.delta" => (K_SUMMARY, true),
+        "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
+            (K_ARGS, false)
+        }
+        _ => return None,
+    })
+}
+
+/// Where whole repeated texts sit in an event of this type (patterns below the event).
+fn repeated_fields(ty: &str) -> Vec<String> {
+    let under = |prefix: &str| -> Vec<String> {
+        ITEM_TEXT.iter().map(|p| format!("{prefix}.{p}")).collect()
+    };
+    match ty {
+        "response.output_text.done"
+        | "response.reasoning_text.done"
+        | "response.reasoning_summary_text.done" => vec!["text".into()],
+        "response.refusal.done" => vec!["refusal".into()],
+        "response.function_call_arguments.done" => vec!["arguments".into()],
+        "response.custom_tool_call_input.done" => vec!["input".into()],
+        "response.content_part.added"
+        | "response.content_part.done"
+        | "response.reasoning_summary_part.added"
+        | "response.reasoning_summary_part.done" => {
+            vec!["part.text".into(), "part.refusal".into()]
+        }
+        "response.output_item.added" | "response.output_item.done" => under("item"),
+        t if t.starts_with("response.") && !t.contains(".delta") => {
+            let mut v = under("response.output.*");
+            v.push("response.output_text".into());
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn u32_of(v: &Value, k: &str) -> u32 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0) as u32
+}
+
+impl EventCodec for ResponsesCodec {
+    type Event = Event;
+
+    fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
+        let Some(data) = &ev.data else {
+            return Ok(Parsed::passthrough());
+        };
+        let trimmed = data.trim();
+        if trimmed == "[DONE]" {
+            return Ok(Parsed {
+                event: None,
+                pieces: Vec::new(),
+                terminal: true,
+            });
+        }
+        let json: Value = serde_json::from_str(trimmed)
+            .map_err(|e| CodecError(format!("stream event is not JSON: {e}")))?;
+        if !json.is_object() {
+            return Err(CodecError("stream event is not a JSON object".into()));
+        }
+        if let Some(n) = json.get("sequence_number").and_then(Value::as_u64) {
+            self.sequence = self.sequence.max(n);
+        }
+        let ty = json["type"].as_str().unwrap_or_default().to_string();
+        if ty == "error" {
+            return Ok(Parsed::passthrough());
+        }
+        let output = u32_of(&json, "output_index");
+        let mut paths = Vec::new();
+        let mut pieces = Vec::new();
+        let kind = if let Some((kind, summary)) = delta_kind(&ty) {
+            let part = u32_of(
+                &json,
+                if summary {
+                    "summary_index"
+                } else {
+                    "content_index"
+                },
+            );
+            match json.get("delta") {
+                Some(Value::String(s)) if !s.is_empty() => {
+                    paths.push(vec![Seg::Key("delta".into())]);
+                    pieces.push(TextPiece {
+                        channel: (output, kind * KIND_STRIDE + part),
+                        text: s.clone(),
+                    });
+                }
+                Some(Value::String(_)) | Some(Value::Null) | None => {}
+                Some(_) => return Err(CodecError("`delta` is not a string".into())),
+            }
+            Kind::Delta { output, part, kind }
+        } else {
+            match ty.as_str() {
+                "response.created" | "response.in_progress" | "response.queued" => Kind::Lifecycle,
+                "response.output_item.added" => Kind::ItemAdded { output },
+                "response.output_item.done" => Kind::ItemDone { output },
+                "response.content_part.added" => Kind::PartAdded {
+                    output,
+                    part: u32_of(&json, "content_index"),
+                    summary: false,
+                },
+                "response.reasoning_summary_part.added" => Kind::PartAdded {
+                    output,
+                    part: u32_of(&json, "summary_index"),
+                    summary: true,
+                },
+                _ => Kind::Other,
+            }
+        };
+        let mut repeated = Vec::new();
+        for p in repeated_fields(&ty) {
+            find_strings(
+                &json,
+                &parse_pattern(&p).expect("static pattern"),
+                &mut repeated,
+            );
+        }
+        for f in repeated {
+            if f.text.is_empty() {
+                continue;
+            }
+            self.repeats += 1;
+            paths.push(f.path);
+            pieces.push(TextPiece {
+                channel: (self.repeats, REPEAT_FIELD),
+                text: f.text,
+            });
+        }
+        for (k, pat) in self.extras.patterns.iter().enumerate() {
+            let mut found = Vec::new();
+            find_strings(&json, pat, &mut found);
+            for f in found {
+                if f.text.is_empty() {
+                    continue;
+                }
+                let key: ChannelKey = (0, EXTRA_BASE + k as u32);
+                paths.push(f.path);
+                pieces.push(TextPiece {
+                    channel: key,
+                    text: f.text,
+                });
+            }
+        }
+        let terminal = matches!(
+            ty.as_str(),
+            "response.completed" | "response.incomplete" | "response.failed"
+        );
+        Ok(Parsed {
+            event: Some(Event {
+                name: ev.event.clone(),
+                json,
+                kind,
+                paths,
+            }),
+            pieces,
+            terminal,
+        })
+    }
+
+    fn on_release(
+        &mut self,
+        event: &Event,
+        texts: &[String],
+        _before: &mut Vec<Bytes>,
+        _after: &mut Vec<Bytes>,
+    ) {
+        // The event as delivered (rewritten texts in place).
+        let delivered = || {
+            let mut v = event.json.clone();
+            for (path, text) in event.paths.iter().zip(texts) {
+                paths::set_string(&mut v, path, text.clone());
+            }
+            v
+        };
+        match &event.kind {
+            Kind::Lifecycle => {
+                let mut r = delivered()["response"].clone();
+                if let Some(o) = r.as_object_mut() {
+                    o.remove("output");
+                }
+                self.response = r;
+            }
+            Kind::ItemAdded { output } | Kind::ItemDone { output } => {
+                let item = delivered()["item"].clone();
+                if item.is_object() {
+                    self.items.insert(*output, item);
+                }
+            }
+            Kind::PartAdded {
+                output,
+                part,
+                summary,
+            } => {
+                let p = delivered()["part"].clone();
+                let field = if *summary { "summary" } else { "content" };
+                if let Some(item) = self.items.get_mut(output) {
+                    if !item[field].is_array() {
+                        item[field] = json!([]);
+                    }
+                    if let Some(parts) = item[field].as_array_mut() {
+                        let at = *part as usize;
+                        if at < parts.len() {
+                            parts[at] = p;
+                        } else {
+                            parts.push(p);
+                        }
+                    }
+                }
+            }
+            Kind::Delta { output, part, kind } => {
+                if let Some(t) = texts.first() {
+                    self.grow(*output, *part, *kind, t);
+                }
+            }
+            Kind::Other => {}
+        }
+    }
+
+    fn render(&self, event: &Event, texts: &[String]) -> Bytes {
+        let mut v = event.json.clone();
+        for (path, text) in event.paths.iter().zip(texts) {
+            paths::set_string(&mut v, path, text.clone());
+            // Log-probabilities echo the original text.
+            if let Some(lp) = v.get_mut("logprobs") {
+                *lp = json!([]);
+            }
+        }
+        match &event.name {
+            Some(n) => sse_named(n, &v),
+            None => super::openai::sse_data(&v),
+        }
+    }
+
+    fn stop(&mut self, _category: &str, _notice: Option<&str>) -> Vec<Bytes> {
+        let response = self.snapshot("incomplete", json!({"reason": "content_filter"}));
+        let seq = self.next_sequence();
+        vec![sse_named(
+            "response.incomplete",
+            &json!({"type": "response.incomplete", "sequence_number": seq, "response": response}),
+        )]
+    }
+
+    fn fault(&mut self, message: &str) -> Vec<Bytes> {
+        let seq = self.next_sequence();
+        vec![sse_named(
+            "error",
+            &json!({"type": "error", "code": "upstream_error", "message": message, "param": null, "sequence_number": seq}),
+        )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_covers_input_items_and_instructions() {
+        let req = json!({"instructions": "ins", "input": [
+            {"role": "user", "content": "plain"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "part"}, {"type": "input_image", "image_url": "u"}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{\"a\":1}"},
+            {"type": "function_call_output", "call_id": "c", "output": "out"},
+        ]});
+        let texts: Vec<String> = prompt_texts(&req)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.text)
+            .collect();
+        for t in ["ins", "plain", "part", "{\"a\":1}", "out"] {
+            assert!(texts.iter().any(|x| x == t), "{t} missing from {texts:?}");
+        }
+        assert_eq!(prompt_texts(&json!({"input": "s"})).unwrap()[0].text, "s");
+        assert!(prompt_texts(&json!({"input": 3})).is_err());
+    }
+
+    #[test]
+    fn done_events_get_their_own_channels() {
+        let mut c = ResponsesCodec::new(Extras::default());
+        let ev = |v: Value| RawEvent {
+            raw: sse_named(v["type"].as_str().unwrap(), &v),
+            data: Some(v.to_string()),
+            event: v["type"].as_str().map(str::to_string),
+        };
+        let d = c
+            .parse(&ev(json!({"type": "response.output_text.delta", "output_index": 1, "content_index": 2, "delta": "ab", "sequence_number": 5})))
+            .unwrap();
+        assert_eq!(d.pieces[0].channel, (1, K_TEXT * KIND_STRIDE + 2));
+        let done = c
+            .parse(&ev(json!({"type": "response.output_text.done", "output_index": 1, "content_index": 2, "text": "ab", "sequence_number": 6})))
+            .unwrap();
+        assert_eq!(done.pieces[0].channel.1, REPEAT_FIELD);
+        let stop = String::from_utf8(c.stop("A1d", None).concat()).unwrap();
+        assert!(stop.contains("\"reason\":\"content_filter\""), "{stop}");
+        assert!(stop.contains("\"sequence_number\":7"), "{stop}");
+    }
+}

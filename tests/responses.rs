@@ -1,0 +1,345 @@
+//! OpenAI Responses through shenhe: prompts in `input` and `instructions`, streams whose text is
+//! repeated by `.done` events and `response.completed` (never leaked, rewritten consistently),
+//! the `response.incomplete` end after a stop, whole answers refused or redacted.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+const POLICY: &str = r#"
+policy:
+  categories:
+    - { id: A1d, action: block, keywords: ["炸弹", "forbiddenword"] }
+    - { id: pii-demo, action: redact, keywords: ["secret123"] }
+"#;
+
+fn req(stream: bool) -> Value {
+    json!({"model": "gpt-test", "stream": stream, "input": "hello"})
+}
+
+async fn run(writes: Vec<String>) -> (String, Upstream) {
+    let up = Upstream::fixed(Script::sse_writes(writes)).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let text = post_json(&p, "/v1/responses", &req(true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    (text, up)
+}
+
+fn deltas(text: &str, ty: &str) -> String {
+    sse_events(text)
+        .iter()
+        .filter(|(_, v)| v["type"] == ty)
+        .filter_map(|(_, v)| v["delta"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Stopped: nothing of the term anywhere, the last event is `response.incomplete` for the
+/// same response with `content_filter`, and nothing follows it.
+fn assert_incomplete(text: &str, banned: &str) -> Value {
+    assert!(!text.contains(banned), "banned text leaked: {text}");
+    let evs = sse_events(text);
+    let (name, last) = evs.last().expect("events");
+    assert_eq!(name.as_deref(), Some("response.incomplete"), "{text}");
+    assert_eq!(last["type"], "response.incomplete");
+    assert_eq!(last["response"]["status"], "incomplete");
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "content_filter"
+    );
+    assert_eq!(last["response"]["id"], "resp_1");
+    assert!(!evs.iter().any(|(_, v)| v["type"] == "response.completed"));
+    last.clone()
+}
+
+#[tokio::test]
+async fn text_term_split_over_two_and_three_deltas_is_stopped() {
+    for parts in [vec!["炸", "弹"], vec!["forb", "iddenw", "ord"]] {
+        let mut texts = vec!["safe start "];
+        texts.extend(parts.iter().copied());
+        texts.push(" tail");
+        let (text, up) = run(responses_text_stream(&texts)).await;
+        let last = assert_incomplete(&text, &parts.concat());
+        assert!(!text.contains(parts[0]), "a fragment leaked: {text}");
+        assert_eq!(deltas(&text, "response.output_text.delta"), "safe start ");
+        // The output in the final event is what was delivered.
+        assert_eq!(
+            last["response"]["output"][0]["content"][0]["text"],
+            "safe start "
+        );
+        // No .done event carrying the whole text was sent.
+        assert!(!sse_events(&text)
+            .iter()
+            .any(|(_, v)| v["type"] == "response.output_text.done"));
+        wait_disconnect(&up).await;
+    }
+}
+
+#[tokio::test]
+async fn redaction_is_consistent_across_deltas_done_events_and_completed() {
+    let (text, _) = run(responses_text_stream(&["code secr", "et123 ok"])).await;
+    assert!(
+        !text.contains("secret123") && !text.contains("secr"),
+        "{text}"
+    );
+    let masked = "code ********* ok";
+    assert_eq!(deltas(&text, "response.output_text.delta"), masked);
+    let evs = sse_events(&text);
+    let find = |ty: &str| {
+        evs.iter()
+            .find(|(_, v)| v["type"] == ty)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{ty} missing: {text}"))
+    };
+    assert_eq!(find("response.output_text.done")["text"], masked);
+    assert_eq!(find("response.content_part.done")["part"]["text"], masked);
+    assert_eq!(
+        find("response.output_item.done")["item"]["content"][0]["text"],
+        masked
+    );
+    assert_eq!(
+        find("response.completed")["response"]["output"][0]["content"][0]["text"],
+        masked
+    );
+    assert_eq!(evs.last().unwrap().1["type"], "response.completed");
+}
+
+#[tokio::test]
+async fn benign_stream_passes_byte_identical() {
+    let writes = responses_text_stream(&["人工智能", "生成的内容", " is fine."]);
+    let expected = writes.concat();
+    let (text, up) = run(writes).await;
+    assert_eq!(text, expected);
+    assert_eq!(up.completed(), 1);
+}
+
+fn ev(seq: u64, v: Value) -> String {
+    responses_event(seq, v)
+}
+
+#[tokio::test]
+async fn every_text_kind_is_moderated() {
+    let created = ev(
+        1,
+        json!({"type": "response.created", "response": responses_object("in_progress", json!([]))}),
+    );
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "function_call_arguments",
+            vec![
+                created.clone(),
+                ev(
+                    2,
+                    json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "function_call", "id": "fc_1", "call_id": "c", "name": "f", "arguments": "", "status": "in_progress"}}),
+                ),
+                ev(
+                    3,
+                    json!({"type": "response.function_call_arguments.delta", "output_index": 0, "item_id": "fc_1", "delta": "{\"q\":\"炸"}),
+                ),
+                ev(
+                    4,
+                    json!({"type": "response.function_call_arguments.delta", "output_index": 0, "item_id": "fc_1", "delta": "弹\"}"}),
+                ),
+                ev(
+                    5,
+                    json!({"type": "response.function_call_arguments.done", "output_index": 0, "item_id": "fc_1", "arguments": "{\"q\":\"炸弹\"}"}),
+                ),
+            ],
+        ),
+        (
+            "reasoning_summary",
+            vec![
+                created.clone(),
+                ev(
+                    2,
+                    json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1", "summary": []}}),
+                ),
+                ev(
+                    3,
+                    json!({"type": "response.reasoning_summary_part.added", "output_index": 0, "summary_index": 0, "item_id": "rs_1", "part": {"type": "summary_text", "text": ""}}),
+                ),
+                ev(
+                    4,
+                    json!({"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "item_id": "rs_1", "delta": "forb"}),
+                ),
+                ev(
+                    5,
+                    json!({"type": "response.reasoning_summary_text.delta", "output_index": 0, "summary_index": 0, "item_id": "rs_1", "delta": "iddenword"}),
+                ),
+                ev(
+                    6,
+                    json!({"type": "response.reasoning_summary_text.done", "output_index": 0, "summary_index": 0, "item_id": "rs_1", "text": "forbiddenword"}),
+                ),
+            ],
+        ),
+        (
+            "reasoning_text",
+            vec![
+                created.clone(),
+                ev(
+                    2,
+                    json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1", "summary": [], "content": []}}),
+                ),
+                ev(
+                    3,
+                    json!({"type": "response.reasoning_text.delta", "output_index": 0, "content_index": 0, "item_id": "rs_1", "delta": "炸弹"}),
+                ),
+            ],
+        ),
+        (
+            "refusal",
+            vec![
+                created.clone(),
+                ev(
+                    2,
+                    json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "message", "id": "m", "role": "assistant", "status": "in_progress", "content": []}}),
+                ),
+                ev(
+                    3,
+                    json!({"type": "response.content_part.added", "output_index": 0, "content_index": 0, "item_id": "m", "part": {"type": "refusal", "refusal": ""}}),
+                ),
+                ev(
+                    4,
+                    json!({"type": "response.refusal.delta", "output_index": 0, "content_index": 0, "item_id": "m", "delta": "no 炸"}),
+                ),
+                ev(
+                    5,
+                    json!({"type": "response.refusal.delta", "output_index": 0, "content_index": 0, "item_id": "m", "delta": "弹"}),
+                ),
+            ],
+        ),
+        (
+            "text_only_in_done",
+            // A .done that carries text its deltas never did is judged on its own.
+            vec![
+                created.clone(),
+                ev(
+                    2,
+                    json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "message", "id": "m", "role": "assistant", "status": "in_progress", "content": []}}),
+                ),
+                ev(
+                    3,
+                    json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "item_id": "m", "text": "forbiddenword"}),
+                ),
+            ],
+        ),
+    ];
+    for (name, mut writes) in cases {
+        writes.push(ev(
+            20,
+            json!({"type": "response.completed", "response": responses_object("completed", json!([]))}),
+        ));
+        let (text, _) = run(writes).await;
+        assert!(
+            !text.contains("炸") && !text.contains("forbiddenword") && !text.contains("iddenword"),
+            "{name}: {text}"
+        );
+        let evs = sse_events(&text);
+        assert_eq!(
+            evs.last().unwrap().1["type"],
+            "response.incomplete",
+            "{name}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn prompt_refusal_never_reaches_the_upstream() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let bodies = [
+        json!({"model": "m", "input": "教我做炸弹"}),
+        json!({"model": "m", "instructions": "forbiddenword", "input": "hi"}),
+        json!({"model": "m", "input": [{"role": "user", "content": "炸弹"}]}),
+        json!({"model": "m", "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "炸弹"}]}]}),
+        json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": "forbiddenword"}]}),
+        json!({"model": "m", "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{\"q\":\"炸弹\"}"}]}),
+    ];
+    for body in bodies {
+        let resp = post_json(&p, "/v1/responses", &body).await;
+        assert_eq!(resp.status(), 400, "{body}");
+        let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], "content_filter", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(!v.to_string().contains("炸弹"));
+    }
+    assert!(up.requests().is_empty());
+}
+
+fn whole(output: Value) -> String {
+    responses_object("completed", output).to_string()
+}
+
+#[tokio::test]
+async fn whole_answers_are_refused_or_redacted() {
+    let msg = |t: &str| json!({"type": "message", "id": "m", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": t, "annotations": []}]});
+    let cases = [
+        json!([msg("这是炸弹")]),
+        json!([{"type": "reasoning", "id": "r", "summary": [{"type": "summary_text", "text": "forbiddenword"}]}, msg("ok")]),
+        json!([{"type": "function_call", "id": "f", "call_id": "c", "name": "f", "arguments": "{\"q\":\"炸弹\"}", "status": "completed"}]),
+        json!([{"type": "message", "id": "m", "status": "completed", "role": "assistant", "content": [{"type": "refusal", "refusal": "forbiddenword"}]}]),
+    ];
+    for output in cases {
+        let up = Upstream::fixed(Script::json(&whole(output.clone()))).await;
+        let p = proxy(&up.base_url(), POLICY).await;
+        let v: Value = serde_json::from_slice(
+            &post_json(&p, "/v1/responses", &req(false))
+                .await
+                .bytes()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["status"], "incomplete", "{output} -> {v}");
+        assert_eq!(v["incomplete_details"]["reason"], "content_filter");
+        assert_eq!(v["output"][0]["content"][0]["type"], "output_text");
+        let s = v.to_string();
+        assert!(!s.contains("炸弹") && !s.contains("forbiddenword"), "{s}");
+    }
+    let body = whole(json!([msg("code secret123 ok")]));
+    let up = Upstream::fixed(Script::json(&body)).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let v: Value = serde_json::from_slice(
+        &post_json(&p, "/v1/responses", &req(false))
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["output"][0]["content"][0]["text"], "code ********* ok");
+    assert_eq!(v["status"], "completed");
+
+    let body = whole(json!([msg("天气很好")]));
+    let up = Upstream::fixed(Script::json(&body)).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let got = post_json(&p, "/v1/responses", &req(false))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(got, body);
+}
+
+#[tokio::test]
+async fn whole_answer_labels() {
+    let body = whole(
+        json!([{"type": "message", "id": "m", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": "天气很好。", "annotations": []}]}]),
+    );
+    let up = Upstream::fixed(Script::json(&body)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(
+        &up.base_url(),
+        &format!("{POLICY}{}", labels_yaml(dir.path())),
+    )
+    .await;
+    let resp = post_json(&p, "/v1/responses", &req(false)).await;
+    assert!(resp.headers().contains_key("x-aigc-label"));
+    let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let text = v["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(text, "天气很好。\n【本内容由人工智能生成】");
+    verify_aigc(&p, &v["aigc"], text).await.unwrap();
+}
