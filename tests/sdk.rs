@@ -202,3 +202,51 @@ async fn anthropic_whole_answer_blocked_and_prompt_refused() {
     .await;
     check(Script::json("{}"), "", "anthropic_sdk.py", "prompt_refusal").await;
 }
+
+/// Pillow, an independent reader, finds exactly one TC260 AIGC block in every image format shenhe
+/// labels, also after re-labeling (`tools/check_xmp.py`).
+#[test]
+fn pillow_reads_image_labels() {
+    use image::{ImageFormat, RgbImage};
+    let cfg: shenhe::label::LabelsConfig = serde_yaml_ng::from_str(
+        "implicit: { enabled: true, producer: \"test-producer\", signing_key_file: \"unused.pem\" }",
+    )
+    .unwrap();
+    let valid = cfg.validate().unwrap();
+    let signer = std::sync::Arc::new(shenhe::label::Signer::generate());
+    let labeler = shenhe::label::Labeler::with_signer(&valid, Some(signer));
+    let img = RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 128])
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (name, fmt) in [
+        ("a.png", ImageFormat::Png),
+        ("b.jpg", ImageFormat::Jpeg),
+        ("c.webp", ImageFormat::WebP),
+    ] {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, fmt).unwrap();
+        let once = shenhe::label::label_image(bytes.get_ref(), &labeler, "shenhe-py1").unwrap();
+        let twice = shenhe::label::label_image(&once, &labeler, "shenhe-py2").unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, twice).unwrap();
+        files.push(path);
+    }
+    let out = Command::new(python())
+        .arg(root().join("tools/check_xmp.py"))
+        .args(&files)
+        .output()
+        .expect("run check_xmp.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check_xmp.py failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("shenhe-py2").count(), 3, "{stdout}");
+    assert!(
+        !stdout.contains("shenhe-py1"),
+        "re-labeling must replace the block: {stdout}"
+    );
+}

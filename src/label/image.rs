@@ -1039,61 +1039,6 @@ pub(crate) mod tests {
         ));
     }
 
-    /// Pillow must read what shenhe writes. Not skipped when Python or Pillow is missing: it fails.
-    #[test]
-    fn pillow_reads_the_labels() {
-        let pil = std::process::Command::new("python3")
-            .args(["-c", "import PIL"])
-            .status();
-        assert!(
-            matches!(pil, Ok(s) if s.success()),
-            "python3 with Pillow is required for this test: run `python3 -m pip install Pillow`"
-        );
-        let (l, _) = test_labeler();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (lossless, lossy) = tiny_webps();
-        let mut files = Vec::new();
-        for (name, src) in [
-            ("a.png", make_png(40, 30)),
-            ("b.jpg", tiny_jpeg()),
-            ("c.webp", lossless),
-            ("d.webp", lossy),
-        ] {
-            let once = label_image(&src, &l, "shenhe-py1").expect("labeled");
-            let twice = label_image(&once, &l, "shenhe-py2").expect("relabeled");
-            let path = dir.path().join(name);
-            std::fs::write(&path, twice).expect("write");
-            files.push(path);
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/check_xmp.py");
-        let out = std::process::Command::new("python3")
-            .arg(script)
-            .args(&files)
-            .output()
-            .expect("run check_xmp.py");
-        assert!(
-            out.status.success(),
-            "check_xmp.py failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout)
-                .matches("shenhe-py2")
-                .count(),
-            4
-        );
-        // And it does fail on an unlabeled file.
-        let bare = dir.path().join("bare.png");
-        std::fs::write(&bare, make_png(4, 4)).expect("write");
-        let st = std::process::Command::new("python3")
-            .arg(script)
-            .arg(&bare)
-            .status()
-            .expect("run");
-        assert_eq!(st.code(), Some(1));
-    }
-
     #[test]
     fn crc_matches_known_value() {
         assert_eq!(crc32(b"IEND"), 0xae42_6082);
