@@ -195,6 +195,8 @@ log:
 # and a signing key (shenhe keygen), which a bench has no business holding
 labels:
   implicit: { enabled: false }
+audit:
+  dir: "$OUT/audit"
 $3
 EOF
 }
@@ -281,9 +283,11 @@ run_slow() {
   done
   wait "$wrk_pid" || true
   cpu1=$(cpu_ms "$kind" "$MODEL_SLOW_PID")
-  # loaded RSS: the largest sample from 3 s on (all streams connected); conns: the smallest count then
-  loaded=$(awk -F'\t' 'NR > 1 && $1 >= 3 && $2 > m { m = $2 } END { print m + 0 }' "$OUT/rss_$tag.tsv")
-  conns=$(awk -F'\t' 'NR > 1 && $1 >= 3 && (m == "" || $3 < m) { m = $3 } END { print m + 0 }' "$OUT/rss_$tag.tsv")
+  # loaded RSS: the largest sample from 3 s to 3 s before the end (all streams connected, wrk not
+  # yet stopping); conns: the smallest count of established connections in the same window
+  local w="NR > 1 && \$1 >= 3 && \$1 <= $((SLOW_DUR - 3))"
+  loaded=$(awk -F'\t' "$w && \$2 > m { m = \$2 } END { print m + 0 }" "$OUT/rss_$tag.tsv")
+  conns=$(awk -F'\t' "$w && (m == \"\" || \$3 < m) { m = \$3 } END { print m + 0 }" "$OUT/rss_$tag.tsv")
   [[ $kind == direct ]] && loaded=-
   printf 'slow\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" "$idle" "$loaded" "$conns" >>"$OUT/results.tsv"
 }

@@ -230,3 +230,53 @@ async fn public_key_is_served_on_the_admin_listener() {
     assert!(pem.contains("BEGIN PUBLIC KEY"), "{pem}");
     assert!(shenhe::label::public_key_from_pem(&pem).is_ok());
 }
+
+#[tokio::test]
+async fn agreement_opt_out_drops_only_the_explicit_label_and_is_recorded() {
+    let up = Upstream::fixed(Script::json(&whole(json!("天气很好。"), json!({})))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{POLICY}{}",
+        labels_yaml(dir.path()).replace(
+            "position: end }",
+            "position: end, opt_out: { header: x-agreement, value: accepted, tenants: [t1] } }"
+        )
+    );
+    let p = proxy(&up.base_url(), &yaml).await;
+    let ask = |tenant: &'static str, agreed: bool| {
+        let mut r = client()
+            .post(p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-tenant-id", tenant)
+            .body(
+                json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+            );
+        if agreed {
+            r = r.header("x-agreement", "accepted");
+        }
+        r.send()
+    };
+    let v: Value =
+        serde_json::from_slice(&ask("t1", true).await.unwrap().bytes().await.unwrap()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "天气很好。");
+    assert!(
+        v["aigc"]["ProduceID"].is_string(),
+        "the implicit label stays"
+    );
+    // Another tenant, or no agreement: the explicit label is shown.
+    for (t, a) in [("t2", true), ("t1", false)] {
+        let v: Value =
+            serde_json::from_slice(&ask(t, a).await.unwrap().bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"], "天气很好。\n【本内容由人工智能生成】",
+            "{t} {a}"
+        );
+    }
+    let recs = p.records(3).await;
+    assert!(
+        recs.iter()
+            .any(|r| r["label"] == "implicit_only:agreement_opt_out"),
+        "{recs:?}"
+    );
+    std::mem::forget(dir);
+}

@@ -601,3 +601,49 @@ async fn every_decision_is_recorded_with_a_pseudonymous_user() {
         "raw user ids never reach the records"
     );
 }
+
+#[tokio::test]
+async fn obfuscations_covered_by_normalization_are_stopped() {
+    for (name, parts) in [
+        ("separators between CJK", vec!["前文 ", "炸 ", "*弹"]),
+        ("zero-width inside", vec!["ok ", "炸\u{200b}", "弹"]),
+        ("traditional", vec!["ok ", "炸彈"]),
+        (
+            "full-width and case",
+            vec!["x ", "ＦＯＲＢＩＤ", "ＤＥＮＷＯＲＤ"],
+        ),
+        (
+            "dotted letters",
+            vec!["x ", "f.o.r.b.i.d.", "d.e.n.w.o.r.d"],
+        ),
+        (
+            "confusable Cyrillic",
+            vec!["x ", "f\u{043e}rbiddenw\u{043e}rd"],
+        ),
+    ] {
+        let mut writes: Vec<String> = parts.iter().map(|p| chat_chunk(p)).collect();
+        writes.push(chat_finish());
+        let (text, _) = run_stream(writes).await;
+        assert!(
+            finish_reasons(&text)
+                .iter()
+                .any(|(_, r)| r == "content_filter"),
+            "{name}: not stopped: {text}"
+        );
+        let content = content_of(&text, 0, "content");
+        assert!(
+            !content.contains('炸')
+                && !content.to_lowercase().contains("ｆｏｒ")
+                && !content.contains("f.o"),
+            "{name}: leaked {content:?}"
+        );
+    }
+    // Whole words are not glued together: `forbidden word` is not `forbiddenword`.
+    let (text, _) = run_stream(vec![
+        chat_chunk("a forbidden "),
+        chat_chunk("wordlist"),
+        chat_finish(),
+    ])
+    .await;
+    assert_eq!(content_of(&text, 0, "content"), "a forbidden wordlist");
+}

@@ -46,6 +46,34 @@ impl TextLabels {
         }
     }
 
+    /// The labels for one request: explicit off where the Art. 9 opt-out applies to this user.
+    pub fn for_request(
+        labeler: Arc<Labeler>,
+        json_mode: bool,
+        ctx: &crate::server::proxy::RequestCtx,
+    ) -> Self {
+        let mut l = Self::new(labeler, json_mode);
+        let opted_out = ctx
+            .rt
+            .config
+            .labels
+            .explicit
+            .opt_out
+            .as_ref()
+            .is_some_and(|o| {
+                o.applies(
+                    &ctx.client_headers,
+                    &ctx.log.route,
+                    ctx.rec.tenant.as_deref(),
+                )
+            });
+        if opted_out && l.explicit.is_some() {
+            l.explicit = None;
+            l.explicit_absent = Some("agreement_opt_out");
+        }
+        l
+    }
+
     /// The label status for records and metrics.
     pub fn status(&self, explicit_used: bool) -> String {
         let implicit = self.labeler.producer().is_some();

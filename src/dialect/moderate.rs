@@ -269,7 +269,7 @@ async fn openai_exchange(
         let mut extra_headers = Vec::new();
         let mut delivery = None;
         if let Some(labeler) = ctx.rt.labeler.clone() {
-            let labels = TextLabels::new(labeler, openai::json_mode(&json));
+            let labels = TextLabels::for_request(labeler, openai::json_mode(&json), &ctx);
             extra_headers.extend(labels.header(None));
             delivery = Some(labels.delivery.clone());
             codec = codec.with_labels(StreamLabels::new(labels));
@@ -301,7 +301,7 @@ async fn openai_exchange(
     let mut headers = headers;
     let mut delivery = ctx.rec.delivery();
     if let Some(labeler) = ctx.rt.labeler.clone() {
-        let labels = TextLabels::new(labeler, openai::json_mode(&json));
+        let labels = TextLabels::for_request(labeler, openai::json_mode(&json), &ctx);
         let explicit_used = match &labels.explicit {
             Some((label, pos)) => openai::label_choices(flavor, &mut doc, &blocked, label, *pos),
             None => false,
@@ -573,7 +573,7 @@ async fn text_exchange<A: super::generation::TextApi>(
         let mut delivery = None;
         let mut labels = None;
         if let Some(labeler) = ctx.rt.labeler.clone().filter(|_| api.stream_labels()) {
-            let l = TextLabels::new(labeler, json_mode);
+            let l = TextLabels::for_request(labeler, json_mode, &ctx);
             extra_headers.extend(l.header(None));
             delivery = Some(l.delivery.clone());
             labels = Some(l);
@@ -610,7 +610,7 @@ async fn text_exchange<A: super::generation::TextApi>(
     }
     let mut delivery = ctx.rec.delivery();
     if let Some(labeler) = ctx.rt.labeler.clone() {
-        let labels = TextLabels::new(labeler, json_mode);
+        let labels = TextLabels::for_request(labeler, json_mode, &ctx);
         let explicit_used = match (&labels.explicit, &blocked) {
             (Some((label, pos)), None) => api.label(&mut doc, label, *pos),
             _ => false,

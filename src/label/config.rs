@@ -71,6 +71,48 @@ pub struct ExplicitConfig {
     pub lang: Lang,
     /// Default `end`.
     pub position: Position,
+    /// Measures Art. 9: where the operator allows it, users who accepted the service agreement
+    /// may get text without the explicit label. Unset (default): the label is always shown.
+    pub opt_out: Option<OptOutConfig>,
+}
+
+/// Who may receive text without the explicit label; every such delivery is recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptOutConfig {
+    /// Request header your gateway sets for users who accepted the agreement.
+    pub header: String,
+    /// The header value that means "accepted".
+    pub value: String,
+    /// Route templates where the opt-out is honoured (empty: every route).
+    pub routes: Vec<String>,
+    /// Tenants (`audit.tenant_header`) where it is honoured (empty: every tenant).
+    pub tenants: Vec<String>,
+}
+
+impl Default for OptOutConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-shenhe-agreement".into(),
+            value: "accepted".into(),
+            routes: Vec::new(),
+            tenants: Vec::new(),
+        }
+    }
+}
+
+impl OptOutConfig {
+    /// Whether this request may go without the explicit label.
+    pub fn applies(&self, headers: &http::HeaderMap, route: &str, tenant: Option<&str>) -> bool {
+        let accepted = headers
+            .get(self.header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == self.value);
+        let route_ok = self.routes.is_empty() || self.routes.iter().any(|r| r == route);
+        let tenant_ok =
+            self.tenants.is_empty() || tenant.is_some_and(|t| self.tenants.iter().any(|x| x == t));
+        accepted && route_ok && tenant_ok
+    }
 }
 
 impl Default for ExplicitConfig {
@@ -80,6 +122,7 @@ impl Default for ExplicitConfig {
             text: None,
             lang: Lang::Zh,
             position: Position::End,
+            opt_out: None,
         }
     }
 }

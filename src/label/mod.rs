@@ -27,8 +27,8 @@ pub use aigc::{
     is_appendix_e_charset, new_produce_id, Aigc, AigcError, LABEL_AI_GENERATED, PRODUCE_ID_PREFIX,
 };
 pub use config::{
-    ExistingAigc, ExplicitConfig, ImagesConfig, ImplicitConfig, LabelsConfig, Lang, Position,
-    UrlResponses, ValidExplicit, ValidImages, ValidImplicit, ValidLabels, DEFAULT_HEADER,
+    ExistingAigc, ExplicitConfig, ImagesConfig, ImplicitConfig, LabelsConfig, Lang, OptOutConfig,
+    Position, UrlResponses, ValidExplicit, ValidImages, ValidImplicit, ValidLabels, DEFAULT_HEADER,
     DEFAULT_SIGNING_KEY_ENV, DEFAULT_TEXT_EN, DEFAULT_TEXT_ZH, DEFAULT_VISIBLE_TEXT,
 };
 pub use image::{
