@@ -65,58 +65,17 @@ impl TextApi for Anthropic {
         true
     }
 
-    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<Found> {
-        let mut out = Vec::new();
-        if let Some(blocks) = doc.get("content").and_then(Value::as_array) {
-            for (i, b) in blocks.iter().enumerate() {
-                let base = vec![Seg::Key("content".into()), Seg::Index(i)];
-                for key in ["text", "thinking"] {
-                    if let Some(Value::String(s)) = b.get(key) {
-                        let mut path = base.clone();
-                        path.push(Seg::Key(key.into()));
-                        out.push(Found {
-                            path,
-                            text: s.clone(),
-                        });
-                    }
-                }
-                if let Some(input) = b.get("input") {
-                    let mut path = base.clone();
-                    path.push(Seg::Key("input".into()));
-                    out.push(Found {
-                        path,
-                        text: input_text(input),
-                    });
-                }
-            }
-        }
-        for pat in &extras.patterns {
-            find_strings(doc, pat, &mut out);
-        }
-        out
+    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
+        whole_texts(doc, extras)
     }
 
-    fn refuse(&self, doc: &mut Value, refusal: &str) {
-        if let Some(obj) = doc.as_object_mut() {
-            obj.insert("content".into(), json!([{"type": "text", "text": refusal}]));
-            obj.insert("stop_reason".into(), json!("refusal"));
-            obj.insert("stop_sequence".into(), Value::Null);
-        }
+    fn refuse(&self, doc: &mut Value, _unit: u32, refusal: &str) {
+        refuse_whole(doc, refusal)
     }
 
-    fn label(&self, doc: &mut Value, label: &str, pos: Position) -> bool {
-        let Some(blocks) = doc.get_mut("content").and_then(Value::as_array_mut) else {
-            return false;
-        };
-        let slots: Vec<&mut String> = blocks
-            .iter_mut()
-            .filter(|b| b["type"] == "text")
-            .filter_map(|b| match b.get_mut("text") {
-                Some(Value::String(s)) => Some(s),
-                _ => None,
-            })
-            .collect();
-        label_slots(slots, label, pos)
+    fn label(&self, doc: &mut Value, label: &str, pos: Position, blocked: &[u32]) -> bool {
+        // One answer: a refused answer carries no explicit label.
+        blocked.is_empty() && label_whole(doc, label, pos)
     }
 
     fn delivered_text(&self, doc: &Value) -> String {
@@ -130,6 +89,68 @@ impl TextApi for Anthropic {
             })
             .unwrap_or_default()
     }
+}
+
+/// Every generated text of a whole answer (one unit).
+fn whole_texts(doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
+    whole_found(doc, extras)
+        .into_iter()
+        .map(|f| (0, f))
+        .collect()
+}
+
+fn whole_found(doc: &Value, extras: &Extras) -> Vec<Found> {
+    let mut out = Vec::new();
+    if let Some(blocks) = doc.get("content").and_then(Value::as_array) {
+        for (i, b) in blocks.iter().enumerate() {
+            let base = vec![Seg::Key("content".into()), Seg::Index(i)];
+            for key in ["text", "thinking"] {
+                if let Some(Value::String(s)) = b.get(key) {
+                    let mut path = base.clone();
+                    path.push(Seg::Key(key.into()));
+                    out.push(Found {
+                        path,
+                        text: s.clone(),
+                    });
+                }
+            }
+            if let Some(input) = b.get("input") {
+                let mut path = base.clone();
+                path.push(Seg::Key("input".into()));
+                out.push(Found {
+                    path,
+                    text: input_text(input),
+                });
+            }
+        }
+    }
+    for pat in &extras.patterns {
+        find_strings(doc, pat, &mut out);
+    }
+    out
+}
+
+fn refuse_whole(doc: &mut Value, refusal: &str) {
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("content".into(), json!([{"type": "text", "text": refusal}]));
+        obj.insert("stop_reason".into(), json!("refusal"));
+        obj.insert("stop_sequence".into(), Value::Null);
+    }
+}
+
+fn label_whole(doc: &mut Value, label: &str, pos: Position) -> bool {
+    let Some(blocks) = doc.get_mut("content").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let slots: Vec<&mut String> = blocks
+        .iter_mut()
+        .filter(|b| b["type"] == "text")
+        .filter_map(|b| match b.get_mut("text") {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    label_slots(slots, label, pos)
 }
 
 /// A tool input as the text that is judged: its compact JSON.

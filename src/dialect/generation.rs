@@ -1,6 +1,7 @@
-//! What the shared moderated exchange needs from a text-generation API other than OpenAI chat:
-//! where the prompt and answer texts are, how a whole answer is refused and labeled, and the
-//! stream codec. Anthropic Messages and OpenAI Responses implement it.
+//! What the shared moderated exchange needs from a text-generation API: where the prompt and
+//! answer texts are, how an answer (or one choice of it) is refused and labeled, and the stream
+//! codec. OpenAI Chat Completions and Completions, Anthropic Messages and OpenAI Responses
+//! implement it.
 
 use serde_json::Value;
 
@@ -29,14 +30,17 @@ pub trait TextApi: Send + 'static {
     /// Whether this API's streams carry labels (the implicit-label header is sent only then).
     fn stream_labels(&self) -> bool;
 
-    /// Every generated text of a whole answer, configured extra fields included.
-    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<Found>;
+    /// Every generated text of a whole answer, configured extra fields included, with the unit
+    /// it belongs to: the choice index where an answer has several, else 0. A blocking finding
+    /// refuses its unit only.
+    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<(u32, Found)>;
 
-    /// Replace the whole answer by the refusal.
-    fn refuse(&self, doc: &mut Value, refusal: &str);
+    /// Replace one unit of the answer (or the whole answer, for single-unit APIs) by the refusal.
+    fn refuse(&self, doc: &mut Value, unit: u32, refusal: &str);
 
-    /// Add the explicit label to the visible text; returns whether it was added.
-    fn label(&self, doc: &mut Value, label: &str, pos: Position) -> bool;
+    /// Add the explicit label to the visible text of every unit not in `blocked`; returns
+    /// whether a label was added.
+    fn label(&self, doc: &mut Value, label: &str, pos: Position, blocked: &[u32]) -> bool;
 
     /// The visible text of a whole answer, what the implicit label signs.
     fn delivered_text(&self, doc: &Value) -> String;

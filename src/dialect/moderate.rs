@@ -20,7 +20,7 @@ use http::{header, HeaderMap};
 use serde_json::Value;
 
 use super::labels::{aigc_value, Delivery, TextLabels};
-use super::openai::{self, Flavor, OpenAiCodec, StreamLabels};
+use super::openai::{self, Flavor, OpenAi};
 use super::paths::{self, Found};
 use crate::audit::Record;
 use crate::dialect::error::{ApiError, ErrorKind};
@@ -52,9 +52,13 @@ pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
         Err(e) => return ctx.error(e),
     };
     match ctx.dialect {
-        DialectName::OpenaiChat => openai_exchange(ctx, bytes, json, Flavor::Chat).await,
+        DialectName::OpenaiChat => {
+            let extras = ctx.rt.extras.openai_chat.clone();
+            text_exchange(ctx, bytes, json, OpenAi(Flavor::Chat), extras).await
+        }
         DialectName::OpenaiCompletions => {
-            openai_exchange(ctx, bytes, json, Flavor::Completions).await
+            let extras = ctx.rt.extras.openai_completions.clone();
+            text_exchange(ctx, bytes, json, OpenAi(Flavor::Completions), extras).await
         }
         DialectName::AnthropicMessages => {
             let extras = ctx.rt.extras.anthropic_messages.clone();
@@ -228,166 +232,6 @@ async fn keep_records(ctx: &RequestCtx, records: Vec<Record>) -> Result<(), ApiE
     Ok(())
 }
 
-async fn openai_exchange(
-    mut ctx: RequestCtx,
-    bytes: Bytes,
-    mut json: Value,
-    flavor: Flavor,
-) -> Response {
-    ctx.rec.model = json
-        .get("model")
-        .and_then(Value::as_str)
-        .map(|m| m.chars().take(128).collect());
-    let texts = match openai::prompt_texts(flavor, &json) {
-        Ok(t) => t,
-        Err(e) => return ctx.error(e),
-    };
-    let mut records = Vec::new();
-    let verdict = judge_prompt(&ctx, &mut json, texts, &mut records);
-    if let Err(e) = keep_records(&ctx, records).await {
-        return ctx.error(e);
-    }
-    let forward_bytes = match verdict {
-        Ok(true) => Bytes::from(serde_json::to_vec(&json).unwrap_or_default()),
-        Ok(false) => bytes,
-        Err(refusal) => return ctx.error(refusal),
-    };
-    let (resp, sent) =
-        match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward_bytes), true).await {
-            Ok(r) => r,
-            Err(e) => return ctx.error(e),
-        };
-    if !resp.status().is_success() {
-        return proxy::stream_back(ctx, resp, sent);
-    }
-    let extras = match flavor {
-        Flavor::Chat => ctx.rt.extras.openai_chat.clone(),
-        Flavor::Completions => ctx.rt.extras.openai_completions.clone(),
-    };
-    if is_event_stream(resp.headers()) {
-        let mut codec = OpenAiCodec::new(flavor, extras);
-        let mut extra_headers = Vec::new();
-        let mut delivery = None;
-        if let Some(labeler) = ctx.rt.labeler.clone() {
-            let labels = TextLabels::for_request(labeler, openai::json_mode(&json), &ctx);
-            extra_headers.extend(labels.header(None));
-            delivery = Some(labels.delivery.clone());
-            codec = codec.with_labels(StreamLabels::new(labels));
-        }
-        return guarded_response(ctx, resp, sent, codec, extra_headers, delivery);
-    }
-    let status = resp.status();
-    let headers = ctx
-        .rt
-        .headers
-        .client_response(resp.headers(), &ctx.request_id);
-    let body = match read_upstream(&ctx, resp, sent).await {
-        Ok(b) => b,
-        Err(e) => return ctx.error(e),
-    };
-    let Ok(mut doc) = serde_json::from_slice::<Value>(&body) else {
-        // Fail closed: a completion shenhe cannot read is not delivered.
-        metrics()
-            .upstream_errors
-            .with_label_values(&["protocol"])
-            .inc();
-        return ctx.error(ApiError::new(
-            ErrorKind::UpstreamProtocol,
-            "the model server answered with a body that is not JSON",
-        ));
-    };
-    let mut records = Vec::new();
-    let (mut changed, blocked) = judge_completion(&ctx, flavor, &mut doc, &extras, &mut records);
-    let mut headers = headers;
-    let mut delivery = ctx.rec.delivery();
-    if let Some(labeler) = ctx.rt.labeler.clone() {
-        let labels = TextLabels::for_request(labeler, openai::json_mode(&json), &ctx);
-        let explicit_used = match &labels.explicit {
-            Some((label, pos)) => openai::label_choices(flavor, &mut doc, &blocked, label, *pos),
-            None => false,
-        };
-        changed |= explicit_used;
-        let delivered = openai::delivered_text(flavor, &doc);
-        if let Some(aigc) = labels.seal(&delivered, explicit_used) {
-            if let Some(obj) = doc.as_object_mut() {
-                obj.insert(crate::label::CHAT_AIGC_FIELD.into(), aigc_value(&aigc));
-                changed = true;
-            }
-            if let Some((name, value)) = labels.header(Some(&aigc)) {
-                headers.insert(name, value);
-            }
-        }
-        fill_delivery(&mut delivery, &labels.delivery);
-    }
-    delivery.upstream_status = Some(status.as_u16());
-    delivery.upstream_ms = Some(sent.elapsed().as_millis() as u64);
-    records.push(delivery);
-    for r in records {
-        ctx.rec.write(r).await;
-    }
-    let out = if changed {
-        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
-    } else {
-        body
-    };
-    ctx.complete(status, headers, out)
-}
-
-/// Judge every choice of a whole response; returns whether the document changed.
-fn judge_completion(
-    ctx: &RequestCtx,
-    flavor: Flavor,
-    doc: &mut Value,
-    extras: &openai::Extras,
-    records: &mut Vec<Record>,
-) -> (bool, Vec<u32>) {
-    let policy = &ctx.rt.policy;
-    let started = Instant::now();
-    let texts = openai::response_texts(flavor, doc, extras);
-    let mut blocked: Vec<(u32, Arc<str>)> = Vec::new();
-    let mut changed = false;
-    for t in texts {
-        if blocked.iter().any(|(c, _)| *c == t.choice) {
-            continue;
-        }
-        let findings = policy.scan(&t.found.text, Direction::Completion);
-        if findings.is_empty() {
-            continue;
-        }
-        let field = paths::display(&t.found.path);
-        for f in &findings {
-            metrics()
-                .decisions
-                .with_label_values(&["completion", &f.category, f.action.as_str()])
-                .inc();
-            note_decision(&ctx.log.decisions, Direction::Completion, f, &field);
-            records.push(ctx.rec.decision(
-                policy,
-                Direction::Completion,
-                f,
-                &t.found.text,
-                f.span.clone(),
-            ));
-        }
-        if let Some(b) = findings.iter().find(|f| f.action == Action::Block) {
-            blocked.push((t.choice, b.category.clone()));
-        } else if findings.iter().any(|f| f.action == Action::Redact) {
-            let red = policy.redact(&t.found.text, &findings);
-            changed |= paths::set_string(doc, &t.found.path, red);
-        }
-    }
-    for (choice, category) in &blocked {
-        let text = refusal_text(policy, category, &ctx.client_headers);
-        openai::refuse_choice(flavor, doc, *choice, &text);
-        changed = true;
-    }
-    metrics()
-        .scan_duration
-        .with_label_values(&["completion"])
-        .observe(started.elapsed().as_secs_f64());
-    (changed, blocked.into_iter().map(|(c, _)| c).collect())
-}
-
 /// Copy what the labels decided into a delivery record.
 fn fill_delivery(r: &mut Record, d: &Mutex<Delivery>) {
     if let Ok(d) = d.lock() {
@@ -542,8 +386,9 @@ async fn prompt_phase(
     }
 }
 
-/// A moderated exchange with a text-generation API other than OpenAI chat (Anthropic Messages,
-/// OpenAI Responses): the same phases as [`openai_exchange`], the places of text from `api`.
+/// A moderated exchange with a text-generation API: prompt phase, forward, then the answer
+/// judged whole or streamed through the guard, labeled and recorded; the places of text, the
+/// refusal and the stream codec come from `api`.
 async fn text_exchange<A: super::generation::TextApi>(
     mut ctx: RequestCtx,
     bytes: Bytes,
@@ -603,17 +448,18 @@ async fn text_exchange<A: super::generation::TextApi>(
     let mut records = Vec::new();
     let texts = api.response_texts(&doc, &extras);
     let (mut changed, blocked) = judge_whole(&ctx, &mut doc, texts, &mut records);
-    if let Some(category) = &blocked {
+    for (unit, category) in &blocked {
         let text = refusal_text(&ctx.rt.policy, category, &ctx.client_headers);
-        api.refuse(&mut doc, &text);
+        api.refuse(&mut doc, *unit, &text);
         changed = true;
     }
+    let blocked: Vec<u32> = blocked.into_iter().map(|(u, _)| u).collect();
     let mut delivery = ctx.rec.delivery();
     if let Some(labeler) = ctx.rt.labeler.clone() {
         let labels = TextLabels::for_request(labeler, json_mode, &ctx);
-        let explicit_used = match (&labels.explicit, &blocked) {
-            (Some((label, pos)), None) => api.label(&mut doc, label, *pos),
-            _ => false,
+        let explicit_used = match &labels.explicit {
+            Some((label, pos)) => api.label(&mut doc, label, *pos, &blocked),
+            None => false,
         };
         changed |= explicit_used;
         let delivered = api.delivered_text(&doc);
@@ -642,20 +488,23 @@ async fn text_exchange<A: super::generation::TextApi>(
     ctx.complete(status, headers, out)
 }
 
-/// Judge the texts of a whole answer: redactions are applied in place; the first blocking
-/// finding (or a redaction that cannot be applied in place) blocks the whole answer and its
-/// category is returned. Returns whether the document changed.
+/// Judge the texts of a whole answer: redactions are applied in place; a blocking finding (or a
+/// redaction that cannot be applied in place) blocks the unit (choice) it is in, and the units
+/// blocked are returned with their category. Returns whether the document changed.
 fn judge_whole(
     ctx: &RequestCtx,
     doc: &mut Value,
-    texts: Vec<Found>,
+    texts: Vec<(u32, Found)>,
     records: &mut Vec<Record>,
-) -> (bool, Option<Arc<str>>) {
+) -> (bool, Vec<(u32, Arc<str>)>) {
     let policy = &ctx.rt.policy;
     let started = Instant::now();
     let mut changed = false;
-    let mut blocked = None;
-    for t in texts {
+    let mut blocked: Vec<(u32, Arc<str>)> = Vec::new();
+    for (unit, t) in texts {
+        if blocked.iter().any(|(u, _)| *u == unit) {
+            continue;
+        }
         let findings = policy.scan(&t.text, Direction::Completion);
         if findings.is_empty() {
             continue;
@@ -676,17 +525,16 @@ fn judge_whole(
             ));
         }
         if let Some(b) = findings.iter().find(|f| f.action == Action::Block) {
-            blocked = Some(b.category.clone());
-            break;
+            blocked.push((unit, b.category.clone()));
+            continue;
         }
         if let Some(f) = findings.iter().find(|f| f.action == Action::Redact) {
             let red = policy.redact(&t.text, &findings);
             if paths::set_string(doc, &t.path, red) {
                 changed = true;
             } else {
-                // A tool input object cannot be rewritten in place: the answer is refused.
-                blocked = Some(f.category.clone());
-                break;
+                // A tool input object cannot be rewritten in place: its unit is refused.
+                blocked.push((unit, f.category.clone()));
             }
         }
     }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::generation::TextApi;
 use super::labels::{aigc_value, TextLabels};
 use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg};
 use crate::dialect::error::{ApiError, ErrorKind};
@@ -276,6 +277,53 @@ pub fn delivered_text(flavor: Flavor, doc: &Value) -> String {
             .and_then(Value::as_array)
             .map(|cs| cs.iter().filter_map(|c| c["text"].as_str()).collect())
             .unwrap_or_default(),
+    }
+}
+
+/// OpenAI Chat Completions or Completions, seen by the shared moderated exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenAi(pub Flavor);
+
+impl TextApi for OpenAi {
+    type Codec = OpenAiCodec;
+
+    fn prompt_texts(&self, req: &Value) -> Result<Vec<Found>, ApiError> {
+        prompt_texts(self.0, req)
+    }
+
+    fn json_mode(&self, req: &Value) -> bool {
+        json_mode(req)
+    }
+
+    fn codec(&self, extras: Extras, labels: Option<TextLabels>) -> OpenAiCodec {
+        let codec = OpenAiCodec::new(self.0, extras);
+        match labels {
+            Some(l) => codec.with_labels(StreamLabels::new(l)),
+            None => codec,
+        }
+    }
+
+    fn stream_labels(&self) -> bool {
+        true
+    }
+
+    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
+        response_texts(self.0, doc, extras)
+            .into_iter()
+            .map(|t| (t.choice, t.found))
+            .collect()
+    }
+
+    fn refuse(&self, doc: &mut Value, unit: u32, refusal: &str) {
+        refuse_choice(self.0, doc, unit, refusal)
+    }
+
+    fn label(&self, doc: &mut Value, label: &str, pos: Position, blocked: &[u32]) -> bool {
+        label_choices(self.0, doc, blocked, label, pos)
+    }
+
+    fn delivered_text(&self, doc: &Value) -> String {
+        delivered_text(self.0, doc)
     }
 }
 

@@ -87,53 +87,17 @@ impl TextApi for Responses {
         false
     }
 
-    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<Found> {
-        let mut out = Vec::new();
-        for p in ITEM_TEXT {
-            let pat = parse_pattern(&format!("output.*.{p}")).expect("static pattern");
-            find_strings(doc, &pat, &mut out);
-        }
-        find_strings(doc, &[paths::Pat::Key("output_text".into())], &mut out);
-        for pat in &extras.patterns {
-            find_strings(doc, pat, &mut out);
-        }
-        out
+    fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
+        whole_texts(doc, extras)
     }
 
-    fn refuse(&self, doc: &mut Value, refusal: &str) {
-        if let Some(obj) = doc.as_object_mut() {
-            obj.insert(
-                "output".into(),
-                json!([{"type": "message", "id": "msg_shenhe_refusal", "status": "completed", "role": "assistant",
-                    "content": [{"type": "output_text", "text": refusal, "annotations": []}]}]),
-            );
-            obj.insert("status".into(), json!("incomplete"));
-            obj.insert(
-                "incomplete_details".into(),
-                json!({"reason": "content_filter"}),
-            );
-            if obj.contains_key("output_text") {
-                obj.insert("output_text".into(), json!(refusal));
-            }
-        }
+    fn refuse(&self, doc: &mut Value, _unit: u32, refusal: &str) {
+        refuse_whole(doc, refusal)
     }
 
-    fn label(&self, doc: &mut Value, label: &str, pos: Position) -> bool {
-        let Some(items) = doc.get_mut("output").and_then(Value::as_array_mut) else {
-            return false;
-        };
-        let slots: Vec<&mut String> = items
-            .iter_mut()
-            .filter(|i| i["type"] == "message")
-            .filter_map(|i| i.get_mut("content").and_then(Value::as_array_mut))
-            .flatten()
-            .filter(|p| p["type"] == "output_text")
-            .filter_map(|p| match p.get_mut("text") {
-                Some(Value::String(s)) => Some(s),
-                _ => None,
-            })
-            .collect();
-        label_slots(slots, label, pos)
+    fn label(&self, doc: &mut Value, label: &str, pos: Position, blocked: &[u32]) -> bool {
+        // One answer: a refused answer carries no explicit label.
+        blocked.is_empty() && label_whole(doc, label, pos)
     }
 
     fn delivered_text(&self, doc: &Value) -> String {
@@ -150,6 +114,63 @@ impl TextApi for Responses {
         }
         s
     }
+}
+
+/// Every generated text of a whole answer (one unit).
+fn whole_texts(doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
+    whole_found(doc, extras)
+        .into_iter()
+        .map(|f| (0, f))
+        .collect()
+}
+
+fn whole_found(doc: &Value, extras: &Extras) -> Vec<Found> {
+    let mut out = Vec::new();
+    for p in ITEM_TEXT {
+        let pat = parse_pattern(&format!("output.*.{p}")).expect("static pattern");
+        find_strings(doc, &pat, &mut out);
+    }
+    find_strings(doc, &[paths::Pat::Key("output_text".into())], &mut out);
+    for pat in &extras.patterns {
+        find_strings(doc, pat, &mut out);
+    }
+    out
+}
+
+fn refuse_whole(doc: &mut Value, refusal: &str) {
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert(
+                "output".into(),
+                json!([{"type": "message", "id": "msg_shenhe_refusal", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": refusal, "annotations": []}]}]),
+            );
+        obj.insert("status".into(), json!("incomplete"));
+        obj.insert(
+            "incomplete_details".into(),
+            json!({"reason": "content_filter"}),
+        );
+        if obj.contains_key("output_text") {
+            obj.insert("output_text".into(), json!(refusal));
+        }
+    }
+}
+
+fn label_whole(doc: &mut Value, label: &str, pos: Position) -> bool {
+    let Some(items) = doc.get_mut("output").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let slots: Vec<&mut String> = items
+        .iter_mut()
+        .filter(|i| i["type"] == "message")
+        .filter_map(|i| i.get_mut("content").and_then(Value::as_array_mut))
+        .flatten()
+        .filter(|p| p["type"] == "output_text")
+        .filter_map(|p| match p.get_mut("text") {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    label_slots(slots, label, pos)
 }
 
 /// The prompt texts of a Responses request; `input` is a string or a list of items.
