@@ -241,6 +241,28 @@ fn fill_delivery(r: &mut Record, d: &Mutex<Delivery>) {
     }
 }
 
+/// Read a whole JSON answer; one shenhe cannot read is not delivered (fail closed).
+async fn read_json_answer(
+    ctx: &RequestCtx,
+    resp: reqwest::Response,
+    sent: Instant,
+) -> Result<(Bytes, Value), ApiError> {
+    let body = read_upstream(ctx, resp, sent).await?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(doc) => Ok((body, doc)),
+        Err(_) => {
+            metrics()
+                .upstream_errors
+                .with_label_values(&["protocol"])
+                .inc();
+            Err(ApiError::new(
+                ErrorKind::UpstreamProtocol,
+                "the model server answered with a body that is not JSON",
+            ))
+        }
+    }
+}
+
 /// Read a whole upstream body within the response limit and the upstream timeouts.
 async fn read_upstream(
     ctx: &RequestCtx,
@@ -431,19 +453,9 @@ async fn text_exchange<A: super::generation::TextApi>(
         .rt
         .headers
         .client_response(resp.headers(), &ctx.request_id);
-    let body = match read_upstream(&ctx, resp, sent).await {
-        Ok(b) => b,
+    let (body, mut doc) = match read_json_answer(&ctx, resp, sent).await {
+        Ok(x) => x,
         Err(e) => return ctx.error(e),
-    };
-    let Ok(mut doc) = serde_json::from_slice::<Value>(&body) else {
-        metrics()
-            .upstream_errors
-            .with_label_values(&["protocol"])
-            .inc();
-        return ctx.error(ApiError::new(
-            ErrorKind::UpstreamProtocol,
-            "the model server answered with a body that is not JSON",
-        ));
     };
     let mut records = Vec::new();
     let texts = api.response_texts(&doc, &extras);
@@ -578,19 +590,9 @@ async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> 
         .rt
         .headers
         .client_response(resp.headers(), &ctx.request_id);
-    let body = match read_upstream(&ctx, resp, sent).await {
-        Ok(b) => b,
+    let (body, mut doc) = match read_json_answer(&ctx, resp, sent).await {
+        Ok(x) => x,
         Err(e) => return ctx.error(e),
-    };
-    let Ok(mut doc) = serde_json::from_slice::<Value>(&body) else {
-        metrics()
-            .upstream_errors
-            .with_label_values(&["protocol"])
-            .inc();
-        return ctx.error(ApiError::new(
-            ErrorKind::UpstreamProtocol,
-            "the model server answered with a body that is not JSON",
-        ));
     };
     let labeler = ctx.rt.labeler.clone();
     let deliveries = match super::images::label_images(&mut doc, labeler.as_deref()) {
