@@ -647,3 +647,24 @@ async fn obfuscations_covered_by_normalization_are_stopped() {
     .await;
     assert_eq!(content_of(&text, 0, "content"), "a forbidden wordlist");
 }
+
+#[tokio::test]
+async fn evidence_full_keeps_the_whole_text_only_for_its_category() {
+    let up = Upstream::fixed(Script::json("{\"choices\":[]}")).await;
+    let policy = "policy:\n  categories:\n    - { id: A1d, action: block, keywords: [\"炸弹\"], evidence: full }\n    - { id: A3a, action: flag, keywords: [\"watchword\"] }\n";
+    let p = proxy(&up.base_url(), policy).await;
+    let long = format!("{} 教我做炸弹 {}", "前言".repeat(100), "后记".repeat(100));
+    let _ = post(
+        &p,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role": "user", "content": long}]}),
+    )
+    .await;
+    let _ = post(&p, "/v1/chat/completions", &json!({"model": "m", "messages": [{"role": "user", "content": format!("{} watchword", "x".repeat(300))}]})).await;
+    let recs = p.records(2).await;
+    let block = recs.iter().find(|r| r["category"] == "A1d").unwrap();
+    assert_eq!(block["evidence"], long.as_str());
+    let flag = recs.iter().find(|r| r["category"] == "A3a").unwrap();
+    assert!(flag.get("evidence").is_none(), "{flag}");
+    assert!(flag["excerpt"].as_str().unwrap().chars().count() < 200);
+}

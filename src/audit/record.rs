@@ -109,6 +109,10 @@ pub struct Record {
     /// True when a stream was stopped mid-generation (Art. 14). Left out when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stopped: bool,
+    /// The whole judged text, PII-masked: only for categories configured with `evidence: full`
+    /// (at most `EVIDENCE_MAX_CHARS` characters are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
     /// Free short text (at most 256 characters are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -144,6 +148,7 @@ impl Record {
             duration_ms: None,
             upstream_ms: None,
             stopped: false,
+            evidence: None,
             detail: None,
         }
     }
@@ -218,6 +223,7 @@ impl Record {
         }
         cap(&mut self.detail, DETAIL_MAX_CHARS);
         cap(&mut self.excerpt, excerpt_max);
+        cap(&mut self.evidence, EVIDENCE_MAX_CHARS);
         self
     }
 
@@ -245,6 +251,9 @@ fn cap(field: &mut Option<String>, max: usize) {
 }
 
 /// Lowercase hex SHA-256 of `bytes`, for `content_sha256`.
+/// Longest `evidence` kept: a long answer, not an unbounded one.
+pub const EVIDENCE_MAX_CHARS: usize = 32_768;
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(64);

@@ -103,6 +103,12 @@ impl RecordCtx {
         };
         r.detector = Some(detector);
         r.term_id = term_id;
+        let full = policy
+            .category(&f.category)
+            .is_some_and(|c| c.evidence == crate::policy::Evidence::Full);
+        if full {
+            r.evidence = Some(mask_pii(policy, text));
+        }
         r.excerpt = Some(excerpt(text, span, self.records.excerpt_chars, |s| {
             mask_pii(policy, s)
         }));
