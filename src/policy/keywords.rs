@@ -2,17 +2,25 @@
 //! the decision of what is final while a stream is still open.
 //!
 //! Semantics (the same for one-shot and streamed text):
-//! 1. From the search position, find the leftmost-longest term match `m` (aho-corasick).
+//! 1. From the search position, find the leftmost-longest term match `m`: the earliest start
+//!    position at which some term matches, and there the longest term.
 //! 2. If some allow-phrase occurrence `a` has `a.start <= m.start && m.end <= a.end`, `m` is
 //!    suppressed and the search resumes one character after `m.start` (so a suppressed match
 //!    never hides an overlapping one); otherwise `m` is reported and the search resumes at
 //!    `m.end`.
 //!
-//! While a stream is open a position `p` is *live* when the normalized text from `p` to the end
-//! of what has arrived is a proper prefix of some term (found by walking the automaton anchored
-//! at `p`). A found match is final only when no position at or before its start is live (a
-//! longer or earlier match could still complete) and no allow phrase that could contain it is
-//! still incomplete. Everything before the first live position is final.
+//! Terms live in a character trie ([`Trie`]). Every character position at or after the search
+//! position starts an anchored *walk* down the trie; a walk remembers the longest term it has
+//! passed and dies when no term can follow. Each normalized character is therefore looked at
+//! once per walk that is still alive (at most the longest term's length in characters, usually
+//! one or two), and walks are carried from one piece of a stream to the next, so nothing is
+//! searched twice. The leftmost-longest match is the front walk once it is dead.
+//!
+//! While a stream is open a position `p` is *live* when its walk is still alive, i.e. the
+//! normalized text from `p` to the end of what has arrived is a proper prefix of some term. A
+//! match is final only when no position at or before its start is live (a longer or earlier
+//! match could still complete) and no allow phrase that could contain it is still incomplete.
+//! Everything before the first live position is final.
 
 use aho_corasick::automaton::{Automaton, OverlappingState, StateID};
 use aho_corasick::nfa::contiguous::NFA;
@@ -26,8 +34,8 @@ pub(crate) struct TermMeta {
     pub cat: u16,
 }
 
-/// One automaton over distinct normalized strings, plus whether each is a proper prefix of
-/// another (so a complete match at the end of the buffer can be called final).
+/// One automaton over distinct normalized strings (allow phrases), plus whether each is a
+/// proper prefix of another (so a complete match at the end of the buffer can be called final).
 struct PrefixAutomaton {
     nfa: NFA,
     extendable: Vec<bool>,
@@ -165,23 +173,254 @@ impl AllowSet {
     }
 }
 
+/// Runs of at most this many edges are scanned; larger ones are open-addressing hash tables.
+const LINEAR_MAX: usize = 8;
+/// Marks an empty slot of a hashed run (no `char` has this value).
+const EMPTY: u32 = u32::MAX;
+
+#[inline(always)]
+fn slot(c: u32, size: usize) -> usize {
+    (c.wrapping_mul(0x9E37_79B1) as usize) & (size - 1)
+}
+
+/// One trie edge with what a walk needs of the node it leads to, so a step touches one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Edge {
+    ch: u32,
+    /// The child's edge run: start in `Trie::edges` and length (0: a leaf).
+    run_at: u32,
+    run_len: u32,
+    /// 1 + the index of the term ending at the child (0: none).
+    term: u32,
+}
+
+const NO_EDGE: Edge = Edge {
+    ch: EMPTY,
+    run_at: 0,
+    run_len: 0,
+    term: 0,
+};
+
+/// A trie over the characters of distinct terms. A node is known by its run of child edges
+/// in `edges`: scanned when short, an open-addressing hash table (power-of-two size, at most
+/// half full) when long. The root's children are a sorted run at the start of `edges`, with a
+/// direct table for BMP characters.
+struct Trie {
+    /// The root's edge along each BMP character (`ch == EMPTY`: none); a copy of the root's
+    /// run, so a walk starts with one load.
+    root_bmp: Vec<Edge>,
+    /// The root's run is `edges[..root_len]`, sorted by char.
+    root_len: usize,
+    edges: Vec<Edge>,
+}
+
+impl Trie {
+    /// `sorted` must be sorted, distinct and non-empty strings; term indexes refer to it.
+    fn build(sorted: &[&str]) -> Result<Trie, String> {
+        let too_big = || "keyword trie exceeds 2^32 edges".to_owned();
+        // Depth-first construction from the sorted terms: (parent, char, child) edges, each
+        // parent's edges by increasing char.
+        let mut raw: Vec<(u32, u32, u32)> = Vec::new();
+        let mut term = vec![0u32];
+        let mut path: Vec<u32> = vec![0];
+        let mut prev = "";
+        for (i, t) in sorted.iter().enumerate() {
+            let common = t
+                .chars()
+                .zip(prev.chars())
+                .take_while(|(a, b)| a == b)
+                .count();
+            path.truncate(common + 1);
+            for c in t.chars().skip(common) {
+                let id = u32::try_from(term.len()).map_err(|_| too_big())?;
+                term.push(0);
+                raw.push((path[path.len() - 1], c as u32, id));
+                path.push(id);
+            }
+            let last = path[path.len() - 1] as usize;
+            term[last] = u32::try_from(i + 1).map_err(|_| too_big())?;
+            prev = t;
+        }
+        let nodes = term.len();
+        // Run sizes, then run starts (node order; the root first).
+        let mut run_at = vec![0u32; nodes + 1];
+        for &(p, _, _) in &raw {
+            run_at[p as usize] += 1;
+        }
+        let mut at = 0usize;
+        for (n, v) in run_at.iter_mut().enumerate() {
+            let k = *v as usize;
+            *v = u32::try_from(at).map_err(|_| too_big())?;
+            at += if n == 0 || k <= LINEAR_MAX {
+                k
+            } else {
+                (2 * k).next_power_of_two()
+            };
+        }
+        run_at[nodes] = u32::try_from(at).map_err(|_| too_big())?;
+        let mut fill: Vec<u32> = run_at[..nodes].to_vec();
+        let mut edges = vec![NO_EDGE; at];
+        let mut root_bmp = vec![NO_EDGE; 0x1_0000];
+        for &(p, c, child) in &raw {
+            let (p, ch) = (p as usize, child as usize);
+            let e = Edge {
+                ch: c,
+                run_at: run_at[ch],
+                run_len: run_at[ch + 1] - run_at[ch],
+                term: term[ch],
+            };
+            let (lo, hi) = (run_at[p] as usize, run_at[p + 1] as usize);
+            if p == 0 || hi - lo <= LINEAR_MAX {
+                let k = fill[p] as usize;
+                edges[k] = e;
+                fill[p] += 1;
+                if p == 0 && c < 0x1_0000 {
+                    root_bmp[c as usize] = e;
+                }
+            } else {
+                let run = &mut edges[lo..hi];
+                let mut i = slot(c, run.len());
+                while run[i].ch != EMPTY {
+                    i = (i + 1) & (run.len() - 1);
+                }
+                run[i] = e;
+            }
+        }
+        Ok(Trie {
+            root_bmp,
+            root_len: (run_at[1] - run_at[0]) as usize,
+            edges,
+        })
+    }
+
+    /// The root's edge along `c`.
+    #[inline(always)]
+    fn root_child(&self, c: u32) -> Option<&Edge> {
+        if c < 0x1_0000 {
+            let e = &self.root_bmp[c as usize];
+            return (e.ch != EMPTY).then_some(e);
+        }
+        let run = &self.edges[..self.root_len];
+        run.binary_search_by_key(&c, |e| e.ch).ok().map(|k| &run[k])
+    }
+
+    /// The edge along `c` out of the node whose run is `(at, len)`.
+    #[inline(always)]
+    fn child(&self, at: u32, len: u32, c: u32) -> Option<&Edge> {
+        let run = &self.edges[at as usize..(at + len) as usize];
+        if run.len() <= LINEAR_MAX {
+            return run.iter().find(|e| e.ch == c);
+        }
+        let mut i = slot(c, run.len());
+        loop {
+            let e = &run[i];
+            if e.ch == c {
+                return Some(e);
+            }
+            if e.ch == EMPTY {
+                return None;
+            }
+            i = (i + 1) & (run.len() - 1);
+        }
+    }
+
+    fn memory_usage(&self) -> usize {
+        (self.root_bmp.capacity() + self.edges.capacity()) * std::mem::size_of::<Edge>()
+    }
+}
+
 /// Terms of one direction in normalized form, with their meaning.
 #[derive(Default)]
 pub(crate) struct KeywordSet {
-    auto: Option<PrefixAutomaton>,
+    trie: Option<Trie>,
     meta: Vec<TermMeta>,
+}
+
+/// An anchored walk down the trie from one normalized position.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    /// Absolute normalized offset where the walk started.
+    start: usize,
+    /// The edge run of the node reached; `run_len == 0` once no character can extend the walk
+    /// (the walk is dead).
+    run_at: u32,
+    run_len: u32,
+    /// Length in bytes of the longest term passed so far, and 1 + its index (0: none yet).
+    best_len: u32,
+    best_term: u32,
+}
+
+impl Walk {
+    #[inline(always)]
+    fn alive(&self) -> bool {
+        self.run_len != 0
+    }
+
+    fn best_end(&self) -> usize {
+        self.start + self.best_len as usize
+    }
+}
+
+/// Undecided walks in start order. Short (at most the longest term's length in characters),
+/// so taking the front off shifts only a few elements.
+#[derive(Debug, Default)]
+struct Walks {
+    v: Vec<Walk>,
+}
+
+impl Walks {
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.v.is_empty()
+    }
+
+    #[inline(always)]
+    fn front(&self) -> Option<&Walk> {
+        self.v.first()
+    }
+
+    #[inline(always)]
+    fn pop_front(&mut self) {
+        if !self.v.is_empty() {
+            self.v.remove(0);
+        }
+    }
+
+    /// Drop the walks starting before `end`.
+    fn pop_before(&mut self, end: usize) {
+        let k = self.v.partition_point(|w| w.start < end);
+        self.v.drain(..k);
+    }
+
+    #[inline(always)]
+    fn push_back(&mut self, w: Walk) {
+        self.v.push(w);
+    }
+
+    /// Keep the walks for which `f` (which may change them) returns true, in order. A plain
+    /// loop: `Vec::retain_mut` costs more than the work on these few elements.
+    #[inline(always)]
+    fn retain_mut(&mut self, mut f: impl FnMut(&mut Walk) -> bool) {
+        let mut kept = 0;
+        for r in 0..self.v.len() {
+            let mut x = self.v[r];
+            if f(&mut x) {
+                self.v[kept] = x;
+                kept += 1;
+            }
+        }
+        self.v.truncate(kept);
+    }
 }
 
 /// Reusable buffers of one stream's keyword search.
 #[derive(Debug, Default)]
 pub(crate) struct DrainBufs {
-    /// Live positions in the held tail (relative to the buffer; scratch).
-    pub live: Vec<usize>,
     /// Matches found by the last `drain`.
     pub hits: Vec<Hit>,
-    /// Anchored walks still alive: (absolute start, state after the last byte walked).
-    states: Vec<(usize, StateID)>,
-    /// Absolute normalized offset the walks in `states` have reached.
+    /// Walks not yet decided, by start: alive ones and dead ones holding a match.
+    walks: Walks,
+    /// Absolute normalized offset the walks have reached.
     walked_to: usize,
 }
 
@@ -206,25 +445,83 @@ fn next_char(hay: &[u8], p: usize) -> usize {
     q
 }
 
+/// The outcome of looking at the front walk.
+enum Front {
+    /// Nothing to decide yet (the front walk is alive, or needs more text).
+    Wait,
+    /// No walk left.
+    Empty,
+    /// The front walk was decided (reported or suppressed); look again.
+    Done,
+    /// An allow phrase that could contain the front match is still incomplete.
+    Pending(usize),
+}
+
 impl KeywordSet {
     /// `sorted`: distinct normalized terms in sorted order with their meaning.
     pub fn build(sorted: &[(&str, TermMeta)]) -> Result<KeywordSet, String> {
         let refs: Vec<&str> = sorted.iter().map(|(t, _)| *t).collect();
+        let trie = if refs.is_empty() {
+            None
+        } else {
+            Some(Trie::build(&refs)?)
+        };
         Ok(KeywordSet {
-            auto: PrefixAutomaton::build(&refs, MatchKind::LeftmostLongest)?,
+            trie,
             meta: sorted.iter().map(|(_, m)| *m).collect(),
         })
     }
 
     pub fn memory_usage(&self) -> usize {
-        self.auto.as_ref().map_or(0, PrefixAutomaton::memory_usage)
+        self.trie.as_ref().map_or(0, Trie::memory_usage)
             + self.meta.len() * std::mem::size_of::<TermMeta>()
+    }
+
+    /// Decide the front walk if it is dead: suppress it, report it, or (with `open`, text still
+    /// to come) find an allow phrase that could contain it still incomplete.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_front(
+        &self,
+        allow: &AllowSet,
+        hay: &[u8],
+        base: usize,
+        cursor: &mut usize,
+        walks: &mut Walks,
+        out: &mut Vec<Hit>,
+        open: bool,
+    ) -> Front {
+        let Some(f) = walks.front().copied() else {
+            return Front::Empty;
+        };
+        if f.alive() {
+            return Front::Wait;
+        }
+        let end = f.best_end();
+        let (s, e) = (f.start - base, end - base);
+        if allow.contains(hay, s, e) {
+            *cursor = base + next_char(hay, s);
+            walks.pop_front();
+            return Front::Done;
+        }
+        if open && allow.pending(hay, s, e) {
+            return Front::Pending(f.start);
+        }
+        out.push(Hit {
+            start: f.start,
+            end,
+            meta: self.meta[f.best_term as usize - 1],
+        });
+        *cursor = end;
+        walks.pop_before(end);
+        Front::Done
     }
 
     /// Report every decidable match in `text` (normalized, starting at absolute offset `base`)
     /// from the absolute search position `*cursor` on. With `is_final` the text is complete.
     /// Returns the absolute position before which everything is decided, or `None` when all of
-    /// `text` is. `*cursor` is left at the position where the next search starts.
+    /// `text` is. `*cursor` is left at the position where the next search starts. Successive
+    /// calls of one stream pass the same text grown at the end (and maybe trimmed at the front,
+    /// never past `*cursor` less the allow list's longest phrase).
     pub fn drain(
         &self,
         allow: &AllowSet,
@@ -235,100 +532,90 @@ impl KeywordSet {
         bufs: &mut DrainBufs,
     ) -> Option<usize> {
         let DrainBufs {
-            live,
             hits: out,
-            states,
+            walks,
             walked_to,
         } = bufs;
         out.clear();
         let hay = text.as_bytes();
         let n = hay.len();
-        let Some(auto) = &self.auto else {
+        let Some(trie) = &self.trie else {
             *cursor = base + n;
+            *walked_to = base + n;
             return None;
         };
-        live.clear();
-        if is_final {
-            states.clear();
-        } else {
-            // Step the walks kept from earlier pieces over the new bytes only, and start a walk
-            // at each new character; a position whose walk died stays dead.
-            let wrel = walked_to.saturating_sub(base).min(n);
-            let new = &hay[wrel..];
-            states.retain_mut(|(p, sid)| {
-                *p >= *cursor
-                    && match auto.advance(*sid, new) {
-                        Some(next) => {
-                            *sid = next;
-                            true
-                        }
-                        None => false,
-                    }
-            });
-            if let Ok(start) = auto.nfa.start_state(Anchored::Yes) {
-                // A walk longer than the longest term is dead: start only in the last max_len.
-                let from = (*cursor - base)
-                    .max(wrel)
-                    .max((n + 1).saturating_sub(auto.max_len()));
-                for p in from..n {
-                    if is_char_start(hay, p) {
-                        if let Some(sid) = auto.advance(start, &hay[p..]) {
-                            states.push((base + p, sid));
+        let amax = allow.max_len();
+        let wrel = walked_to.saturating_sub(base).min(n);
+        for (off, c) in text[wrel..].char_indices() {
+            let q = wrel + off;
+            let qe = base + q + c.len_utf8();
+            let c = c as u32;
+            if !walks.is_empty() {
+                walks.retain_mut(|w| {
+                    if w.alive() {
+                        match trie.child(w.run_at, w.run_len, c) {
+                            None => w.run_len = 0,
+                            Some(e) => {
+                                (w.run_at, w.run_len) = (e.run_at, e.run_len);
+                                if e.term != 0 {
+                                    w.best_len = (qe - w.start) as u32;
+                                    w.best_term = e.term;
+                                }
+                            }
                         }
                     }
+                    w.alive() || w.best_term != 0
+                });
+            }
+            if base + q >= *cursor {
+                if let Some(e) = trie.root_child(c) {
+                    walks.push_back(Walk {
+                        start: base + q,
+                        run_at: e.run_at,
+                        run_len: e.run_len,
+                        best_len: (qe - base - q) as u32,
+                        best_term: e.term,
+                    });
                 }
             }
-            live.extend(
-                states
-                    .iter()
-                    .filter(|(p, sid)| auto.can_grow(*sid, base + n - p))
-                    .map(|(p, _)| p - base),
-            );
+            // Decide what full knowledge would: a dead front walk once the allow list's
+            // context after its start has been seen.
+            while walks
+                .front()
+                .is_some_and(|w| !w.alive() && (amax == 0 || w.start + amax <= qe))
+            {
+                if !matches!(
+                    self.decide_front(allow, hay, base, cursor, walks, out, false),
+                    Front::Done
+                ) {
+                    break;
+                }
+            }
         }
         *walked_to = base + n;
+        if is_final {
+            walks.retain_mut(|w| {
+                w.run_len = 0;
+                w.best_term != 0
+            });
+        }
         loop {
-            let sp = *cursor - base;
-            if sp >= n {
-                break;
-            }
-            let m = match auto.nfa.try_find(&Input::new(hay).span(sp..n)) {
-                Ok(Some(m)) => m,
-                _ => break,
-            };
-            if !is_final {
-                if let Some(&l) = live.iter().find(|&&l| l >= sp) {
-                    if l <= m.start() {
-                        *cursor = base + l;
-                        return Some(base + l);
-                    }
+            match self.decide_front(allow, hay, base, cursor, walks, out, !is_final) {
+                Front::Done => {}
+                Front::Empty => break,
+                Front::Wait => {
+                    let s = walks.front().map_or(base + n, |w| w.start);
+                    *cursor = s;
+                    return Some(s);
+                }
+                Front::Pending(s) => {
+                    *cursor = s;
+                    return Some(s);
                 }
             }
-            if allow.contains(hay, m.start(), m.end()) {
-                *cursor = base + next_char(hay, m.start());
-                continue;
-            }
-            if !is_final && allow.pending(hay, m.start(), m.end()) {
-                *cursor = base + m.start();
-                return Some(base + m.start());
-            }
-            out.push(Hit {
-                start: base + m.start(),
-                end: base + m.end(),
-                meta: self.meta[m.pattern().as_usize()],
-            });
-            *cursor = base + m.end();
         }
-        let sp = *cursor - base;
-        match live.iter().find(|&&l| l >= sp) {
-            Some(&l) if !is_final => {
-                *cursor = base + l;
-                Some(base + l)
-            }
-            _ => {
-                *cursor = base + n;
-                None
-            }
-        }
+        *cursor = base + n;
+        None
     }
 }
 
@@ -402,5 +689,118 @@ mod tests {
         assert_eq!(run(&ks, &allow, "一条炸弹", false), (vec![], Some(6)));
         // Suppressed; "鱼" is still held because it could become "鱼翅".
         assert_eq!(run(&ks, &allow, "一条炸弹鱼", false), (vec![], Some(12)));
+    }
+
+    /// Leftmost-longest matches of `terms` in `text`, the reference: aho-corasick.
+    fn reference(terms: &[String], text: &str) -> Vec<(usize, usize)> {
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(terms)
+            .expect("builds");
+        ac.find_iter(text).map(|m| (m.start(), m.end())).collect()
+    }
+
+    /// Feed `text` cut at `cuts` as a stream (trimming like the scanner), then finish.
+    fn streamed(
+        ks: &KeywordSet,
+        allow: &AllowSet,
+        text: &str,
+        cuts: &[usize],
+    ) -> Vec<(usize, usize)> {
+        let mut bufs = DrainBufs::default();
+        let (mut cursor, mut base, mut hits) = (0, 0, Vec::new());
+        let mut ends: Vec<usize> = cuts
+            .iter()
+            .copied()
+            .filter(|&c| text.is_char_boundary(c))
+            .collect();
+        ends.push(text.len());
+        ends.sort_unstable();
+        let mut last_hold = 0;
+        for (k, &end) in ends.iter().enumerate() {
+            let is_final = k + 1 == ends.len();
+            let hold = ks.drain(
+                allow,
+                &text[base..end],
+                base,
+                &mut cursor,
+                is_final,
+                &mut bufs,
+            );
+            hits.extend(bufs.hits.iter().map(|h| (h.start, h.end)));
+            let h = hold.unwrap_or(end);
+            assert!(h >= last_hold, "hold went back");
+            last_hold = h;
+            // Keep the allow context before the cursor, as the scanner does.
+            let mut keep = cursor.saturating_sub(allow.max_len()).max(base);
+            while !text.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            base = keep.min(end);
+        }
+        hits
+    }
+
+    fn build_terms(terms: &[String]) -> KeywordSet {
+        let mut v: Vec<&str> = terms.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v.dedup();
+        let with: Vec<(&str, TermMeta)> = v
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    *t,
+                    TermMeta {
+                        term_id: i as u32,
+                        cat: 0,
+                    },
+                )
+            })
+            .collect();
+        KeywordSet::build(&with).expect("builds")
+    }
+
+    use proptest::prelude::*;
+
+    fn small_text(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "c", "炸", "弹", "鱼", "𠀀"]),
+            0..max,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The trie walk finds exactly aho-corasick's leftmost-longest matches, one-shot and
+        /// streamed in any cuts.
+        #[test]
+        fn trie_equals_aho_corasick(
+            terms in prop::collection::vec(small_text(5).prop_filter("non-empty", |t| !t.is_empty()), 1..12),
+            text in small_text(40),
+            cuts in prop::collection::vec(0usize..160, 0..8),
+        ) {
+            let ks = build_terms(&terms);
+            let none = AllowSet::default();
+            let want = reference(&terms, &text);
+            prop_assert_eq!(run(&ks, &none, &text, true).0, want.clone());
+            prop_assert_eq!(streamed(&ks, &none, &text, &cuts), want);
+        }
+
+        /// With allow phrases, streamed findings equal one-shot findings.
+        #[test]
+        fn trie_streamed_equals_whole_with_allow(
+            terms in prop::collection::vec(small_text(4).prop_filter("non-empty", |t| !t.is_empty()), 1..10),
+            allow in prop::collection::vec(small_text(6).prop_filter("non-empty", |t| !t.is_empty()), 0..4),
+            text in small_text(40),
+            cuts in prop::collection::vec(0usize..160, 0..8),
+        ) {
+            let ks = build_terms(&terms);
+            let allow = AllowSet::build(allow).expect("builds");
+            let whole = run(&ks, &allow, &text, true).0;
+            prop_assert_eq!(streamed(&ks, &allow, &text, &cuts), whole);
+        }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! Files, in the order text meets them: `config.rs` (YAML shape), `lists.rs` (list files),
 //! `categories.rs` (the 31 TC260-003 types), `compile.rs`, `normalize.rs`, `keywords.rs`
-//! (automaton, allow list), `pii.rs` and `detect.rs` (regex detectors), `scanner.rs` (streaming),
+//! (term trie, allow list), `pii.rs` and `detect.rs` (regex detectors), `scanner.rs` (streaming),
 //! `finding.rs`, `stats.rs`.
 
 use std::collections::HashMap;

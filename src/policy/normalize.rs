@@ -66,6 +66,9 @@ pub(crate) struct CharTable {
     /// `MULTI | index` into `multi`.
     bmp: Vec<u32>,
     multi: Vec<Box<[(char, Class)]>>,
+    /// Per ASCII byte: the ASCII byte it maps to when that is a single word character (letters
+    /// and digits under every flag set), else 0. Drives the fast path through ASCII words.
+    ascii_word: [u8; 128],
     flags: NormalizeConfig,
 }
 
@@ -224,9 +227,22 @@ impl CharTable {
                 }
             };
         }
+        let mut ascii_word = [0u8; 128];
+        for (b, slot) in ascii_word.iter_mut().enumerate() {
+            let e = bmp[b];
+            let d = e & CHAR_MASK;
+            if e & (MULTI | REMOVED) == 0
+                && d < 0x80
+                && d != 0
+                && Class::from_bits(e >> CLASS_SHIFT) == Class::Word
+            {
+                *slot = d as u8;
+            }
+        }
         CharTable {
             bmp,
             multi,
+            ascii_word,
             flags: *flags,
         }
     }
@@ -237,8 +253,8 @@ impl CharTable {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct NormBuf {
     pub text: String,
-    ostart: Vec<u32>,
-    oend: Vec<u32>,
+    /// Per normalized byte: original (start, end) relative to `obase`.
+    omap: Vec<(u32, u32)>,
     obase: usize,
 }
 
@@ -247,27 +263,43 @@ impl NormBuf {
     fn emit(&mut self, ch: char, os: usize, oe: usize) {
         let s = (os - self.obase) as u32;
         let e = (oe - self.obase) as u32;
-        let n = ch.len_utf8();
         self.text.push(ch);
-        self.ostart.extend(std::iter::repeat_n(s, n));
-        self.oend.extend(std::iter::repeat_n(e, n));
+        match ch.len_utf8() {
+            1 => self.omap.push((s, e)),
+            n => {
+                for _ in 0..n {
+                    self.omap.push((s, e));
+                }
+            }
+        }
+    }
+
+    /// Append a run of ASCII bytes, each its own output character, from original offset `os`.
+    #[inline]
+    fn emit_ascii_run(&mut self, table: &[u8; 128], run: &[u8], os: usize) {
+        let s = (os - self.obase) as u32;
+        self.text.extend(
+            run.iter()
+                .map(|&b| char::from(table[usize::from(b & 0x7F)])),
+        );
+        self.omap
+            .extend((s..s + run.len() as u32).map(|o| (o, o + 1)));
     }
 
     /// Make room for about `n` more normalized bytes.
     fn reserve(&mut self, n: usize) {
         self.text.reserve(n);
-        self.ostart.reserve(n);
-        self.oend.reserve(n);
+        self.omap.reserve(n);
     }
 
     /// Original start offset of the character behind normalized byte `i` (relative to `text`).
     pub fn orig_start(&self, i: usize) -> usize {
-        self.obase + self.ostart[i] as usize
+        self.obase + self.omap[i].0 as usize
     }
 
     /// Original end offset of the character behind normalized byte `i`.
     pub fn orig_end(&self, i: usize) -> usize {
-        self.obase + self.oend[i] as usize
+        self.obase + self.omap[i].1 as usize
     }
 
     pub fn len(&self) -> usize {
@@ -281,16 +313,16 @@ impl NormBuf {
             return;
         }
         self.text.drain(..k);
-        self.ostart.drain(..k);
-        self.oend.drain(..k);
+        self.omap.drain(..k);
         let new_base = self
-            .ostart
+            .omap
             .first()
-            .map_or(consumed, |&s| self.obase + s as usize);
+            .map_or(consumed, |&(s, _)| self.obase + s as usize);
         let delta = (new_base - self.obase) as u32;
         if delta != 0 {
-            for v in self.ostart.iter_mut().chain(self.oend.iter_mut()) {
-                *v -= delta;
+            for v in self.omap.iter_mut() {
+                v.0 -= delta;
+                v.1 -= delta;
             }
             self.obase = new_base;
         }
@@ -299,8 +331,7 @@ impl NormBuf {
     /// Start a fresh buffer at original offset `base`.
     pub fn reset(&mut self, base: usize) {
         self.text.clear();
-        self.ostart.clear();
-        self.oend.clear();
+        self.omap.clear();
         self.obase = base;
     }
 }
@@ -358,6 +389,8 @@ impl NormState {
 pub(crate) struct Normalizer {
     table: Arc<CharTable>,
     separators: bool,
+    /// Take the ASCII-word fast path (off only in tests, to compare with the slow path).
+    ascii_fast: bool,
 }
 
 impl std::fmt::Debug for Normalizer {
@@ -373,6 +406,7 @@ impl Normalizer {
         Normalizer {
             table: CharTable::get(flags),
             separators: flags.separators,
+            ascii_fast: true,
         }
     }
 
@@ -385,6 +419,26 @@ impl Normalizer {
         while i < bytes.len() {
             let b = bytes[i];
             if b < 0x80 {
+                // Fast path: inside a word (or with separators off) an ASCII letter or digit
+                // is emitted as it maps, with nothing pending; do the whole run at once.
+                if self.ascii_fast
+                    && self.table.ascii_word[b as usize] != 0
+                    && (!self.separators
+                        || (st.held.is_none()
+                            && st.pending_sep.is_none()
+                            && matches!(st.last, Last::Word { .. })))
+                {
+                    let run = bytes[i..]
+                        .iter()
+                        .position(|&x| x >= 0x80 || self.table.ascii_word[x as usize] == 0)
+                        .map_or(bytes.len(), |k| i + k);
+                    out.emit_ascii_run(&self.table.ascii_word, &bytes[i..run], base + i);
+                    if self.separators {
+                        st.last = Last::Word { single_left: false };
+                    }
+                    i = run;
+                    continue;
+                }
                 let e = self.table.bmp[b as usize];
                 let ch = (e & CHAR_MASK) as u8 as char;
                 self.step(
@@ -642,7 +696,7 @@ mod tests {
             n.feed(&mut st, &s[cut..], cut, &mut out);
             n.finish(&mut st, &mut out);
             assert_eq!(out.text, whole.text, "cut at {cut}");
-            assert_eq!(out.ostart, whole.ostart);
+            assert_eq!(out.omap, whole.omap);
         }
     }
 
@@ -662,5 +716,62 @@ mod tests {
         assert_eq!(out.text, "炸弹");
         assert_eq!(out.orig_start(0), 3);
         assert_eq!(out.orig_end(3), 9);
+    }
+
+    use proptest::prelude::*;
+
+    fn flags_strategy() -> impl Strategy<Value = NormalizeConfig> {
+        prop::array::uniform6(any::<bool>()).prop_map(|b| NormalizeConfig {
+            width: b[0],
+            case: b[1],
+            zero_width: b[2],
+            separators: b[3],
+            traditional: b[4],
+            confusables: b[5],
+        })
+    }
+
+    fn text_strategy() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "a", "B", "z", "0", "9", "word", "Forbid", " ", "  ", ".", "_", "-", "\n", "炸",
+                "彈", "，", "Ｂ", "ο", "é", "\u{200B}", "ﬁ", "😀", "𝐀", "x1",
+            ]),
+            0..40,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The ASCII-word fast path gives the same text and offsets as the per-character path,
+        /// under every flag set and any cuts.
+        #[test]
+        fn ascii_fast_path_equals_slow_path(
+            flags in flags_strategy(),
+            text in text_strategy(),
+            cuts in prop::collection::vec(0usize..200, 0..6),
+        ) {
+            let fast = Normalizer::new(&flags);
+            let slow = Normalizer { ascii_fast: false, ..fast.clone() };
+            let mut points: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len() && text.is_char_boundary(c)).collect();
+            points.push(0);
+            points.push(text.len());
+            points.sort_unstable();
+            points.dedup();
+            let mut outs = Vec::new();
+            for n in [&fast, &slow] {
+                let mut st = NormState::default();
+                let mut out = NormBuf::default();
+                for w in points.windows(2) {
+                    n.feed(&mut st, &text[w[0]..w[1]], w[0], &mut out);
+                }
+                n.finish(&mut st, &mut out);
+                outs.push(out);
+            }
+            prop_assert_eq!(&outs[0].text, &outs[1].text);
+            prop_assert_eq!(&outs[0].omap, &outs[1].omap);
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! Incremental scanning of one text stream; `Policy::scan` is the same machine fed once.
 //!
-//! Each push normalizes only the new piece (the normalizer carries its separator state), runs
-//! the keyword automaton over the held normalized tail plus the new text, and steps the pattern
-//! detectors over the held original tail plus the new text. Work per push is proportional to
-//! the new piece plus the held tail; nothing already released is scanned again.
+//! Each push normalizes only the new piece (the normalizer carries its separator state), steps
+//! the keyword trie walks carried from earlier pushes over the new normalized characters only
+//! (see `keywords.rs`), and steps the pattern detectors over the held original tail plus the
+//! new text. Keyword work per push is proportional to the new piece; nothing already released
+//! is scanned again. Held text is trimmed in batches (`TRIM_MIN`), not on every push.
 //!
 //! `released` contract: after a step returns `released = r`, every finding intersecting `[0, r)`
 //! has been reported with its final span, and no later step reports a finding starting before
@@ -19,6 +20,8 @@ use super::{Direction, Finding, Policy};
 
 /// Largest piece handed to the normalizer at once, so normalized offsets fit in `u32`.
 const MAX_SUBPIECE: usize = 1 << 30;
+/// Held text is trimmed once this many bytes at its front are no longer needed.
+const TRIM_MIN: usize = 512;
 
 /// The result of one `push` or `finish`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -174,12 +177,16 @@ impl ScanCore {
         while !self.nbuf.text.is_char_boundary(k) {
             k -= 1;
         }
-        let floor = self
-            .norm_state
-            .min_future_origin()
-            .map_or(self.total, |o| o.min(self.total));
-        self.nbuf.trim_front(k, floor);
-        self.nbase += k;
+        // Trim when the whole buffer goes or enough has piled up: moving the kept tail on
+        // every token-sized push costs more than keeping a little extra text.
+        if k == self.nbuf.len() || k >= TRIM_MIN {
+            let floor = self
+                .norm_state
+                .min_future_origin()
+                .map_or(self.total, |o| o.min(self.total));
+            self.nbuf.trim_front(k, floor);
+            self.nbase += k;
+        }
 
         if let Some(&min_cur) = self.det_cursors.iter().min() {
             let keep = min_cur.saturating_sub(4).max(self.orig_base);
@@ -187,8 +194,10 @@ impl ScanCore {
             while !self.orig.is_char_boundary(k) {
                 k -= 1;
             }
-            self.orig.drain(..k);
-            self.orig_base += k;
+            if k == self.orig.len() || k >= TRIM_MIN {
+                self.orig.drain(..k);
+                self.orig_base += k;
+            }
         }
     }
 }
