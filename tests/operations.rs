@@ -513,3 +513,50 @@ async fn replica_handover_under_load_loses_no_request() {
     );
     drop(b);
 }
+
+/// Regression: the process used to keep running after SIGTERM (the signal loop never returned).
+#[tokio::test]
+async fn sigterm_drains_and_exits() {
+    let gate = Arc::new(Notify::new());
+    let mut script = Script::sse_writes(vec![chat_chunk("begin")]);
+    script.steps.push(Step::Gate(gate.clone()));
+    script.steps.push(Step::Write(Bytes::from(chat_finish())));
+    let up = Upstream::fixed(script).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_shenhe(dir.path(), &up.base_url(), "").await;
+    // A stream is in flight when the signal comes; it finishes, then the process exits 0.
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", p.public))
+        .header("content-type", "application/json")
+        .body(chat("hi", true))
+        .send()
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    let mut stream = resp.bytes_stream();
+    let _ = stream.next().await.unwrap().unwrap();
+    signal(&p, "-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited before the stream finished"
+    );
+    gate.notify_one();
+    let mut rest = Vec::new();
+    while let Some(b) = stream.next().await {
+        rest.extend_from_slice(&b.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shenhe did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

@@ -2,7 +2,8 @@
 
 use super::Running;
 
-/// Wait for signals until the server has stopped.
+/// Handle SIGHUP until SIGTERM or SIGINT arrives; then start the drain and return, leaving a
+/// task that exits the process at once on a second signal.
 pub async fn run(running: &Running) {
     #[cfg(unix)]
     {
@@ -15,25 +16,27 @@ pub async fn run(running: &Running) {
             tracing::error!("Cannot install signal handlers");
             return;
         };
-        let mut count = 0u8;
         loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let _ = crate::server::reload::reload(&running.state, "sighup");
+                }
+            }
+        }
+        running.shutdown.trigger();
+        tracing::info!("Shutdown requested; draining in-flight requests");
+        let shutdown = running.shutdown.clone();
+        tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
-                _ = hup.recv() => {
-                    let _ = crate::server::reload::reload(&running.state, "sighup");
-                    continue;
-                }
             }
-            count += 1;
-            running.shutdown.trigger();
-            if count == 1 {
-                tracing::info!("Shutdown requested; draining in-flight requests");
-            } else {
-                tracing::warn!("Second shutdown signal; exiting now");
-                std::process::exit(130);
-            }
-        }
+            shutdown.trigger();
+            tracing::warn!("Second shutdown signal; exiting now");
+            std::process::exit(130);
+        });
     }
     #[cfg(not(unix))]
     {
