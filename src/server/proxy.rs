@@ -52,6 +52,7 @@ impl RequestCtx {
                 .with_label_values(&[err.kind.code()])
                 .inc();
         }
+        self.log.bytes_out = err.body_bytes().len() as u64;
         let mut resp = err.clone().into_response();
         resp.headers_mut()
             .insert(headers::X_REQUEST_ID, self.request_id.clone());
