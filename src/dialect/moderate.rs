@@ -323,6 +323,7 @@ fn guarded_response<C: crate::stream::guard::EventCodec>(
         upstream_status: status.as_u16(),
         sent,
         stopped: false,
+        decided: false,
         delivery,
     };
     let body = guarded_body(upstream, guard, reporter);
@@ -337,6 +338,8 @@ struct StreamReporter {
     upstream_status: u16,
     sent: Instant,
     stopped: bool,
+    /// Some finding was made in this stream.
+    decided: bool,
     delivery: Option<Arc<Mutex<Delivery>>>,
 }
 
@@ -347,6 +350,7 @@ impl Reporter for StreamReporter {
         stop: Option<&'a StopReason>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
+            self.decided |= !findings.is_empty();
             for sf in &findings {
                 let field = format!("choice{}:{}", sf.channel.0, sf.channel.1);
                 note_decision(&self.decisions, Direction::Completion, &sf.finding, &field);
@@ -381,6 +385,10 @@ impl Reporter for StreamReporter {
         }
         if held_at_end > 0 {
             r.detail = Some(format!("client left with {held_at_end} bytes held back"));
+        }
+        // A silent pass of unlabeled content is not a decision: it leaves no record.
+        if r.content_id.is_none() && !r.stopped && !self.decided && held_at_end == 0 {
+            return;
         }
         // Called from a drop: queue without waiting (a full queue counts a drop).
         let _ = self.rec.records.auditor.try_record(r);
@@ -488,7 +496,10 @@ async fn text_exchange<A: super::generation::TextApi>(
     }
     delivery.upstream_status = Some(status.as_u16());
     delivery.upstream_ms = Some(sent.elapsed().as_millis() as u64);
-    records.push(delivery);
+    // A silent pass of unlabeled content is not a decision: it leaves no record.
+    if delivery.content_id.is_some() || !records.is_empty() {
+        records.push(delivery);
+    }
     for r in records {
         ctx.rec.write(r).await;
     }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use http::{HeaderMap, Method};
 use reqwest::Url;
 
@@ -201,33 +201,84 @@ impl StreamFault {
     }
 }
 
+/// Largest run of already-arrived chunks merged into one (one write to the client instead of many).
+const COALESCE_MAX: usize = 32 * 1024;
+
 /// The upstream body as a stream of chunks, each wait bounded by the idle and total timeouts.
-/// A fault ends the stream with one `Err` item; it is counted in `shenhe_upstream_errors_total`.
+/// Chunks that have already arrived when one is taken are merged into it (up to `COALESCE_MAX`),
+/// so a fast upstream costs one client write per read rather than one per SSE event; a chunk is
+/// never held back waiting for another. A fault ends the stream with one `Err` item; it is
+/// counted in `shenhe_upstream_errors_total`.
 pub fn bounded_body(
     resp: reqwest::Response,
     idle: Duration,
     deadline: Instant,
 ) -> impl Stream<Item = Result<Bytes, StreamFault>> + Send + 'static {
-    let inner = resp.bytes_stream();
-    futures_util::stream::unfold(Some(inner), move |state| async move {
-        let mut inner = state?;
-        let now = Instant::now();
-        let left = deadline.saturating_duration_since(now);
-        let (wait, fault) = if left < idle {
-            (left, StreamFault::Total)
-        } else {
-            (idle, StreamFault::Idle)
+    struct State<S> {
+        inner: S,
+        /// An item taken while merging that must come after the merged chunk.
+        pending: Option<Option<Result<Bytes, reqwest::Error>>>,
+        done: bool,
+    }
+    let state = State {
+        inner: resp.bytes_stream(),
+        pending: None,
+        done: false,
+    };
+    futures_util::stream::unfold(state, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let item = match st.pending.take() {
+            Some(item) => Ok(item),
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let (wait, fault) = if left < idle {
+                    (left, StreamFault::Total)
+                } else {
+                    (idle, StreamFault::Idle)
+                };
+                tokio::time::timeout(wait, st.inner.next())
+                    .await
+                    .map_err(|_| fault)
+            }
         };
-        let item = match tokio::time::timeout(wait, inner.next()).await {
-            Ok(Some(Ok(b))) => return Some((Ok(b), Some(inner))),
+        let fault = match item {
+            Ok(Some(Ok(first))) => {
+                let mut merged: Option<bytes::BytesMut> = None;
+                let mut len = first.len();
+                while len < COALESCE_MAX {
+                    match st.inner.next().now_or_never() {
+                        Some(Some(Ok(more))) => {
+                            len += more.len();
+                            merged
+                                .get_or_insert_with(|| {
+                                    let mut m =
+                                        bytes::BytesMut::with_capacity(COALESCE_MAX.max(len));
+                                    m.extend_from_slice(&first);
+                                    m
+                                })
+                                .extend_from_slice(&more);
+                        }
+                        Some(other) => {
+                            st.pending = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let out = merged.map_or(first, bytes::BytesMut::freeze);
+                return Some((Ok(out), st));
+            }
             Ok(None) => return None,
             Ok(Some(Err(_))) => StreamFault::Broken,
-            Err(_) => fault,
+            Err(fault) => fault,
         };
         metrics()
             .upstream_errors
-            .with_label_values(&[item.label()])
+            .with_label_values(&[fault.label()])
             .inc();
-        Some((Err(item), None))
+        st.done = true;
+        Some((Err(fault), st))
     })
 }
