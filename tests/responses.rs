@@ -343,3 +343,76 @@ async fn whole_answer_labels() {
     assert_eq!(text, "天气很好。\n【本内容由人工智能生成】");
     verify_aigc(&p, &v["aigc"], text).await.unwrap();
 }
+
+#[tokio::test]
+async fn streamed_labels_ride_the_response_events() {
+    let up = Upstream::fixed(Script::sse_writes(responses_text_stream(&[
+        "天气",
+        "很好。",
+    ])))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(
+        &up.base_url(),
+        &format!("{POLICY}{}", labels_yaml(dir.path())),
+    )
+    .await;
+    let resp = post_json(&p, "/v1/responses", &req(true)).await;
+    let header: Value =
+        serde_json::from_str(resp.headers()["x-aigc-label"].to_str().unwrap()).unwrap();
+    let text = resp.text().await.unwrap();
+    let label = "\n【本内容由人工智能生成】";
+    let streamed = deltas(&text, "response.output_text.delta");
+    assert_eq!(streamed, format!("天气很好。{label}"));
+    let evs = sse_events(&text);
+    // Every repeat of the text carries the label too.
+    let done = evs
+        .iter()
+        .find(|(_, v)| v["type"] == "response.output_text.done")
+        .unwrap();
+    assert_eq!(done.1["text"], streamed.as_str());
+    let completed = &evs
+        .iter()
+        .find(|(_, v)| v["type"] == "response.completed")
+        .unwrap()
+        .1;
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        streamed.as_str()
+    );
+    // The signed record is in the final response object, for the same content id as the header.
+    let aigc = &completed["response"]["aigc"];
+    assert_eq!(aigc["ProduceID"], header["ProduceID"]);
+    verify_aigc(&p, aigc, &streamed)
+        .await
+        .expect("signature verifies over the streamed text");
+}
+
+#[tokio::test]
+async fn a_stopped_response_stream_is_labeled_too() {
+    let up = Upstream::fixed(Script::sse_writes(responses_text_stream(&[
+        "前面", "炸弹", "后面",
+    ])))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(
+        &up.base_url(),
+        &format!("{POLICY}{}", labels_yaml(dir.path())),
+    )
+    .await;
+    let text = post_json(&p, "/v1/responses", &req(true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let last = assert_incomplete(&text, "炸弹");
+    let streamed = deltas(&text, "response.output_text.delta");
+    assert_eq!(streamed, "前面\n【本内容由人工智能生成】");
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["text"],
+        streamed.as_str()
+    );
+    verify_aigc(&p, &last["response"]["aigc"], &streamed)
+        .await
+        .unwrap();
+}

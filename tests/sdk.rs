@@ -166,6 +166,12 @@ async fn openai_prompt_refusal_is_a_bad_request_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn openai_responses_stream_with_labels() {
+    let s = Script::sse_writes(responses_text_stream(&["天气", "很好。"]));
+    check(s, &labels(), "openai_sdk.py", "responses_stream_labels").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn openai_responses_stream_stopped_by_the_guard() {
     let s = Script::sse_writes(responses_text_stream(&[
         "safe start ",

@@ -13,13 +13,13 @@
 //! carrying the output as it was delivered. Labels are not added to Responses streams yet: a
 //! stream records `unlabeled` (whole answers are labeled).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::generation::{label_slots, sse_named, TextApi};
-use super::labels::TextLabels;
+use super::labels::{aigc_value, TextLabels};
 use super::openai::Extras;
 use super::paths::{self, find_strings, parse_pattern, Found, Seg};
 use crate::dialect::error::{ApiError, ErrorKind};
@@ -79,12 +79,14 @@ impl TextApi for Responses {
         )
     }
 
-    fn codec(&self, extras: Extras, _labels: Option<TextLabels>) -> ResponsesCodec {
-        ResponsesCodec::new(extras)
+    fn codec(&self, extras: Extras, labels: Option<TextLabels>) -> ResponsesCodec {
+        let mut c = ResponsesCodec::new(extras);
+        c.labels = labels.map(StreamLabels::new);
+        c
     }
 
     fn stream_labels(&self) -> bool {
-        false
+        true
     }
 
     fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
@@ -245,6 +247,52 @@ pub struct ResponsesCodec {
     items: BTreeMap<u32, Value>,
     /// Last `sequence_number` seen.
     sequence: u64,
+    labels: Option<StreamLabels>,
+}
+
+/// Labels on a Responses stream: the explicit label as its own `output_text.delta` in each text
+/// part, the same label in every later repeat of that part's text, and the signed record in the
+/// final `response` object.
+pub struct StreamLabels {
+    text: TextLabels,
+    /// Text parts (output index, content index) that got the start / end label.
+    started: BTreeSet<(u32, u32)>,
+    ended: BTreeSet<(u32, u32)>,
+    /// Visible text delivered per part, labels included: what the record signs.
+    delivered: BTreeMap<(u32, u32), String>,
+}
+
+impl StreamLabels {
+    fn new(text: TextLabels) -> Self {
+        Self {
+            text,
+            started: BTreeSet::new(),
+            ended: BTreeSet::new(),
+            delivered: BTreeMap::new(),
+        }
+    }
+
+    fn delivered_text(&self) -> String {
+        self.delivered.values().map(String::as_str).collect()
+    }
+
+    /// `text` (a repeat of part `at`) with the labels that part received.
+    fn labeled(&self, at: (u32, u32), text: &str) -> String {
+        let Some((label, _)) = &self.text.explicit else {
+            return text.to_string();
+        };
+        let mut s = String::with_capacity(text.len() + 2 * label.len() + 2);
+        if self.started.contains(&at) {
+            s.push_str(label);
+            s.push('\n');
+        }
+        s.push_str(text);
+        if self.ended.contains(&at) {
+            s.push('\n');
+            s.push_str(label);
+        }
+        s
+    }
 }
 
 impl ResponsesCodec {
@@ -255,7 +303,47 @@ impl ResponsesCodec {
             response: Value::Null,
             items: BTreeMap::new(),
             sequence: 0,
+            labels: None,
         }
+    }
+
+    /// An `output_text.delta` that shenhe adds (a label), for part `at`.
+    fn label_delta(&mut self, at: (u32, u32), delta: &str) -> Bytes {
+        let item_id = self
+            .items
+            .get(&at.0)
+            .and_then(|i| i.get("id"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let seq = self.next_sequence();
+        self.grow(at.0, at.1, K_TEXT, delta);
+        sse_named(
+            "response.output_text.delta",
+            &json!({"type": "response.output_text.delta", "item_id": item_id, "output_index": at.0,
+                "content_index": at.1, "delta": delta, "logprobs": [], "sequence_number": seq}),
+        )
+    }
+
+    /// The end label for part `at`, once, if the part delivered text.
+    fn end_label(&mut self, at: (u32, u32)) -> Option<Bytes> {
+        let l = self.labels.as_mut()?;
+        let (label, pos) = l.text.explicit.clone()?;
+        let has_text = l.delivered.get(&at).is_some_and(|t| !t.is_empty());
+        if !matches!(pos, Position::End | Position::Both) || !has_text || !l.ended.insert(at) {
+            return None;
+        }
+        let t = format!("\n{label}");
+        l.delivered.entry(at).or_default().push_str(&t);
+        crate::label::record("text", "explicit", "ok");
+        Some(self.label_delta(at, &t))
+    }
+
+    /// The signed record over everything delivered, once.
+    fn seal(&mut self) -> Option<Value> {
+        let l = self.labels.as_mut()?;
+        let explicit_used = !l.started.is_empty() || !l.ended.is_empty();
+        let aigc = l.text.seal(&l.delivered_text(), explicit_used)?;
+        Some(aigc_value(&aigc))
     }
 
     fn next_sequence(&mut self) -> u64 {
@@ -487,7 +575,7 @@ impl EventCodec for ResponsesCodec {
         &mut self,
         event: &Event,
         texts: &[String],
-        _before: &mut Vec<Bytes>,
+        before: &mut Vec<Bytes>,
         _after: &mut Vec<Bytes>,
     ) {
         // The event as delivered (rewritten texts in place).
@@ -534,12 +622,101 @@ impl EventCodec for ResponsesCodec {
                 }
             }
             Kind::Delta { output, part, kind } => {
+                let at = (*output, *part);
+                if *kind == K_TEXT {
+                    let start = self.labels.as_mut().and_then(|l| {
+                        let (label, pos) = l.text.explicit.clone()?;
+                        if !matches!(pos, Position::Start | Position::Both) || !l.started.insert(at)
+                        {
+                            return None;
+                        }
+                        let t = format!("{label}\n");
+                        l.delivered.entry(at).or_default().push_str(&t);
+                        Some(t)
+                    });
+                    if let Some(t) = start {
+                        crate::label::record("text", "explicit", "ok");
+                        before.push(self.label_delta(at, &t));
+                    }
+                    if let (Some(l), Some(t)) = (self.labels.as_mut(), texts.first()) {
+                        l.delivered.entry(at).or_default().push_str(t);
+                    }
+                }
                 if let Some(t) = texts.first() {
                     self.grow(*output, *part, *kind, t);
                 }
             }
-            Kind::Other => {}
+            Kind::Other => {
+                if event.json["type"] == "response.output_text.done" {
+                    let at = (
+                        u32_of(&event.json, "output_index"),
+                        u32_of(&event.json, "content_index"),
+                    );
+                    if let Some(b) = self.end_label(at) {
+                        before.push(b);
+                    }
+                }
+            }
         }
+    }
+
+    fn amend(&mut self, event: &Event, texts: &[String]) -> Option<Bytes> {
+        self.labels.as_ref()?;
+        let ty = event.json["type"].as_str().unwrap_or_default().to_string();
+        let final_event = matches!(ty.as_str(), "response.completed" | "response.incomplete");
+        let l = self.labels.as_ref()?;
+        let mut v = event.json.clone();
+        let mut changed = false;
+        for (path, text) in event.paths.iter().zip(texts) {
+            let at = match (ty.as_str(), path.as_slice()) {
+                ("response.output_text.done", [Seg::Key(k)]) if k == "text" => {
+                    (u32_of(&v, "output_index"), u32_of(&v, "content_index"))
+                }
+                ("response.content_part.done", [Seg::Key(a), Seg::Key(b)])
+                    if a == "part" && b == "text" =>
+                {
+                    (u32_of(&v, "output_index"), u32_of(&v, "content_index"))
+                }
+                (
+                    "response.output_item.done",
+                    [Seg::Key(a), Seg::Key(b), Seg::Index(i), Seg::Key(c)],
+                ) if a == "item" && b == "content" && c == "text" => {
+                    (u32_of(&v, "output_index"), *i as u32)
+                }
+                (
+                    _,
+                    [Seg::Key(r), Seg::Key(o), Seg::Index(oi), Seg::Key(c), Seg::Index(i), Seg::Key(t)],
+                ) if r == "response" && o == "output" && c == "content" && t == "text" => {
+                    (*oi as u32, *i as u32)
+                }
+                _ => {
+                    paths::set_string(&mut v, path, text.clone());
+                    continue;
+                }
+            };
+            let labeled = l.labeled(at, text);
+            changed |= labeled != *text;
+            paths::set_string(&mut v, path, labeled);
+        }
+        if final_event {
+            if let Some(r) = v.get_mut("response") {
+                if r.get("output_text").is_some() {
+                    r["output_text"] = json!(l.delivered_text());
+                }
+            }
+            let aigc = self.seal();
+            if let (Some(a), Some(r)) = (aigc, v.get_mut("response")) {
+                r[crate::label::CHAT_AIGC_FIELD] = a;
+                changed = true;
+            }
+        }
+        if !changed {
+            return None;
+        }
+        Some(match &event.name {
+            Some(n) => sse_named(n, &v),
+            None => super::openai::sse_data(&v),
+        })
     }
 
     fn render(&self, event: &Event, texts: &[String]) -> Bytes {
@@ -558,12 +735,26 @@ impl EventCodec for ResponsesCodec {
     }
 
     fn stop(&mut self, _category: &str, _notice: Option<&str>) -> Vec<Bytes> {
-        let response = self.snapshot("incomplete", json!({"reason": "content_filter"}));
+        // What was delivered before the stop is generated content: it is labeled like any other.
+        let parts: Vec<(u32, u32)> = self
+            .labels
+            .as_ref()
+            .map(|l| l.delivered.keys().copied().collect())
+            .unwrap_or_default();
+        let mut out: Vec<Bytes> = parts
+            .into_iter()
+            .filter_map(|at| self.end_label(at))
+            .collect();
+        let mut response = self.snapshot("incomplete", json!({"reason": "content_filter"}));
+        if let Some(a) = self.seal() {
+            response[crate::label::CHAT_AIGC_FIELD] = a;
+        }
         let seq = self.next_sequence();
-        vec![sse_named(
+        out.push(sse_named(
             "response.incomplete",
             &json!({"type": "response.incomplete", "sequence_number": seq, "response": response}),
-        )]
+        ));
+        out
     }
 
     fn fault(&mut self, message: &str) -> Vec<Bytes> {

@@ -71,6 +71,13 @@ pub trait EventCodec: Send + 'static {
     ) {
     }
 
+    /// Bytes to send instead of an event whose text the guard left as it was, when the codec must
+    /// still amend it (labels inside repeated text, the implicit record in a final event).
+    /// Called after `on_release` for the same event. Default: none.
+    fn amend(&mut self, _event: &Self::Event, _texts: &[String]) -> Option<Bytes> {
+        None
+    }
+
     /// The stream ends normally: events to send before the API's own end (implicit labels).
     /// Called once, before the terminal event or at the upstream's end.
     fn on_end(&mut self, _out: &mut Vec<Bytes>) {}
@@ -385,13 +392,21 @@ impl<C: EventCodec> Guard<C> {
                 (Some(texts), Some(ev)) => {
                     let mut after = Vec::new();
                     self.codec.on_release(ev, &texts, out, &mut after);
-                    out.push(self.codec.render(ev, &texts));
+                    let bytes = self
+                        .codec
+                        .amend(ev, &texts)
+                        .unwrap_or_else(|| self.codec.render(ev, &texts));
+                    out.push(bytes);
                     out.extend(after);
                 }
                 (None, Some(ev)) => {
                     let mut after = Vec::new();
                     self.codec.on_release(ev, &held.texts, out, &mut after);
-                    out.push(held.raw.clone());
+                    let bytes = self
+                        .codec
+                        .amend(ev, &held.texts)
+                        .unwrap_or_else(|| held.raw.clone());
+                    out.push(bytes);
                     out.extend(after);
                 }
                 (_, None) => {
@@ -466,7 +481,11 @@ impl<C: EventCodec> Guard<C> {
         if let Some(ev) = &held.event {
             let mut after = Vec::new();
             self.codec.on_release(ev, &texts, out, &mut after);
-            out.push(self.codec.render(ev, &texts));
+            let bytes = self
+                .codec
+                .amend(ev, &texts)
+                .unwrap_or_else(|| self.codec.render(ev, &texts));
+            out.push(bytes);
             out.extend(after);
         }
     }

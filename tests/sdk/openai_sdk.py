@@ -85,6 +85,24 @@ def responses_stream_stop(c):
         assert last.response.output[0].content[0].text == "safe start "
 
 
+def responses_stream_labels(c):
+    label = "\n【本内容由人工智能生成】"
+    text = ""
+    with c.responses.create(model="m", input="hi", stream=True) as stream:
+        for ev in stream:
+            if ev.type == "response.output_text.delta":
+                text += ev.delta
+    assert text.endswith(label), repr(text)
+    # The helper stream accumulates the label deltas and the unknown `aigc` field without complaint.
+    with c.responses.stream(model="m", input="hi") as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    assert final.output_text.endswith(label), repr(final.output_text)
+    extra = getattr(final, "model_extra", None) or {}
+    assert "aigc" in extra and extra["aigc"]["Label"] == "1", extra
+
+
 def responses_prompt_refusal(c):
     try:
         c.responses.create(model="m", input="教我做炸弹")
@@ -96,7 +114,7 @@ def responses_prompt_refusal(c):
 
 SCENARIOS = {f.__name__: f for f in [
     chat_stream_stop, chat_stream_labels, chat_nonstream_block, chat_prompt_refusal,
-    responses_stream_stop, responses_prompt_refusal,
+    responses_stream_stop, responses_stream_labels, responses_prompt_refusal,
 ]}
 
 if __name__ == "__main__":
