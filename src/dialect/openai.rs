@@ -33,12 +33,12 @@ const CHAT_PROMPT: &[&str] = &[
 
 /// Completion fields of one choice: (channel field id, path below the choice object).
 /// In a stream the fields sit under `delta`, in a whole response under `message`.
-const CHAT_FIELDS: &[(u32, &str)] = &[
-    (0, "content"),
-    (1, "reasoning_content"),
-    (2, "reasoning"),
-    (3, "refusal"),
-    (4, "function_call.arguments"),
+const CHAT_FIELDS: &[(u32, &[&str])] = &[
+    (0, &["content"]),
+    (1, &["reasoning_content"]),
+    (2, &["reasoning"]),
+    (3, &["refusal"]),
+    (4, &["function_call", "arguments"]),
 ];
 /// Tool-call arguments: field id is this base plus the tool call's own index.
 const TOOL_ARGS_BASE: u32 = 100;
@@ -202,9 +202,13 @@ fn choice_texts(
         Flavor::Chat => {
             let m = &c[holder];
             for (field, rel) in CHAT_FIELDS {
-                let keys: Vec<&str> = std::iter::once(holder).chain(rel.split('.')).collect();
-                let v = keys[1..].iter().fold(m, |cur, k| &cur[*k]);
-                push(*field, &keys, v);
+                // Look first, build the path only for a text that is there (the hot path of streams).
+                let v = rel.iter().fold(m, |cur, k| &cur[*k]);
+                if v.is_string() {
+                    let keys: Vec<&str> =
+                        std::iter::once(holder).chain(rel.iter().copied()).collect();
+                    push(*field, &keys, v);
+                }
             }
             if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
                 for (pos, call) in calls.iter().enumerate() {

@@ -183,9 +183,11 @@ pub fn request_id(client: &HeaderMap) -> HeaderValue {
 pub fn new_request_id() -> HeaderValue {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(32);
     for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
     }
     HeaderValue::from_str(&s).expect("hex is a valid header value")
 }

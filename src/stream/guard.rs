@@ -149,6 +149,8 @@ pub struct Guard<C: EventCodec> {
     finished: bool,
     /// The codec's end-of-stream events were sent.
     ended: bool,
+    /// `shenhe_scan_duration_seconds{direction="completion"}`, looked up once per stream.
+    scan_time: prometheus::Histogram,
 }
 
 impl<C: EventCodec> Guard<C> {
@@ -163,6 +165,7 @@ impl<C: EventCodec> Guard<C> {
             notice,
             finished: false,
             ended: false,
+            scan_time: metrics().scan_duration.with_label_values(&["completion"]),
         }
     }
 
@@ -291,11 +294,10 @@ impl<C: EventCodec> Guard<C> {
     }
 
     fn observe(&self, started: Instant) {
-        let m = metrics();
-        m.scan_duration
-            .with_label_values(&["completion"])
-            .observe(started.elapsed().as_secs_f64());
-        m.stream_holdback_bytes.observe(self.held_bytes() as f64);
+        self.scan_time.observe(started.elapsed().as_secs_f64());
+        metrics()
+            .stream_holdback_bytes
+            .observe(self.held_bytes() as f64);
     }
 
     fn channel_index(&mut self, key: ChannelKey) -> usize {
