@@ -13,6 +13,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::generation::{event_data, EventData};
 use super::generation::{label_slots, sse_named, TextApi};
 use super::labels::{aigc_value, TextLabels};
 use super::openai::Extras;
@@ -337,14 +338,11 @@ impl EventCodec for AnthropicCodec {
     type Event = Event;
 
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
-        let Some(data) = &ev.data else {
-            return Ok(Parsed::passthrough());
+        let json = match event_data(ev)? {
+            EventData::None => return Ok(Parsed::passthrough()),
+            EventData::Done => return Ok(Parsed::terminal()),
+            EventData::Json(v) => v,
         };
-        let json: Value = serde_json::from_str(data.trim())
-            .map_err(|e| CodecError(format!("stream event is not JSON: {e}")))?;
-        if !json.is_object() {
-            return Err(CodecError("stream event is not a JSON object".into()));
-        }
         let ty = json["type"].as_str().unwrap_or_default().to_string();
         let index = json
             .get("index")

@@ -79,3 +79,33 @@ pub fn sse_named(name: &str, v: &Value) -> bytes::Bytes {
     buf.extend_from_slice(b"\n\n");
     bytes::Bytes::from(buf)
 }
+
+/// The data of one SSE event, as JSON-event APIs read it.
+pub enum EventData {
+    /// No `data` field (comments, keep-alives): forwarded as is.
+    None,
+    /// `data: [DONE]`: the API's own end of stream.
+    Done,
+    /// A JSON object.
+    Json(Value),
+}
+
+/// Read an event's data; anything but `[DONE]` or a JSON object fails closed.
+pub fn event_data(
+    ev: &crate::stream::sse::RawEvent,
+) -> Result<EventData, crate::stream::guard::CodecError> {
+    use crate::stream::guard::CodecError;
+    let Some(data) = &ev.data else {
+        return Ok(EventData::None);
+    };
+    let trimmed = data.trim();
+    if trimmed == "[DONE]" {
+        return Ok(EventData::Done);
+    }
+    let json: Value = serde_json::from_str(trimmed)
+        .map_err(|e| CodecError(format!("stream event is not JSON: {e}")))?;
+    if !json.is_object() {
+        return Err(CodecError("stream event is not a JSON object".into()));
+    }
+    Ok(EventData::Json(json))
+}

@@ -155,6 +155,29 @@ pub fn note_decision(
     );
 }
 
+/// Count, log and record every finding made in one judged text; returns the field's display path.
+fn record_findings(
+    ctx: &RequestCtx,
+    direction: Direction,
+    findings: &[Finding],
+    t: &Found,
+    records: &mut Vec<Record>,
+) -> String {
+    let field = paths::display(&t.path);
+    for f in findings {
+        metrics()
+            .decisions
+            .with_label_values(&[direction.as_str(), &f.category, f.action.as_str()])
+            .inc();
+        note_decision(&ctx.log.decisions, direction, f, &field);
+        records.push(
+            ctx.rec
+                .decision(&ctx.rt.policy, direction, f, &t.text, f.span.clone()),
+        );
+    }
+    field
+}
+
 /// Judge the prompt texts: `Ok(true)` when redaction rewrote the body; `Err` is the refusal.
 /// Every finding becomes a record in `records`.
 fn judge_prompt(
@@ -172,18 +195,9 @@ fn judge_prompt(
         if findings.is_empty() {
             continue;
         }
-        let field = paths::display(&t.path);
-        for f in &findings {
-            metrics()
-                .decisions
-                .with_label_values(&["prompt", &f.category, f.action.as_str()])
-                .inc();
-            note_decision(&ctx.log.decisions, Direction::Prompt, f, &field);
-            records.push(
-                ctx.rec
-                    .decision(policy, Direction::Prompt, f, &t.text, f.span.clone()),
-            );
-            if f.action == Action::Block && block.is_none() {
+        let field = record_findings(ctx, Direction::Prompt, &findings, &t, records);
+        if block.is_none() {
+            if let Some(f) = findings.iter().find(|f| f.action == Action::Block) {
                 block = Some((f.clone(), field.clone()));
             }
         }
@@ -532,21 +546,7 @@ fn judge_whole(
         if findings.is_empty() {
             continue;
         }
-        let field = paths::display(&t.path);
-        for f in &findings {
-            metrics()
-                .decisions
-                .with_label_values(&["completion", &f.category, f.action.as_str()])
-                .inc();
-            note_decision(&ctx.log.decisions, Direction::Completion, f, &field);
-            records.push(ctx.rec.decision(
-                policy,
-                Direction::Completion,
-                f,
-                &t.text,
-                f.span.clone(),
-            ));
-        }
+        record_findings(ctx, Direction::Completion, &findings, &t, records);
         if let Some(b) = findings.iter().find(|f| f.action == Action::Block) {
             blocked.push((unit, b.category.clone()));
             continue;

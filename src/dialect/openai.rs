@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::generation::TextApi;
+use super::generation::{event_data, EventData};
 use super::labels::{aigc_value, TextLabels};
 use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg};
 use crate::dialect::error::{ApiError, ErrorKind};
@@ -577,19 +578,11 @@ impl EventCodec for OpenAiCodec {
     type Event = Chunk;
 
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Chunk>, CodecError> {
-        let Some(data) = &ev.data else {
-            return Ok(Parsed::passthrough());
+        let json = match event_data(ev)? {
+            EventData::None => return Ok(Parsed::passthrough()),
+            EventData::Done => return Ok(Parsed::terminal()),
+            EventData::Json(v) => v,
         };
-        let trimmed = data.trim();
-        if trimmed == "[DONE]" {
-            return Ok(Parsed {
-                event: None,
-                pieces: Vec::new(),
-                terminal: true,
-            });
-        }
-        let json: Value = serde_json::from_str(trimmed)
-            .map_err(|e| CodecError(format!("stream event is not JSON: {e}")))?;
         if json.get("error").is_some() {
             // An upstream error event carries no generated text; it is forwarded as is.
             return Ok(Parsed::passthrough());

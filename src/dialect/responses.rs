@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::generation::{event_data, EventData};
 use super::generation::{label_slots, sse_named, TextApi};
 use super::labels::{aigc_value, TextLabels};
 use super::openai::Extras;
@@ -456,22 +457,11 @@ impl EventCodec for ResponsesCodec {
     type Event = Event;
 
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
-        let Some(data) = &ev.data else {
-            return Ok(Parsed::passthrough());
+        let json = match event_data(ev)? {
+            EventData::None => return Ok(Parsed::passthrough()),
+            EventData::Done => return Ok(Parsed::terminal()),
+            EventData::Json(v) => v,
         };
-        let trimmed = data.trim();
-        if trimmed == "[DONE]" {
-            return Ok(Parsed {
-                event: None,
-                pieces: Vec::new(),
-                terminal: true,
-            });
-        }
-        let json: Value = serde_json::from_str(trimmed)
-            .map_err(|e| CodecError(format!("stream event is not JSON: {e}")))?;
-        if !json.is_object() {
-            return Err(CodecError("stream event is not a JSON object".into()));
-        }
         if let Some(n) = json.get("sequence_number").and_then(Value::as_u64) {
             self.sequence = self.sequence.max(n);
         }

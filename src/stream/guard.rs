@@ -39,11 +39,21 @@ pub struct Parsed<E> {
 }
 
 impl<E> Parsed<E> {
+    /// An event that carries no text and is forwarded as is.
     pub fn passthrough() -> Self {
         Self {
             event: None,
             pieces: Vec::new(),
             terminal: false,
+        }
+    }
+
+    /// The API's own end of stream.
+    pub fn terminal() -> Self {
+        Self {
+            event: None,
+            pieces: Vec::new(),
+            terminal: true,
         }
     }
 }
