@@ -56,20 +56,22 @@ impl HeaderPlan {
                 })
                 .collect::<Vec<_>>()
         };
-        let upstream_key =
-            upstream
-                .api_key
-                .as_ref()
-                .and_then(|key| match &upstream.api_key_header {
-                    Some(h) => Some((
-                        HeaderName::from_bytes(h.as_bytes()).ok()?,
-                        HeaderValue::from_str(key).ok()?,
-                    )),
-                    None => Some((
-                        header::AUTHORIZATION,
-                        HeaderValue::from_str(&format!("Bearer {key}")).ok()?,
-                    )),
-                });
+        // An empty key (`${UPSTREAM_API_KEY:-}` with the variable unset) means no key: the
+        // client's own credentials then pass through.
+        let upstream_key = upstream
+            .api_key
+            .as_ref()
+            .filter(|k| !k.is_empty())
+            .and_then(|key| match &upstream.api_key_header {
+                Some(h) => Some((
+                    HeaderName::from_bytes(h.as_bytes()).ok()?,
+                    HeaderValue::from_str(key).ok()?,
+                )),
+                None => Some((
+                    header::AUTHORIZATION,
+                    HeaderValue::from_str(&format!("Bearer {key}")).ok()?,
+                )),
+            });
         let upstream_key = upstream_key.map(|(n, mut v)| {
             v.set_sensitive(true);
             (n, v)
@@ -234,6 +236,17 @@ mod tests {
         let out = plan(Some("up-key")).upstream_request(&h, None, &new_request_id(), true);
         assert_eq!(out["authorization"], "Bearer up-key");
         assert_eq!(out["accept-encoding"], "identity");
+    }
+
+    #[test]
+    fn an_empty_upstream_key_leaves_client_credentials_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer client-key"),
+        );
+        let out = plan(Some("")).upstream_request(&h, None, &new_request_id(), false);
+        assert_eq!(out["authorization"], "Bearer client-key");
     }
 
     #[test]
