@@ -430,6 +430,17 @@ async fn prompt_phase(
     }
 }
 
+/// The prompt phase, then the judged bytes (or their redacted rewrite) sent upstream.
+async fn judge_and_send(
+    ctx: &mut RequestCtx,
+    bytes: Bytes,
+    json: &mut Value,
+    texts: Vec<Found>,
+) -> Result<(reqwest::Response, Instant), ApiError> {
+    let forward_bytes = prompt_phase(ctx, bytes, json, texts).await?;
+    proxy::send_upstream(ctx, UpstreamBody::Full(forward_bytes), true).await
+}
+
 /// A moderated exchange with a text-generation API: prompt phase, forward, then the answer
 /// judged whole or streamed through the guard, labeled and recorded; the places of text, the
 /// refusal and the stream codec come from `api`.
@@ -444,15 +455,10 @@ async fn text_exchange<A: super::generation::TextApi>(
         Ok(t) => t,
         Err(e) => return ctx.error(e),
     };
-    let forward_bytes = match prompt_phase(&mut ctx, bytes, &mut json, texts).await {
-        Ok(b) => b,
+    let (resp, sent) = match judge_and_send(&mut ctx, bytes, &mut json, texts).await {
+        Ok(r) => r,
         Err(e) => return ctx.error(e),
     };
-    let (resp, sent) =
-        match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward_bytes), true).await {
-            Ok(r) => r,
-            Err(e) => return ctx.error(e),
-        };
     if !resp.status().is_success() {
         return proxy::stream_back(ctx, resp, sent);
     }
@@ -584,15 +590,10 @@ async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> 
             .with_param("stream"),
         );
     }
-    let forward_bytes = match prompt_phase(&mut ctx, bytes, &mut json, texts).await {
-        Ok(b) => b,
+    let (resp, sent) = match judge_and_send(&mut ctx, bytes, &mut json, texts).await {
+        Ok(r) => r,
         Err(e) => return ctx.error(e),
     };
-    let (resp, sent) =
-        match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward_bytes), true).await {
-            Ok(r) => r,
-            Err(e) => return ctx.error(e),
-        };
     if !resp.status().is_success() {
         return proxy::stream_back(ctx, resp, sent);
     }
@@ -640,11 +641,7 @@ async fn prompt_only_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value
         Ok(t) => t,
         Err(e) => return ctx.error(e),
     };
-    let forward_bytes = match prompt_phase(&mut ctx, bytes, &mut json, texts).await {
-        Ok(b) => b,
-        Err(e) => return ctx.error(e),
-    };
-    match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward_bytes), true).await {
+    match judge_and_send(&mut ctx, bytes, &mut json, texts).await {
         Ok((resp, sent)) => proxy::stream_back(ctx, resp, sent),
         Err(e) => ctx.error(e),
     }
