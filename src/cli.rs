@@ -171,7 +171,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 
 /// Where `shenhe demo` runs the scripted model: the address the config's upstream names.
 pub fn demo_upstream_addr(c: &Config) -> Result<SocketAddr, String> {
-    let url = reqwest::Url::parse(&c.upstream.base_url).map_err(|e| e.to_string())?;
+    let url = url::Url::parse(&c.upstream.base_url).map_err(|e| e.to_string())?;
     let host = url.host_str().unwrap_or("127.0.0.1");
     let port = url.port_or_known_default().unwrap_or(80);
     format!("{host}:{port}").parse().map_err(|_| {

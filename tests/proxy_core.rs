@@ -42,6 +42,71 @@ async fn passthrough_json_and_headers_are_byte_identical() {
     assert_eq!(rec.header("x-forwarded-proto"), Some("http"));
 }
 
+const RAW_ROUTE: &str = "routes:\n  paths:\n    /v1/raw/chat: passthrough\n";
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = Upstream::fixed(Script::json(r#"{"choices":[]}"#)).await;
+    let p = proxy(&up.base_url(), RAW_ROUTE).await;
+    for path in ["/v1/models", "/v1/raw/chat", "/v1/chat/completions"] {
+        let resp = if path == "/v1/models" {
+            client().get(p.url(path)).send().await.unwrap()
+        } else {
+            let msg =
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            post_json(&p, path, &msg).await
+        };
+        assert_eq!(resp.status(), 200, "{path}");
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(up.requests().len(), 3);
+    assert_eq!(
+        up.connections(),
+        1,
+        "one keep-alive connection serves every request"
+    );
+    let host = up.requests()[0].header("host").map(str::to_string);
+    assert_eq!(host.as_deref(), Some(up.addr.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_replaced() {
+    // The model server closes each connection right after answering (its keep-alive timeout
+    // ran out), without a `connection: close` header: the next request must not fail.
+    let up = Upstream::fixed(Script::json(r#"{"ok":true}"#).then_close()).await;
+    let p = proxy(&up.base_url(), "").await;
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let resp = client().get(p.url("/v1/models")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.bytes().await.unwrap(), Bytes::from(r#"{"ok":true}"#));
+    }
+    assert_eq!(up.connections(), 3);
+}
+
+#[tokio::test]
+async fn events_that_arrive_together_are_delivered_in_few_writes() {
+    // 200 events in one upstream write: shenhe forwards what one read brought in with one write
+    // instead of one write per event, so the client sees far fewer than 200 body chunks.
+    let events: String = (0..200)
+        .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
+        .collect();
+    let up = Upstream::fixed(Script::sse_writes(vec![events.clone()])).await;
+    let p = proxy(&up.base_url(), RAW_ROUTE).await;
+    let resp = post_json(&p, "/v1/raw/chat", &serde_json::json!({"stream": true})).await;
+    let mut chunks = 0;
+    let mut got = Vec::new();
+    let mut body = resp.bytes_stream();
+    while let Some(c) = body.next().await {
+        got.extend_from_slice(&c.unwrap());
+        chunks += 1;
+    }
+    assert_eq!(got, events.as_bytes());
+    assert!(chunks < 20, "{chunks} chunks for one upstream write");
+}
+
 #[tokio::test]
 async fn request_id_is_generated_when_absent() {
     let up = Upstream::fixed(Script::json("{}")).await;

@@ -386,7 +386,7 @@ impl Config {
     /// Every semantic problem, with its path. Empty means valid.
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
-        match reqwest::Url::parse(&self.upstream.base_url) {
+        match url::Url::parse(&self.upstream.base_url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
                 if u.query().is_some() || u.fragment().is_some() {
                     issues.push(ConfigIssue::new(

@@ -29,7 +29,7 @@ use crate::metrics::metrics;
 use crate::policy::{Action, Direction, Finding, Policy};
 use crate::server::body;
 use crate::server::proxy::{self, is_event_stream, RequestCtx};
-use crate::server::upstream::{bounded_body, UpstreamBody};
+use crate::server::upstream::{bounded_body, UpstreamBody, UpstreamResponse};
 use crate::stream::guard::{Guard, StopReason, StreamFinding};
 use crate::stream::{guarded_body, Reporter};
 
@@ -258,7 +258,7 @@ fn fill_delivery(r: &mut Record, d: &Mutex<Delivery>) {
 /// Read a whole JSON answer; one shenhe cannot read is not delivered (fail closed).
 async fn read_json_answer(
     ctx: &RequestCtx,
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     sent: Instant,
 ) -> Result<(Bytes, Value), ApiError> {
     let body = read_upstream(ctx, resp, sent).await?;
@@ -280,7 +280,7 @@ async fn read_json_answer(
 /// Read a whole upstream body within the response limit and the upstream timeouts.
 async fn read_upstream(
     ctx: &RequestCtx,
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     sent: Instant,
 ) -> Result<Bytes, ApiError> {
     let limit = ctx.rt.config.moderation.response_limit.get();
@@ -309,7 +309,7 @@ async fn read_upstream(
 /// Stream a moderated SSE answer through the guard.
 fn guarded_response<C: crate::stream::guard::EventCodec>(
     ctx: RequestCtx,
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     sent: Instant,
     codec: C,
     extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -436,7 +436,7 @@ async fn judge_and_send(
     bytes: Bytes,
     json: &mut Value,
     texts: Vec<Found>,
-) -> Result<(reqwest::Response, Instant), ApiError> {
+) -> Result<(UpstreamResponse, Instant), ApiError> {
     let forward_bytes = prompt_phase(ctx, bytes, json, texts).await?;
     proxy::send_upstream(ctx, UpstreamBody::Full(forward_bytes), true).await
 }

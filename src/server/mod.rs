@@ -1,6 +1,7 @@
 //! The HTTP server: listeners, shared state, the public proxy router and the admin router.
 
 pub mod body;
+pub mod client;
 pub mod headers;
 pub mod listener;
 pub mod proxy;

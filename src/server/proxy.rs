@@ -194,7 +194,10 @@ async fn passthrough(ctx: RequestCtx, client_body: Body) -> Response {
         || ctx.client_headers.contains_key(header::TRANSFER_ENCODING);
     let (upstream_body, tripped) = if has_body {
         let (b, tripped) = LimitedBody::new(client_body, limit);
-        (UpstreamBody::Stream(reqwest::Body::wrap(b)), Some(tripped))
+        (
+            UpstreamBody::Stream(http_body_util::BodyExt::boxed_unsync(b)),
+            Some(tripped),
+        )
     } else {
         (UpstreamBody::Empty, None)
     };
@@ -229,7 +232,7 @@ pub async fn send_upstream(
     ctx: &mut RequestCtx,
     body: UpstreamBody,
     moderated: bool,
-) -> Result<(reqwest::Response, Instant), ApiError> {
+) -> Result<(super::upstream::UpstreamResponse, Instant), ApiError> {
     let url = ctx.rt.upstream.url(&ctx.path, ctx.query.as_deref())?;
     let up_headers = ctx.rt.headers.upstream_request(
         &ctx.client_headers,
@@ -253,7 +256,11 @@ pub async fn send_upstream(
 }
 
 /// Relay an upstream response: status and headers kept, body streamed chunk by chunk.
-pub fn stream_back(mut ctx: RequestCtx, resp: reqwest::Response, sent: Instant) -> Response {
+pub fn stream_back(
+    mut ctx: RequestCtx,
+    resp: super::upstream::UpstreamResponse,
+    sent: Instant,
+) -> Response {
     let status = resp.status();
     ctx.log.upstream_status = Some(status.as_u16());
     let headers = ctx

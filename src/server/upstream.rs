@@ -3,10 +3,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{FutureExt, Stream, StreamExt};
-use http::{HeaderMap, Method};
-use reqwest::Url;
+use futures_util::{FutureExt, Stream, StreamExt, TryStreamExt};
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, BodyStream, Empty, Full};
+use url::Url;
 
+use super::client::{Client, RequestBody, ResponseBody, SendError, Target};
 use crate::config::UpstreamConfig;
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::metrics::metrics;
@@ -16,11 +18,10 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    base: Url,
-    /// For passthrough routes: bytes are forwarded exactly as they come, compressed or not.
-    raw: reqwest::Client,
-    /// For moderated routes: compressed answers (gzip, br, deflate, zstd) are decoded before scanning.
-    decoding: reqwest::Client,
+    /// The base URL's path, without a trailing slash: client paths are appended to it.
+    base_path: String,
+    client: Client,
+    user_agent: HeaderValue,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
@@ -32,37 +33,98 @@ pub struct Upstream {
 pub enum UpstreamBody {
     Empty,
     Full(Bytes),
-    Stream(reqwest::Body),
+    Stream(RequestBody),
 }
+
+/// The upstream's answer: status, headers and a body that is read as it arrives.
+pub struct UpstreamResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: ResponseBody,
+    /// The body is compressed and must be decoded (moderated routes only).
+    decode: Option<Encoding>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Encoding {
+    Gzip,
+    Deflate,
+    Brotli,
+    Zstd,
+}
+
+impl UpstreamResponse {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body as decoded chunks, as they arrive.
+    fn chunks(self) -> futures_util::stream::BoxStream<'static, Result<Bytes, BodyFault>> {
+        let raw = BodyStream::new(self.body)
+            .try_filter_map(|f| std::future::ready(Ok(f.into_data().ok())))
+            .map_err(|_| BodyFault);
+        let Some(enc) = self.decode else {
+            return raw.boxed();
+        };
+        use async_compression::tokio::bufread as dec;
+        let reader = tokio_util::io::StreamReader::new(raw.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upstream body broken")
+        }));
+        fn stream<R: tokio::io::AsyncRead + Send + 'static>(
+            r: R,
+        ) -> futures_util::stream::BoxStream<'static, Result<Bytes, BodyFault>> {
+            tokio_util::io::ReaderStream::new(r)
+                .map_err(|_| BodyFault)
+                .boxed()
+        }
+        match enc {
+            Encoding::Gzip => stream(dec::GzipDecoder::new(reader)),
+            Encoding::Deflate => stream(dec::ZlibDecoder::new(reader)),
+            Encoding::Brotli => stream(dec::BrotliDecoder::new(reader)),
+            Encoding::Zstd => stream(dec::ZstdDecoder::new(reader)),
+        }
+    }
+}
+
+/// The upstream body broke off or could not be decoded.
+#[derive(Debug)]
+struct BodyFault;
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
         let base = Url::parse(&cfg.base_url).map_err(|e| format!("upstream.base_url: {e}"))?;
-        let t = &cfg.timeouts;
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(t.connect.get())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .pool_max_idle_per_host(cfg.pool_max_idle)
-                .tcp_nodelay(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .user_agent(concat!("shenhe/", env!("CARGO_PKG_VERSION")))
+        let tls = match base.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(format!(
+                    "upstream.base_url: scheme `{other}` is not http or https"
+                ))
+            }
         };
-        let raw = builder()
-            .no_gzip()
-            .no_brotli()
-            .no_deflate()
-            .no_zstd()
-            .build()
-            .map_err(|e| format!("cannot build upstream client: {e}"))?;
-        let decoding = builder()
-            .build()
-            .map_err(|e| format!("cannot build upstream client: {e}"))?;
+        let host = match base.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err("upstream.base_url: no host".into()),
+        };
+        let port = base
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let t = &cfg.timeouts;
+        let client = Client::new(
+            Target { host, port, tls },
+            t.connect.get(),
+            POOL_IDLE_TIMEOUT,
+            cfg.pool_max_idle,
+        )?;
         Ok(Self {
-            base,
-            raw,
-            decoding,
+            base_path: base.path().trim_end_matches('/').to_string(),
+            client,
+            user_agent: HeaderValue::from_static(concat!("shenhe/", env!("CARGO_PKG_VERSION"))),
             connect_timeout: t.connect.get(),
             first_byte_timeout: t.first_byte.get(),
             idle_timeout: t.idle.get(),
@@ -71,45 +133,85 @@ impl Upstream {
         })
     }
 
-    /// The upstream URL for a client path and query, under the base URL's own path.
-    pub fn url(&self, path: &str, query: Option<&str>) -> Result<Url, ApiError> {
-        let mut url = self.base.clone();
-        let base_path = url.path().trim_end_matches('/').to_string();
-        url.set_path(&format!("{base_path}{path}"));
-        url.set_query(query);
-        Ok(url)
+    /// The upstream request target (origin form) for a client path and query, under the base
+    /// URL's own path.
+    pub fn url(&self, path: &str, query: Option<&str>) -> Result<http::Uri, ApiError> {
+        let mut s = String::with_capacity(self.base_path.len() + path.len() + 64);
+        s.push_str(&self.base_path);
+        s.push_str(path);
+        if let Some(q) = query {
+            s.push('?');
+            s.push_str(q);
+        }
+        http::Uri::try_from(s).map_err(|_| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                "the request path cannot be forwarded",
+            )
+        })
     }
 
-    /// Send a request and wait for the response headers, within the first-byte bound.
+    /// Send a request and wait for the response headers, within the first-byte bound. With
+    /// `decode`, a compressed answer (gzip, br, deflate, zstd) is decoded before anyone reads it,
+    /// and one in another encoding is refused.
     pub async fn send(
         &self,
         method: Method,
-        url: Url,
-        headers: HeaderMap,
+        uri: http::Uri,
+        mut headers: HeaderMap,
         body: UpstreamBody,
         decode: bool,
-    ) -> Result<reqwest::Response, ApiError> {
-        let client = if decode { &self.decoding } else { &self.raw };
-        let req = client.request(method, url).headers(headers);
-        let req = match body {
-            UpstreamBody::Empty => req,
-            UpstreamBody::Full(b) => req.body(b),
-            UpstreamBody::Stream(s) => req.body(s),
+    ) -> Result<UpstreamResponse, ApiError> {
+        headers.insert(header::HOST, self.client.authority().clone());
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, self.user_agent.clone());
+        }
+        let body = match body {
+            UpstreamBody::Empty => Empty::new().map_err(|e| match e {}).boxed_unsync(),
+            UpstreamBody::Full(b) => Full::new(b).map_err(|e| match e {}).boxed_unsync(),
+            UpstreamBody::Stream(s) => s,
         };
-        match tokio::time::timeout(self.first_byte_timeout, req.send()).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => {
-                metrics()
-                    .upstream_errors
-                    .with_label_values(&["timeout"])
-                    .inc();
-                Err(ApiError::new(
-                    ErrorKind::UpstreamTimeout,
-                    "the model server did not answer in time",
-                ))
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        let resp = match tokio::time::timeout(self.first_byte_timeout, self.client.send(req)).await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(classify(&e)),
+            Err(_) => return Err(fault("timeout", ErrorKind::UpstreamTimeout, TIMEOUT_MSG)),
+        };
+        let (parts, body) = resp.into_parts();
+        let mut headers = parts.headers;
+        let mut enc = None;
+        if decode {
+            if let Some(v) = headers.get(header::CONTENT_ENCODING) {
+                let v = v.to_str().unwrap_or_default().trim().to_ascii_lowercase();
+                enc =
+                    match v.as_str() {
+                        "" | "identity" => None,
+                        "gzip" | "x-gzip" => Some(Encoding::Gzip),
+                        "deflate" => Some(Encoding::Deflate),
+                        "br" => Some(Encoding::Brotli),
+                        "zstd" => Some(Encoding::Zstd),
+                        _ => return Err(fault(
+                            "decode",
+                            ErrorKind::UpstreamProtocol,
+                            "the model server answered in a content encoding shenhe cannot read",
+                        )),
+                    };
+                headers.remove(header::CONTENT_ENCODING);
+                if enc.is_some() {
+                    headers.remove(header::CONTENT_LENGTH);
+                }
             }
         }
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers,
+            body,
+            decode: enc,
+        })
     }
 
     /// Whether the upstream answers its probe path (any non-5xx status counts as reachable).
@@ -117,52 +219,49 @@ impl Upstream {
         let Some(path) = &self.probe else {
             return true;
         };
-        let Ok(url) = self.url(path, None) else {
+        let Ok(uri) = self.url(path, None) else {
             return false;
         };
-        let req = self
-            .raw
-            .get(url)
-            .timeout(self.connect_timeout + Duration::from_secs(2));
-        matches!(req.send().await, Ok(r) if !r.status().is_server_error())
+        let send = self.send(
+            Method::GET,
+            uri,
+            HeaderMap::new(),
+            UpstreamBody::Empty,
+            false,
+        );
+        let bound = self.connect_timeout + Duration::from_secs(2);
+        matches!(tokio::time::timeout(bound, send).await, Ok(Ok(r)) if !r.status().is_server_error())
     }
 }
 
-/// Sort a reqwest failure into a client-facing error and count it.
-pub fn classify(e: &reqwest::Error) -> ApiError {
-    let (kind, label, msg) = if e.is_timeout() {
-        (
-            ErrorKind::UpstreamTimeout,
-            "timeout",
-            "the model server did not answer in time",
-        )
-    } else if e.is_connect() {
-        (
-            ErrorKind::UpstreamUnreachable,
-            "connect",
-            "the model server cannot be reached",
-        )
-    } else if e.is_decode() {
-        (
-            ErrorKind::UpstreamProtocol,
-            "decode",
-            "the model server sent a body that cannot be decoded",
-        )
-    } else if e.is_body() || e.is_request() {
-        (
-            ErrorKind::UpstreamUnreachable,
-            "protocol",
-            "the connection to the model server failed",
-        )
-    } else {
-        (
-            ErrorKind::UpstreamProtocol,
-            "protocol",
-            "the model server answered with an invalid response",
-        )
-    };
+const TIMEOUT_MSG: &str = "the model server did not answer in time";
+
+/// Count an upstream failure and make its client-facing error.
+fn fault(label: &str, kind: ErrorKind, msg: &'static str) -> ApiError {
     metrics().upstream_errors.with_label_values(&[label]).inc();
     ApiError::new(kind, msg)
+}
+
+/// Sort a failed exchange into a client-facing error and count it.
+fn classify(e: &SendError) -> ApiError {
+    match e {
+        SendError::ConnectTimeout => fault("timeout", ErrorKind::UpstreamTimeout, TIMEOUT_MSG),
+        SendError::Connect(_) => fault(
+            "connect",
+            ErrorKind::UpstreamUnreachable,
+            "the model server cannot be reached",
+        ),
+        SendError::Http(e) if e.is_parse() || e.is_parse_status() => fault(
+            "protocol",
+            ErrorKind::UpstreamProtocol,
+            "the model server answered with an invalid response",
+        ),
+        SendError::Http(_) => fault(
+            "protocol",
+            ErrorKind::UpstreamUnreachable,
+            "the connection to the model server failed",
+        ),
+    }
 }
 
 /// Why an upstream body stream ended early.
@@ -210,18 +309,18 @@ const COALESCE_MAX: usize = 32 * 1024;
 /// never held back waiting for another. A fault ends the stream with one `Err` item; it is
 /// counted in `shenhe_upstream_errors_total`.
 pub fn bounded_body(
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     idle: Duration,
     deadline: Instant,
 ) -> impl Stream<Item = Result<Bytes, StreamFault>> + Send + 'static {
     struct State<S> {
         inner: S,
         /// An item taken while merging that must come after the merged chunk.
-        pending: Option<Option<Result<Bytes, reqwest::Error>>>,
+        pending: Option<Option<Result<Bytes, BodyFault>>>,
         done: bool,
     }
     let state = State {
-        inner: resp.bytes_stream(),
+        inner: resp.chunks(),
         pending: None,
         done: false,
     };

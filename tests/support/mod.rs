@@ -33,6 +33,9 @@ pub struct Script {
     pub chunked: bool,
     /// Pause before the status line (first-byte timeouts).
     pub head_delay: Duration,
+    /// Close the connection after this (chunked) response, as a server whose keep-alive
+    /// timeout ran out would, without saying so in a header.
+    pub then_close: bool,
 }
 
 impl Script {
@@ -43,6 +46,7 @@ impl Script {
             steps: vec![Step::Write(Bytes::from(body.to_string()))],
             chunked: true,
             head_delay: Duration::ZERO,
+            then_close: false,
         }
     }
 
@@ -65,11 +69,17 @@ impl Script {
                 .collect(),
             chunked: true,
             head_delay: Duration::ZERO,
+            then_close: false,
         }
     }
 
     pub fn with_status(mut self, s: u16) -> Self {
         self.status = s;
+        self
+    }
+
+    pub fn then_close(mut self) -> Self {
+        self.then_close = true;
         self
     }
 
@@ -106,6 +116,8 @@ pub struct Log {
     pub disconnects: Vec<(Instant, usize)>,
     /// Scripts that ran to the end.
     pub completed: usize,
+    /// Connections accepted.
+    pub connections: usize,
 }
 
 type Handler = Arc<dyn Fn(&Recorded) -> Script + Send + Sync>;
@@ -129,6 +141,7 @@ impl Upstream {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
+                l.lock().unwrap().connections += 1;
                 let (h, l, d) = (handler.clone(), l.clone(), d.clone());
                 tokio::spawn(async move { serve_conn(sock, h, l, d).await });
             }
@@ -159,6 +172,10 @@ impl Upstream {
 
     pub fn completed(&self) -> usize {
         self.log.lock().unwrap().completed
+    }
+
+    pub fn connections(&self) -> usize {
+        self.log.lock().unwrap().connections
     }
 }
 
@@ -320,6 +337,10 @@ async fn serve_conn(
                 return;
             }
             log.lock().unwrap().completed += 1;
+            if script.then_close {
+                let _ = wr.shutdown().await;
+                return;
+            }
         } else {
             log.lock().unwrap().completed += 1;
             let _ = wr.shutdown().await;
