@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Load bench: scripted model directly vs nginx proxy_pass vs shenhe (passthrough and moderated
-# routes), all on 127.0.0.1, in one run. See bench/README.md.
+# routes), all on 127.0.0.1, in one run, on OpenAI chat completions, Anthropic Messages and OpenAI
+# Responses. See bench/README.md.
 #
-#   bench/run.sh              # build (release, locked), then run everything (~6 min after the build)
+#   bench/run.sh              # build (release, locked), then run everything (~12 min after the build)
 #   bench/run.sh --no-build   # reuse target/release/{shenhe,examples/scripted_model}
 #
 # Knobs (environment): BENCH_DURATION (s per wrk run of workloads 1–2, default 12),
-# BENCH_SLOW_DURATION (s of the 1,000-stream run, default 16), BENCH_WARMUP (s, default 3).
+# BENCH_SLOW_DURATION (s of the 1,000-stream run, default 16), BENCH_WARMUP (s, default 3),
+# BENCH_DIALECTS (which APIs workloads 1–2 run on, of "chat messages responses", default all;
+# workload 3 runs on chat only, and only when chat is selected).
 # Raw outputs go to bench/out/ (gitignored); the final Markdown tables go to stdout and
 # bench/out/summary.md. Every process started here is stopped on exit.
 set -euo pipefail
@@ -21,7 +24,8 @@ CONC=32
 SLOW_CONC=1000
 TOKENS=256
 SLOW_DELAY_MS=20
-WATCHDOG_S=900 # the whole run after the build; the script kills itself past this
+DIALECTS=${BENCH_DIALECTS:-chat messages responses}
+DIALECTS=${DIALECTS//,/ }
 
 MODEL_FAST=127.0.0.1:18001 # 256 tokens, no delay (workloads 1, 2)
 MODEL_SLOW=127.0.0.1:18002 # 256 tokens, 20 ms apart (workload 3)
@@ -31,6 +35,20 @@ NGINX=127.0.0.1:18081
 
 BUILD=1
 [[ ${1:-} == --no-build ]] && BUILD=0
+
+# The moderated path of each dialect, and the passthrough alias the scripted model answers alike.
+api_path() { case $1 in chat) echo /v1/chat/completions ;; messages) echo /v1/messages ;; responses) echo /v1/responses ;; esac; }
+raw_path() { case $1 in chat) echo /v1/raw/chat ;; messages) echo /v1/raw/messages ;; responses) echo /v1/raw/responses ;; esac; }
+HAS_CHAT=0
+for d in $DIALECTS; do
+  [[ -n $(api_path "$d") ]] || { echo "BENCH_DIALECTS: unknown dialect '$d' (chat, messages, responses)" >&2; exit 1; }
+  [[ $d == chat ]] && HAS_CHAT=1
+done
+[[ -n $DIALECTS ]] || { echo "BENCH_DIALECTS selects nothing" >&2; exit 1; }
+# The whole run after the build: twice the expected time (10 wrk runs per dialect, 5 slow runs);
+# the script kills itself past this.
+N_DIALECTS=$(wc -w <<<"$DIALECTS")
+WATCHDOG_S=$((120 + 2 * (N_DIALECTS * 10 * (WARM + DUR + 8) + HAS_CHAT * 5 * (SLOW_DUR + 24))))
 
 for tool in wrk nginx python3 curl ss; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx curl iproute2 python3)" >&2; exit 1; }
@@ -97,19 +115,27 @@ rng = random.Random(20250101)
 sys_text = "You are a helpful assistant. 你是一个乐于助人的助手，请用简洁的中文回答问题。"
 user_text = ("Please summarise the following notes about the quarterly planning meeting. "
              "我们讨论了下一季度的产品路线图、招聘计划以及预算安排。") * 6
-def body(stream, pad_to=1024):
-    msgs = [{"role": "system", "content": sys_text}, {"role": "user", "content": user_text}]
-    b = {"model": "demo", "stream": stream, "max_tokens": 256, "messages": msgs}
+def body(dialect, stream, pad_to=1024):
+    user = {"role": "user", "content": user_text}
+    if dialect == "chat":
+        msgs = [{"role": "system", "content": sys_text}, user]
+        b = {"model": "demo", "stream": stream, "max_tokens": 256, "messages": msgs}
+    elif dialect == "messages":
+        b = {"model": "demo", "stream": stream, "max_tokens": 256, "system": sys_text, "messages": [user]}
+    else:
+        b = {"model": "demo", "stream": stream, "max_output_tokens": 256, "instructions": sys_text,
+             "input": [user]}
     s = json.dumps(b, ensure_ascii=False, separators=(",", ":"))
     # pad the user message with spaces up to ~1 KiB of UTF-8
     short = pad_to - len(s.encode())
     if short > 0:
-        msgs[1]["content"] += " " * short
+        user["content"] += " " * short
         s = json.dumps(b, ensure_ascii=False, separators=(",", ":"))
     return s
-for name, stream in (("body_json.json", False), ("body_stream.json", True)):
-    with open(f"{out}/{name}", "w", encoding="utf-8") as f:
-        f.write(body(stream))
+for dialect in ("chat", "messages", "responses"):
+    for name, stream in (("json", False), ("stream", True)):
+        with open(f"{out}/body_{name}_{dialect}.json", "w", encoding="utf-8") as f:
+            f.write(body(dialect, stream))
 # 10,000 terms: 5,000 Chinese (2–8 chars) + 5,000 English pseudo-words (5–10 letters), none of
 # which occurs in the prompt or in the scripted completion ("tok tok …").
 haystack = (sys_text + user_text + " tok " * 8 + "assistant demo stop").lower()
@@ -127,7 +153,7 @@ while len(terms) < 10000:
 with open(f"{out}/terms.txt", "w", encoding="utf-8") as f:
     f.write("\n".join(sorted(terms)) + "\n")
 PY
-echo -e "workload\ttarget\trequests\tduration_us\tbytes\tp50_us\tp99_us\terrors\tcpu_ms\tchunks_per_stream\trss_idle_kib\trss_loaded_kib\tconns" >"$OUT/results.tsv"
+echo -e "dialect\tworkload\ttarget\trequests\tduration_us\tbytes\tp50_us\tp99_us\terrors\tcpu_ms\tchunks_per_stream\trss_idle_kib\trss_loaded_kib\tconns" >"$OUT/results.tsv"
 
 # ---------------------------------------------------------------------------------- processes
 "$MODEL_BIN" --listen $MODEL_FAST --tokens $TOKENS --delay-ms 0 >"$OUT/model_fast.log" 2>&1 &
@@ -189,6 +215,8 @@ upstream:
 routes:
   paths:
     /v1/raw/chat: passthrough
+    /v1/raw/messages: passthrough
+    /v1/raw/responses: passthrough
 log:
   level: warn
 # explicit text label on (the default); implicit signed labels off: they need a producer code
@@ -226,10 +254,19 @@ cpu_ms() {
   local kind=$1 p sum=0 hz
   hz=$(getconf CLK_TCK)
   for p in $(proxy_pids "$kind" "${2:-}"); do
+    [[ -r /proc/$p/stat ]] || continue
     # fields 14, 15 of /proc/PID/stat (after the ")" of the command name: 12, 13)
     sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
   done
   echo $((sum * 1000 / hz))
+}
+
+check_alive() { # $1 kind, $2 model pid (direct): stop the bench if what was measured is gone
+  local pid
+  case $1 in shenhe) pid=$SHENHE_PID ;; nginx) pid=$NGINX_PID ;; *) pid=$2 ;; esac
+  kill -0 "$pid" 2>/dev/null && return 0
+  echo "$1 (pid $pid) is gone after a run (something else stopped it, or it crashed: see bench/out/*.log)" >&2
+  exit 1
 }
 
 parse_result() { # RESULT line of a wrk output → tab-separated requests..errors
@@ -240,38 +277,39 @@ parse_result() { # RESULT line of a wrk output → tab-separated requests..error
   }' "$1"
 }
 
-count_chunks() { # SSE events a client receives for one stream on $1
-  curl -sN --max-time 30 -X POST "$1" -H 'content-type: application/json' --data-binary @"$OUT/body_stream.json" \
+count_chunks() { # SSE events a client receives for one stream of body $3 on $1
+  curl -sN --max-time 30 -X POST "$1" -H 'content-type: application/json' --data-binary @"$3" \
     | tee "$OUT/sample_$2.sse" | grep -c '^data: ' || true
 }
 
-# $1 workload, $2 target label, $3 url, $4 body file, $5 proxy kind (direct|nginx|shenhe)
+# $1 dialect, $2 workload, $3 target label, $4 url, $5 body file, $6 proxy kind (direct|nginx|shenhe)
 run_wrk() {
-  local w=$1 target=$2 url=$3 body=$4 kind=$5 tag cpu0 cpu1 chunks=-
-  tag=$(echo "${w}_$target" | tr -c 'A-Za-z0-9_\n' '_')
-  log "$w / $target: warmup ${WARM}s, run ${DUR}s"
-  echo "$w $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
+  local d=$1 w=$2 target=$3 url=$4 body=$5 kind=$6 tag cpu0 cpu1 chunks=-
+  tag=$(echo "${d}_${w}_$target" | tr -c 'A-Za-z0-9_\n' '_')
+  log "$d $w / $target: warmup ${WARM}s, run ${DUR}s"
+  echo "$d $w $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
   WRK_BODY_FILE=$body timeout $((WARM + 30)) wrk -t2 -c$CONC -d${WARM}s --timeout 30s -s bench/wrk_post.lua "$url" >"$OUT/warm_$tag.txt" 2>&1
-  if [[ $body == *stream* ]]; then chunks=$(count_chunks "$url" "$tag"); fi
+  if [[ $w == stream ]]; then chunks=$(count_chunks "$url" "$tag" "$body"); fi
   cpu0=$(cpu_ms "$kind" "$MODEL_FAST_PID")
   WRK_BODY_FILE=$body timeout $((DUR + 30)) wrk -t2 -c$CONC -d${DUR}s --timeout 30s --latency -s bench/wrk_post.lua "$url" >"$OUT/wrk_$tag.txt" 2>&1
+  check_alive "$kind" "$MODEL_FAST_PID"
   cpu1=$(cpu_ms "$kind" "$MODEL_FAST_PID")
-  printf '%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$w" "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" >>"$OUT/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$d" "$w" "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" >>"$OUT/results.tsv"
 }
 
-# Workload 3: 1,000 slow streams; RSS sampled every second while they are open.
+# Workload 3: 1,000 slow chat streams; RSS sampled every second while they are open.
 # $1 target label, $2 url, $3 proxy kind (direct|nginx|shenhe), $4 port of the proxy
 run_slow() {
   local target=$1 url=$2 kind=$3 port=$4 tag idle=- loaded=- conns=- wrk_pid t r c cpu0 cpu1 chunks
   tag=$(echo "slow_$target" | tr -c 'A-Za-z0-9_\n' '_')
   log "slow / $target: warmup, idle RSS, ${SLOW_CONC} streams for ${SLOW_DUR}s"
   echo "slow $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
-  WRK_BODY_FILE=$OUT/body_stream.json timeout 40 wrk -t2 -c16 -d6s --timeout 30s -s bench/wrk_post.lua "$url" >"$OUT/warm_$tag.txt" 2>&1
-  chunks=$(count_chunks "$url" "$tag")
+  WRK_BODY_FILE=$OUT/body_stream_chat.json timeout 40 wrk -t2 -c16 -d6s --timeout 30s -s bench/wrk_post.lua "$url" >"$OUT/warm_$tag.txt" 2>&1
+  chunks=$(count_chunks "$url" "$tag" "$OUT/body_stream_chat.json")
   sleep 2
   [[ $kind != direct ]] && idle=$(rss_kib "$kind")
   cpu0=$(cpu_ms "$kind" "$MODEL_SLOW_PID")
-  WRK_BODY_FILE=$OUT/body_stream.json timeout $((SLOW_DUR + 40)) wrk -t2 -c$SLOW_CONC -d${SLOW_DUR}s --timeout 30s --latency \
+  WRK_BODY_FILE=$OUT/body_stream_chat.json timeout $((SLOW_DUR + 40)) wrk -t2 -c$SLOW_CONC -d${SLOW_DUR}s --timeout 30s --latency \
     -s bench/wrk_post.lua "$url" >"$OUT/wrk_$tag.txt" 2>&1 &
   wrk_pid=$!; PIDS+=("$wrk_pid")
   echo -e "t_s\trss_kib\testablished" >"$OUT/rss_$tag.tsv"
@@ -282,6 +320,7 @@ run_slow() {
     echo -e "$t\t$r\t$c" >>"$OUT/rss_$tag.tsv"
   done
   wait "$wrk_pid" || true
+  check_alive "$kind" "$MODEL_SLOW_PID"
   cpu1=$(cpu_ms "$kind" "$MODEL_SLOW_PID")
   # loaded RSS: the largest sample from 3 s to 3 s before the end (all streams connected, wrk not
   # yet stopping); conns: the smallest count of established connections in the same window
@@ -289,7 +328,7 @@ run_slow() {
   loaded=$(awk -F'\t' "$w && \$2 > m { m = \$2 } END { print m + 0 }" "$OUT/rss_$tag.tsv")
   conns=$(awk -F'\t' "$w && (m == \"\" || \$3 < m) { m = \$3 } END { print m + 0 }" "$OUT/rss_$tag.tsv")
   [[ $kind == direct ]] && loaded=-
-  printf 'slow\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" "$idle" "$loaded" "$conns" >>"$OUT/results.tsv"
+  printf 'chat\tslow\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" "$idle" "$loaded" "$conns" >>"$OUT/results.tsv"
 }
 
 # ---------------------------------------------------------------------------------- configs
@@ -323,40 +362,49 @@ D=http://$MODEL_FAST; N=http://$NGINX; S=http://$SHENHE
 CHAT=/v1/chat/completions; RAW=/v1/raw/chat
 
 # ---------------------------------------------------------------------------------- workloads 1, 2
+log "dialects: $DIALECTS; watchdog ${WATCHDOG_S}s"
 start_nginx $MODEL_FAST
 start_shenhe "$OUT/shenhe_fast.yaml" shenhe_fast
-for w in json:body_json.json stream:body_stream.json; do
-  name=${w%%:*}; body=$OUT/${w#*:}
-  run_wrk "$name" direct "$D$CHAT" "$body" direct
-  run_wrk "$name" nginx "$N$CHAT" "$body" nginx
-  run_wrk "$name" shenhe-passthrough "$S$RAW" "$body" shenhe
-  run_wrk "$name" shenhe-moderated "$S$CHAT" "$body" shenhe
+for d in $DIALECTS; do
+  api=$(api_path "$d"); raw=$(raw_path "$d")
+  for w in json stream; do
+    body=$OUT/body_${w}_$d.json
+    run_wrk "$d" "$w" direct "$D$api" "$body" direct
+    run_wrk "$d" "$w" nginx "$N$api" "$body" nginx
+    run_wrk "$d" "$w" shenhe-passthrough "$S$raw" "$body" shenhe
+    run_wrk "$d" "$w" shenhe-moderated "$S$api" "$body" shenhe
+  done
 done
 stop_pid "$SHENHE_PID"
 if [[ -n $TERMS_FORM ]]; then
   start_shenhe "$OUT/shenhe_terms_fast.yaml" shenhe_terms_fast
-  run_wrk json shenhe-moderated-10k-terms "$S$CHAT" "$OUT/body_json.json" shenhe
-  run_wrk stream shenhe-moderated-10k-terms "$S$CHAT" "$OUT/body_stream.json" shenhe
+  for d in $DIALECTS; do
+    for w in json stream; do
+      run_wrk "$d" "$w" shenhe-moderated-10k-terms "$S$(api_path "$d")" "$OUT/body_${w}_$d.json" shenhe
+    done
+  done
   stop_pid "$SHENHE_PID"
 fi
 stop_pid "$NGINX_PID"
 
 # ---------------------------------------------------------------------------------- workload 3
-D=http://$MODEL_SLOW
-run_slow direct "$D$CHAT" direct "${MODEL_SLOW##*:}"
-start_nginx $MODEL_SLOW
-run_slow nginx "$N$CHAT" nginx "${NGINX##*:}"
-stop_pid "$NGINX_PID"
-# a fresh shenhe for each route, so each idle RSS is measured on a process that only warmed up
-for route in passthrough:$RAW moderated:$CHAT; do
-  start_shenhe "$OUT/shenhe_slow.yaml" "shenhe_slow_${route%%:*}"
-  run_slow "shenhe-${route%%:*}" "$S${route#*:}" shenhe "${SHENHE##*:}"
-  stop_pid "$SHENHE_PID"
-done
-if [[ -n $TERMS_FORM ]]; then
-  start_shenhe "$OUT/shenhe_terms_slow.yaml" shenhe_terms_slow
-  run_slow shenhe-moderated-10k-terms "$S$CHAT" shenhe "${SHENHE##*:}"
-  stop_pid "$SHENHE_PID"
+if [[ $HAS_CHAT == 1 ]]; then
+  D=http://$MODEL_SLOW
+  run_slow direct "$D$CHAT" direct "${MODEL_SLOW##*:}"
+  start_nginx $MODEL_SLOW
+  run_slow nginx "$N$CHAT" nginx "${NGINX##*:}"
+  stop_pid "$NGINX_PID"
+  # a fresh shenhe for each route, so each idle RSS is measured on a process that only warmed up
+  for route in passthrough:$RAW moderated:$CHAT; do
+    start_shenhe "$OUT/shenhe_slow.yaml" "shenhe_slow_${route%%:*}"
+    run_slow "shenhe-${route%%:*}" "$S${route#*:}" shenhe "${SHENHE##*:}"
+    stop_pid "$SHENHE_PID"
+  done
+  if [[ -n $TERMS_FORM ]]; then
+    start_shenhe "$OUT/shenhe_terms_slow.yaml" shenhe_terms_slow
+    run_slow shenhe-moderated-10k-terms "$S$CHAT" shenhe "${SHENHE##*:}"
+    stop_pid "$SHENHE_PID"
+  fi
 fi
 
 # ---------------------------------------------------------------------------------- report

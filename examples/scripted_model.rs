@@ -1,4 +1,4 @@
-//! The scripted OpenAI-compatible model (`shenhe::demo`) as its own process, for `bench/run.sh`.
+//! The scripted model (`shenhe::demo`) as its own process, for `bench/run.sh`.
 //!
 //! ```sh
 //! cargo build --release --examples
@@ -6,9 +6,11 @@
 //! ```
 //!
 //! With `--text ""` (the default) every stream is `--tokens` chunks of `"tok "`, and a
-//! non-streamed answer is their concatenation (4 bytes per token). Besides the demo's own routes
-//! it answers `--alias` paths (default `/v1/raw/chat`) exactly like `/v1/chat/completions`, so a
-//! proxy can be benchmarked on a passthrough route and a moderated route with the same bytes.
+//! non-streamed answer is their concatenation (4 bytes per token), in the shapes of OpenAI chat
+//! completions, OpenAI Responses and Anthropic Messages. Besides the demo's own routes it answers
+//! `--alias FROM=TO` paths exactly like `TO` (default `/v1/raw/chat`, `/v1/raw/responses` and
+//! `/v1/raw/messages` for the three), so a proxy can be benchmarked on a passthrough route and a
+//! moderated route with the same bytes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use shenhe::demo::{router, DemoScript};
 use tower::Layer as _;
 
 #[derive(Parser, Debug)]
-#[command(about = "Scripted OpenAI-compatible model for benchmarks")]
+#[command(about = "Scripted model (OpenAI chat and Responses, Anthropic Messages) for benchmarks")]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:18001")]
@@ -37,12 +39,23 @@ struct Args {
     /// Completion text; empty: --tokens filler tokens.
     #[arg(long, default_value = "")]
     text: String,
-    /// Extra paths answered like /v1/chat/completions (repeatable).
-    #[arg(long = "alias", default_values_t = vec!["/v1/raw/chat".to_string()])]
+    /// FROM=TO: answer path FROM like path TO (repeatable).
+    #[arg(long = "alias", value_parser = parse_alias, default_values_t = [
+        "/v1/raw/chat=/v1/chat/completions".to_string(),
+        "/v1/raw/responses=/v1/responses".to_string(),
+        "/v1/raw/messages=/v1/messages".to_string(),
+    ])]
     aliases: Vec<String>,
     /// Tokio worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+}
+
+fn parse_alias(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((from, to)) if from.starts_with('/') && to.starts_with('/') => Ok(s.to_string()),
+        _ => Err(format!("expected FROM=TO (two paths), got {s:?}")),
+    }
 }
 
 fn main() -> std::io::Result<()> {
@@ -60,13 +73,18 @@ fn main() -> std::io::Result<()> {
     }
     rt.build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        let aliases = args.aliases.clone();
+        let aliases: Vec<(String, String)> = args
+            .aliases
+            .iter()
+            .filter_map(|a| a.split_once('='))
+            .map(|(from, to)| (from.to_string(), to.to_string()))
+            .collect();
         // Rewrite alias paths before routing (a layer on the Router itself runs after routing).
         let rewrite = tower::util::MapRequestLayer::new(move |mut req: Request| {
-            if aliases.iter().any(|a| a == req.uri().path()) {
+            if let Some((_, to)) = aliases.iter().find(|(from, _)| from == req.uri().path()) {
                 let pq = match req.uri().query() {
-                    Some(q) => format!("/v1/chat/completions?{q}"),
-                    None => "/v1/chat/completions".to_string(),
+                    Some(q) => format!("{to}?{q}"),
+                    None => to.clone(),
                 };
                 if let Ok(uri) = pq.parse() {
                     *req.uri_mut() = uri;

@@ -1,8 +1,9 @@
-//! A scripted OpenAI-compatible model server for demos, tests and benchmarks.
+//! A scripted model server for demos, tests and benchmarks.
 //!
-//! It answers `/v1/chat/completions` and `/v1/completions` (streamed or not), `/v1/models`
-//! and `/health`, with a configured text cut into chunks of a configured size and delay.
-//! It is not a model: it always says the same thing, which is what a demo and a bench need.
+//! It answers OpenAI `/v1/chat/completions`, `/v1/completions` and `/v1/responses`, Anthropic
+//! `/v1/messages` (each streamed or not), `/v1/models` and `/health`, with a configured text cut
+//! into chunks of a configured size and delay. It is not a model: it always says the same thing,
+//! which is what a demo and a bench need.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub fn router(script: DemoScript) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .with_state(script)
@@ -88,78 +91,281 @@ async fn models() -> Json<Value> {
 }
 
 async fn chat(State(script): State<Arc<DemoScript>>, body: Bytes) -> Response {
-    generate(script, body, true).await
+    generate(script, body, Api::Chat).await
 }
 
 async fn completions(State(script): State<Arc<DemoScript>>, body: Bytes) -> Response {
-    generate(script, body, false).await
+    generate(script, body, Api::Completions).await
 }
 
-async fn generate(script: Arc<DemoScript>, body: Bytes, chat: bool) -> Response {
+async fn messages(State(script): State<Arc<DemoScript>>, body: Bytes) -> Response {
+    generate(script, body, Api::Messages).await
+}
+
+async fn responses(State(script): State<Arc<DemoScript>>, body: Bytes) -> Response {
+    generate(script, body, Api::Responses).await
+}
+
+/// The API an answer is shaped for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completions,
+    Messages,
+    Responses,
+}
+
+const CREATED: u64 = 1_700_000_000;
+
+/// One answer in one API's shapes.
+struct Answer {
+    api: Api,
+    model: String,
+    pieces: Vec<String>,
+}
+
+/// Where event `i` of a stream is: framing before the text, a text piece, framing after it.
+enum Step<'a> {
+    Head(usize),
+    Piece(&'a str),
+    Tail(usize),
+}
+
+impl Answer {
+    /// Framing events before the first and after the last text piece.
+    fn framing(&self) -> (usize, usize) {
+        match self.api {
+            Api::Chat | Api::Completions => (0, 2),
+            Api::Messages => (3, 3),
+            Api::Responses => (4, 4),
+        }
+    }
+
+    fn events(&self) -> usize {
+        let (head, tail) = self.framing();
+        head + self.pieces.len() + tail
+    }
+
+    fn step(&self, i: usize) -> Step<'_> {
+        let head = self.framing().0;
+        match i.checked_sub(head) {
+            None => Step::Head(i),
+            Some(p) if p < self.pieces.len() => Step::Piece(&self.pieces[p]),
+            Some(p) => Step::Tail(p - self.pieces.len()),
+        }
+    }
+
+    /// The whole answer (`stream: false`).
+    fn whole(&self) -> Value {
+        let text = self.pieces.concat();
+        let n = self.pieces.len();
+        match self.api {
+            Api::Chat | Api::Completions => {
+                let (object, choice) = if self.api == Api::Chat {
+                    (
+                        "chat.completion",
+                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}),
+                    )
+                } else {
+                    (
+                        "text_completion",
+                        json!({"index": 0, "text": text, "finish_reason": "stop"}),
+                    )
+                };
+                json!({
+                    "id": "demo-1", "object": object, "created": CREATED, "model": self.model,
+                    "choices": [choice],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+                })
+            }
+            Api::Messages => json!({
+                "id": "msg_demo1", "type": "message", "role": "assistant", "model": self.model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 1, "output_tokens": n}
+            }),
+            Api::Responses => self.response("completed", Some(&text)),
+        }
+    }
+
+    /// A Responses `response` object; `text`: the finished message, none while in progress.
+    fn response(&self, status: &str, text: Option<&str>) -> Value {
+        let (output, usage) = match text {
+            Some(t) => (
+                json!([self.message("completed", Some(t))]),
+                json!({"input_tokens": 1, "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": self.pieces.len(), "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": 1 + self.pieces.len()}),
+            ),
+            None => (json!([]), Value::Null),
+        };
+        json!({
+            "id": "resp_demo1", "object": "response", "created_at": CREATED, "status": status,
+            "model": self.model, "output": output, "usage": usage, "error": null,
+            "incomplete_details": null, "instructions": null, "metadata": {},
+            "parallel_tool_calls": true, "temperature": 1.0, "tool_choice": "auto", "tools": [],
+            "top_p": 1.0
+        })
+    }
+
+    /// The Responses output message; `text`: its one `output_text` part, none before it starts.
+    fn message(&self, status: &str, text: Option<&str>) -> Value {
+        let content = match text {
+            Some(t) => {
+                json!([{"type": "output_text", "text": t, "annotations": [], "logprobs": []}])
+            }
+            None => json!([]),
+        };
+        json!({"type": "message", "id": "msg_demo1", "status": status, "role": "assistant", "content": content})
+    }
+
+    /// SSE event `i` of the stream.
+    fn event(&self, i: usize) -> String {
+        match self.api {
+            Api::Chat | Api::Completions => self.chat_event(self.step(i)),
+            Api::Messages => named(self.messages_event(self.step(i))),
+            Api::Responses => {
+                let mut v = self.responses_event(self.step(i));
+                v["sequence_number"] = json!(i);
+                named(v)
+            }
+        }
+    }
+
+    fn chat_event(&self, step: Step<'_>) -> String {
+        let (delta, finish) = match step {
+            Step::Piece(p) => (Some(p), None),
+            Step::Tail(0) => (None, Some("stop")),
+            _ => return "data: [DONE]\n\n".to_string(),
+        };
+        let (object, choice) = if self.api == Api::Chat {
+            let delta = delta.map_or(json!({}), |d| json!({"content": d}));
+            (
+                "chat.completion.chunk",
+                json!({"index": 0, "delta": delta, "finish_reason": finish}),
+            )
+        } else {
+            (
+                "text_completion",
+                json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish}),
+            )
+        };
+        let chunk = json!({"id": "demo-1", "object": object, "created": CREATED, "model": self.model, "choices": [choice]});
+        format!("data: {chunk}\n\n")
+    }
+
+    fn messages_event(&self, step: Step<'_>) -> Value {
+        match step {
+            Step::Head(0) => json!({"type": "message_start", "message": {
+                "id": "msg_demo1", "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 1, "output_tokens": 1}}}),
+            Step::Head(1) => {
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            }
+            Step::Head(_) => json!({"type": "ping"}),
+            Step::Piece(p) => {
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})
+            }
+            Step::Tail(0) => json!({"type": "content_block_stop", "index": 0}),
+            Step::Tail(1) => {
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": self.pieces.len()}})
+            }
+            Step::Tail(_) => json!({"type": "message_stop"}),
+        }
+    }
+
+    fn responses_event(&self, step: Step<'_>) -> Value {
+        let at = json!({"item_id": "msg_demo1", "output_index": 0, "content_index": 0});
+        let with = |mut v: Value, extra: Value| {
+            for (k, x) in extra.as_object().into_iter().flatten() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        let text = || self.pieces.concat();
+        let part =
+            |t: &str| json!({"type": "output_text", "text": t, "annotations": [], "logprobs": []});
+        match step {
+            Step::Head(0) => {
+                json!({"type": "response.created", "response": self.response("in_progress", None)})
+            }
+            Step::Head(1) => {
+                json!({"type": "response.in_progress", "response": self.response("in_progress", None)})
+            }
+            Step::Head(2) => {
+                json!({"type": "response.output_item.added", "output_index": 0, "item": self.message("in_progress", None)})
+            }
+            Step::Head(_) => with(
+                json!({"type": "response.content_part.added", "part": part("")}),
+                at,
+            ),
+            Step::Piece(p) => with(
+                json!({"type": "response.output_text.delta", "delta": p, "logprobs": []}),
+                at,
+            ),
+            Step::Tail(0) => with(
+                json!({"type": "response.output_text.done", "text": text(), "logprobs": []}),
+                at,
+            ),
+            Step::Tail(1) => with(
+                json!({"type": "response.content_part.done", "part": part(&text())}),
+                at,
+            ),
+            Step::Tail(2) => {
+                json!({"type": "response.output_item.done", "output_index": 0, "item": self.message("completed", Some(&text()))})
+            }
+            Step::Tail(_) => {
+                json!({"type": "response.completed", "response": self.response("completed", Some(&text()))})
+            }
+        }
+    }
+}
+
+/// `event: <type>\ndata: <json>\n\n`, as Anthropic and OpenAI Responses stream.
+fn named(v: Value) -> String {
+    format!(
+        "event: {}\ndata: {v}\n\n",
+        v["type"].as_str().unwrap_or("message")
+    )
+}
+
+fn bad_request(api: Api, message: String) -> Response {
+    let body = if api == Api::Messages {
+        json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+    } else {
+        json!({"error": {"message": message, "type": "invalid_request_error", "code": null, "param": null}})
+    };
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+async fn generate(script: Arc<DemoScript>, body: Bytes, api: Api) -> Response {
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": {"message": format!("bad json: {e}"), "type": "invalid_request_error", "code": null, "param": null}})),
-            )
-                .into_response()
-        }
+        Err(e) => return bad_request(api, format!("bad json: {e}")),
     };
-    let model = req["model"].as_str().unwrap_or("demo").to_string();
-    let stream = req["stream"].as_bool().unwrap_or(false);
-    let (object, chunk_object) = if chat {
-        ("chat.completion", "chat.completion.chunk")
-    } else {
-        ("text_completion", "text_completion")
+    let answer = Answer {
+        api,
+        model: req["model"].as_str().unwrap_or("demo").to_string(),
+        pieces: script.pieces(),
     };
-    if !stream {
-        let text = script.pieces().concat();
-        let choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
-        } else {
-            json!({"index": 0, "text": text, "finish_reason": "stop"})
-        };
-        return Json(json!({
-            "id": "demo-1", "object": object, "created": 1_700_000_000, "model": model,
-            "choices": [choice],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        }))
-        .into_response();
+    if !req["stream"].as_bool().unwrap_or(false) {
+        return Json(answer.whole()).into_response();
     }
-    let pieces = script.pieces();
     let delay = script.delay;
-    let events = futures_util::stream::unfold(
-        (0usize, pieces, model),
-        move |(i, pieces, model)| async move {
-            if i > pieces.len() + 1 {
-                return None;
-            }
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let data = if i == pieces.len() + 1 {
-                "data: [DONE]\n\n".to_string()
-            } else {
-                let (delta, finish) = if i == pieces.len() {
-                    (None, Some("stop"))
-                } else {
-                    (Some(pieces[i].as_str()), None)
-                };
-                let choice = if chat {
-                    json!({"index": 0, "delta": delta.map_or(json!({}), |d| json!({"content": d})), "finish_reason": finish})
-                } else {
-                    json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
-                };
-                let chunk = json!({"id": "demo-1", "object": chunk_object, "created": 1_700_000_000, "model": model, "choices": [choice]});
-                format!("data: {chunk}\n\n")
-            };
-            Some((
-                Ok::<_, std::io::Error>(Bytes::from(data)),
-                (i + 1, pieces, model),
-            ))
-        },
-    );
+    // The framing before the text goes out at once; every event after the first piece is paced.
+    let head = answer.framing().0;
+    let events = futures_util::stream::unfold((0usize, answer), move |(i, answer)| async move {
+        if i >= answer.events() {
+            return None;
+        }
+        if i > head && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let data = Bytes::from(answer.event(i));
+        Some((Ok::<_, std::io::Error>(data), (i + 1, answer)))
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")

@@ -209,6 +209,27 @@ async fn anthropic_whole_answer_blocked_and_prompt_refused() {
     check(Script::json("{}"), "", "anthropic_sdk.py", "prompt_refusal").await;
 }
 
+/// The scripted model (`shenhe::demo`, the bench's load source) behind shenhe: the SDKs read its
+/// chat, Responses and Messages answers, streamed and whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn sdks_read_the_scripted_model_through_shenhe() {
+    let script = shenhe::demo::DemoScript {
+        delay: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let (addr, _model) = shenhe::demo::spawn("127.0.0.1:0".parse().unwrap(), script)
+        .await
+        .unwrap();
+    let p = proxy(&format!("http://{addr}"), POLICY).await;
+    let base = format!("http://{}", p.running.public_addr);
+    tokio::task::spawn_blocking(move || {
+        scenario("openai_sdk.py", &base, "demo_text");
+        scenario("anthropic_sdk.py", &base, "demo_text");
+    })
+    .await
+    .unwrap();
+}
+
 /// Pillow, an independent reader, finds exactly one TC260 AIGC block in every image format shenhe
 /// labels, also after re-labeling (`tools/check_xmp.py`).
 #[test]

@@ -7,6 +7,7 @@ import anthropic
 
 BANNED = ("炸弹", "炸", "forbiddenword")
 LABEL = "【本内容由人工智能生成】"
+DEMO = "Hello from the scripted demo model"
 
 
 def client(base):
@@ -65,7 +66,22 @@ def prompt_refusal(c):
     raise AssertionError("no BadRequestError")
 
 
-SCENARIOS = {f.__name__: f for f in [stream_stop, stream_labels, nonstream_block, prompt_refusal]}
+def demo_text(c):
+    """shenhe in front of the scripted model (shenhe::demo): its stream and whole answer."""
+    msgs = [{"role": "user", "content": "hi"}]
+    with c.messages.stream(model="demo", max_tokens=100, messages=msgs) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.stop_reason == "end_turn", final.stop_reason
+    assert DEMO in streamed, repr(streamed)
+    assert text_of(final) == streamed, (text_of(final), streamed)
+    assert final.usage.output_tokens > 1, final.usage
+    m = c.messages.create(model="demo", max_tokens=100, messages=msgs)
+    assert m.stop_reason == "end_turn", m.stop_reason
+    assert text_of(m) == streamed, (text_of(m), streamed)
+
+
+SCENARIOS = {f.__name__: f for f in [stream_stop, stream_labels, nonstream_block, prompt_refusal, demo_text]}
 
 if __name__ == "__main__":
     base, scenario = sys.argv[1], sys.argv[2]

@@ -7,6 +7,7 @@ import openai
 
 BANNED = ("炸弹", "炸", "forbiddenword")
 LABEL = "【本内容由人工智能生成】"
+DEMO = "Hello from the scripted demo model"
 
 
 def client(base):
@@ -112,9 +113,35 @@ def responses_prompt_refusal(c):
     raise AssertionError("no BadRequestError")
 
 
+def demo_text(c):
+    """shenhe in front of the scripted model (shenhe::demo): chat and Responses, streamed and whole."""
+    msgs = [{"role": "user", "content": "hi"}]
+    content = "".join(
+        ch.delta.content or ""
+        for chunk in c.chat.completions.create(model="demo", messages=msgs, stream=True)
+        for ch in chunk.choices
+    )
+    assert DEMO in content, repr(content)
+    r = c.chat.completions.create(model="demo", messages=msgs)
+    assert r.choices[0].message.content == content, r.choices[0].message.content
+    text = ""
+    with c.responses.stream(model="demo", input="hi") as stream:
+        for ev in stream:
+            if ev.type == "response.output_text.delta":
+                text += ev.delta
+        final = stream.get_final_response()
+    assert final.status == "completed", final.status
+    assert text == content, (text, content)
+    assert final.output_text == text, (final.output_text, text)
+    r = c.responses.create(model="demo", input="hi")
+    assert r.status == "completed", r.status
+    assert r.output_text == text, (r.output_text, text)
+    assert r.usage.output_tokens > 1, r.usage
+
+
 SCENARIOS = {f.__name__: f for f in [
     chat_stream_stop, chat_stream_labels, chat_nonstream_block, chat_prompt_refusal,
-    responses_stream_stop, responses_stream_labels, responses_prompt_refusal,
+    responses_stream_stop, responses_stream_labels, responses_prompt_refusal, demo_text,
 ]}
 
 if __name__ == "__main__":
