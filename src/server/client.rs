@@ -246,7 +246,10 @@ impl Inner {
             .await
             .map_err(|_| SendError::ConnectTimeout)?
             .map_err(SendError::Connect)?;
+        // A fixed 4 KiB read buffer: an SSE stream needs no more per read, and an open stream
+        // should cost little memory (the adaptive default starts at 8 KiB and grows).
         let (send, conn) = Builder::new()
+            .read_buf_exact_size(Some(4096))
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Http)?;
