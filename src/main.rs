@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 
 use shenhe::config::Config;
 
+/// mimalloc: a proxy allocates and frees many small buffers per request on every core; glibc's
+/// malloc showed as ~15 % of a moderated request's CPU time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "shenhe",
