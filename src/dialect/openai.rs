@@ -41,6 +41,8 @@ const CHAT_FIELDS: &[(u32, &[&str])] = &[
     (3, &["refusal"]),
     (4, &["function_call", "arguments"]),
 ];
+/// Each choice of a chunk: its index, and whether the chunk finishes it.
+type ChoiceNotes = Vec<(u32, bool)>;
 /// Tool-call arguments: field id is this base plus the tool call's own index.
 const TOOL_ARGS_BASE: u32 = 100;
 /// Configured extra fields: field id is this base plus the pattern's position.
@@ -367,9 +369,9 @@ pub fn refuse_choice(flavor: Flavor, resp: &mut Value, choice: u32, refusal: &st
 
 /// A streamed chunk kept for re-rendering: the JSON and the path of each text piece.
 pub struct Chunk {
-    json: Value,
-    paths: Vec<Vec<Seg>>,
-    /// The channel of each piece, parallel to `paths`.
+    /// The event's JSON text: parsed into a tree again only when the event must be rewritten.
+    data: String,
+    /// The channel of each piece, in order.
     keys: Vec<ChannelKey>,
     /// Choices this chunk finishes (they carry a `finish_reason`).
     finishes: Vec<u32>,
@@ -509,6 +511,116 @@ impl OpenAiCodec {
         sse_data(&Value::Object(m))
     }
 
+    /// Every non-empty text of a chunk with its channel and path, in event order, and each
+    /// choice's index and whether it finishes here.
+    fn locate(&self, json: &Value) -> (Vec<(ChannelKey, Found)>, ChoiceNotes) {
+        let mut found = Vec::new();
+        let mut notes = Vec::new();
+        if let Some(choices) = json.get("choices").and_then(Value::as_array) {
+            for (pos, c) in choices.iter().enumerate() {
+                let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64) as u32;
+                let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+                notes.push((index, finished));
+                let base = vec![Seg::Key("choices".into()), Seg::Index(pos)];
+                let mut texts = Vec::new();
+                choice_texts(self.flavor, c, "delta", &base, index, &mut texts);
+                for t in texts {
+                    if !t.found.text.is_empty() {
+                        found.push(((t.choice, t.field), t.found));
+                    }
+                }
+            }
+        }
+        for (k, pat) in self.extras.patterns.iter().enumerate() {
+            let mut hits = Vec::new();
+            find_strings(json, pat, &mut hits);
+            for f in hits {
+                if !f.text.is_empty() {
+                    found.push(((choice_of(&f.path), EXTRA_BASE + k as u32), f));
+                }
+            }
+        }
+        (found, notes)
+    }
+
+    /// The common chunk shape, read without a JSON tree (see `wire`).
+    fn parse_wire(&mut self, w: wire::Chunk<'_>, data: &str) -> Parsed<Chunk> {
+        if w.error {
+            return Parsed::passthrough();
+        }
+        for (slot, v) in [
+            (&mut self.id, w.id),
+            (&mut self.model, w.model),
+            (&mut self.created, w.created),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        if let Some(fp) = w.system_fingerprint {
+            self.system_fingerprint = Some(fp);
+        }
+        let mut pieces = Vec::new();
+        let mut keys = Vec::new();
+        let mut notes = Vec::new();
+        let mut push = |choice: u32, field: u32, text: Option<std::borrow::Cow<'_, str>>| {
+            if let Some(t) = text.filter(|t| !t.is_empty()) {
+                keys.push((choice, field));
+                pieces.push(TextPiece {
+                    channel: (choice, field),
+                    text: t.into_owned(),
+                });
+            }
+        };
+        for (pos, c) in w.choices.unwrap_or_default().into_iter().enumerate() {
+            let index = c.index.unwrap_or(pos as u64) as u32;
+            notes.push((index, c.finish_reason.is_some()));
+            match self.flavor {
+                Flavor::Completions => push(index, TEXT_FIELD, c.text),
+                Flavor::Chat => {
+                    let Some(d) = c.delta else { continue };
+                    push(index, 0, d.content);
+                    push(index, 1, d.reasoning_content);
+                    push(index, 2, d.reasoning);
+                    push(index, 3, d.refusal);
+                    push(index, 4, d.function_call.and_then(|f| f.arguments));
+                    for (pos, call) in d.tool_calls.unwrap_or_default().into_iter().enumerate() {
+                        let ti = call.index.unwrap_or(pos as u64) as u32;
+                        push(
+                            index,
+                            TOOL_ARGS_BASE + ti,
+                            call.function.and_then(|f| f.arguments),
+                        );
+                    }
+                }
+            }
+        }
+        self.parsed(data.to_string(), pieces, keys, notes)
+    }
+
+    fn parsed(
+        &mut self,
+        data: String,
+        pieces: Vec<TextPiece>,
+        keys: Vec<ChannelKey>,
+        notes: Vec<(u32, bool)>,
+    ) -> Parsed<Chunk> {
+        // A choice counts as finished only once its finishing chunk is released to the client.
+        let finishes = notes.iter().filter(|(_, f)| *f).map(|(i, _)| *i).collect();
+        for (i, _) in notes {
+            self.note_choice(i, false);
+        }
+        Parsed {
+            event: Some(Chunk {
+                data,
+                keys,
+                finishes,
+            }),
+            pieces,
+            terminal: false,
+        }
+    }
+
     fn note_choice(&mut self, index: u32, finished: bool) {
         match self.choices.iter_mut().find(|(i, _)| *i == index) {
             Some(c) => c.1 |= finished,
@@ -578,6 +690,17 @@ impl EventCodec for OpenAiCodec {
     type Event = Chunk;
 
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Chunk>, CodecError> {
+        // The common shape is read straight into borrowed fields, without building a JSON tree;
+        // anything it does not cover (configured extra fields, unexpected types) takes the
+        // general path, which finds the same texts.
+        if let Some(data) = ev.data.as_deref().map(str::trim) {
+            // (Only objects: serde would also read a JSON array into the struct, by position.)
+            if data.starts_with('{') && self.extras.patterns.is_empty() {
+                if let Ok(wire) = serde_json::from_str::<wire::Chunk>(data) {
+                    return Ok(self.parse_wire(wire, data));
+                }
+            }
+        }
         let json = match event_data(ev)? {
             EventData::None => return Ok(Parsed::passthrough()),
             EventData::Done => return Ok(Parsed::terminal()),
@@ -599,64 +722,21 @@ impl EventCodec for OpenAiCodec {
         if let Some(fp) = json.get("system_fingerprint") {
             self.system_fingerprint = Some(fp.clone());
         }
-        let mut pieces = Vec::new();
-        let mut paths = Vec::new();
-        let mut keys = Vec::new();
-        let mut notes = Vec::new();
-        if let Some(choices) = json.get("choices").and_then(Value::as_array) {
-            for (pos, c) in choices.iter().enumerate() {
-                let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64) as u32;
-                let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
-                notes.push((index, finished));
-                let base = vec![Seg::Key("choices".into()), Seg::Index(pos)];
-                let mut texts = Vec::new();
-                choice_texts(self.flavor, c, "delta", &base, index, &mut texts);
-                for t in texts {
-                    if t.found.text.is_empty() {
-                        continue;
-                    }
-                    keys.push((t.choice, t.field));
-                    pieces.push(TextPiece {
-                        channel: (t.choice, t.field),
-                        text: t.found.text,
-                    });
-                    paths.push(t.found.path);
-                }
-            }
-        } else if !json.is_object() {
+        if !json.is_object() {
             return Err(CodecError("stream event is not a JSON object".into()));
         }
-        for (k, pat) in self.extras.patterns.iter().enumerate() {
-            let mut found = Vec::new();
-            find_strings(&json, pat, &mut found);
-            for f in found {
-                if f.text.is_empty() {
-                    continue;
-                }
-                let key: ChannelKey = (choice_of(&f.path), EXTRA_BASE + k as u32);
-                keys.push(key);
-                pieces.push(TextPiece {
-                    channel: key,
-                    text: f.text,
-                });
-                paths.push(f.path);
-            }
+        let (found, notes) = self.locate(&json);
+        let mut pieces = Vec::with_capacity(found.len());
+        let mut keys = Vec::with_capacity(found.len());
+        for (key, f) in found {
+            keys.push(key);
+            pieces.push(TextPiece {
+                channel: key,
+                text: f.text,
+            });
         }
-        // A choice counts as finished only once its finishing chunk is released to the client.
-        let finishes = notes.iter().filter(|(_, f)| *f).map(|(i, _)| *i).collect();
-        for (i, _) in notes {
-            self.note_choice(i, false);
-        }
-        Ok(Parsed {
-            event: Some(Chunk {
-                json,
-                paths,
-                keys,
-                finishes,
-            }),
-            pieces,
-            terminal: false,
-        })
+        let data = ev.data.as_deref().unwrap_or_default().trim().to_string();
+        Ok(self.parsed(data, pieces, keys, notes))
     }
 
     fn on_release(
@@ -719,8 +799,13 @@ impl EventCodec for OpenAiCodec {
     }
 
     fn render(&self, event: &Chunk, texts: &[String]) -> Bytes {
-        let mut v = event.json.clone();
-        for (path, text) in event.paths.iter().zip(texts) {
+        let Ok(mut v) = serde_json::from_str::<Value>(&event.data) else {
+            // Unreachable: the event was read before; an empty chunk is the safe answer.
+            return self.chunk(Vec::new());
+        };
+        let (found, _) = self.locate(&v);
+        let paths: Vec<Vec<Seg>> = found.into_iter().map(|(_, f)| f.path).collect();
+        for (path, text) in paths.iter().zip(texts) {
             paths::set_string(&mut v, path, text.clone());
             // Token log-probabilities echo the original text: drop them from the rewritten choice.
             if let [Seg::Key(k), Seg::Index(i), ..] = path.as_slice() {
@@ -773,6 +858,85 @@ impl EventCodec for OpenAiCodec {
     }
 }
 
+/// The common shape of a streamed chunk, for reading it without building a JSON tree. Texts
+/// borrow from the event where they have no escapes. A field of an unexpected type fails the
+/// read, and the chunk then takes the general path.
+mod wire {
+    use std::borrow::Cow;
+
+    use serde::de::IgnoredAny;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    /// Present at all (even as `null`).
+    fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        IgnoredAny::deserialize(d).map(|_| true)
+    }
+
+    /// Present at all, kept as it is (`null` included).
+    fn kept<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        Value::deserialize(d).map(Some)
+    }
+
+    #[derive(Deserialize)]
+    pub struct Chunk<'a> {
+        #[serde(default, deserialize_with = "present")]
+        pub error: bool,
+        #[serde(default, deserialize_with = "kept")]
+        pub id: Option<Value>,
+        #[serde(default, deserialize_with = "kept")]
+        pub model: Option<Value>,
+        #[serde(default, deserialize_with = "kept")]
+        pub created: Option<Value>,
+        #[serde(default, deserialize_with = "kept")]
+        pub system_fingerprint: Option<Value>,
+        #[serde(borrow, default)]
+        pub choices: Option<Vec<Choice<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Choice<'a> {
+        #[serde(default)]
+        pub index: Option<u64>,
+        #[serde(default)]
+        pub finish_reason: Option<IgnoredAny>,
+        #[serde(borrow, default)]
+        pub delta: Option<Delta<'a>>,
+        #[serde(borrow, default)]
+        pub text: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Delta<'a> {
+        #[serde(borrow, default)]
+        pub content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        pub reasoning_content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        pub reasoning: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        pub refusal: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        pub function_call: Option<Function<'a>>,
+        #[serde(borrow, default)]
+        pub tool_calls: Option<Vec<ToolCall<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct ToolCall<'a> {
+        #[serde(default)]
+        pub index: Option<u64>,
+        #[serde(borrow, default)]
+        pub function: Option<Function<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Function<'a> {
+        #[serde(borrow, default)]
+        pub arguments: Option<Cow<'a, str>>,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,5 +986,82 @@ mod tests {
         assert!(s.contains("\"finish_reason\":\"content_filter\""));
         assert!(s.contains("\"index\":0") && s.contains("\"index\":1"));
         assert!(s.ends_with("data: [DONE]\n\n"));
+    }
+
+    /// What a codec made of one event, and the stream state it keeps, for comparing two paths.
+    fn reading(c: &mut OpenAiCodec, data: &str) -> String {
+        let ev = RawEvent {
+            raw: Bytes::from(format!("data: {data}\n\n")),
+            data: Some(data.to_string()),
+            event: None,
+        };
+        let parsed = match c.parse(&ev) {
+            Ok(p) => {
+                let pieces: Vec<_> = p
+                    .pieces
+                    .iter()
+                    .map(|t| (t.channel, t.text.clone()))
+                    .collect();
+                let event = p.event.map(|e| (e.keys, e.finishes));
+                format!("{pieces:?} {event:?} {}", p.terminal)
+            }
+            Err(e) => format!("error {}", e.0),
+        };
+        format!(
+            "{parsed} | {} {} {} {:?} {:?}",
+            c.id, c.model, c.created, c.system_fingerprint, c.choices
+        )
+    }
+
+    #[test]
+    fn direct_reading_of_chunks_equals_the_general_path() {
+        let events = [
+            r#"{"id":"a","model":"m","created":5,"system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":"he\u0041llo"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"id":null,"choices":[{"delta":{"reasoning_content":"r","reasoning":"q","refusal":"no","function_call":{"name":"f","arguments":"{}"}},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"index":3,"delta":{"tool_calls":[{"function":{"arguments":"x"}},{"index":7,"function":{"arguments":"y"}},{"index":1}]}},{"index":1,"delta":{"content":""},"finish_reason":"length"}]}"#,
+            r#"{"choices":[{"index":"0","delta":{"content":"typed index"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":["not","a","string"]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":"odd","text":"t"}]}"#,
+            r#"{"choices":{"not":"a list"}}"#,
+            r#"{"choices":null,"usage":{"total_tokens":3}}"#,
+            r#"{"choices":[1,2]}"#,
+            r#"{"error":null}"#,
+            r#"{"error":{"message":"overloaded"}}"#,
+            r#"{"id":"a","id":"b","choices":[]}"#,
+            r#"{"choices":[{"text":"legacy","index":2,"finish_reason":null}]}"#,
+            r#"[1]"#,
+            r#""text""#,
+        ];
+        for flavor in [Flavor::Chat, Flavor::Completions] {
+            let mut direct = OpenAiCodec::new(flavor, Extras::default());
+            // A configured extra field that never matches sends every chunk the general way.
+            let extras = Extras::parse(&["choices.*.delta.never_there".to_string()]).unwrap();
+            let mut general = OpenAiCodec::new(flavor, extras);
+            for e in events {
+                assert_eq!(
+                    reading(&mut direct, e),
+                    reading(&mut general, e),
+                    "{flavor:?}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rewritten_chunk_keeps_its_other_fields() {
+        let mut c = OpenAiCodec::new(Flavor::Chat, Extras::default());
+        let data = r#"{"id":"a","choices":[{"index":0,"delta":{"content":"bad","reasoning_content":"fine"},"logprobs":{"content":[{"token":"bad"}]}}],"extra":1}"#;
+        let ev = RawEvent {
+            raw: Bytes::from(format!("data: {data}\n\n")),
+            data: Some(data.to_string()),
+            event: None,
+        };
+        let p = c.parse(&ev).unwrap();
+        let out = c.render(&p.event.unwrap(), &["***".into(), "fine".into()]);
+        let v: Value = serde_json::from_slice(out.strip_prefix(b"data: ").unwrap()).unwrap();
+        assert_eq!(v["choices"][0]["delta"]["content"], "***");
+        assert_eq!(v["choices"][0]["delta"]["reasoning_content"], "fine");
+        assert_eq!(v["choices"][0]["logprobs"], Value::Null);
+        assert_eq!(v["extra"], 1);
     }
 }
