@@ -16,6 +16,11 @@
 //! one or two), and walks are carried from one piece of a stream to the next, so nothing is
 //! searched twice. The leftmost-longest match is the front walk once it is dead.
 //!
+//! Most walks die at their second character, and the trie is too large to stay in cache, so
+//! a walk that leaves the root without a term is started one character late, and only when
+//! its first two characters pass a small filter of term beginnings ([`PairFilter`], or a
+//! direct table for two ASCII characters). The walks that exist are the same as without it.
+//!
 //! While a stream is open a position `p` is *live* when its walk is still alive, i.e. the
 //! normalized text from `p` to the end of what has arrived is a proper prefix of some term. A
 //! match is final only when no position at or before its start is live (a longer or earlier
@@ -201,6 +206,52 @@ const NO_EDGE: Edge = Edge {
     term: 0,
 };
 
+/// The first two characters of every term of two or more characters, as a one-hash bit set
+/// (a Bloom filter with k = 1): a position whose next character does not pass can only match
+/// a one-character term, so it never needs a walk past the root. Far smaller than the trie
+/// (a few bits per term), so the check stays in cache where stepping a walk would miss it.
+/// Hand-written: a Bloom filter crate would add a dependency for a dozen lines.
+struct PairFilter {
+    bits: Vec<u64>,
+    shift: u32,
+}
+
+impl PairFilter {
+    fn new(terms: usize) -> PairFilter {
+        // About 16 bits per term (a few percent of false positives), 8 KiB to 2 MiB.
+        let log = (terms.max(1) * 16)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(16, 24);
+        PairFilter {
+            bits: vec![0; 1 << (log - 6)],
+            shift: 64 - log,
+        }
+    }
+
+    #[inline(always)]
+    fn index(&self, a: u32, b: u32) -> usize {
+        ((u64::from(a) << 21 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift)
+            as usize
+    }
+
+    fn insert(&mut self, a: u32, b: u32) {
+        let i = self.index(a, b);
+        self.bits[i >> 6] |= 1 << (i & 63);
+    }
+
+    /// False only when no term starts with `a` then `b`.
+    #[inline(always)]
+    fn may_contain(&self, a: u32, b: u32) -> bool {
+        let i = self.index(a, b);
+        self.bits[i >> 6] & (1 << (i & 63)) != 0
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.bits.capacity() * 8
+    }
+}
+
 /// A trie over the characters of distinct terms. A node is known by its run of child edges
 /// in `edges`: scanned when short, an open-addressing hash table (power-of-two size, at most
 /// half full) when long. The root's children are a sorted run at the start of `edges`, with a
@@ -212,6 +263,12 @@ struct Trie {
     /// The root's run is `edges[..root_len]`, sorted by char.
     root_len: usize,
     edges: Vec<Edge>,
+    pairs: PairFilter,
+    /// The depth-two edge along each pair of ASCII characters, indexed `a << 7 | b` (empty
+    /// when no term starts with two ASCII characters): English text passes the pair filter
+    /// at almost every letter, and one load here replaces a probe of the first letter's
+    /// (large, hashed) run.
+    ascii_pairs: Vec<Edge>,
 }
 
 impl Trie {
@@ -221,6 +278,7 @@ impl Trie {
         // Depth-first construction from the sorted terms: (parent, char, child) edges, each
         // parent's edges by increasing char.
         let mut raw: Vec<(u32, u32, u32)> = Vec::new();
+        let mut pairs = PairFilter::new(sorted.len());
         let mut term = vec![0u32];
         let mut path: Vec<u32> = vec![0];
         let mut prev = "";
@@ -231,6 +289,10 @@ impl Trie {
                 .take_while(|(a, b)| a == b)
                 .count();
             path.truncate(common + 1);
+            let mut it = t.chars();
+            if let (Some(a), Some(b)) = (it.next(), it.next()) {
+                pairs.insert(a as u32, b as u32);
+            }
             for c in t.chars().skip(common) {
                 let id = u32::try_from(term.len()).map_err(|_| too_big())?;
                 term.push(0);
@@ -286,10 +348,26 @@ impl Trie {
                 run[i] = e;
             }
         }
+        let root_len = (run_at[1] - run_at[0]) as usize;
+        let mut ascii_pairs = Vec::new();
+        for r in &edges[..root_len] {
+            if r.ch >= 0x80 {
+                continue;
+            }
+            let run = &edges[r.run_at as usize..(r.run_at + r.run_len) as usize];
+            for e in run.iter().filter(|e| e.ch < 0x80) {
+                if ascii_pairs.is_empty() {
+                    ascii_pairs = vec![NO_EDGE; 1 << 14];
+                }
+                ascii_pairs[(r.ch << 7 | e.ch) as usize] = *e;
+            }
+        }
         Ok(Trie {
             root_bmp,
-            root_len: (run_at[1] - run_at[0]) as usize,
+            root_len,
             edges,
+            pairs,
+            ascii_pairs,
         })
     }
 
@@ -326,6 +404,21 @@ impl Trie {
 
     fn memory_usage(&self) -> usize {
         (self.root_bmp.capacity() + self.edges.capacity()) * std::mem::size_of::<Edge>()
+            + self.pairs.memory_usage()
+            + self.ascii_pairs.capacity() * std::mem::size_of::<Edge>()
+    }
+
+    /// The edge along `b` out of the root's child along `a` (whose edge is `e`).
+    #[inline(always)]
+    fn second(&self, a: u32, e: &Edge, b: u32) -> Option<&Edge> {
+        if a < 0x80 && b < 0x80 && !self.ascii_pairs.is_empty() {
+            let x = &self.ascii_pairs[(a << 7 | b) as usize];
+            return (x.ch != EMPTY).then_some(x);
+        }
+        if !self.pairs.may_contain(a, b) {
+            return None;
+        }
+        self.child(e.run_at, e.run_len, b)
     }
 }
 
@@ -334,6 +427,9 @@ impl Trie {
 pub(crate) struct KeywordSet {
     trie: Option<Trie>,
     meta: Vec<TermMeta>,
+    /// Defer walks to the next character and check the pair filter first (off only in tests,
+    /// to compare with starting a walk at every position).
+    prefilter: bool,
 }
 
 /// An anchored walk down the trie from one normalized position.
@@ -469,6 +565,7 @@ impl KeywordSet {
         Ok(KeywordSet {
             trie,
             meta: sorted.iter().map(|(_, m)| *m).collect(),
+            prefilter: true,
         })
     }
 
@@ -546,6 +643,13 @@ impl KeywordSet {
         };
         let amax = allow.max_len();
         let wrel = walked_to.saturating_sub(base).min(n);
+        // A walk that leaves the root without a term is started one character late: it only
+        // matters if the next character continues it, which the pair filter usually rules
+        // out without touching the trie. Until then it is `deferred` (start, previous char,
+        // root edge); the walk list is the same as if it had been started at once, because
+        // such a walk is alive and matchless until that next character, so it can neither
+        // be decided nor let anything behind it be decided.
+        let mut deferred: Option<(usize, u32, Edge)> = None;
         for (off, c) in text[wrel..].char_indices() {
             let q = wrel + off;
             let qe = base + q + c.len_utf8();
@@ -567,15 +671,33 @@ impl KeywordSet {
                     w.alive() || w.best_term != 0
                 });
             }
+            if let Some((p, pc, e)) = deferred.take() {
+                // Dropped by a match decided since (`pop_before`) when `p < *cursor`.
+                if p >= *cursor {
+                    if let Some(x) = trie.second(pc, &e, c) {
+                        walks.push_back(Walk {
+                            start: p,
+                            run_at: x.run_at,
+                            run_len: x.run_len,
+                            best_len: if x.term != 0 { (qe - p) as u32 } else { 0 },
+                            best_term: x.term,
+                        });
+                    }
+                }
+            }
             if base + q >= *cursor {
                 if let Some(e) = trie.root_child(c) {
-                    walks.push_back(Walk {
-                        start: base + q,
-                        run_at: e.run_at,
-                        run_len: e.run_len,
-                        best_len: (qe - base - q) as u32,
-                        best_term: e.term,
-                    });
+                    if self.prefilter && e.term == 0 && e.run_len != 0 {
+                        deferred = Some((base + q, c, *e));
+                    } else {
+                        walks.push_back(Walk {
+                            start: base + q,
+                            run_at: e.run_at,
+                            run_len: e.run_len,
+                            best_len: (qe - base - q) as u32,
+                            best_term: e.term,
+                        });
+                    }
                 }
             }
             // Decide what full knowledge would: a dead front walk once the allow list's
@@ -590,6 +712,18 @@ impl KeywordSet {
                 ) {
                     break;
                 }
+            }
+        }
+        if let Some((p, _, e)) = deferred {
+            // The end of what has arrived: the walk waits for the next piece like any other.
+            if p >= *cursor {
+                walks.push_back(Walk {
+                    start: p,
+                    run_at: e.run_at,
+                    run_len: e.run_len,
+                    best_len: 0,
+                    best_term: 0,
+                });
             }
         }
         *walked_to = base + n;
@@ -801,6 +935,25 @@ mod tests {
             let allow = AllowSet::build(allow).expect("builds");
             let whole = run(&ks, &allow, &text, true).0;
             prop_assert_eq!(streamed(&ks, &allow, &text, &cuts), whole);
+        }
+
+        /// Deferring walks behind the pair filter finds the same matches and holds the same
+        /// text as starting a walk at every position, one-shot, open and streamed.
+        #[test]
+        fn pair_prefilter_equals_plain_walks(
+            terms in prop::collection::vec(small_text(4).prop_filter("non-empty", |t| !t.is_empty()), 1..10),
+            allow in prop::collection::vec(small_text(6).prop_filter("non-empty", |t| !t.is_empty()), 0..4),
+            text in small_text(40),
+            cuts in prop::collection::vec(0usize..160, 0..8),
+        ) {
+            let fast = build_terms(&terms);
+            let mut slow = build_terms(&terms);
+            slow.prefilter = false;
+            let allow = AllowSet::build(allow).expect("builds");
+            for is_final in [true, false] {
+                prop_assert_eq!(run(&fast, &allow, &text, is_final), run(&slow, &allow, &text, is_final));
+            }
+            prop_assert_eq!(streamed(&fast, &allow, &text, &cuts), streamed(&slow, &allow, &text, &cuts));
         }
     }
 }
