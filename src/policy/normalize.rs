@@ -248,14 +248,35 @@ impl CharTable {
     }
 }
 
-/// Normalized text with, for each normalized byte, the original byte range of the character
-/// that produced it (relative to `obase`, so a long stream fits in `u32`).
+/// Where a stretch of normalized text comes from, relative to `NormBuf::obase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Anchor {
+    /// Normalized byte offset (relative to `text`) where the stretch starts; it runs to the
+    /// next anchor.
+    at: u32,
+    /// Original offset of the stretch's first character.
+    os: u32,
+    /// `Some(end)`: the stretch is one character from original `os..end`. `None`: a run that
+    /// is byte for byte the original, so each character's original range is as long as it and
+    /// sits at the same distance from `os` as the character from `at`.
+    oe: Option<u32>,
+}
+
+/// Normalized text with a map from each normalized character back to the original byte range
+/// of the character that produced it (relative to `obase`, so a long stream fits in `u32`).
+///
+/// Most text comes out as long as it went in (CJK, ASCII letters, trad → simp), so the map
+/// holds anchors only where that breaks (a dropped or collapsed separator, full-width → ASCII,
+/// a multi-character expansion), not an entry per byte.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct NormBuf {
     pub text: String,
-    /// Per normalized byte: original (start, end) relative to `obase`.
-    omap: Vec<(u32, u32)>,
+    /// Sorted by `at`; the first is at 0 when `text` is not empty.
+    omap: Vec<Anchor>,
     obase: usize,
+    /// Tests only: the per-byte map (absolute original start, end) the anchors must agree with.
+    #[cfg(test)]
+    dense: Vec<(usize, usize)>,
 }
 
 impl NormBuf {
@@ -263,43 +284,86 @@ impl NormBuf {
     fn emit(&mut self, ch: char, os: usize, oe: usize) {
         let s = (os - self.obase) as u32;
         let e = (oe - self.obase) as u32;
+        let at = self.text.len() as u32;
         self.text.push(ch);
-        match ch.len_utf8() {
-            1 => self.omap.push((s, e)),
-            n => {
-                for _ in 0..n {
-                    self.omap.push((s, e));
+        #[cfg(test)]
+        self.dense
+            .extend(std::iter::repeat_n((os, oe), ch.len_utf8()));
+        if (e - s) as usize == ch.len_utf8() {
+            if let Some(a) = self.omap.last() {
+                if a.oe.is_none() && a.os + (at - a.at) == s {
+                    return;
                 }
             }
+            self.omap.push(Anchor {
+                at,
+                os: s,
+                oe: None,
+            });
+        } else {
+            self.omap.push(Anchor {
+                at,
+                os: s,
+                oe: Some(e),
+            });
         }
     }
 
     /// Append a run of ASCII bytes, each its own output character, from original offset `os`.
     #[inline]
     fn emit_ascii_run(&mut self, table: &[u8; 128], run: &[u8], os: usize) {
-        let s = (os - self.obase) as u32;
+        let Some(&first) = run.first() else {
+            return;
+        };
+        // The first byte decides whether the run continues the last anchor; the rest follow
+        // it byte for byte.
+        self.emit(char::from(table[usize::from(first & 0x7F)]), os, os + 1);
+        #[cfg(test)]
+        self.dense
+            .extend((os + 1..os + run.len()).map(|o| (o, o + 1)));
         self.text.extend(
-            run.iter()
+            run[1..]
+                .iter()
                 .map(|&b| char::from(table[usize::from(b & 0x7F)])),
         );
-        self.omap
-            .extend((s..s + run.len() as u32).map(|o| (o, o + 1)));
     }
 
     /// Make room for about `n` more normalized bytes.
     fn reserve(&mut self, n: usize) {
         self.text.reserve(n);
-        self.omap.reserve(n);
+    }
+
+    /// The anchor covering normalized byte `i`.
+    #[inline]
+    fn anchor(&self, i: usize) -> Anchor {
+        let k = self.omap.partition_point(|a| a.at as usize <= i);
+        self.omap[k.saturating_sub(1)]
     }
 
     /// Original start offset of the character behind normalized byte `i` (relative to `text`).
     pub fn orig_start(&self, i: usize) -> usize {
-        self.obase + self.omap[i].0 as usize
+        let a = self.anchor(i);
+        if a.oe.is_some() {
+            return self.obase + a.os as usize;
+        }
+        let mut cs = i;
+        while !self.text.is_char_boundary(cs) {
+            cs -= 1;
+        }
+        self.obase + a.os as usize + (cs - a.at as usize)
     }
 
     /// Original end offset of the character behind normalized byte `i`.
     pub fn orig_end(&self, i: usize) -> usize {
-        self.obase + self.omap[i].1 as usize
+        let a = self.anchor(i);
+        if let Some(e) = a.oe {
+            return self.obase + e as usize;
+        }
+        let mut ce = i + 1;
+        while !self.text.is_char_boundary(ce) {
+            ce += 1;
+        }
+        self.obase + a.os as usize + (ce - a.at as usize)
     }
 
     pub fn len(&self) -> usize {
@@ -312,24 +376,38 @@ impl NormBuf {
         if k == 0 {
             return;
         }
-        self.text.drain(..k);
-        self.omap.drain(..k);
-        let new_base = self
-            .omap
-            .first()
-            .map_or(consumed, |&(s, _)| self.obase + s as usize);
-        let delta = (new_base - self.obase) as u32;
-        if delta != 0 {
-            for v in self.omap.iter_mut() {
-                v.0 -= delta;
-                v.1 -= delta;
-            }
-            self.obase = new_base;
+        #[cfg(test)]
+        self.dense.drain(..k.min(self.dense.len()));
+        if k >= self.text.len() {
+            self.text.clear();
+            self.omap.clear();
+            self.obase = consumed;
+            return;
         }
+        // The anchor covering `k` becomes the first, starting at `k`.
+        let first = self.omap.partition_point(|a| a.at as usize <= k) - 1;
+        let a = &mut self.omap[first];
+        if a.oe.is_none() {
+            a.os += k as u32 - a.at;
+        }
+        a.at = k as u32;
+        self.omap.drain(..first);
+        self.text.drain(..k);
+        let delta = self.omap[0].os;
+        for a in self.omap.iter_mut() {
+            a.at -= k as u32;
+            a.os -= delta;
+            if let Some(e) = a.oe.as_mut() {
+                *e -= delta;
+            }
+        }
+        self.obase += delta as usize;
     }
 
     /// Start a fresh buffer at original offset `base`.
     pub fn reset(&mut self, base: usize) {
+        #[cfg(test)]
+        self.dense.clear();
         self.text.clear();
         self.omap.clear();
         self.obase = base;
@@ -772,6 +850,47 @@ mod tests {
             }
             prop_assert_eq!(&outs[0].text, &outs[1].text);
             prop_assert_eq!(&outs[0].omap, &outs[1].omap);
+        }
+
+        /// The anchors give every normalized byte the original range of the character that
+        /// produced it, as a per-byte map would, before and after trimming the front.
+        #[test]
+        fn anchors_equal_per_byte_map(
+            flags in flags_strategy(),
+            text in text_strategy(),
+            cuts in prop::collection::vec(0usize..200, 0..6),
+            trims in prop::collection::vec(0usize..40, 0..4),
+        ) {
+            let n = Normalizer::new(&flags);
+            let mut points: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len() && text.is_char_boundary(c)).collect();
+            points.push(0);
+            points.push(text.len());
+            points.sort_unstable();
+            points.dedup();
+            let mut st = NormState::default();
+            let mut out = NormBuf::default();
+            let check = |out: &NormBuf| -> Result<(), TestCaseError> {
+                prop_assert_eq!(out.dense.len(), out.text.len());
+                for (i, &(s, e)) in out.dense.iter().enumerate() {
+                    prop_assert_eq!((out.orig_start(i), out.orig_end(i)), (s, e), "byte {}", i);
+                }
+                Ok(())
+            };
+            for (k, w) in points.windows(2).enumerate() {
+                n.feed(&mut st, &text[w[0]..w[1]], w[0], &mut out);
+                check(&out)?;
+                if let Some(&t) = trims.get(k) {
+                    let mut t = t.min(out.len());
+                    while !out.text.is_char_boundary(t) {
+                        t -= 1;
+                    }
+                    let floor = st.min_future_origin().map_or(w[1], |o| o.min(w[1]));
+                    out.trim_front(t, floor);
+                    check(&out)?;
+                }
+            }
+            n.finish(&mut st, &mut out);
+            check(&out)?;
         }
     }
 }
