@@ -16,10 +16,12 @@
 //! one or two), and walks are carried from one piece of a stream to the next, so nothing is
 //! searched twice. The leftmost-longest match is the front walk once it is dead.
 //!
-//! Most walks die at their second character, and the trie is too large to stay in cache, so
-//! a walk that leaves the root without a term is started one character late, and only when
-//! its first two characters pass a small filter of term beginnings ([`PairFilter`], or a
-//! direct table for two ASCII characters). The walks that exist are the same as without it.
+//! Most walks die at their second or third character, and the trie is too large to stay in
+//! cache, so a walk that leaves the root without a term is started one character late, and
+//! only when its first two characters pass a small filter of term beginnings ([`PrefixFilter`],
+//! or a direct table for two ASCII characters); if those add no term either, it waits for its
+//! third character and a filter of first three characters. The walks that exist are the same
+//! as without it.
 //!
 //! While a stream is open a position `p` is *live* when its walk is still alive, i.e. the
 //! normalized text from `p` to the end of what has arrived is a proper prefix of some term. A
@@ -206,44 +208,49 @@ const NO_EDGE: Edge = Edge {
     term: 0,
 };
 
-/// The first two characters of every term of two or more characters, as a one-hash bit set
-/// (a Bloom filter with k = 1): a position whose next character does not pass can only match
-/// a one-character term, so it never needs a walk past the root. Far smaller than the trie
-/// (a few bits per term), so the check stays in cache where stepping a walk would miss it.
-/// Hand-written: a Bloom filter crate would add a dependency for a dozen lines.
-struct PairFilter {
+/// The first two (or three) characters of every term at least that long, as a one-hash bit
+/// set (a Bloom filter with k = 1) keyed by [`key`]: a walk whose next character does not
+/// pass cannot go deeper. Far smaller than the trie (about 16 bits per term), so the check
+/// stays in cache where stepping the walk would miss it. Hand-written: a Bloom filter crate
+/// would add a dependency for a dozen lines.
+struct PrefixFilter {
     bits: Vec<u64>,
     shift: u32,
 }
 
-impl PairFilter {
-    fn new(terms: usize) -> PairFilter {
+/// The filter key of a term's first characters (at most three, 21 bits each).
+#[inline(always)]
+fn key(chars: &[u32]) -> u64 {
+    chars.iter().fold(0, |k, &c| k << 21 | u64::from(c))
+}
+
+impl PrefixFilter {
+    fn new(terms: usize) -> PrefixFilter {
         // About 16 bits per term (a few percent of false positives), 8 KiB to 2 MiB.
         let log = (terms.max(1) * 16)
             .next_power_of_two()
             .trailing_zeros()
             .clamp(16, 24);
-        PairFilter {
+        PrefixFilter {
             bits: vec![0; 1 << (log - 6)],
             shift: 64 - log,
         }
     }
 
     #[inline(always)]
-    fn index(&self, a: u32, b: u32) -> usize {
-        ((u64::from(a) << 21 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift)
-            as usize
+    fn index(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
-    fn insert(&mut self, a: u32, b: u32) {
-        let i = self.index(a, b);
+    fn insert(&mut self, key: u64) {
+        let i = self.index(key);
         self.bits[i >> 6] |= 1 << (i & 63);
     }
 
-    /// False only when no term starts with `a` then `b`.
+    /// False only when no term starts with the characters of `key`.
     #[inline(always)]
-    fn may_contain(&self, a: u32, b: u32) -> bool {
-        let i = self.index(a, b);
+    fn may_contain(&self, key: u64) -> bool {
+        let i = self.index(key);
         self.bits[i >> 6] & (1 << (i & 63)) != 0
     }
 
@@ -263,7 +270,9 @@ struct Trie {
     /// The root's run is `edges[..root_len]`, sorted by char.
     root_len: usize,
     edges: Vec<Edge>,
-    pairs: PairFilter,
+    pairs: PrefixFilter,
+    /// First three characters, for walks at depth two.
+    triples: PrefixFilter,
     /// The depth-two edge along each pair of ASCII characters, indexed `a << 7 | b` (empty
     /// when no term starts with two ASCII characters): English text passes the pair filter
     /// at almost every letter, and one load here replaces a probe of the first letter's
@@ -278,7 +287,8 @@ impl Trie {
         // Depth-first construction from the sorted terms: (parent, char, child) edges, each
         // parent's edges by increasing char.
         let mut raw: Vec<(u32, u32, u32)> = Vec::new();
-        let mut pairs = PairFilter::new(sorted.len());
+        let mut pairs = PrefixFilter::new(sorted.len());
+        let mut triples = PrefixFilter::new(sorted.len());
         let mut term = vec![0u32];
         let mut path: Vec<u32> = vec![0];
         let mut prev = "";
@@ -289,9 +299,12 @@ impl Trie {
                 .take_while(|(a, b)| a == b)
                 .count();
             path.truncate(common + 1);
-            let mut it = t.chars();
-            if let (Some(a), Some(b)) = (it.next(), it.next()) {
-                pairs.insert(a as u32, b as u32);
+            let head: Vec<u32> = t.chars().take(3).map(|c| c as u32).collect();
+            if head.len() >= 2 {
+                pairs.insert(key(&head[..2]));
+            }
+            if head.len() == 3 {
+                triples.insert(key(&head));
             }
             for c in t.chars().skip(common) {
                 let id = u32::try_from(term.len()).map_err(|_| too_big())?;
@@ -367,6 +380,7 @@ impl Trie {
             root_len,
             edges,
             pairs,
+            triples,
             ascii_pairs,
         })
     }
@@ -405,6 +419,7 @@ impl Trie {
     fn memory_usage(&self) -> usize {
         (self.root_bmp.capacity() + self.edges.capacity()) * std::mem::size_of::<Edge>()
             + self.pairs.memory_usage()
+            + self.triples.memory_usage()
             + self.ascii_pairs.capacity() * std::mem::size_of::<Edge>()
     }
 
@@ -415,10 +430,19 @@ impl Trie {
             let x = &self.ascii_pairs[(a << 7 | b) as usize];
             return (x.ch != EMPTY).then_some(x);
         }
-        if !self.pairs.may_contain(a, b) {
+        if !self.pairs.may_contain(key(&[a, b])) {
             return None;
         }
         self.child(e.run_at, e.run_len, b)
+    }
+
+    /// The edge along `c` out of the depth-two node (edge `e`) reached along `a`, `b`.
+    #[inline(always)]
+    fn third(&self, a: u32, b: u32, e: &Edge, c: u32) -> Option<&Edge> {
+        if !self.triples.may_contain(key(&[a, b, c])) {
+            return None;
+        }
+        self.child(e.run_at, e.run_len, c)
     }
 }
 
@@ -447,6 +471,29 @@ struct Walk {
 }
 
 impl Walk {
+    /// A walk from `start` that has just taken edge `e`, its character ending at `end`.
+    #[inline(always)]
+    fn stepped(start: usize, e: &Edge, end: usize) -> Walk {
+        Walk {
+            start,
+            run_at: e.run_at,
+            run_len: e.run_len,
+            best_len: if e.term != 0 { (end - start) as u32 } else { 0 },
+            best_term: e.term,
+        }
+    }
+
+    /// A deferred walk (alive, no term passed) at the node `e` leads to.
+    fn waiting(start: usize, e: &Edge) -> Walk {
+        Walk {
+            start,
+            run_at: e.run_at,
+            run_len: e.run_len,
+            best_len: 0,
+            best_term: 0,
+        }
+    }
+
     #[inline(always)]
     fn alive(&self) -> bool {
         self.run_len != 0
@@ -643,13 +690,15 @@ impl KeywordSet {
         };
         let amax = allow.max_len();
         let wrel = walked_to.saturating_sub(base).min(n);
-        // A walk that leaves the root without a term is started one character late: it only
-        // matters if the next character continues it, which the pair filter usually rules
-        // out without touching the trie. Until then it is `deferred` (start, previous char,
-        // root edge); the walk list is the same as if it had been started at once, because
-        // such a walk is alive and matchless until that next character, so it can neither
-        // be decided nor let anything behind it be decided.
-        let mut deferred: Option<(usize, u32, Edge)> = None;
+        // A walk that leaves the root without a term is started one character late, and again
+        // when its second character adds none: it only matters if the next character
+        // continues it, which the prefix filters usually rule out without touching the trie.
+        // Until then it is deferred: `d1` (start, char, root edge) and `d2` (start, chars,
+        // depth-two edge). The walk list is the same as if they had been started at once:
+        // such a walk is alive and matchless, so it is never decided, and nothing behind it
+        // is decided while it waits (it is the last walk, or it is pushed before any other).
+        let mut d1: Option<(usize, u32, Edge)> = None;
+        let mut d2: Option<(usize, u32, u32, Edge)> = None;
         for (off, c) in text[wrel..].char_indices() {
             let q = wrel + off;
             let qe = base + q + c.len_utf8();
@@ -671,32 +720,35 @@ impl KeywordSet {
                     w.alive() || w.best_term != 0
                 });
             }
-            if let Some((p, pc, e)) = deferred.take() {
-                // Dropped by a match decided since (`pop_before`) when `p < *cursor`.
+            // A deferred walk starting before `*cursor` was dropped by a match decided since
+            // (`pop_before`).
+            if let Some((p, a, b, e)) = d2.take() {
                 if p >= *cursor {
-                    if let Some(x) = trie.second(pc, &e, c) {
-                        walks.push_back(Walk {
-                            start: p,
-                            run_at: x.run_at,
-                            run_len: x.run_len,
-                            best_len: if x.term != 0 { (qe - p) as u32 } else { 0 },
-                            best_term: x.term,
-                        });
+                    if let Some(x) = trie.third(a, b, &e, c) {
+                        walks.push_back(Walk::stepped(p, x, qe));
+                    }
+                }
+            }
+            if let Some((p, a, e)) = d1.take() {
+                if p >= *cursor {
+                    if let Some(x) = trie.second(a, &e, c) {
+                        if x.term == 0 && x.run_len != 0 {
+                            d2 = Some((p, a, c, *x));
+                        } else {
+                            walks.push_back(Walk::stepped(p, x, qe));
+                        }
                     }
                 }
             }
             if base + q >= *cursor {
                 if let Some(e) = trie.root_child(c) {
                     if self.prefilter && e.term == 0 && e.run_len != 0 {
-                        deferred = Some((base + q, c, *e));
+                        d1 = Some((base + q, c, *e));
                     } else {
-                        walks.push_back(Walk {
-                            start: base + q,
-                            run_at: e.run_at,
-                            run_len: e.run_len,
-                            best_len: (qe - base - q) as u32,
-                            best_term: e.term,
-                        });
+                        if let Some((p, _, _, x)) = d2.take() {
+                            walks.push_back(Walk::waiting(p, &x));
+                        }
+                        walks.push_back(Walk::stepped(base + q, e, qe));
                     }
                 }
             }
@@ -714,16 +766,13 @@ impl KeywordSet {
                 }
             }
         }
-        if let Some((p, _, e)) = deferred {
-            // The end of what has arrived: the walk waits for the next piece like any other.
+        // The end of what has arrived: deferred walks wait for the next piece like any other.
+        for (p, e) in [d2.map(|(p, _, _, e)| (p, e)), d1.map(|(p, _, e)| (p, e))]
+            .into_iter()
+            .flatten()
+        {
             if p >= *cursor {
-                walks.push_back(Walk {
-                    start: p,
-                    run_at: e.run_at,
-                    run_len: e.run_len,
-                    best_len: 0,
-                    best_term: 0,
-                });
+                walks.push_back(Walk::waiting(p, &e));
             }
         }
         *walked_to = base + n;

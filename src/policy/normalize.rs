@@ -336,6 +336,12 @@ impl NormBuf {
     /// The anchor covering normalized byte `i`.
     #[inline]
     fn anchor(&self, i: usize) -> Anchor {
+        // A stream asks about its tail on every piece: try the last anchor first.
+        if let Some(&a) = self.omap.last() {
+            if a.at as usize <= i {
+                return a;
+            }
+        }
         let k = self.omap.partition_point(|a| a.at as usize <= i);
         self.omap[k.saturating_sub(1)]
     }
