@@ -328,6 +328,23 @@ impl NormBuf {
         );
     }
 
+    /// Append `run` as it is (each character maps to itself), from original offset `os`.
+    #[inline]
+    fn emit_verbatim(&mut self, run: &str, os: usize) {
+        let Some(first) = run.chars().next() else {
+            return;
+        };
+        let n = first.len_utf8();
+        self.emit(first, os, os + n);
+        self.text.push_str(&run[n..]);
+        #[cfg(test)]
+        for (k, c) in run[n..].char_indices() {
+            let o = os + n + k;
+            self.dense
+                .extend(std::iter::repeat_n((o, o + c.len_utf8()), c.len_utf8()));
+        }
+    }
+
     /// Make room for about `n` more normalized bytes.
     fn reserve(&mut self, n: usize) {
         self.text.reserve(n);
@@ -473,7 +490,8 @@ impl NormState {
 pub(crate) struct Normalizer {
     table: Arc<CharTable>,
     separators: bool,
-    /// Take the ASCII-word fast path (off only in tests, to compare with the slow path).
+    /// Take the ASCII-word and CJK-run fast paths (off only in tests, to compare with the slow
+    /// path).
     ascii_fast: bool,
 }
 
@@ -535,6 +553,34 @@ impl Normalizer {
                 );
                 i += 1;
                 continue;
+            }
+            if self.ascii_fast && (0xE0..0xF0).contains(&b) && st.held.is_none() {
+                // Fast path: a run of three-byte characters (the BMP beyond U+0800: all common
+                // CJK) that normalize to themselves as CJK is copied as it is. With nothing
+                // held, each would only clear the pending separator run and emit itself.
+                let mut j = i;
+                while bytes.get(j).is_some_and(|x| (0xE0..0xF0).contains(x)) {
+                    let cp = u32::from(bytes[j] & 0x0F) << 12
+                        | u32::from(bytes[j + 1] & 0x3F) << 6
+                        | u32::from(bytes[j + 2] & 0x3F);
+                    let e = self.table.bmp[cp as usize];
+                    if e & (MULTI | REMOVED) != 0
+                        || e & CHAR_MASK != cp
+                        || Class::from_bits(e >> CLASS_SHIFT) != Class::Cjk
+                    {
+                        break;
+                    }
+                    j += 3;
+                }
+                if j > i {
+                    out.emit_verbatim(&piece[i..j], base + i);
+                    if self.separators {
+                        st.pending_sep = None;
+                        st.last = Last::Cjk;
+                    }
+                    i = j;
+                    continue;
+                }
             }
             let Some(c) = piece[i..].chars().next() else {
                 break;
@@ -856,6 +902,40 @@ mod tests {
             }
             prop_assert_eq!(&outs[0].text, &outs[1].text);
             prop_assert_eq!(&outs[0].omap, &outs[1].omap);
+        }
+
+        /// The CJK-run fast path gives the same text and offsets as the per-character path on
+        /// CJK-heavy text (traditional forms, CJK punctuation, held single letters, emoji).
+        #[test]
+        fn cjk_fast_path_equals_slow_path(
+            flags in flags_strategy(),
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "炸弹", "制造", "彈", "製", "，", "。", "　", "ｶ", "ア", "한", "a", " ", "b c", "\u{200B}",
+                "\u{FE0F}", "😀", "𠀀", "ﬁ", "丐丑", "〇", "x1",
+            ]), 0..30),
+            cuts in prop::collection::vec(0usize..200, 0..6),
+        ) {
+            let text = parts.concat();
+            let fast = Normalizer::new(&flags);
+            let slow = Normalizer { ascii_fast: false, ..fast.clone() };
+            let mut points: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len() && text.is_char_boundary(c)).collect();
+            points.push(0);
+            points.push(text.len());
+            points.sort_unstable();
+            points.dedup();
+            let mut outs = Vec::new();
+            for n in [&fast, &slow] {
+                let mut st = NormState::default();
+                let mut out = NormBuf::default();
+                for w in points.windows(2) {
+                    n.feed(&mut st, &text[w[0]..w[1]], w[0], &mut out);
+                }
+                n.finish(&mut st, &mut out);
+                outs.push(out);
+            }
+            prop_assert_eq!(&outs[0].text, &outs[1].text);
+            prop_assert_eq!(&outs[0].omap, &outs[1].omap);
+            prop_assert_eq!(&outs[0].dense, &outs[1].dense);
         }
 
         /// The anchors give every normalized byte the original range of the character that
