@@ -565,6 +565,9 @@ pub(crate) struct DrainBufs {
     walks: Walks,
     /// Absolute normalized offset the walks have reached.
     walked_to: usize,
+    /// Walks still deferred at the end of the last piece (see `drain`), after every walk.
+    d1: Option<(usize, u32, Edge)>,
+    d2: Option<(usize, u32, u32, Edge)>,
 }
 
 /// A keyword match in absolute normalized offsets.
@@ -679,6 +682,8 @@ impl KeywordSet {
             hits: out,
             walks,
             walked_to,
+            d1: d1_kept,
+            d2: d2_kept,
         } = bufs;
         out.clear();
         let hay = text.as_bytes();
@@ -697,8 +702,10 @@ impl KeywordSet {
         // depth-two edge). The walk list is the same as if they had been started at once:
         // such a walk is alive and matchless, so it is never decided, and nothing behind it
         // is decided while it waits (it is the last walk, or it is pushed before any other).
-        let mut d1: Option<(usize, u32, Edge)> = None;
-        let mut d2: Option<(usize, u32, u32, Edge)> = None;
+        // They are carried to the next piece as they are, so a stream cut into small pieces
+        // keeps the filters' benefit.
+        let mut d1 = d1_kept.take();
+        let mut d2 = d2_kept.take();
         for (off, c) in text[wrel..].char_indices() {
             let q = wrel + off;
             let qe = base + q + c.len_utf8();
@@ -766,15 +773,6 @@ impl KeywordSet {
                 }
             }
         }
-        // The end of what has arrived: deferred walks wait for the next piece like any other.
-        for (p, e) in [d2.map(|(p, _, _, e)| (p, e)), d1.map(|(p, _, e)| (p, e))]
-            .into_iter()
-            .flatten()
-        {
-            if p >= *cursor {
-                walks.push_back(Walk::waiting(p, &e));
-            }
-        }
         *walked_to = base + n;
         if is_final {
             walks.retain_mut(|w| {
@@ -787,14 +785,31 @@ impl KeywordSet {
                 Front::Done => {}
                 Front::Empty => break,
                 Front::Wait => {
+                    // The front walk starts before any deferred one.
+                    *d1_kept = d1;
+                    *d2_kept = d2;
                     let s = walks.front().map_or(base + n, |w| w.start);
                     *cursor = s;
                     return Some(s);
                 }
                 Front::Pending(s) => {
+                    *d1_kept = d1;
+                    *d2_kept = d2;
                     *cursor = s;
                     return Some(s);
                 }
+            }
+        }
+        // Open text: a deferred walk is alive, so it holds the text from its start, as it
+        // would at the front of `walks` (unless a match decided since covers its start).
+        if !is_final {
+            let d2 = d2.filter(|d| d.0 >= *cursor);
+            let d1 = d1.filter(|d| d.0 >= *cursor);
+            if let Some(s) = d2.map(|d| d.0).or(d1.map(|d| d.0)) {
+                *d1_kept = d1;
+                *d2_kept = d2;
+                *cursor = s;
+                return Some(s);
             }
         }
         *cursor = base + n;
