@@ -299,11 +299,15 @@ impl Trie {
                 .take_while(|(a, b)| a == b)
                 .count();
             path.truncate(common + 1);
-            let head: Vec<u32> = t.chars().take(3).map(|c| c as u32).collect();
-            if head.len() >= 2 {
+            let (mut head, mut k) = ([0u32; 3], 0);
+            for c in t.chars().take(3) {
+                head[k] = c as u32;
+                k += 1;
+            }
+            if k >= 2 {
                 pairs.insert(key(&head[..2]));
             }
-            if head.len() == 3 {
+            if k == 3 {
                 triples.insert(key(&head));
             }
             for c in t.chars().skip(common) {
