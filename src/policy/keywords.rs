@@ -16,6 +16,13 @@
 //! one or two), and walks are carried from one piece of a stream to the next, so nothing is
 //! searched twice. The leftmost-longest match is the front walk once it is dead.
 //!
+//! Most walks die at their second or third character, and the trie is too large to stay in
+//! cache, so a walk that leaves the root without a term is started one character late, and
+//! only when its first two characters pass a small filter of term beginnings ([`PrefixFilter`],
+//! or a direct table for two ASCII characters); if those add no term either, it waits for its
+//! third character and a filter of first three characters. The walks that exist are the same
+//! as without it.
+//!
 //! While a stream is open a position `p` is *live* when its walk is still alive, i.e. the
 //! normalized text from `p` to the end of what has arrived is a proper prefix of some term. A
 //! match is final only when no position at or before its start is live (a longer or earlier
@@ -201,6 +208,57 @@ const NO_EDGE: Edge = Edge {
     term: 0,
 };
 
+/// The first two (or three) characters of every term at least that long, as a one-hash bit
+/// set (a Bloom filter with k = 1) keyed by [`key`]: a walk whose next character does not
+/// pass cannot go deeper. Far smaller than the trie (about 16 bits per term), so the check
+/// stays in cache where stepping the walk would miss it. Hand-written: a Bloom filter crate
+/// would add a dependency for a dozen lines.
+struct PrefixFilter {
+    bits: Vec<u64>,
+    shift: u32,
+}
+
+/// The filter key of a term's first characters (at most three, 21 bits each).
+#[inline(always)]
+fn key(chars: &[u32]) -> u64 {
+    chars.iter().fold(0, |k, &c| k << 21 | u64::from(c))
+}
+
+impl PrefixFilter {
+    fn new(terms: usize) -> PrefixFilter {
+        // About 16 bits per term (a few percent of false positives), 8 KiB to 2 MiB.
+        let log = (terms.max(1) * 16)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(16, 24);
+        PrefixFilter {
+            bits: vec![0; 1 << (log - 6)],
+            shift: 64 - log,
+        }
+    }
+
+    #[inline(always)]
+    fn index(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    fn insert(&mut self, key: u64) {
+        let i = self.index(key);
+        self.bits[i >> 6] |= 1 << (i & 63);
+    }
+
+    /// False only when no term starts with the characters of `key`.
+    #[inline(always)]
+    fn may_contain(&self, key: u64) -> bool {
+        let i = self.index(key);
+        self.bits[i >> 6] & (1 << (i & 63)) != 0
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.bits.capacity() * 8
+    }
+}
+
 /// A trie over the characters of distinct terms. A node is known by its run of child edges
 /// in `edges`: scanned when short, an open-addressing hash table (power-of-two size, at most
 /// half full) when long. The root's children are a sorted run at the start of `edges`, with a
@@ -212,6 +270,14 @@ struct Trie {
     /// The root's run is `edges[..root_len]`, sorted by char.
     root_len: usize,
     edges: Vec<Edge>,
+    pairs: PrefixFilter,
+    /// First three characters, for walks at depth two.
+    triples: PrefixFilter,
+    /// The depth-two edge along each pair of ASCII characters, indexed `a << 7 | b` (empty
+    /// when no term starts with two ASCII characters): English text passes the pair filter
+    /// at almost every letter, and one load here replaces a probe of the first letter's
+    /// (large, hashed) run.
+    ascii_pairs: Vec<Edge>,
 }
 
 impl Trie {
@@ -221,6 +287,8 @@ impl Trie {
         // Depth-first construction from the sorted terms: (parent, char, child) edges, each
         // parent's edges by increasing char.
         let mut raw: Vec<(u32, u32, u32)> = Vec::new();
+        let mut pairs = PrefixFilter::new(sorted.len());
+        let mut triples = PrefixFilter::new(sorted.len());
         let mut term = vec![0u32];
         let mut path: Vec<u32> = vec![0];
         let mut prev = "";
@@ -231,6 +299,17 @@ impl Trie {
                 .take_while(|(a, b)| a == b)
                 .count();
             path.truncate(common + 1);
+            let (mut head, mut k) = ([0u32; 3], 0);
+            for c in t.chars().take(3) {
+                head[k] = c as u32;
+                k += 1;
+            }
+            if k >= 2 {
+                pairs.insert(key(&head[..2]));
+            }
+            if k == 3 {
+                triples.insert(key(&head));
+            }
             for c in t.chars().skip(common) {
                 let id = u32::try_from(term.len()).map_err(|_| too_big())?;
                 term.push(0);
@@ -286,10 +365,27 @@ impl Trie {
                 run[i] = e;
             }
         }
+        let root_len = (run_at[1] - run_at[0]) as usize;
+        let mut ascii_pairs = Vec::new();
+        for r in &edges[..root_len] {
+            if r.ch >= 0x80 {
+                continue;
+            }
+            let run = &edges[r.run_at as usize..(r.run_at + r.run_len) as usize];
+            for e in run.iter().filter(|e| e.ch < 0x80) {
+                if ascii_pairs.is_empty() {
+                    ascii_pairs = vec![NO_EDGE; 1 << 14];
+                }
+                ascii_pairs[(r.ch << 7 | e.ch) as usize] = *e;
+            }
+        }
         Ok(Trie {
             root_bmp,
-            root_len: (run_at[1] - run_at[0]) as usize,
+            root_len,
             edges,
+            pairs,
+            triples,
+            ascii_pairs,
         })
     }
 
@@ -326,6 +422,31 @@ impl Trie {
 
     fn memory_usage(&self) -> usize {
         (self.root_bmp.capacity() + self.edges.capacity()) * std::mem::size_of::<Edge>()
+            + self.pairs.memory_usage()
+            + self.triples.memory_usage()
+            + self.ascii_pairs.capacity() * std::mem::size_of::<Edge>()
+    }
+
+    /// The edge along `b` out of the root's child along `a` (whose edge is `e`).
+    #[inline(always)]
+    fn second(&self, a: u32, e: &Edge, b: u32) -> Option<&Edge> {
+        if a < 0x80 && b < 0x80 && !self.ascii_pairs.is_empty() {
+            let x = &self.ascii_pairs[(a << 7 | b) as usize];
+            return (x.ch != EMPTY).then_some(x);
+        }
+        if !self.pairs.may_contain(key(&[a, b])) {
+            return None;
+        }
+        self.child(e.run_at, e.run_len, b)
+    }
+
+    /// The edge along `c` out of the depth-two node (edge `e`) reached along `a`, `b`.
+    #[inline(always)]
+    fn third(&self, a: u32, b: u32, e: &Edge, c: u32) -> Option<&Edge> {
+        if !self.triples.may_contain(key(&[a, b, c])) {
+            return None;
+        }
+        self.child(e.run_at, e.run_len, c)
     }
 }
 
@@ -334,6 +455,9 @@ impl Trie {
 pub(crate) struct KeywordSet {
     trie: Option<Trie>,
     meta: Vec<TermMeta>,
+    /// Defer walks to the next character and check the pair filter first (off only in tests,
+    /// to compare with starting a walk at every position).
+    prefilter: bool,
 }
 
 /// An anchored walk down the trie from one normalized position.
@@ -351,6 +475,29 @@ struct Walk {
 }
 
 impl Walk {
+    /// A walk from `start` that has just taken edge `e`, its character ending at `end`.
+    #[inline(always)]
+    fn stepped(start: usize, e: &Edge, end: usize) -> Walk {
+        Walk {
+            start,
+            run_at: e.run_at,
+            run_len: e.run_len,
+            best_len: if e.term != 0 { (end - start) as u32 } else { 0 },
+            best_term: e.term,
+        }
+    }
+
+    /// A deferred walk (alive, no term passed) at the node `e` leads to.
+    fn waiting(start: usize, e: &Edge) -> Walk {
+        Walk {
+            start,
+            run_at: e.run_at,
+            run_len: e.run_len,
+            best_len: 0,
+            best_term: 0,
+        }
+    }
+
     #[inline(always)]
     fn alive(&self) -> bool {
         self.run_len != 0
@@ -422,6 +569,9 @@ pub(crate) struct DrainBufs {
     walks: Walks,
     /// Absolute normalized offset the walks have reached.
     walked_to: usize,
+    /// Walks still deferred at the end of the last piece (see `drain`), after every walk.
+    d1: Option<(usize, u32, Edge)>,
+    d2: Option<(usize, u32, u32, Edge)>,
 }
 
 /// A keyword match in absolute normalized offsets.
@@ -469,6 +619,7 @@ impl KeywordSet {
         Ok(KeywordSet {
             trie,
             meta: sorted.iter().map(|(_, m)| *m).collect(),
+            prefilter: true,
         })
     }
 
@@ -535,6 +686,8 @@ impl KeywordSet {
             hits: out,
             walks,
             walked_to,
+            d1: d1_kept,
+            d2: d2_kept,
         } = bufs;
         out.clear();
         let hay = text.as_bytes();
@@ -546,6 +699,17 @@ impl KeywordSet {
         };
         let amax = allow.max_len();
         let wrel = walked_to.saturating_sub(base).min(n);
+        // A walk that leaves the root without a term is started one character late, and again
+        // when its second character adds none: it only matters if the next character
+        // continues it, which the prefix filters usually rule out without touching the trie.
+        // Until then it is deferred: `d1` (start, char, root edge) and `d2` (start, chars,
+        // depth-two edge). The walk list is the same as if they had been started at once:
+        // such a walk is alive and matchless, so it is never decided, and nothing behind it
+        // is decided while it waits (it is the last walk, or it is pushed before any other).
+        // They are carried to the next piece as they are, so a stream cut into small pieces
+        // keeps the filters' benefit.
+        let mut d1 = d1_kept.take();
+        let mut d2 = d2_kept.take();
         for (off, c) in text[wrel..].char_indices() {
             let q = wrel + off;
             let qe = base + q + c.len_utf8();
@@ -567,15 +731,36 @@ impl KeywordSet {
                     w.alive() || w.best_term != 0
                 });
             }
+            // A deferred walk starting before `*cursor` was dropped by a match decided since
+            // (`pop_before`).
+            if let Some((p, a, b, e)) = d2.take() {
+                if p >= *cursor {
+                    if let Some(x) = trie.third(a, b, &e, c) {
+                        walks.push_back(Walk::stepped(p, x, qe));
+                    }
+                }
+            }
+            if let Some((p, a, e)) = d1.take() {
+                if p >= *cursor {
+                    if let Some(x) = trie.second(a, &e, c) {
+                        if x.term == 0 && x.run_len != 0 {
+                            d2 = Some((p, a, c, *x));
+                        } else {
+                            walks.push_back(Walk::stepped(p, x, qe));
+                        }
+                    }
+                }
+            }
             if base + q >= *cursor {
                 if let Some(e) = trie.root_child(c) {
-                    walks.push_back(Walk {
-                        start: base + q,
-                        run_at: e.run_at,
-                        run_len: e.run_len,
-                        best_len: (qe - base - q) as u32,
-                        best_term: e.term,
-                    });
+                    if self.prefilter && e.term == 0 && e.run_len != 0 {
+                        d1 = Some((base + q, c, *e));
+                    } else {
+                        if let Some((p, _, _, x)) = d2.take() {
+                            walks.push_back(Walk::waiting(p, &x));
+                        }
+                        walks.push_back(Walk::stepped(base + q, e, qe));
+                    }
                 }
             }
             // Decide what full knowledge would: a dead front walk once the allow list's
@@ -604,14 +789,31 @@ impl KeywordSet {
                 Front::Done => {}
                 Front::Empty => break,
                 Front::Wait => {
+                    // The front walk starts before any deferred one.
+                    *d1_kept = d1;
+                    *d2_kept = d2;
                     let s = walks.front().map_or(base + n, |w| w.start);
                     *cursor = s;
                     return Some(s);
                 }
                 Front::Pending(s) => {
+                    *d1_kept = d1;
+                    *d2_kept = d2;
                     *cursor = s;
                     return Some(s);
                 }
+            }
+        }
+        // Open text: a deferred walk is alive, so it holds the text from its start, as it
+        // would at the front of `walks` (unless a match decided since covers its start).
+        if !is_final {
+            let d2 = d2.filter(|d| d.0 >= *cursor);
+            let d1 = d1.filter(|d| d.0 >= *cursor);
+            if let Some(s) = d2.map(|d| d.0).or(d1.map(|d| d.0)) {
+                *d1_kept = d1;
+                *d2_kept = d2;
+                *cursor = s;
+                return Some(s);
             }
         }
         *cursor = base + n;
@@ -801,6 +1003,25 @@ mod tests {
             let allow = AllowSet::build(allow).expect("builds");
             let whole = run(&ks, &allow, &text, true).0;
             prop_assert_eq!(streamed(&ks, &allow, &text, &cuts), whole);
+        }
+
+        /// Deferring walks behind the pair filter finds the same matches and holds the same
+        /// text as starting a walk at every position, one-shot, open and streamed.
+        #[test]
+        fn pair_prefilter_equals_plain_walks(
+            terms in prop::collection::vec(small_text(4).prop_filter("non-empty", |t| !t.is_empty()), 1..10),
+            allow in prop::collection::vec(small_text(6).prop_filter("non-empty", |t| !t.is_empty()), 0..4),
+            text in small_text(40),
+            cuts in prop::collection::vec(0usize..160, 0..8),
+        ) {
+            let fast = build_terms(&terms);
+            let mut slow = build_terms(&terms);
+            slow.prefilter = false;
+            let allow = AllowSet::build(allow).expect("builds");
+            for is_final in [true, false] {
+                prop_assert_eq!(run(&fast, &allow, &text, is_final), run(&slow, &allow, &text, is_final));
+            }
+            prop_assert_eq!(streamed(&fast, &allow, &text, &cuts), streamed(&slow, &allow, &text, &cuts));
         }
     }
 }

@@ -248,14 +248,35 @@ impl CharTable {
     }
 }
 
-/// Normalized text with, for each normalized byte, the original byte range of the character
-/// that produced it (relative to `obase`, so a long stream fits in `u32`).
+/// Where a stretch of normalized text comes from, relative to `NormBuf::obase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Anchor {
+    /// Normalized byte offset (relative to `text`) where the stretch starts; it runs to the
+    /// next anchor.
+    at: u32,
+    /// Original offset of the stretch's first character.
+    os: u32,
+    /// `Some(end)`: the stretch is one character from original `os..end`. `None`: a run that
+    /// is byte for byte the original, so each character's original range is as long as it and
+    /// sits at the same distance from `os` as the character from `at`.
+    oe: Option<u32>,
+}
+
+/// Normalized text with a map from each normalized character back to the original byte range
+/// of the character that produced it (relative to `obase`, so a long stream fits in `u32`).
+///
+/// Most text comes out as long as it went in (CJK, ASCII letters, trad → simp), so the map
+/// holds anchors only where that breaks (a dropped or collapsed separator, full-width → ASCII,
+/// a multi-character expansion), not an entry per byte.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct NormBuf {
     pub text: String,
-    /// Per normalized byte: original (start, end) relative to `obase`.
-    omap: Vec<(u32, u32)>,
+    /// Sorted by `at`; the first is at 0 when `text` is not empty.
+    omap: Vec<Anchor>,
     obase: usize,
+    /// Tests only: the per-byte map (absolute original start, end) the anchors must agree with.
+    #[cfg(test)]
+    dense: Vec<(usize, usize)>,
 }
 
 impl NormBuf {
@@ -263,43 +284,109 @@ impl NormBuf {
     fn emit(&mut self, ch: char, os: usize, oe: usize) {
         let s = (os - self.obase) as u32;
         let e = (oe - self.obase) as u32;
+        let at = self.text.len() as u32;
         self.text.push(ch);
-        match ch.len_utf8() {
-            1 => self.omap.push((s, e)),
-            n => {
-                for _ in 0..n {
-                    self.omap.push((s, e));
+        #[cfg(test)]
+        self.dense
+            .extend(std::iter::repeat_n((os, oe), ch.len_utf8()));
+        if (e - s) as usize == ch.len_utf8() {
+            if let Some(a) = self.omap.last() {
+                if a.oe.is_none() && a.os + (at - a.at) == s {
+                    return;
                 }
             }
+            self.omap.push(Anchor {
+                at,
+                os: s,
+                oe: None,
+            });
+        } else {
+            self.omap.push(Anchor {
+                at,
+                os: s,
+                oe: Some(e),
+            });
         }
     }
 
     /// Append a run of ASCII bytes, each its own output character, from original offset `os`.
     #[inline]
     fn emit_ascii_run(&mut self, table: &[u8; 128], run: &[u8], os: usize) {
-        let s = (os - self.obase) as u32;
+        let Some(&first) = run.first() else {
+            return;
+        };
+        // The first byte decides whether the run continues the last anchor; the rest follow
+        // it byte for byte.
+        self.emit(char::from(table[usize::from(first & 0x7F)]), os, os + 1);
+        #[cfg(test)]
+        self.dense
+            .extend((os + 1..os + run.len()).map(|o| (o, o + 1)));
         self.text.extend(
-            run.iter()
+            run[1..]
+                .iter()
                 .map(|&b| char::from(table[usize::from(b & 0x7F)])),
         );
-        self.omap
-            .extend((s..s + run.len() as u32).map(|o| (o, o + 1)));
+    }
+
+    /// Append `run` as it is (each character maps to itself), from original offset `os`.
+    #[inline]
+    fn emit_verbatim(&mut self, run: &str, os: usize) {
+        let Some(first) = run.chars().next() else {
+            return;
+        };
+        let n = first.len_utf8();
+        self.emit(first, os, os + n);
+        self.text.push_str(&run[n..]);
+        #[cfg(test)]
+        for (k, c) in run[n..].char_indices() {
+            let o = os + n + k;
+            self.dense
+                .extend(std::iter::repeat_n((o, o + c.len_utf8()), c.len_utf8()));
+        }
     }
 
     /// Make room for about `n` more normalized bytes.
     fn reserve(&mut self, n: usize) {
         self.text.reserve(n);
-        self.omap.reserve(n);
+    }
+
+    /// The anchor covering normalized byte `i`.
+    #[inline]
+    fn anchor(&self, i: usize) -> Anchor {
+        // A stream asks about its tail on every piece: try the last anchor first.
+        if let Some(&a) = self.omap.last() {
+            if a.at as usize <= i {
+                return a;
+            }
+        }
+        let k = self.omap.partition_point(|a| a.at as usize <= i);
+        self.omap[k.saturating_sub(1)]
     }
 
     /// Original start offset of the character behind normalized byte `i` (relative to `text`).
     pub fn orig_start(&self, i: usize) -> usize {
-        self.obase + self.omap[i].0 as usize
+        let a = self.anchor(i);
+        if a.oe.is_some() {
+            return self.obase + a.os as usize;
+        }
+        let mut cs = i;
+        while !self.text.is_char_boundary(cs) {
+            cs -= 1;
+        }
+        self.obase + a.os as usize + (cs - a.at as usize)
     }
 
     /// Original end offset of the character behind normalized byte `i`.
     pub fn orig_end(&self, i: usize) -> usize {
-        self.obase + self.omap[i].1 as usize
+        let a = self.anchor(i);
+        if let Some(e) = a.oe {
+            return self.obase + e as usize;
+        }
+        let mut ce = i + 1;
+        while !self.text.is_char_boundary(ce) {
+            ce += 1;
+        }
+        self.obase + a.os as usize + (ce - a.at as usize)
     }
 
     pub fn len(&self) -> usize {
@@ -312,24 +399,38 @@ impl NormBuf {
         if k == 0 {
             return;
         }
-        self.text.drain(..k);
-        self.omap.drain(..k);
-        let new_base = self
-            .omap
-            .first()
-            .map_or(consumed, |&(s, _)| self.obase + s as usize);
-        let delta = (new_base - self.obase) as u32;
-        if delta != 0 {
-            for v in self.omap.iter_mut() {
-                v.0 -= delta;
-                v.1 -= delta;
-            }
-            self.obase = new_base;
+        #[cfg(test)]
+        self.dense.drain(..k.min(self.dense.len()));
+        if k >= self.text.len() {
+            self.text.clear();
+            self.omap.clear();
+            self.obase = consumed;
+            return;
         }
+        // The anchor covering `k` becomes the first, starting at `k`.
+        let first = self.omap.partition_point(|a| a.at as usize <= k) - 1;
+        let a = &mut self.omap[first];
+        if a.oe.is_none() {
+            a.os += k as u32 - a.at;
+        }
+        a.at = k as u32;
+        self.omap.drain(..first);
+        self.text.drain(..k);
+        let delta = self.omap[0].os;
+        for a in self.omap.iter_mut() {
+            a.at -= k as u32;
+            a.os -= delta;
+            if let Some(e) = a.oe.as_mut() {
+                *e -= delta;
+            }
+        }
+        self.obase += delta as usize;
     }
 
     /// Start a fresh buffer at original offset `base`.
     pub fn reset(&mut self, base: usize) {
+        #[cfg(test)]
+        self.dense.clear();
         self.text.clear();
         self.omap.clear();
         self.obase = base;
@@ -389,7 +490,8 @@ impl NormState {
 pub(crate) struct Normalizer {
     table: Arc<CharTable>,
     separators: bool,
-    /// Take the ASCII-word fast path (off only in tests, to compare with the slow path).
+    /// Take the ASCII-word and CJK-run fast paths (off only in tests, to compare with the slow
+    /// path).
     ascii_fast: bool,
 }
 
@@ -451,6 +553,34 @@ impl Normalizer {
                 );
                 i += 1;
                 continue;
+            }
+            if self.ascii_fast && (0xE0..0xF0).contains(&b) && st.held.is_none() {
+                // Fast path: a run of three-byte characters (the BMP beyond U+0800: all common
+                // CJK) that normalize to themselves as CJK is copied as it is. With nothing
+                // held, each would only clear the pending separator run and emit itself.
+                let mut j = i;
+                while bytes.get(j).is_some_and(|x| (0xE0..0xF0).contains(x)) {
+                    let cp = u32::from(bytes[j] & 0x0F) << 12
+                        | u32::from(bytes[j + 1] & 0x3F) << 6
+                        | u32::from(bytes[j + 2] & 0x3F);
+                    let e = self.table.bmp[cp as usize];
+                    if e & (MULTI | REMOVED) != 0
+                        || e & CHAR_MASK != cp
+                        || Class::from_bits(e >> CLASS_SHIFT) != Class::Cjk
+                    {
+                        break;
+                    }
+                    j += 3;
+                }
+                if j > i {
+                    out.emit_verbatim(&piece[i..j], base + i);
+                    if self.separators {
+                        st.pending_sep = None;
+                        st.last = Last::Cjk;
+                    }
+                    i = j;
+                    continue;
+                }
             }
             let Some(c) = piece[i..].chars().next() else {
                 break;
@@ -772,6 +902,81 @@ mod tests {
             }
             prop_assert_eq!(&outs[0].text, &outs[1].text);
             prop_assert_eq!(&outs[0].omap, &outs[1].omap);
+        }
+
+        /// The CJK-run fast path gives the same text and offsets as the per-character path on
+        /// CJK-heavy text (traditional forms, CJK punctuation, held single letters, emoji).
+        #[test]
+        fn cjk_fast_path_equals_slow_path(
+            flags in flags_strategy(),
+            parts in prop::collection::vec(prop::sample::select(vec![
+                "炸弹", "制造", "彈", "製", "，", "。", "　", "ｶ", "ア", "한", "a", " ", "b c", "\u{200B}",
+                "\u{FE0F}", "😀", "𠀀", "ﬁ", "丐丑", "〇", "x1",
+            ]), 0..30),
+            cuts in prop::collection::vec(0usize..200, 0..6),
+        ) {
+            let text = parts.concat();
+            let fast = Normalizer::new(&flags);
+            let slow = Normalizer { ascii_fast: false, ..fast.clone() };
+            let mut points: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len() && text.is_char_boundary(c)).collect();
+            points.push(0);
+            points.push(text.len());
+            points.sort_unstable();
+            points.dedup();
+            let mut outs = Vec::new();
+            for n in [&fast, &slow] {
+                let mut st = NormState::default();
+                let mut out = NormBuf::default();
+                for w in points.windows(2) {
+                    n.feed(&mut st, &text[w[0]..w[1]], w[0], &mut out);
+                }
+                n.finish(&mut st, &mut out);
+                outs.push(out);
+            }
+            prop_assert_eq!(&outs[0].text, &outs[1].text);
+            prop_assert_eq!(&outs[0].omap, &outs[1].omap);
+            prop_assert_eq!(&outs[0].dense, &outs[1].dense);
+        }
+
+        /// The anchors give every normalized byte the original range of the character that
+        /// produced it, as a per-byte map would, before and after trimming the front.
+        #[test]
+        fn anchors_equal_per_byte_map(
+            flags in flags_strategy(),
+            text in text_strategy(),
+            cuts in prop::collection::vec(0usize..200, 0..6),
+            trims in prop::collection::vec(0usize..40, 0..4),
+        ) {
+            let n = Normalizer::new(&flags);
+            let mut points: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len() && text.is_char_boundary(c)).collect();
+            points.push(0);
+            points.push(text.len());
+            points.sort_unstable();
+            points.dedup();
+            let mut st = NormState::default();
+            let mut out = NormBuf::default();
+            let check = |out: &NormBuf| -> Result<(), TestCaseError> {
+                prop_assert_eq!(out.dense.len(), out.text.len());
+                for (i, &(s, e)) in out.dense.iter().enumerate() {
+                    prop_assert_eq!((out.orig_start(i), out.orig_end(i)), (s, e), "byte {}", i);
+                }
+                Ok(())
+            };
+            for (k, w) in points.windows(2).enumerate() {
+                n.feed(&mut st, &text[w[0]..w[1]], w[0], &mut out);
+                check(&out)?;
+                if let Some(&t) = trims.get(k) {
+                    let mut t = t.min(out.len());
+                    while !out.text.is_char_boundary(t) {
+                        t -= 1;
+                    }
+                    let floor = st.min_future_origin().map_or(w[1], |o| o.min(w[1]));
+                    out.trim_front(t, floor);
+                    check(&out)?;
+                }
+            }
+            n.finish(&mut st, &mut out);
+            check(&out)?;
         }
     }
 }
