@@ -246,8 +246,11 @@ pub struct ResponsesCodec {
     response: Value,
     /// Output items as delivered so far, by output index.
     items: BTreeMap<u32, Value>,
-    /// Last `sequence_number` seen.
-    sequence: u64,
+    /// The last `sequence_number` sent to the client.
+    last_out: u64,
+    /// Events shenhe added to the stream so far: later upstream events are numbered this much
+    /// higher, so that numbers keep rising by one without repeats, as the SDKs expect.
+    added: u64,
     labels: Option<StreamLabels>,
 }
 
@@ -303,7 +306,8 @@ impl ResponsesCodec {
             repeats: 0,
             response: Value::Null,
             items: BTreeMap::new(),
-            sequence: 0,
+            last_out: 0,
+            added: 0,
             labels: None,
         }
     }
@@ -347,9 +351,17 @@ impl ResponsesCodec {
         Some(aigc_value(&aigc))
     }
 
+    /// The number for an event shenhe adds now.
     fn next_sequence(&mut self) -> u64 {
-        self.sequence += 1;
-        self.sequence
+        self.last_out += 1;
+        self.added += 1;
+        self.last_out
+    }
+
+    /// The number an upstream event goes out with, if it has one.
+    fn shifted(&self, event: &Event) -> Option<u64> {
+        let n = event.json.get("sequence_number").and_then(Value::as_u64)?;
+        Some(n + self.added)
     }
 
     /// The response as delivered so far, with `status` and what ended it.
@@ -462,9 +474,6 @@ impl EventCodec for ResponsesCodec {
             EventData::Done => return Ok(Parsed::terminal()),
             EventData::Json(v) => v,
         };
-        if let Some(n) = json.get("sequence_number").and_then(Value::as_u64) {
-            self.sequence = self.sequence.max(n);
-        }
         let ty = json["type"].as_str().unwrap_or_default().to_string();
         if ty == "error" {
             return Ok(Parsed::passthrough());
@@ -648,15 +657,30 @@ impl EventCodec for ResponsesCodec {
                 }
             }
         }
+        if let Some(n) = self.shifted(event) {
+            self.last_out = self.last_out.max(n);
+        }
     }
 
     fn amend(&mut self, event: &Event, texts: &[String]) -> Option<Bytes> {
-        self.labels.as_ref()?;
+        let shift = self.shifted(event).filter(|_| self.added > 0);
+        if self.labels.is_none() && shift.is_none() {
+            return None;
+        }
         let ty = event.json["type"].as_str().unwrap_or_default().to_string();
         let final_event = matches!(ty.as_str(), "response.completed" | "response.incomplete");
-        let l = self.labels.as_ref()?;
         let mut v = event.json.clone();
         let mut changed = false;
+        if let Some(n) = shift {
+            v["sequence_number"] = json!(n);
+            changed = true;
+        }
+        let Some(l) = self.labels.as_ref() else {
+            return Some(match &event.name {
+                Some(n) => sse_named(n, &v),
+                None => super::openai::sse_data(&v),
+            });
+        };
         for (path, text) in event.paths.iter().zip(texts) {
             let at = match (ty.as_str(), path.as_slice()) {
                 ("response.output_text.done", [Seg::Key(k)]) if k == "text" => {
@@ -711,6 +735,9 @@ impl EventCodec for ResponsesCodec {
 
     fn render(&self, event: &Event, texts: &[String]) -> Bytes {
         let mut v = event.json.clone();
+        if let Some(n) = self.shifted(event).filter(|_| self.added > 0) {
+            v["sequence_number"] = json!(n);
+        }
         for (path, text) in event.paths.iter().zip(texts) {
             paths::set_string(&mut v, path, text.clone());
             // Log-probabilities echo the original text.
@@ -796,6 +823,12 @@ mod tests {
             .parse(&ev(json!({"type": "response.output_text.done", "output_index": 1, "content_index": 2, "text": "ab", "sequence_number": 6})))
             .unwrap();
         assert_eq!(done.pieces[0].channel.1, REPEAT_FIELD);
+        // Both reach the client; the stop's event is numbered after the last one released.
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for p in [d, done] {
+            let texts: Vec<String> = p.pieces.iter().map(|t| t.text.clone()).collect();
+            c.on_release(&p.event.unwrap(), &texts, &mut before, &mut after);
+        }
         let stop = String::from_utf8(c.stop("A1d", None).concat()).unwrap();
         assert!(stop.contains("\"reason\":\"content_filter\""), "{stop}");
         assert!(stop.contains("\"sequence_number\":7"), "{stop}");
