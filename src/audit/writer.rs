@@ -505,6 +505,9 @@ fn today() -> NaiveDate {
     Utc::now().date_naive()
 }
 
+/// With `fsync: interval`, how long the writer lets records gather after writing a batch.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+
 /// The writer task's state.
 struct Writer {
     rx: mpsc::Receiver<Msg>,
@@ -533,7 +536,19 @@ impl Writer {
                 biased;
                 _ = &mut stop => break,
                 msg = self.rx.recv() => match msg {
-                    Some(msg) => self.handle(msg).await,
+                    Some(msg) => {
+                        self.handle(msg).await;
+                        if matches!(self.fsync, FsyncMode::Interval(_)) {
+                            // Nobody waits on these records: let a few milliseconds of them
+                            // gather, so that a busy proxy hands the disk thread one batch per
+                            // linger instead of one per request (each hand-off wakes a thread).
+                            tokio::select! {
+                                biased;
+                                _ = &mut stop => break,
+                                () = tokio::time::sleep(BATCH_LINGER) => {}
+                            }
+                        }
+                    }
                     None => break,
                 },
                 () = sleep_until(sync_at), if sync_at.is_some() => self.sync().await,

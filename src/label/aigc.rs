@@ -6,7 +6,6 @@
 //! `aigc` field of JSON responses. [`Aigc::from_json`] also accepts the wrapped form `{"AIGC":{…}}`
 //! that Appendix E shows.
 
-use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -135,11 +134,12 @@ pub fn is_appendix_e_charset(s: &str) -> bool {
         .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
-/// A new unguessable content ID: [`PRODUCE_ID_PREFIX`] then 128 bits from the OS random source as
-/// 32 lowercase hex digits (39 characters, inside the Appendix E character set).
+/// A new unguessable content ID: [`PRODUCE_ID_PREFIX`] then 128 bits from a cryptographically
+/// secure generator seeded from the OS (the thread's own, so that a busy proxy makes no system
+/// call per ID) as 32 lowercase hex digits (39 characters, inside the Appendix E character set).
 pub fn new_produce_id() -> String {
     let mut raw = [0u8; 16];
-    OsRng.fill_bytes(&mut raw);
+    rand::thread_rng().fill_bytes(&mut raw);
     let mut id = String::with_capacity(PRODUCE_ID_PREFIX.len() + 32);
     id.push_str(PRODUCE_ID_PREFIX);
     for b in raw {
