@@ -130,7 +130,7 @@ impl Metrics {
             active_streams: gauge(&reg, "shenhe_active_streams", "Streamed (SSE) responses open now."),
             request_bytes: counter_vec(&reg, "shenhe_request_bytes_total", "Request body bytes received from clients, by route template.", &["route"]),
             response_bytes: counter_vec(&reg, "shenhe_response_bytes_total", "Response body bytes sent to clients, by route template.", &["route"]),
-            upstream_errors: counter_vec(&reg, "shenhe_upstream_errors_total", "Upstream failures by kind (connect, timeout, protocol, decode).", &["kind"]),
+            upstream_errors: counter_vec(&reg, "shenhe_upstream_errors_total", "Upstream failures by kind (connect, tls, timeout, protocol, decode).", &["kind"]),
             client_errors: counter_vec(&reg, "shenhe_client_errors_total", "Requests refused for a client fault, by kind (body_too_large, bad_json, unknown_route, ...).", &["kind"]),
             build_info: gauge_vec(&reg, "shenhe_build_info", "Always 1; the version label names the running build.", &["version"]),
             policy_terms: gauge_vec(&reg, "shenhe_policy_terms", "Keyword terms in the active policy, by category.", &["category"]),

@@ -488,3 +488,99 @@ async fn readyz_fails_when_the_probe_cannot_reach_the_upstream() {
         503
     );
 }
+
+/// A model server on TLS with a certificate from a private CA: (port, CA PEM, connections seen).
+async fn tls_upstream() -> (u16, String, Arc<std::sync::atomic::AtomicUsize>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio_rustls::rustls;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let svc =
+                    hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| {
+                        let host = req.headers()["host"]
+                            .to_str()
+                            .unwrap_or_default()
+                            .to_string();
+                        async move {
+                            let body = format!(r#"{{"tls":true,"host":"{host}"}}"#);
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(Bytes::from(body)),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, ca.pem(), conns)
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca() {
+    let (port, ca_pem, conns) = tls_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let base = format!("https://localhost:{port}");
+    let p = proxy(
+        &base,
+        &format!("upstream:\n  ca_file: \"{}\"\n", ca_path.display()),
+    )
+    .await;
+    for _ in 0..2 {
+        let resp = client().get(p.url("/v1/models")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["tls"], true);
+        assert_eq!(v["host"], format!("localhost:{port}"));
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Without the CA the certificate is not trusted: the request fails, in the API's shape.
+    let untrusting = proxy(&base, "").await;
+    let resp = client()
+        .get(untrusting.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_json(resp).await;
+    assert_eq!(status, 502);
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("TLS handshake") && msg.contains("ca_file"),
+        "{msg}"
+    );
+}

@@ -115,6 +115,9 @@ pub struct UpstreamConfig {
     pub probe: Option<String>,
     /// Idle keep-alive connections kept per upstream host.
     pub pool_max_idle: usize,
+    /// PEM file of extra CA certificates trusted for an `https` upstream (a private CA), on top
+    /// of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -126,6 +129,7 @@ impl Default for UpstreamConfig {
             timeouts: UpstreamTimeouts::default(),
             probe: None,
             pool_max_idle: 256,
+            ca_file: None,
         }
     }
 }

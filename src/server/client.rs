@@ -39,8 +39,10 @@ pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxErro
 pub enum SendError {
     /// No connection within the connect bound.
     ConnectTimeout,
-    /// The connection (TCP or TLS) could not be made.
+    /// The TCP connection could not be made.
     Connect(io::Error),
+    /// The TLS handshake failed (an untrusted certificate, most often).
+    Tls(io::Error),
     /// The exchange failed on an open connection.
     Http(hyper::Error),
 }
@@ -50,6 +52,8 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub tls: bool,
+    /// Extra trusted CA certificates (PEM) for TLS.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A pool of keep-alive connections to one upstream.
@@ -115,7 +119,25 @@ impl Client {
         let tls = if target.tls {
             let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
+            let (mut added, _) = roots.add_parsable_certificates(found.certs);
+            if let Some(path) = &target.ca_file {
+                use rustls::pki_types::pem::PemObject;
+                let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "upstream.ca_file {}: no certificates in it",
+                        path.display()
+                    ));
+                }
+                for c in certs {
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+                    added += 1;
+                }
+            }
             if added == 0 {
                 return Err(
                     "no trusted root certificates found on this system (https upstream)".into(),
@@ -233,19 +255,23 @@ impl Inner {
 
     async fn connect(&self) -> Result<Conn, SendError> {
         let connect = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(SendError::Connect)?;
+            tcp.set_nodelay(true).map_err(SendError::Connect)?;
             match &self.tls {
-                None => Ok::<_, io::Error>(Stream::Plain(tcp)),
+                None => Ok(Stream::Plain(tcp)),
                 Some((connector, name)) => Ok(Stream::Tls(Box::new(
-                    connector.connect(name.clone(), tcp).await?,
+                    connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(SendError::Tls)?,
                 ))),
             }
         };
         let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| SendError::ConnectTimeout)?
-            .map_err(SendError::Connect)?;
+            .map_err(|_| SendError::ConnectTimeout)??;
         // A fixed 4 KiB read buffer: an SSE stream needs no more per read, and an open stream
         // should cost little memory (the adaptive default starts at 8 KiB and grows).
         let (send, conn) = Builder::new()

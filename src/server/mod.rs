@@ -54,7 +54,9 @@ impl Runtime {
     pub fn build(config: Config, base_dir: &Path) -> Result<Self, String> {
         let routes = routes::RouteTable::new(&config.routes);
         let headers = headers::HeaderPlan::new(&config.headers, &config.upstream);
-        let upstream = upstream::Upstream::new(&config.upstream)?;
+        let mut up = config.upstream.clone();
+        up.ca_file = up.ca_file.map(|f| base_dir.join(f));
+        let upstream = upstream::Upstream::new(&up)?;
         let compiled =
             Policy::compile(&config.policy, base_dir).map_err(|e| format!("policy: {e}"))?;
         for w in &compiled.warnings {

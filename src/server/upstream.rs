@@ -116,7 +116,12 @@ impl Upstream {
             .unwrap_or(if tls { 443 } else { 80 });
         let t = &cfg.timeouts;
         let client = Client::new(
-            Target { host, port, tls },
+            Target {
+                host,
+                port,
+                tls,
+                ca_file: cfg.ca_file.clone(),
+            },
             t.connect.get(),
             POOL_IDLE_TIMEOUT,
             cfg.pool_max_idle,
@@ -251,6 +256,14 @@ fn classify(e: &SendError) -> ApiError {
             ErrorKind::UpstreamUnreachable,
             "the model server cannot be reached",
         ),
+        SendError::Tls(e) => {
+            tracing::warn!(error = %e, "TLS handshake with the upstream failed");
+            fault(
+                "tls",
+                ErrorKind::UpstreamUnreachable,
+                "the TLS handshake with the model server failed (is its certificate trusted? see upstream.ca_file)",
+            )
+        }
         SendError::Http(e) if e.is_parse() || e.is_parse_status() => fault(
             "protocol",
             ErrorKind::UpstreamProtocol,
