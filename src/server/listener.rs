@@ -125,9 +125,9 @@ fn spawn_conn(
         };
         let io = TokioIo::new(stream);
         if h2 {
-            let _ = watcher
-                .watch(builders.http2.serve_connection(io, svc))
-                .await;
+            // Boxed: the HTTP/2 connection state is large, and every HTTP/1.1 task would
+            // otherwise carry room for it.
+            let _ = Box::pin(watcher.watch(builders.http2.serve_connection(io, svc))).await;
         } else {
             let _ = watcher
                 .watch(builders.http1.serve_connection(io, svc))
