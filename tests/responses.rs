@@ -344,6 +344,14 @@ async fn whole_answer_labels() {
     verify_aigc(&p, &v["aigc"], text).await.unwrap();
 }
 
+/// Every event's `sequence_number`, in order.
+fn sequence_numbers(text: &str) -> Vec<u64> {
+    sse_events(text)
+        .iter()
+        .map(|(_, v)| v["sequence_number"].as_u64().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn streamed_labels_ride_the_response_events() {
     let up = Upstream::fixed(Script::sse_writes(responses_text_stream(&[
@@ -366,10 +374,7 @@ async fn streamed_labels_ride_the_response_events() {
     assert_eq!(streamed, format!("天气很好。{label}"));
     let evs = sse_events(&text);
     // The added label event is numbered in line: numbers rise by one, none repeats.
-    let seqs: Vec<u64> = evs
-        .iter()
-        .map(|(_, v)| v["sequence_number"].as_u64().unwrap())
-        .collect();
+    let seqs = sequence_numbers(&text);
     let first = seqs[0];
     assert_eq!(seqs, (first..first + seqs.len() as u64).collect::<Vec<_>>());
     // Every repeat of the text carries the label too.
@@ -413,10 +418,7 @@ async fn a_stopped_response_stream_is_labeled_too() {
         .await
         .unwrap();
     let last = assert_incomplete(&text, "炸弹");
-    let seqs: Vec<u64> = sse_events(&text)
-        .iter()
-        .map(|(_, v)| v["sequence_number"].as_u64().unwrap())
-        .collect();
+    let seqs = sequence_numbers(&text);
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     let streamed = deltas(&text, "response.output_text.delta");
     assert_eq!(streamed, "前面\n【本内容由人工智能生成】");

@@ -237,6 +237,16 @@ pub struct Event {
     paths: Vec<Vec<Seg>>,
 }
 
+impl Event {
+    /// This event, under its own name, with `v` as its data.
+    fn encode(&self, v: &Value) -> Bytes {
+        match &self.name {
+            Some(n) => sse_named(n, v),
+            None => super::openai::sse_data(v),
+        }
+    }
+}
+
 /// Reads and ends Responses streams.
 pub struct ResponsesCodec {
     extras: Extras,
@@ -362,6 +372,11 @@ impl ResponsesCodec {
     fn shifted(&self, event: &Event) -> Option<u64> {
         let n = event.json.get("sequence_number").and_then(Value::as_u64)?;
         Some(n + self.added)
+    }
+
+    /// The new number of an upstream event whose number must change (shenhe added events).
+    fn renumbered(&self, event: &Event) -> Option<u64> {
+        self.shifted(event).filter(|_| self.added > 0)
     }
 
     /// The response as delivered so far, with `status` and what ended it.
@@ -663,7 +678,7 @@ impl EventCodec for ResponsesCodec {
     }
 
     fn amend(&mut self, event: &Event, texts: &[String]) -> Option<Bytes> {
-        let shift = self.shifted(event).filter(|_| self.added > 0);
+        let shift = self.renumbered(event);
         if self.labels.is_none() && shift.is_none() {
             return None;
         }
@@ -676,10 +691,7 @@ impl EventCodec for ResponsesCodec {
             changed = true;
         }
         let Some(l) = self.labels.as_ref() else {
-            return Some(match &event.name {
-                Some(n) => sse_named(n, &v),
-                None => super::openai::sse_data(&v),
-            });
+            return Some(event.encode(&v));
         };
         for (path, text) in event.paths.iter().zip(texts) {
             let at = match (ty.as_str(), path.as_slice()) {
@@ -727,15 +739,12 @@ impl EventCodec for ResponsesCodec {
         if !changed {
             return None;
         }
-        Some(match &event.name {
-            Some(n) => sse_named(n, &v),
-            None => super::openai::sse_data(&v),
-        })
+        Some(event.encode(&v))
     }
 
     fn render(&self, event: &Event, texts: &[String]) -> Bytes {
         let mut v = event.json.clone();
-        if let Some(n) = self.shifted(event).filter(|_| self.added > 0) {
+        if let Some(n) = self.renumbered(event) {
             v["sequence_number"] = json!(n);
         }
         for (path, text) in event.paths.iter().zip(texts) {
@@ -745,10 +754,7 @@ impl EventCodec for ResponsesCodec {
                 *lp = json!([]);
             }
         }
-        match &event.name {
-            Some(n) => sse_named(n, &v),
-            None => super::openai::sse_data(&v),
-        }
+        event.encode(&v)
     }
 
     fn stop(&mut self, _category: &str, _notice: Option<&str>) -> Vec<Bytes> {

@@ -79,7 +79,7 @@ struct Inner {
         rustls::pki_types::ServerName<'static>,
     )>,
     /// The `Host` header every request carries.
-    pub authority: HeaderValue,
+    authority: HeaderValue,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
