@@ -97,6 +97,35 @@ async fn whole_response_gets_explicit_and_signed_implicit_labels() {
 }
 
 #[tokio::test]
+async fn a_labeled_answer_keeps_the_model_servers_bytes_elsewhere() {
+    let raw = "{\"id\": \"x\",  \"usage\": {\"total_tokens\": 3, \"cost\": 1.50}, \"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"天气很好。\"},\"finish_reason\":\"stop\"}], \"system_fingerprint\": \"fp\\u00e9\"}";
+    let up = Upstream::fixed(Script::json(raw)).await;
+    let p = labeled_proxy(&up).await;
+    let resp = post(
+        &p,
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    // untouched values keep their spelling; the labeled text keeps its own bytes
+    assert!(
+        text.contains("\"usage\":{\"total_tokens\":3,\"cost\":1.50}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"system_fingerprint\":\"fp\\u00e9\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"content\":\"天气很好。\\n【本内容由人工智能生成】\""),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["aigc"]["Label"], "1");
+}
+
+#[tokio::test]
 async fn json_mode_and_tool_calls_get_no_explicit_label() {
     let up = Upstream::fixed(Script::json(&whole(json!("{\"a\":1}"), json!({})))).await;
     let p = labeled_proxy(&up).await;

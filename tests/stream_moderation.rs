@@ -482,6 +482,26 @@ async fn non_streaming_block_and_redact() {
 }
 
 #[tokio::test]
+async fn an_answer_with_duplicate_keys_is_not_delivered() {
+    // Which copy a client reads is up to its parser: neither is delivered.
+    let raw = "{\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"这是炸弹\",\"content\":\"fine\"},\"finish_reason\":\"stop\"}]}";
+    let up = Upstream::fixed(Script::json(raw)).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let resp = post(&p, "/v1/chat/completions", &chat_req(false)).await;
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_protocol_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key `content`"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("炸弹"));
+}
+
+#[tokio::test]
 async fn upstream_lost_mid_stream_ends_with_an_error_event() {
     let mut script = Script::sse_writes(vec![chat_chunk("partial ")]);
     // Close-delimited body that ends without [DONE]: then the connection is cut mid-event.

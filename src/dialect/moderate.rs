@@ -262,16 +262,16 @@ async fn read_json_answer(
     sent: Instant,
 ) -> Result<(Bytes, Value), ApiError> {
     let body = read_upstream(ctx, resp, sent).await?;
-    match serde_json::from_slice::<Value>(&body) {
+    match super::json::parse_answer(&body) {
         Ok(doc) => Ok((body, doc)),
-        Err(_) => {
+        Err(e) => {
             metrics()
                 .upstream_errors
                 .with_label_values(&["protocol"])
                 .inc();
             Err(ApiError::new(
                 ErrorKind::UpstreamProtocol,
-                "the model server answered with a body that is not JSON",
+                format!("the model server's answer is not JSON shenhe can judge: {e}"),
             ))
         }
     }
@@ -425,7 +425,7 @@ async fn prompt_phase(
     let verdict = judge_prompt(ctx, json, texts, &mut records);
     keep_records(ctx, records).await?;
     match verdict? {
-        true => Ok(Bytes::from(serde_json::to_vec(json).unwrap_or_default())),
+        true => Ok(Bytes::from(super::json::rewrite(&bytes, json))),
         false => Ok(bytes),
     }
 }
@@ -524,7 +524,7 @@ async fn text_exchange<A: super::generation::TextApi>(
         ctx.rec.write(r).await;
     }
     let out = if changed {
-        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+        Bytes::from(super::json::rewrite(&body, &doc))
     } else {
         body
     };
@@ -628,7 +628,7 @@ async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> 
         ctx.rec.write(r).await;
     }
     let out = if changed {
-        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+        Bytes::from(super::json::rewrite(&body, &doc))
     } else {
         body
     };
