@@ -17,7 +17,7 @@ use super::generation::{event_data, EventData};
 use super::generation::{label_slots, sse_named, TextApi};
 use super::labels::{aigc_value, TextLabels};
 use super::openai::Extras;
-use super::paths::{self, find_strings, parse_pattern, Found, Seg};
+use super::paths::{self, find_strings, Found, Seg, StaticPatterns};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
@@ -175,9 +175,8 @@ pub fn prompt_texts(req: &Value) -> Result<Vec<Found>, ApiError> {
         );
     }
     let mut out = Vec::new();
-    for p in PROMPT_STRINGS {
-        find_strings(req, &parse_pattern(p).expect("static pattern"), &mut out);
-    }
+    static PATTERNS: StaticPatterns = StaticPatterns::new(PROMPT_STRINGS, "");
+    PATTERNS.find(req, &mut out);
     if let Some(messages) = req["messages"].as_array() {
         for (mi, m) in messages.iter().enumerate() {
             let Some(blocks) = m.get("content").and_then(Value::as_array) else {

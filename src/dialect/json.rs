@@ -211,7 +211,11 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     while i + 32 <= n && a[i..i + 32] == b[i..i + 32] {
         i += 32;
     }
-    i + a[i..n].iter().zip(&b[i..n]).take_while(|(x, y)| x == y).count()
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// Length of the common suffix of `a` and `b`, compared a block at a time.

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use super::generation::TextApi;
 use super::generation::{event_data, EventData};
 use super::labels::{aigc_value, TextLabels};
-use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg};
+use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg, StaticPatterns};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
@@ -84,9 +84,8 @@ pub fn prompt_texts(flavor: Flavor, req: &Value) -> Result<Vec<Found>, ApiError>
                         .with_param("messages"),
                 );
             }
-            for p in CHAT_PROMPT {
-                find_strings(req, &parse_pattern(p).expect("static pattern"), &mut out);
-            }
+            static PATTERNS: StaticPatterns = StaticPatterns::new(CHAT_PROMPT, "");
+            PATTERNS.find(req, &mut out);
         }
         Flavor::Completions => match &req["prompt"] {
             Value::String(s) => out.push(Found {

@@ -31,6 +31,37 @@ pub fn parse_pattern(s: &str) -> Result<Vec<Pat>, String> {
         .collect()
 }
 
+/// A dialect's fixed list of patterns, parsed once on first use.
+pub struct StaticPatterns {
+    list: &'static [&'static str],
+    prefix: &'static str,
+    parsed: std::sync::OnceLock<Vec<Vec<Pat>>>,
+}
+
+impl StaticPatterns {
+    /// `prefix` (may be empty) goes before every pattern of `list`.
+    pub const fn new(list: &'static [&'static str], prefix: &'static str) -> Self {
+        Self {
+            list,
+            prefix,
+            parsed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Every string at any of the patterns, pattern by pattern, each in document order.
+    pub fn find(&self, v: &Value, out: &mut Vec<Found>) {
+        let parsed = self.parsed.get_or_init(|| {
+            self.list
+                .iter()
+                .map(|p| parse_pattern(&format!("{}{p}", self.prefix)).expect("static pattern"))
+                .collect()
+        });
+        for pattern in parsed {
+            find_strings(v, pattern, out);
+        }
+    }
+}
+
 /// A string found in a JSON value, with its concrete path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {

@@ -22,7 +22,7 @@ use super::generation::{event_data, EventData};
 use super::generation::{label_slots, sse_named, TextApi};
 use super::labels::{aigc_value, TextLabels};
 use super::openai::Extras;
-use super::paths::{self, find_strings, parse_pattern, Found, Seg};
+use super::paths::{self, find_strings, parse_pattern, Found, Seg, StaticPatterns};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
@@ -129,10 +129,8 @@ fn whole_texts(doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
 
 fn whole_found(doc: &Value, extras: &Extras) -> Vec<Found> {
     let mut out = Vec::new();
-    for p in ITEM_TEXT {
-        let pat = parse_pattern(&format!("output.*.{p}")).expect("static pattern");
-        find_strings(doc, &pat, &mut out);
-    }
+    static PATTERNS: StaticPatterns = StaticPatterns::new(ITEM_TEXT, "output.*.");
+    PATTERNS.find(doc, &mut out);
     find_strings(doc, &[paths::Pat::Key("output_text".into())], &mut out);
     for pat in &extras.patterns {
         find_strings(doc, pat, &mut out);
@@ -199,9 +197,8 @@ pub fn prompt_texts(req: &Value) -> Result<Vec<Found>, ApiError> {
             .with_param("input"))
         }
     }
-    for p in PROMPT {
-        find_strings(req, &parse_pattern(p).expect("static pattern"), &mut out);
-    }
+    static PATTERNS: StaticPatterns = StaticPatterns::new(PROMPT, "");
+    PATTERNS.find(req, &mut out);
     Ok(out)
 }
 
