@@ -1,8 +1,6 @@
 //! Header hygiene between client and upstream: hop-by-hop removal, forwarding headers, request ids,
 //! the upstream key, and the configured drop/add rules.
 
-use std::net::SocketAddr;
-
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore;
 
@@ -89,7 +87,7 @@ impl HeaderPlan {
     pub fn upstream_request(
         &self,
         client: &HeaderMap,
-        peer: Option<SocketAddr>,
+        peer: Option<&HeaderValue>,
         request_id: &HeaderValue,
         moderated: bool,
     ) -> HeaderMap {
@@ -107,13 +105,14 @@ impl HeaderPlan {
             out.remove(HeaderName::from_static("x-api-key"));
             out.insert(name.clone(), value.clone());
         }
-        if let Some(peer) = peer {
-            let ip = peer.ip().to_string();
-            let xff = match client.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip,
+        if let Some(ip) = peer {
+            let xff = match client.get(&X_FORWARDED_FOR).filter(|v| !v.is_empty()) {
+                Some(prev) => {
+                    HeaderValue::from_bytes(&[prev.as_bytes(), b", ", ip.as_bytes()].concat()).ok()
+                }
+                None => Some(ip.clone()),
             };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
+            if let Some(v) = xff {
                 out.insert(X_FORWARDED_FOR, v);
             }
         }
@@ -197,6 +196,7 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::listener::PeerAddr;
 
     fn plan(key: Option<&str>) -> HeaderPlan {
         let upstream = UpstreamConfig {
@@ -253,8 +253,8 @@ mod tests {
     fn forwarded_for_appends_the_peer() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let peer: SocketAddr = "127.0.0.9:5555".parse().unwrap();
-        let out = plan(None).upstream_request(&h, Some(peer), &new_request_id(), false);
+        let peer = PeerAddr::new("127.0.0.9:5555".parse().unwrap());
+        let out = plan(None).upstream_request(&h, Some(&peer.ip), &new_request_id(), false);
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(out["x-forwarded-proto"], "http");
     }

@@ -13,9 +13,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-/// The peer address of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+/// The peer of the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct PeerAddr {
+    /// The client's IP address as it goes into `X-Forwarded-For`, formatted once per connection.
+    pub ip: http::HeaderValue,
+}
+
+impl PeerAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = http::HeaderValue::try_from(addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { ip }
+    }
+}
 
 /// A shutdown trigger shared by the listeners, the signal handler and tests.
 #[derive(Debug, Clone)]
@@ -106,8 +117,9 @@ fn spawn_conn(
 ) {
     let _ = stream.set_nodelay(true);
     let router = router.clone();
+    let peer = PeerAddr::new(peer);
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
+        req.extensions_mut().insert(peer.clone());
         let router = router.clone();
         async move {
             let resp = router

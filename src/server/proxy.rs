@@ -151,7 +151,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         path: path.clone(),
         query: parts.uri.query().map(str::to_string),
         client_headers: parts.headers,
-        peer: parts.extensions.get::<PeerAddr>().copied(),
+        peer: parts.extensions.get::<PeerAddr>().cloned(),
         request_id,
         dialect,
         log,
@@ -239,7 +239,7 @@ pub async fn send_upstream(
     let url = ctx.rt.upstream.url(&ctx.path, ctx.query.as_deref())?;
     let up_headers = ctx.rt.headers.upstream_request(
         &ctx.client_headers,
-        ctx.peer.map(|p| p.0),
+        ctx.peer.as_ref().map(|p| &p.ip),
         &ctx.request_id,
         moderated,
     );

@@ -105,26 +105,29 @@ fn canonical_key(path: &str) -> String {
 }
 
 fn check_unambiguous(path: &str) -> Result<(), &'static str> {
-    if !path.starts_with('/') {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
         return Err("the path must start with `/`");
     }
-    if path.contains("//") {
-        return Err("the path contains an empty segment (`//`)");
+    // one pass over the bytes: this runs on every request
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                return Err("the path contains an empty segment (`//`)")
+            }
+            b'\\' => return Err("the path contains a backslash"),
+            b';' => return Err("the path contains a `;` parameter"),
+            b'%' => {
+                let code = b.get(i + 1..i + 3).map(|p| p.to_ascii_lowercase());
+                if matches!(code.as_deref(), Some(b"2f" | b"2e" | b"5c" | b"00")) {
+                    return Err("the path contains a percent-encoded separator or dot");
+                }
+            }
+            _ => {}
+        }
     }
     if path.split('/').any(|seg| seg == "." || seg == "..") {
         return Err("the path contains a dot segment");
-    }
-    if path.contains('\\') {
-        return Err("the path contains a backslash");
-    }
-    let lower = path.to_ascii_lowercase();
-    for enc in ["%2f", "%2e", "%5c", "%00"] {
-        if lower.contains(enc) {
-            return Err("the path contains a percent-encoded separator or dot");
-        }
-    }
-    if path.contains(';') {
-        return Err("the path contains a `;` parameter");
     }
     Ok(())
 }
@@ -171,9 +174,20 @@ mod tests {
             "/v1/chat%2Fcompletions",
             "/v1/chat/completions;x=1",
             "/v1\\chat",
+            "/v1/%2e%2E/chat",
+            "/v1%5Cchat",
+            "/v1/chat%00",
+            "v1/chat/completions",
+            "/v1/chat/completions/.",
         ] {
             assert!(
                 matches!(t.lookup(&Method::POST, p), RouteMatch::Ambiguous(_)),
+                "{p}"
+            );
+        }
+        for p in ["/v1/chat%20x", "/v1/chat%", "/v1/chat%2", "/v1/models/"] {
+            assert!(
+                !matches!(t.lookup(&Method::POST, p), RouteMatch::Ambiguous(_)),
                 "{p}"
             );
         }
