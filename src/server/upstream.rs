@@ -264,11 +264,14 @@ fn classify(e: &SendError) -> ApiError {
                 "the TLS handshake with the model server failed (is its certificate trusted? see upstream.ca_file)",
             )
         }
-        SendError::Http(e) if e.is_parse() || e.is_parse_status() => fault(
-            "protocol",
-            ErrorKind::UpstreamProtocol,
-            "the model server answered with an invalid response",
-        ),
+        SendError::Http(e) if e.is_invalid_response() => {
+            tracing::warn!(error = %e, "The upstream answered with an invalid response");
+            fault(
+                "protocol",
+                ErrorKind::UpstreamProtocol,
+                "the model server answered with an invalid response",
+            )
+        }
         SendError::Http(_) => fault(
             "protocol",
             ErrorKind::UpstreamUnreachable,

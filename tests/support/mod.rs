@@ -179,7 +179,8 @@ impl Upstream {
     }
 }
 
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+/// Read one request (head and body, by Content-Length or chunked) from a connection.
+pub async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
     let head_end = loop {
         if let Some(p) = find(buf, b"\r\n\r\n") {
             break p;
