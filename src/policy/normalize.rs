@@ -69,6 +69,10 @@ pub(crate) struct CharTable {
     /// Per ASCII byte: the ASCII byte it maps to when that is a single word character (letters
     /// and digits under every flag set), else 0. Drives the fast path through ASCII words.
     ascii_word: [u8; 128],
+    /// How `ascii_word` maps the bytes it keeps: `Some(false)` each to itself, `Some(true)`
+    /// each to its ASCII lower case (then a run is copied and lower-cased in place), `None`
+    /// otherwise (a run is mapped byte by byte).
+    ascii_lower: Option<bool>,
     flags: NormalizeConfig,
 }
 
@@ -239,10 +243,23 @@ impl CharTable {
                 *slot = d as u8;
             }
         }
+        let maps_all = |f: fn(u8) -> u8| {
+            (0u8..128)
+                .filter(|&b| ascii_word[usize::from(b)] != 0)
+                .all(|b| ascii_word[usize::from(b)] == f(b))
+        };
+        let ascii_lower = if maps_all(|b| b) {
+            Some(false)
+        } else if maps_all(|b| b.to_ascii_lowercase()) {
+            Some(true)
+        } else {
+            None
+        };
         CharTable {
             bmp,
             multi,
             ascii_word,
+            ascii_lower,
             flags: *flags,
         }
     }
@@ -311,21 +328,30 @@ impl NormBuf {
 
     /// Append a run of ASCII bytes, each its own output character, from original offset `os`.
     #[inline]
-    fn emit_ascii_run(&mut self, table: &[u8; 128], run: &[u8], os: usize) {
-        let Some(&first) = run.first() else {
+    fn emit_ascii_run(&mut self, table: &CharTable, run: &str, os: usize) {
+        let Some(&first) = run.as_bytes().first() else {
             return;
         };
         // The first byte decides whether the run continues the last anchor; the rest follow
         // it byte for byte.
-        self.emit(char::from(table[usize::from(first & 0x7F)]), os, os + 1);
+        let map = &table.ascii_word;
+        self.emit(char::from(map[usize::from(first & 0x7F)]), os, os + 1);
         #[cfg(test)]
         self.dense
             .extend((os + 1..os + run.len()).map(|o| (o, o + 1)));
-        self.text.extend(
-            run[1..]
-                .iter()
-                .map(|&b| char::from(table[usize::from(b & 0x7F)])),
-        );
+        let rest = &run[1..];
+        match table.ascii_lower {
+            Some(lower) => {
+                let at = self.text.len();
+                self.text.push_str(rest);
+                if lower {
+                    self.text[at..].make_ascii_lowercase();
+                }
+            }
+            None => self
+                .text
+                .extend(rest.bytes().map(|b| char::from(map[usize::from(b & 0x7F)]))),
+        }
     }
 
     /// Append `run` as it is (each character maps to itself), from original offset `os`.
@@ -534,7 +560,7 @@ impl Normalizer {
                         .iter()
                         .position(|&x| x >= 0x80 || self.table.ascii_word[x as usize] == 0)
                         .map_or(bytes.len(), |k| i + k);
-                    out.emit_ascii_run(&self.table.ascii_word, &bytes[i..run], base + i);
+                    out.emit_ascii_run(&self.table, &piece[i..run], base + i);
                     if self.separators {
                         st.last = Last::Word { single_left: false };
                     }
