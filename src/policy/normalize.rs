@@ -73,6 +73,9 @@ pub(crate) struct CharTable {
     /// each to its ASCII lower case (then a run is copied and lower-cased in place), `None`
     /// otherwise (a run is mapped byte by byte).
     ascii_lower: Option<bool>,
+    /// Whether an ASCII space maps to itself as a separator (a one-space gap between two words
+    /// then stays as it is: see the word-run fast path in `Normalizer::feed`).
+    space_is_sep: bool,
     flags: NormalizeConfig,
 }
 
@@ -255,11 +258,16 @@ impl CharTable {
         } else {
             None
         };
+        let space = bmp[usize::from(b' ')];
+        let space_is_sep = space & (REMOVED | MULTI) == 0
+            && space & CHAR_MASK == u32::from(b' ')
+            && Class::from_bits(space >> CLASS_SHIFT) == Class::Sep;
         CharTable {
             bmp,
             multi,
             ascii_word,
             ascii_lower,
+            space_is_sep,
             flags: *flags,
         }
     }
@@ -556,15 +564,38 @@ impl Normalizer {
                             && st.pending_sep.is_none()
                             && matches!(st.last, Last::Word { .. })))
                 {
-                    let run = bytes[i..]
-                        .iter()
-                        .position(|&x| x >= 0x80 || self.table.ascii_word[x as usize] == 0)
-                        .map_or(bytes.len(), |k| i + k);
+                    let is_word = |x: u8| x < 0x80 && self.table.ascii_word[usize::from(x)] != 0;
+                    let word_end = |from: usize| {
+                        bytes[from..]
+                            .iter()
+                            .position(|&x| !is_word(x))
+                            .map_or(bytes.len(), |k| from + k)
+                    };
+                    let mut run = word_end(i);
+                    // English-like text (`tok tok tok`): one space between this word (of two
+                    // characters at least, since it continues the last) and a next word of two
+                    // characters at least stays one space at the same offset, so words and gaps
+                    // map byte for byte and go in the same run (lower-cased as one string).
+                    if self.separators
+                        && self.table.ascii_lower.is_some()
+                        && self.table.space_is_sep
+                    {
+                        while bytes.get(run) == Some(&b' ')
+                            && bytes.get(run + 1).is_some_and(|&x| is_word(x))
+                            && bytes.get(run + 2).is_some_and(|&x| is_word(x))
+                        {
+                            run = word_end(run + 1);
+                        }
+                    }
                     out.emit_ascii_run(&self.table, &piece[i..run], base + i);
                     if self.separators {
                         st.last = Last::Word { single_left: false };
                     }
                     i = run;
+                    continue;
+                }
+                if let Some(next) = self.separator_run(st, piece, i, base, out) {
+                    i = next;
                     continue;
                 }
                 let e = self.table.bmp[b as usize];
@@ -631,6 +662,51 @@ impl Normalizer {
                 }
             }
         }
+    }
+
+    /// Fast path for a run of ASCII separators at `i` with no word character held: the
+    /// per-character path would keep the first one pending (unless at a boundary) and ignore
+    /// the rest. Between a word of several characters and an ASCII word later in this piece
+    /// (`tok tok`), the pending separator would become one space at that word's first
+    /// character, followed by the word's run: done here in one step too. Returns where to go
+    /// on, or `None` when the case does not apply.
+    #[inline]
+    fn separator_run(
+        &self,
+        st: &mut NormState,
+        piece: &str,
+        i: usize,
+        base: usize,
+        out: &mut NormBuf,
+    ) -> Option<usize> {
+        let bytes = piece.as_bytes();
+        let is_sep = |b: u8| {
+            let e = self.table.bmp[usize::from(b)];
+            b < 0x80
+                && e & (REMOVED | MULTI) == 0
+                && Class::from_bits(e >> CLASS_SHIFT) == Class::Sep
+        };
+        if !(self.ascii_fast && self.separators && st.held.is_none() && is_sep(bytes[i])) {
+            return None;
+        }
+        let start = i + 1 + bytes[i + 1..].iter().take_while(|&&b| is_sep(b)).count();
+        let word = |b: u8| b < 0x80 && self.table.ascii_word[usize::from(b)] != 0;
+        if st.pending_sep.is_none()
+            && st.last == (Last::Word { single_left: false })
+            && bytes.get(start).is_some_and(|&b| word(b))
+        {
+            let end = start + bytes[start..].iter().take_while(|&&b| word(b)).count();
+            out.emit(' ', base + i, base + i + 1);
+            out.emit_ascii_run(&self.table, &piece[start..end], base + start);
+            st.last = Last::Word {
+                single_left: end - start == 1,
+            };
+            return Some(end);
+        }
+        if st.pending_sep.is_none() && st.last != Last::Boundary {
+            st.pending_sep = Some((base + i, base + i + 1));
+        }
+        Some(start)
     }
 
     /// End of text: a held word character is single (boundary on its right); a trailing
