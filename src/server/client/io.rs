@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -43,13 +42,13 @@ impl Stream {
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> Poll<io::Result<R>> {
         match self {
-            Stream::Plain(tcp) => with_scratch(|buf| loop {
-                ready!(tcp.poll_read_ready(cx))?;
-                match tcp.try_read(buf) {
-                    Ok(n) => return Poll::Ready(Ok(f(&mut buf[..n]))),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
+            // `poll_read` rather than `try_read`: after a short read tokio forgets the socket's
+            // readiness, so the next read waits for the kernel's word instead of trying (and
+            // failing with EAGAIN) once per request.
+            Stream::Plain(tcp) => with_scratch(|buf| {
+                let mut rb = ReadBuf::new(buf);
+                ready!(Pin::new(tcp).poll_read(cx, &mut rb))?;
+                Poll::Ready(Ok(f(rb.filled_mut())))
             }),
             Stream::Tls(tls) => with_scratch(|buf| {
                 let mut rb = ReadBuf::new(buf);
@@ -78,24 +77,23 @@ impl Stream {
     }
 
     /// Whether an idle connection can carry a request: the server has neither closed it nor sent
-    /// anything unasked. Asks the socket itself (a non-blocking peek), so a close the runtime has
-    /// not noticed yet is seen too.
+    /// anything unasked. Asked of the runtime's readiness (no system call): any read event on an
+    /// idle connection (a close, a stray answer, a TLS alert or late session ticket) retires it.
+    /// A close the runtime has not seen yet shows when the request is sent: a request that never
+    /// left is sent again on a new connection.
     pub fn is_reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
         let tcp = match self {
             Stream::Plain(tcp) => &*tcp,
             Stream::Tls(tls) => tls.get_ref().0,
         };
-        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(tcp).peek(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // Closed (0), unasked bytes (a TLS alert, a stray answer), or broken.
-            _ => return false,
+        if tcp.poll_read_ready(&mut cx).is_ready() {
+            return false;
         }
         match self {
             Stream::Plain(_) => true,
             // rustls may hold a close_notify it read along with the last answer.
             Stream::Tls(tls) => {
-                let mut cx = Context::from_waker(Waker::noop());
                 let mut byte = [0u8; 1];
                 let mut rb = ReadBuf::new(&mut byte);
                 Pin::new(tls.as_mut())
