@@ -974,6 +974,33 @@ mod tests {
         .prop_map(|v| v.concat())
     }
 
+    /// `text` cut at `cuts` (those on character boundaries), normalized piece by piece with the
+    /// fast paths on and off.
+    fn fast_and_slow(flags: &NormalizeConfig, text: &str, cuts: Vec<usize>) -> [NormBuf; 2] {
+        let fast = Normalizer::new(flags);
+        let slow = Normalizer {
+            ascii_fast: false,
+            ..fast.clone()
+        };
+        let mut points: Vec<usize> = cuts
+            .into_iter()
+            .filter(|&c| c <= text.len() && text.is_char_boundary(c))
+            .collect();
+        points.push(0);
+        points.push(text.len());
+        points.sort_unstable();
+        points.dedup();
+        [&fast, &slow].map(|n| {
+            let mut st = NormState::default();
+            let mut out = NormBuf::default();
+            for w in points.windows(2) {
+                n.feed(&mut st, &text[w[0]..w[1]], w[0], &mut out);
+            }
+            n.finish(&mut st, &mut out);
+            out
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -985,23 +1012,7 @@ mod tests {
             text in text_strategy(),
             cuts in prop::collection::vec(0usize..200, 0..6),
         ) {
-            let fast = Normalizer::new(&flags);
-            let slow = Normalizer { ascii_fast: false, ..fast.clone() };
-            let mut points: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len() && text.is_char_boundary(c)).collect();
-            points.push(0);
-            points.push(text.len());
-            points.sort_unstable();
-            points.dedup();
-            let mut outs = Vec::new();
-            for n in [&fast, &slow] {
-                let mut st = NormState::default();
-                let mut out = NormBuf::default();
-                for w in points.windows(2) {
-                    n.feed(&mut st, &text[w[0]..w[1]], w[0], &mut out);
-                }
-                n.finish(&mut st, &mut out);
-                outs.push(out);
-            }
+            let outs = fast_and_slow(&flags, &text, cuts);
             prop_assert_eq!(&outs[0].text, &outs[1].text);
             prop_assert_eq!(&outs[0].omap, &outs[1].omap);
         }
@@ -1018,23 +1029,7 @@ mod tests {
             cuts in prop::collection::vec(0usize..200, 0..6),
         ) {
             let text = parts.concat();
-            let fast = Normalizer::new(&flags);
-            let slow = Normalizer { ascii_fast: false, ..fast.clone() };
-            let mut points: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len() && text.is_char_boundary(c)).collect();
-            points.push(0);
-            points.push(text.len());
-            points.sort_unstable();
-            points.dedup();
-            let mut outs = Vec::new();
-            for n in [&fast, &slow] {
-                let mut st = NormState::default();
-                let mut out = NormBuf::default();
-                for w in points.windows(2) {
-                    n.feed(&mut st, &text[w[0]..w[1]], w[0], &mut out);
-                }
-                n.finish(&mut st, &mut out);
-                outs.push(out);
-            }
+            let outs = fast_and_slow(&flags, &text, cuts);
             prop_assert_eq!(&outs[0].text, &outs[1].text);
             prop_assert_eq!(&outs[0].omap, &outs[1].omap);
             prop_assert_eq!(&outs[0].dense, &outs[1].dense);
