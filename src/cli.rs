@@ -108,8 +108,10 @@ pub fn summary(loaded: &LoadedConfig) -> String {
     let _ = writeln!(out, "config      {} (valid)", loaded.path.display());
     let _ = writeln!(
         out,
-        "listen      {}  (admin {})",
-        c.server.listen, c.server.admin_listen
+        "listen      {}  (admin {}; {} worker threads)",
+        c.server.listen,
+        c.server.admin_listen,
+        crate::server::worker::count(c.server.workers)
     );
     let _ = writeln!(
         out,

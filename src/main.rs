@@ -244,7 +244,9 @@ fn serve(path: PathBuf, demo: bool) -> anyhow::Result<ExitCode> {
         )
     })?;
     shenhe::cli::init_logging(loaded.config.log.format, &loaded.config.log.level);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // This thread is worker 0: it also runs the admin listener and the audit writer; the others
+    // start with the server (`server.workers`).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -90,7 +90,9 @@ async fn admin_reload_swaps_policy_and_keeps_running_streams() {
         403,
         "no token configured yet: mutating admin routes are refused"
     );
-    shenhe::server::reload::reload(&p.running.state, "test").unwrap();
+    shenhe::server::reload::reload(&p.running.state, "test")
+        .await
+        .unwrap();
 
     let before: Value = client()
         .get(p.admin_url("/admin/policy"))

@@ -47,7 +47,8 @@ const RAW_ROUTE: &str = "routes:\n  paths:\n    /v1/raw/chat: passthrough\n";
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let up = Upstream::fixed(Script::json(r#"{"choices":[]}"#)).await;
-    let p = proxy(&up.base_url(), RAW_ROUTE).await;
+    let one_worker = format!("{RAW_ROUTE}server:\n  workers: 1\n");
+    let p = proxy(&up.base_url(), &one_worker).await;
     for path in ["/v1/models", "/v1/raw/chat", "/v1/chat/completions"] {
         let resp = if path == "/v1/models" {
             client().get(p.url(path)).send().await.unwrap()
@@ -67,6 +68,25 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
     let host = up.requests()[0].header("host").map(str::to_string);
     assert_eq!(host.as_deref(), Some(up.addr.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn each_worker_thread_keeps_its_own_upstream_connections() {
+    let up = Upstream::fixed(Script::json(r#"{"choices":[]}"#)).await;
+    let p = proxy(&up.base_url(), "server:\n  workers: 3\n").await;
+    // One client connection per request, taken by whichever worker accepts it; one after the
+    // other, so a worker's upstream connection is idle again when it serves its next request.
+    for i in 0..24 {
+        let resp = client().get(p.url("/v1/models")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(up.requests().len(), 24);
+    let conns = up.connections();
+    assert!(
+        (1..=3).contains(&conns),
+        "{conns} upstream connections for 3 workers"
+    );
 }
 
 #[tokio::test]

@@ -164,7 +164,7 @@ async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&s.app, &headers) {
         return *r;
     }
-    match crate::server::reload::reload(&s.app, "admin") {
+    match crate::server::reload::reload(&s.app, "admin").await {
         Ok(()) => {
             Json(json!({"reloaded": true, "policy_version": s.app.runtime().policy.version()}))
                 .into_response()

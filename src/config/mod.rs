@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub unready_on_reload_error: bool,
     /// Watch the config and list files and reload on change (including ConfigMap symlink swaps).
     pub watch: bool,
+    /// Threads serving clients, each with its own connections (at most 64). Default 0: one per
+    /// core. Read at start; a reload does not change it.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             body_timeout: HumanDuration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),
             unready_on_reload_error: false,
             watch: true,
+            workers: 0,
         }
     }
 }
@@ -113,7 +117,7 @@ pub struct UpstreamConfig {
     pub timeouts: UpstreamTimeouts,
     /// Path fetched with GET for `/readyz` (e.g. `/v1/models`); unset: readiness does not probe.
     pub probe: Option<String>,
-    /// Idle keep-alive connections kept per upstream host.
+    /// Idle keep-alive connections kept per upstream host, per worker thread.
     pub pool_max_idle: usize,
     /// PEM file of extra CA certificates trusted for an `https` upstream (a private CA), on top
     /// of the system's roots.

@@ -145,8 +145,10 @@ struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    /// Idle connections, most recently used last.
-    idle: Mutex<Vec<Conn>>,
+    /// Idle connections per worker thread ([`crate::server::worker::index`]), most recently used
+    /// last: a socket is registered with the runtime of the thread that opened it, so it goes
+    /// back to that thread's list and is only taken from there.
+    idle: Box<[Mutex<Vec<Conn>>]>,
 }
 
 /// One connection to the upstream.
@@ -221,7 +223,9 @@ impl Client {
                 connect_timeout,
                 idle_timeout,
                 max_idle,
-                idle: Mutex::new(Vec::new()),
+                idle: (0..crate::server::worker::MAX)
+                    .map(|_| Mutex::new(Vec::new()))
+                    .collect(),
             }),
         })
     }
@@ -337,9 +341,15 @@ enum Failed {
 
 impl Inner {
     /// The most recently used idle connection that is still open.
+    fn idle_here(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle[crate::server::worker::index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn checkout(&self) -> Option<Conn> {
         loop {
-            let mut c = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            let mut c = self.idle_here().pop()?;
             // A connection the server closed while it sat here is seen by asking its socket.
             if c.idle_since.elapsed() < self.idle_timeout && c.io.is_reusable() {
                 return Some(c);
@@ -348,9 +358,12 @@ impl Inner {
     }
 
     fn checkin(&self, c: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let timeout = self.idle_timeout;
-        idle.retain(|c| c.idle_since.elapsed() < timeout);
+        let now = c.idle_since;
+        let mut idle = self.idle_here();
+        // Oldest first (each was pushed when it became idle): drop the expired front at once.
+        let expired =
+            idle.partition_point(|c| now.duration_since(c.idle_since) >= self.idle_timeout);
+        idle.drain(..expired);
         if idle.len() < self.max_idle {
             idle.push(c);
         }

@@ -11,6 +11,7 @@ pub mod routes;
 pub mod signals;
 pub mod upstream;
 pub mod watch;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -226,6 +227,27 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
     let header_timeout = cfg.server.header_timeout.get();
     let grace = cfg.server.shutdown_grace.get();
     let drain_delay = cfg.server.drain_delay.get();
+    // Worker threads 1.. accept on clones of the public socket; this task's runtime is worker 0.
+    let mut workers = Vec::new();
+    let public = if worker::count(cfg.server.workers) > 1 {
+        let std_public = public.into_std().map_err(|source| StartError::Bind {
+            addr: public_addr,
+            source,
+        })?;
+        for i in 1..worker::count(cfg.server.workers) {
+            let (router, sd) = (public_router.clone(), shutdown.clone());
+            let serve = move |l| listener::serve(l, router, sd, header_timeout, grace, drain_delay);
+            workers.push(worker::spawn(i, &std_public, serve).map_err(|e| {
+                StartError::Runtime(format!("cannot start worker thread {i}: {e}"))
+            })?);
+        }
+        TcpListener::from_std(std_public).map_err(|source| StartError::Bind {
+            addr: public_addr,
+            source,
+        })?
+    } else {
+        public
+    };
     let sd = shutdown.clone();
     let task = tokio::spawn(async move {
         let admin_sd = sd.clone();
@@ -250,6 +272,9 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
             drain_delay,
         )
         .await;
+        for w in workers {
+            let _ = w.await;
+        }
         let _ = admin_task.await;
         // Every record queued before the listeners closed is written and synced.
         if let Err(e) = audit_task.shutdown().await {

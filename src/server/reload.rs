@@ -1,6 +1,7 @@
 //! Reloading the config: build a new runtime off the hot path and swap it in atomically.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::{AppState, Runtime};
 use crate::config::Config;
@@ -17,8 +18,18 @@ pub enum ReloadError {
     Runtime(String),
 }
 
-/// Reload from the config file; on any error the running config stays in force.
-pub fn reload(state: &AppState, trigger: &str) -> Result<(), ReloadError> {
+/// Reload from the config file; on any error the running config stays in force. The new
+/// runtime (a large keyword library takes seconds) is built on a blocking thread, so the worker
+/// that asked goes on serving its connections meanwhile.
+pub async fn reload(state: &Arc<AppState>, trigger: &'static str) -> Result<(), ReloadError> {
+    let st = Arc::clone(state);
+    tokio::task::spawn_blocking(move || reload_now(&st, trigger))
+        .await
+        .unwrap_or_else(|e| Err(ReloadError::Runtime(format!("reload did not finish: {e}"))))
+}
+
+/// [`reload`] on this thread.
+fn reload_now(state: &AppState, trigger: &str) -> Result<(), ReloadError> {
     let result = try_reload(state);
     match &result {
         Ok(()) => {

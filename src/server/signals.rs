@@ -21,7 +21,7 @@ pub async fn run(running: &Running) {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    let _ = crate::server::reload::reload(&running.state, "sighup");
+                    let _ = crate::server::reload::reload(&running.state, "sighup").await;
                 }
             }
         }

@@ -67,7 +67,7 @@ pub async fn run(state: Arc<AppState>, shutdown: Shutdown) {
         }
         // Wait for a burst of writes (a ConfigMap swap, an editor's save) to settle.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = super::reload::reload(&state, "watch");
+        let _ = super::reload::reload(&state, "watch").await;
         files = watched_files(&state);
         stamps = files.iter().map(|f| stamp(f)).collect();
     }
