@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, LoadedConfig};
@@ -150,11 +149,6 @@ impl AppState {
     }
 }
 
-/// The public router: every path goes through the proxy handler; no admin route lives here.
-pub fn app(state: Arc<AppState>) -> Router {
-    Router::new().fallback(proxy::handle).with_state(state)
-}
-
 /// A server started on its listeners, for `serve` and for tests.
 pub struct Running {
     pub public_addr: SocketAddr,
@@ -219,8 +213,9 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
         Some(loaded.path.clone()),
     );
     let shutdown = Shutdown::new();
-    let public_router = app(state.clone());
-    let admin_router = crate::admin::router(state.clone(), shutdown.clone());
+    let public_service = listener::Service::Proxy(state.clone());
+    let admin_service =
+        listener::Service::Router(crate::admin::router(state.clone(), shutdown.clone()));
     if cfg.server.watch {
         tokio::spawn(watch::run(state.clone(), shutdown.clone()));
     }
@@ -235,8 +230,9 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
             source,
         })?;
         for i in 1..worker::count(cfg.server.workers) {
-            let (router, sd) = (public_router.clone(), shutdown.clone());
-            let serve = move |l| listener::serve(l, router, sd, header_timeout, grace, drain_delay);
+            let (service, sd) = (public_service.clone(), shutdown.clone());
+            let serve =
+                move |l| listener::serve(l, service, sd, header_timeout, grace, drain_delay);
             workers.push(worker::spawn(i, &std_public, serve).map_err(|e| {
                 StartError::Runtime(format!("cannot start worker thread {i}: {e}"))
             })?);
@@ -255,7 +251,7 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
             // The admin listener stays up through the drain so probes and metrics keep answering.
             listener::serve(
                 admin,
-                admin_router,
+                admin_service,
                 admin_sd,
                 header_timeout,
                 grace,
@@ -265,7 +261,7 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
         });
         listener::serve(
             public,
-            public_router,
+            public_service,
             sd,
             header_timeout,
             grace,
