@@ -456,6 +456,79 @@ async fn graceful_shutdown_lets_a_running_stream_finish() {
         .unwrap();
 }
 
+/// The value of one sample line of Prometheus text, e.g. `name{labels} 3`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn requests_are_counted_under_their_route_template() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    // A template no other test uses: the registry is shared by the tests of this binary.
+    let routes = "routes:\n  paths:\n    /v1/Counted/Chat: passthrough\n";
+    let p = proxy(&up.base_url(), routes).await;
+    for path in ["/v1/counted/chat", "/V1/Counted/Chat/"] {
+        let resp = post_json(&p, path, &serde_json::json!({"x": 1})).await;
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let resp = client()
+        .get(p.url("/v1/counted/chat"))
+        .send()
+        .await
+        .unwrap();
+    resp.bytes().await.unwrap();
+    let text = client()
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let route = r#"route="/v1/Counted/Chat""#;
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"shenhe_requests_total{{method="POST",{route},status="2xx"}}"#)
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"shenhe_requests_total{{method="GET",{route},status="2xx"}}"#)
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("shenhe_request_duration_seconds_count{{{route}}}")
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("shenhe_upstream_ttfb_seconds_count{{{route}}}")
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("shenhe_request_bytes_total{{{route}}}")),
+        Some(14.0),
+        "two bodies of 7 bytes"
+    );
+    assert_eq!(
+        sample(&text, &format!("shenhe_response_bytes_total{{{route}}}")),
+        Some(6.0),
+        "three answers of 2 bytes"
+    );
+}
+
 #[tokio::test]
 async fn admin_routes_live_only_on_the_admin_listener() {
     let up = Upstream::fixed(Script::json("{}")).await;

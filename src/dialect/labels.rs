@@ -63,7 +63,7 @@ impl TextLabels {
             .is_some_and(|o| {
                 o.applies(
                     &ctx.client_headers,
-                    &ctx.log.route,
+                    &ctx.log.route.template,
                     ctx.rec.tenant.as_deref(),
                 )
             });

@@ -43,9 +43,10 @@ pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
         Ok(b) => b,
         Err(e) => return ctx.error(e),
     };
-    metrics()
-        .request_bytes
-        .with_label_values(&[&ctx.log.route])
+    ctx.log
+        .route
+        .series
+        .request_bytes()
         .inc_by(bytes.len() as u64);
     let json = match super::json::parse_strict(&bytes) {
         Ok(v) => v,

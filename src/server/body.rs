@@ -131,9 +131,9 @@ impl http_body::Body for LimitedBody {
 #[derive(Debug)]
 pub struct RequestLog {
     pub request_id: String,
-    pub route: String,
-    pub dialect: &'static str,
-    pub method: String,
+    /// The route (label and metric series) the request counts under.
+    pub route: Arc<super::routes::Route>,
+    pub method: http::Method,
     pub status: u16,
     pub started: Instant,
     pub upstream_started: Option<Instant>,
@@ -150,12 +150,11 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    pub fn new(request_id: String, route: String, dialect: &'static str, method: String) -> Self {
+    pub fn new(request_id: String, route: Arc<super::routes::Route>, method: http::Method) -> Self {
         metrics().requests_in_flight.inc();
         Self {
             request_id,
             route,
-            dialect,
             method,
             status: 0,
             started: Instant::now(),
@@ -177,34 +176,22 @@ impl RequestLog {
             return;
         }
         self.done = true;
-        let m = metrics();
-        m.requests_in_flight.dec();
-        let class = match self.status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        m.requests
-            .with_label_values(&[&self.route, &self.method, class])
-            .inc();
-        let elapsed = self.started.elapsed();
-        m.request_duration
-            .with_label_values(&[&self.route])
-            .observe(elapsed.as_secs_f64());
-        m.response_bytes
-            .with_label_values(&[&self.route])
-            .inc_by(self.bytes_out);
+        metrics().requests_in_flight.dec();
+        let series = &self.route.series;
+        series.answered(&self.method, self.status);
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.started);
+        series.request_duration().observe(elapsed.as_secs_f64());
+        series.response_bytes().inc_by(self.bytes_out);
         if let Some(up) = self.upstream_started {
-            m.upstream_duration
-                .with_label_values(&[&self.route])
-                .observe(up.elapsed().as_secs_f64());
+            series
+                .upstream_duration()
+                .observe(now.duration_since(up).as_secs_f64());
         }
         tracing::info!(
             request_id = %self.request_id,
-            route = %self.route,
-            dialect = self.dialect,
+            route = %self.route.template,
+            dialect = self.route.dialect.as_str(),
             method = %self.method,
             status = self.status,
             upstream_status = self.upstream_status,

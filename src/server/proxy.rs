@@ -119,13 +119,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         }
     }
     let route = rt.routes.lookup(&parts.method, &path);
-    let (template, dialect) = match &route {
-        RouteMatch::Listed { template, dialect } => (template.clone(), *dialect),
-        RouteMatch::Unlisted => ("unlisted".to_string(), DialectName::Passthrough),
-        RouteMatch::Refused | RouteMatch::Ambiguous(_) => {
-            ("unlisted".to_string(), DialectName::Passthrough)
+    let counted = match &route {
+        RouteMatch::Listed(r) => r.clone(),
+        RouteMatch::Unlisted | RouteMatch::Refused | RouteMatch::Ambiguous(_) => {
+            rt.routes.unlisted().clone()
         }
     };
+    let dialect = counted.dialect;
     // Only moderated routes write records: passthrough requests skip the HMAC.
     let (user, tenant) = if dialect == DialectName::Passthrough {
         (None, None)
@@ -135,14 +135,14 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let rec = super::records::RecordCtx {
         records: state.records.clone(),
         request_id: rid.clone(),
-        route: template.clone(),
+        route: counted.template.clone(),
         dialect: dialect.as_str(),
         model: None,
         user: user.clone(),
         tenant,
         policy_version: rt.policy.version().to_string(),
     };
-    let mut log = RequestLog::new(rid, template, dialect.as_str(), parts.method.to_string());
+    let mut log = RequestLog::new(rid, counted, parts.method.clone());
     log.user = user;
     let ctx = RequestCtx {
         rec,
@@ -204,9 +204,10 @@ async fn passthrough(ctx: RequestCtx, client_body: Body) -> Response {
     } else {
         (UpstreamBody::Empty, None)
     };
-    metrics()
-        .request_bytes
-        .with_label_values(&[&ctx.log.route])
+    ctx.log
+        .route
+        .series
+        .request_bytes()
         .inc_by(declared.unwrap_or(0));
     forward(ctx, upstream_body, tripped, false).await
 }
@@ -251,9 +252,10 @@ pub async fn send_upstream(
         .send(ctx.method.clone(), url, up_headers, body, moderated)
         .await?;
     ctx.log.upstream_status = Some(resp.status().as_u16());
-    metrics()
-        .upstream_ttfb
-        .with_label_values(&[&ctx.log.route])
+    ctx.log
+        .route
+        .series
+        .upstream_ttfb()
         .observe(sent.elapsed().as_secs_f64());
     Ok((resp, sent))
 }

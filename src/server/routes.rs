@@ -6,11 +6,13 @@
 //! are refused outright: shenhe cannot know how the upstream would interpret them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use http::Method;
 
 use crate::config::{DefaultRoute, RoutesConfig};
 use crate::dialect::DialectName;
+use crate::metrics::RouteSeries;
 
 /// Well-known model API paths and the dialect each speaks.
 pub const BUILTIN_ROUTES: &[(&str, DialectName)] = &[
@@ -29,14 +31,39 @@ pub const BUILTIN_ROUTES: &[(&str, DialectName)] = &[
     ("/v1/detokenize", DialectName::Passthrough),
 ];
 
+/// A route as requests see it.
+#[derive(Debug)]
+pub struct Route {
+    /// The path as configured: the metric and log label.
+    pub template: String,
+    pub dialect: DialectName,
+    /// Its metric series.
+    pub series: RouteSeries,
+}
+
+impl Route {
+    fn new(template: &str, dialect: DialectName) -> Arc<Route> {
+        Arc::new(Route {
+            template: template.to_string(),
+            dialect,
+            series: RouteSeries::new(template),
+        })
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.template == other.template && self.dialect == other.dialect
+    }
+}
+
+impl Eq for Route {}
+
 /// What a request path resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteMatch {
-    /// A listed route; `template` is the table key (the metric label).
-    Listed {
-        template: String,
-        dialect: DialectName,
-    },
+    /// A listed route.
+    Listed(Arc<Route>),
     /// Not listed, forwarded untouched (GET and friends, or `routes.default: passthrough`).
     Unlisted,
     /// Not listed and refused (a POST while `routes.default: reject`).
@@ -47,8 +74,10 @@ pub enum RouteMatch {
 
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    /// Canonical (lowercase, no trailing slash) path → (template as configured, dialect).
-    routes: BTreeMap<String, (String, DialectName)>,
+    /// Canonical (lowercase, no trailing slash) path → route.
+    routes: BTreeMap<String, Arc<Route>>,
+    /// What unlisted requests count under (`unlisted`, passthrough).
+    unlisted: Arc<Route>,
     default: DefaultRoute,
 }
 
@@ -57,21 +86,29 @@ impl RouteTable {
         let mut routes = BTreeMap::new();
         if cfg.builtin {
             for (p, d) in BUILTIN_ROUTES {
-                routes.insert(canonical_key(p), ((*p).to_string(), *d));
+                routes.insert(canonical_key(p).into_owned(), Route::new(p, *d));
             }
         }
         for (p, d) in &cfg.paths {
-            routes.insert(canonical_key(p), (p.clone(), *d));
+            routes.insert(canonical_key(p).into_owned(), Route::new(p, *d));
         }
         Self {
             routes,
+            unlisted: Route::new("unlisted", DialectName::Passthrough),
             default: cfg.default,
         }
     }
 
     /// Every route with its dialect, in path order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, DialectName)> {
-        self.routes.values().map(|(t, d)| (t.as_str(), *d))
+        self.routes
+            .values()
+            .map(|r| (r.template.as_str(), r.dialect))
+    }
+
+    /// The route unlisted (and refused) requests are counted under.
+    pub fn unlisted(&self) -> &Arc<Route> {
+        &self.unlisted
     }
 
     pub fn default_route(&self) -> DefaultRoute {
@@ -82,11 +119,8 @@ impl RouteTable {
         if let Err(why) = check_unambiguous(path) {
             return RouteMatch::Ambiguous(why);
         }
-        if let Some((template, dialect)) = self.routes.get(&canonical_key(path)) {
-            return RouteMatch::Listed {
-                template: template.clone(),
-                dialect: *dialect,
-            };
+        if let Some(route) = self.routes.get(canonical_key(path).as_ref()) {
+            return RouteMatch::Listed(route.clone());
         }
         let carries_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
         if carries_body && self.default == DefaultRoute::Reject {
@@ -97,11 +131,16 @@ impl RouteTable {
     }
 }
 
-/// The matching key of a path: ASCII-lowercased, trailing slashes removed.
-fn canonical_key(path: &str) -> String {
+/// The matching key of a path: ASCII-lowercased, trailing slashes removed (borrowed when the
+/// path is already in that form, as nearly every request's is).
+fn canonical_key(path: &str) -> std::borrow::Cow<'_, str> {
     let trimmed = path.trim_end_matches('/');
     let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
-    trimmed.to_ascii_lowercase()
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(trimmed)
+    }
 }
 
 fn check_unambiguous(path: &str) -> Result<(), &'static str> {
@@ -154,10 +193,8 @@ mod tests {
             assert!(
                 matches!(
                     t.lookup(&Method::POST, p),
-                    RouteMatch::Listed {
-                        dialect: DialectName::OpenaiChat,
-                        ..
-                    }
+                    RouteMatch::Listed(r) if r.dialect == DialectName::OpenaiChat
+                        && r.template == "/v1/chat/completions"
                 ),
                 "{p}"
             );
@@ -219,17 +256,11 @@ mod tests {
         let t = RouteTable::new(&cfg);
         assert!(matches!(
             t.lookup(&Method::POST, "/v1/embeddings"),
-            RouteMatch::Listed {
-                dialect: DialectName::PromptOnly,
-                ..
-            }
+            RouteMatch::Listed(r) if r.dialect == DialectName::PromptOnly
         ));
         assert!(matches!(
             t.lookup(&Method::POST, "/api/v3/chat/completions"),
-            RouteMatch::Listed {
-                dialect: DialectName::OpenaiChat,
-                ..
-            }
+            RouteMatch::Listed(r) if r.dialect == DialectName::OpenaiChat
         ));
     }
 }

@@ -79,9 +79,15 @@ fn scan(buf: &mut [u8], method: &Method) -> Result<Scan, HttpError> {
         if at == buf.len() {
             return Ok(Scan::Partial(at));
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let len = match parsed.parse(&buf[at..]) {
+        // Left uninitialized: filling 100 empty headers cost more than parsing a short head.
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let parse = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &buf[at..],
+            &mut headers,
+        );
+        let len = match parse {
             Ok(httparse::Status::Partial) if buf.len() - at > MAX_HEAD => {
                 return Err(HttpError::HeadTooLarge)
             }
