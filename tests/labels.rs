@@ -248,14 +248,7 @@ async fn a_stopped_stream_is_labeled_too() {
 async fn public_key_is_served_on_the_admin_listener() {
     let up = Upstream::fixed(Script::json("{}")).await;
     let p = labeled_proxy(&up).await;
-    let pem = client()
-        .get(p.admin_url("/admin/labels/public-key"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let pem = admin_text(&p, "/admin/labels/public-key").await;
     assert!(pem.contains("BEGIN PUBLIC KEY"), "{pem}");
     assert!(shenhe::label::public_key_from_pem(&pem).is_ok());
 }

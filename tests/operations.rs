@@ -193,14 +193,7 @@ async fn admin_reload_swaps_policy_and_keeps_running_streams() {
             .status(),
         400
     );
-    let m = client()
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = admin_text(&p, "/metrics").await;
     assert!(
         m.contains("shenhe_config_reload_total{result=\"error\"}"),
         "{m}"

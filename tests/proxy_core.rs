@@ -479,14 +479,7 @@ async fn requests_are_counted_under_their_route_template() {
         .await
         .unwrap();
     resp.bytes().await.unwrap();
-    let text = client()
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = admin_text(&p, "/metrics").await;
     let route = r#"route="/v1/Counted/Chat""#;
     assert_eq!(
         sample(

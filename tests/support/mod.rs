@@ -430,6 +430,18 @@ pub fn merge(base: &mut serde_yaml_ng::Value, over: serde_yaml_ng::Value) {
     }
 }
 
+/// The body of a GET on the admin listener.
+pub async fn admin_text(p: &Proxy, path: &str) -> String {
+    client()
+        .get(p.admin_url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -473,14 +485,7 @@ pub async fn verify_aigc(
     delivered: &str,
 ) -> Result<(), String> {
     use sha2::Digest as _;
-    let pem = client()
-        .get(p.admin_url("/admin/labels/public-key"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let pem = admin_text(p, "/admin/labels/public-key").await;
     let key = shenhe::label::public_key_from_pem(&pem).map_err(|e| e.to_string())?;
     let a = shenhe::label::Aigc::from_json(&aigc.to_string()).map_err(|e| e.to_string())?;
     let digest: [u8; 32] = sha2::Sha256::digest(delivered.as_bytes()).into();
