@@ -115,11 +115,13 @@ for w, label in (("json", "1 KB req/s"), ("stream", "256-token streams/s")):
     ratio_row(f"shenhe passthrough / nginx, {label}", "≥ 1.00", w, "shenhe-passthrough", "nginx",
               lambda v: v >= 1.0)
 for w, label in (("json", "1 KB req/s"), ("stream", "256-token streams/s")):
-    ratio_row(f"shenhe moderated / passthrough, {label}", "≥ 0.85", w, "shenhe-moderated",
-              "shenhe-passthrough", lambda v: v >= 0.85)
+    # The moderation goal is set with the 10,000-term policy on both directions; the row
+    # without terms shows what parsing, labels and records cost alone.
     if any(get(d, w, "shenhe-moderated-10k-terms") for d in dialects):
-        ratio_row(f"shenhe moderated + 10k terms / passthrough, {label}", "≥ 0.85 (info)", w,
+        ratio_row(f"shenhe moderated + 10k terms / passthrough, {label}", "≥ 0.85", w,
                   "shenhe-moderated-10k-terms", "shenhe-passthrough", lambda v: v >= 0.85)
+    ratio_row(f"shenhe moderated, no terms / passthrough, {label}", "≥ 0.85 (info)", w,
+              "shenhe-moderated", "shenhe-passthrough", lambda v: v >= 0.85)
 for w, label in (("json", "1 KB"), ("stream", "256-token stream")):
     for q in ("p50", "p99"):
         for route in ("passthrough", "moderated"):

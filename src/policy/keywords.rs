@@ -278,6 +278,9 @@ struct Trie {
     /// at almost every letter, and one load here replaces a probe of the first letter's
     /// (large, hashed) run.
     ascii_pairs: Vec<Edge>,
+    /// One bit per BMP character: whether the root has an edge along it (8 KiB, where
+    /// `root_bmp` is 1 MiB), for passing over positions no term starts at.
+    root_bits: Vec<u64>,
 }
 
 impl Trie {
@@ -340,6 +343,7 @@ impl Trie {
         let mut fill: Vec<u32> = run_at[..nodes].to_vec();
         let mut edges = vec![NO_EDGE; at];
         let mut root_bmp = vec![NO_EDGE; 0x1_0000];
+        let mut root_bits = vec![0u64; 0x1_0000 / 64];
         for &(p, c, child) in &raw {
             let (p, ch) = (p as usize, child as usize);
             let e = Edge {
@@ -355,6 +359,7 @@ impl Trie {
                 fill[p] += 1;
                 if p == 0 && c < 0x1_0000 {
                     root_bmp[c as usize] = e;
+                    root_bits[c as usize >> 6] |= 1 << (c & 63);
                 }
             } else {
                 let run = &mut edges[lo..hi];
@@ -386,7 +391,62 @@ impl Trie {
             pairs,
             triples,
             ascii_pairs,
+            root_bits,
         })
+    }
+
+    /// From normalized byte `q` of `text` on, the first position at which a term could start:
+    /// positions whose first characters rule out every term are passed over (their walks would
+    /// die by the third character with no term passed, the same tests `second` and `third`
+    /// make). Stops where that cannot be told from the text at hand (its last characters,
+    /// characters outside the BMP, pairs that are not both ASCII after the pair filter).
+    #[inline]
+    fn next_start(&self, text: &str, mut q: usize) -> usize {
+        let hay = text.as_bytes();
+        let at = |i: usize| -> Option<(u32, usize)> {
+            let b = *hay.get(i)?;
+            if b < 0x80 {
+                return Some((u32::from(b), 1));
+            }
+            let c = text[i..].chars().next()?;
+            Some((c as u32, c.len_utf8()))
+        };
+        loop {
+            let Some((a, la)) = at(q) else { return q };
+            if a >= 0x1_0000 {
+                return q;
+            }
+            if self.root_bits[a as usize >> 6] & (1 << (a & 63)) == 0 {
+                q += la;
+                continue;
+            }
+            if self.root_bmp[a as usize].term != 0 {
+                return q;
+            }
+            let Some((b, lb)) = at(q + la) else { return q };
+            if a < 0x80 && b < 0x80 && !self.ascii_pairs.is_empty() {
+                let e = &self.ascii_pairs[(a << 7 | b) as usize];
+                if e.ch == EMPTY {
+                    q += la;
+                    continue;
+                }
+                if e.term != 0 {
+                    return q;
+                }
+                let Some((c, _)) = at(q + la + lb) else {
+                    return q;
+                };
+                if self.triples.may_contain(key(&[a, b, c])) {
+                    return q;
+                }
+                q += la;
+                continue;
+            }
+            if self.pairs.may_contain(key(&[a, b])) {
+                return q;
+            }
+            q += la;
+        }
     }
 
     /// The root's edge along `c`.
@@ -425,6 +485,7 @@ impl Trie {
             + self.pairs.memory_usage()
             + self.triples.memory_usage()
             + self.ascii_pairs.capacity() * std::mem::size_of::<Edge>()
+            + self.root_bits.capacity() * 8
     }
 
     /// The edge along `b` out of the root's child along `a` (whose edge is `e`).
@@ -710,10 +771,20 @@ impl KeywordSet {
         // keeps the filters' benefit.
         let mut d1 = d1_kept.take();
         let mut d2 = d2_kept.take();
-        for (off, c) in text[wrel..].char_indices() {
-            let q = wrel + off;
-            let qe = base + q + c.len_utf8();
-            let c = c as u32;
+        let mut q = wrel;
+        while q < n {
+            if self.prefilter && walks.is_empty() && d1.is_none() && d2.is_none() {
+                // Nothing open: pass over the positions no term can start at in one loop.
+                q = trie.next_start(text, q);
+                if q >= n {
+                    break;
+                }
+            }
+            let Some(ch) = text[q..].chars().next() else {
+                break;
+            };
+            let qe = base + q + ch.len_utf8();
+            let c = ch as u32;
             if !walks.is_empty() {
                 walks.retain_mut(|w| {
                     if w.alive() {
@@ -776,6 +847,7 @@ impl KeywordSet {
                     break;
                 }
             }
+            q = qe - base;
         }
         *walked_to = base + n;
         if is_final {
