@@ -224,6 +224,12 @@ fn key(chars: &[u32]) -> u64 {
     chars.iter().fold(0, |k, &c| k << 21 | u64::from(c))
 }
 
+/// The filter key of four ASCII characters.
+#[inline(always)]
+fn ascii_key(chars: &[u32; 4]) -> u64 {
+    chars.iter().fold(0, |k, &c| k << 7 | u64::from(c))
+}
+
 impl PrefixFilter {
     fn new(terms: usize) -> PrefixFilter {
         // About 16 bits per term (a few percent of false positives), 8 KiB to 2 MiB.
@@ -273,6 +279,12 @@ struct Trie {
     pairs: PrefixFilter,
     /// First three characters, for walks at depth two.
     triples: PrefixFilter,
+    /// For positions whose first three characters are ASCII and pass `triples`: the terms of
+    /// exactly three characters, and the first four characters of longer terms when all ASCII
+    /// (keyed 7 bits a character, see [`ascii_key`]). English text passes the triple filter at
+    /// a third of its letters; one more character rules out nearly all of those.
+    short3: PrefixFilter,
+    quads: PrefixFilter,
     /// The depth-two edge along each pair of ASCII characters, indexed `a << 7 | b` (empty
     /// when no term starts with two ASCII characters): English text passes the pair filter
     /// at almost every letter, and one load here replaces a probe of the first letter's
@@ -292,6 +304,8 @@ impl Trie {
         let mut raw: Vec<(u32, u32, u32)> = Vec::new();
         let mut pairs = PrefixFilter::new(sorted.len());
         let mut triples = PrefixFilter::new(sorted.len());
+        let mut short3 = PrefixFilter::new(sorted.len());
+        let mut quads = PrefixFilter::new(sorted.len());
         let mut term = vec![0u32];
         let mut path: Vec<u32> = vec![0];
         let mut prev = "";
@@ -302,16 +316,22 @@ impl Trie {
                 .take_while(|(a, b)| a == b)
                 .count();
             path.truncate(common + 1);
-            let (mut head, mut k) = ([0u32; 3], 0);
-            for c in t.chars().take(3) {
+            let (mut head, mut k) = ([0u32; 4], 0);
+            for c in t.chars().take(4) {
                 head[k] = c as u32;
                 k += 1;
             }
             if k >= 2 {
                 pairs.insert(key(&head[..2]));
             }
-            if k == 3 {
-                triples.insert(key(&head));
+            if k >= 3 {
+                triples.insert(key(&head[..3]));
+            }
+            if k == 3 && t.chars().nth(3).is_none() {
+                short3.insert(key(&head[..3]));
+            }
+            if k == 4 && head.iter().all(|&c| c < 0x80) {
+                quads.insert(ascii_key(&head));
             }
             for c in t.chars().skip(common) {
                 let id = u32::try_from(term.len()).map_err(|_| too_big())?;
@@ -390,6 +410,8 @@ impl Trie {
             edges,
             pairs,
             triples,
+            short3,
+            quads,
             ascii_pairs,
             root_bits,
         })
@@ -433,10 +455,20 @@ impl Trie {
                 if e.term != 0 {
                     return q;
                 }
-                let Some((c, _)) = at(q + la + lb) else {
+                let Some((c, lc)) = at(q + la + lb) else {
                     return q;
                 };
-                if self.triples.may_contain(key(&[a, b, c])) {
+                if !self.triples.may_contain(key(&[a, b, c])) {
+                    q += la;
+                    continue;
+                }
+                if c >= 0x80 || self.short3.may_contain(key(&[a, b, c])) {
+                    return q;
+                }
+                let Some((d, _)) = at(q + la + lb + lc) else {
+                    return q;
+                };
+                if d >= 0x80 || self.quads.may_contain(ascii_key(&[a, b, c, d])) {
                     return q;
                 }
                 q += la;
@@ -484,6 +516,8 @@ impl Trie {
         (self.root_bmp.capacity() + self.edges.capacity()) * std::mem::size_of::<Edge>()
             + self.pairs.memory_usage()
             + self.triples.memory_usage()
+            + self.short3.memory_usage()
+            + self.quads.memory_usage()
             + self.ascii_pairs.capacity() * std::mem::size_of::<Edge>()
             + self.root_bits.capacity() * 8
     }
