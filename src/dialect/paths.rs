@@ -75,11 +75,25 @@ pub fn find_strings(v: &Value, pattern: &[Pat], out: &mut Vec<Found>) {
     walk(v, pattern, &mut path, out);
 }
 
-fn walk(v: &Value, pattern: &[Pat], path: &mut Vec<Seg>, out: &mut Vec<Found>) {
+/// A step of the path being walked, borrowed from the pattern: owned segments are made only
+/// for the strings found (a walk passes many keys that lead nowhere).
+#[derive(Clone, Copy)]
+enum Step<'p> {
+    Key(&'p str),
+    Index(usize),
+}
+
+fn walk<'p>(v: &Value, pattern: &'p [Pat], path: &mut Vec<Step<'p>>, out: &mut Vec<Found>) {
     let Some((head, rest)) = pattern.split_first() else {
         if let Value::String(s) = v {
             out.push(Found {
-                path: path.clone(),
+                path: path
+                    .iter()
+                    .map(|step| match *step {
+                        Step::Key(k) => Seg::Key(k.to_string()),
+                        Step::Index(i) => Seg::Index(i),
+                    })
+                    .collect(),
                 text: s.clone(),
             });
         }
@@ -88,14 +102,14 @@ fn walk(v: &Value, pattern: &[Pat], path: &mut Vec<Seg>, out: &mut Vec<Found>) {
     match (head, v) {
         (Pat::Key(k), Value::Object(m)) => {
             if let Some(child) = m.get(k) {
-                path.push(Seg::Key(k.clone()));
+                path.push(Step::Key(k));
                 walk(child, rest, path, out);
                 path.pop();
             }
         }
         (Pat::Any, Value::Array(a)) => {
             for (i, child) in a.iter().enumerate() {
-                path.push(Seg::Index(i));
+                path.push(Step::Index(i));
                 walk(child, rest, path, out);
                 path.pop();
             }
@@ -104,7 +118,6 @@ fn walk(v: &Value, pattern: &[Pat], path: &mut Vec<Seg>, out: &mut Vec<Found>) {
     }
 }
 
-/// The value at a concrete path.
 pub fn get<'a>(v: &'a Value, path: &[Seg]) -> Option<&'a Value> {
     path.iter().try_fold(v, |cur, seg| match seg {
         Seg::Key(k) => cur.get(k.as_str()),
