@@ -723,6 +723,11 @@ impl KeywordSet {
             + self.meta.len() * std::mem::size_of::<TermMeta>()
     }
 
+    /// No terms: nothing to normalize text for.
+    pub fn is_empty(&self) -> bool {
+        self.trie.is_none()
+    }
+
     /// Decide the front walk if it is dead: suppress it, report it, or (with `open`, text still
     /// to come) find an allow phrase that could contain it still incomplete.
     #[allow(clippy::too_many_arguments)]

@@ -66,6 +66,8 @@ impl ScanCore {
         out: &mut Vec<Finding>,
     ) -> usize {
         let keep_orig = !self.det_cursors.is_empty();
+        // Without terms the normalized text has no reader (detectors read the original).
+        let normalize = !policy.keywords_for(dir).is_empty();
         let mut rest = piece;
         while !rest.is_empty() {
             let mut cut = rest.len().min(MAX_SUBPIECE);
@@ -73,9 +75,11 @@ impl ScanCore {
                 cut -= 1;
             }
             let (sub, tail) = rest.split_at(cut);
-            policy
-                .normalizer
-                .feed(&mut self.norm_state, sub, self.total, &mut self.nbuf);
+            if normalize {
+                policy
+                    .normalizer
+                    .feed(&mut self.norm_state, sub, self.total, &mut self.nbuf);
+            }
             if keep_orig {
                 self.orig.push_str(sub);
             }
