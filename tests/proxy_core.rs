@@ -641,9 +641,14 @@ async fn https_upstream_with_a_private_ca() {
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, ca_pem).unwrap();
     let base = format!("https://localhost:{port}");
+    // One worker thread: each keeps its own idle upstream connections, and the two client
+    // connections below could otherwise be accepted by different workers.
     let p = proxy(
         &base,
-        &format!("upstream:\n  ca_file: \"{}\"\n", ca_path.display()),
+        &format!(
+            "server:\n  workers: 1\nupstream:\n  ca_file: \"{}\"\n",
+            ca_path.display()
+        ),
     )
     .await;
     for _ in 0..2 {
