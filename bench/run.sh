@@ -3,13 +3,15 @@
 # routes), all on 127.0.0.1, in one run, on OpenAI chat completions, Anthropic Messages and OpenAI
 # Responses. See bench/README.md.
 #
-#   bench/run.sh              # build (release, locked), then run everything (~12 min after the build)
+#   bench/run.sh              # build (release, locked), then run everything (~15 min after the build)
 #   bench/run.sh --no-build   # reuse target/release/{shenhe,examples/scripted_model}
 #
-# Knobs (environment): BENCH_DURATION (s per wrk run of workloads 1–2, default 12),
-# BENCH_SLOW_DURATION (s of the 1,000-stream run, default 16), BENCH_WARMUP (s, default 3),
-# BENCH_DIALECTS (which APIs workloads 1–2 run on, of "chat messages responses", default all;
-# workload 3 runs on chat only, and only when chat is selected).
+# Knobs (environment): BENCH_ROUNDS (rounds of workloads 1–2, default 3: every target once per
+# round, in forward then reverse order, and each ratio taken within a round), BENCH_DURATION
+# (s per wrk run of workloads 1–2, default 5), BENCH_SLOW_DURATION (s of the 1,000-stream run,
+# default 16), BENCH_WARMUP (s, default 1), BENCH_DIALECTS (which APIs workloads 1–2 run on, of
+# "chat messages responses", default all; workload 3 runs on chat only, once, and only when chat
+# is selected).
 # Raw outputs go to bench/out/ (gitignored); the final Markdown tables go to stdout and
 # bench/out/summary.md. Every process started here is stopped on exit.
 set -euo pipefail
@@ -17,9 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=$ROOT/bench/out
-DUR=${BENCH_DURATION:-12}
+ROUNDS=${BENCH_ROUNDS:-3}
+DUR=${BENCH_DURATION:-5}
 SLOW_DUR=${BENCH_SLOW_DURATION:-16}
-WARM=${BENCH_WARMUP:-3}
+WARM=${BENCH_WARMUP:-1}
 CONC=32
 SLOW_CONC=1000
 TOKENS=256
@@ -31,6 +34,8 @@ MODEL_FAST=127.0.0.1:18001 # 256 tokens, no delay (workloads 1, 2)
 MODEL_SLOW=127.0.0.1:18002 # 256 tokens, 20 ms apart (workload 3)
 SHENHE=127.0.0.1:18080
 SHENHE_ADMIN=127.0.0.1:19090
+SHENHE_TERMS=127.0.0.1:18082 # the 10,000-term policy, running beside the other during workloads 1–2
+SHENHE_TERMS_ADMIN=127.0.0.1:19092
 NGINX=127.0.0.1:18081
 
 BUILD=1
@@ -45,10 +50,11 @@ for d in $DIALECTS; do
   [[ $d == chat ]] && HAS_CHAT=1
 done
 [[ -n $DIALECTS ]] || { echo "BENCH_DIALECTS selects nothing" >&2; exit 1; }
-# The whole run after the build: twice the expected time (10 wrk runs per dialect, 5 slow runs);
-# the script kills itself past this.
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_ROUNDS must be a whole number >= 1" >&2; exit 1; }
+# The whole run after the build: twice the expected time (10 wrk runs per dialect and round,
+# 5 slow runs); the script kills itself past this.
 N_DIALECTS=$(wc -w <<<"$DIALECTS")
-WATCHDOG_S=$((120 + 2 * (N_DIALECTS * 10 * (WARM + DUR + 8) + HAS_CHAT * 5 * (SLOW_DUR + 24))))
+WATCHDOG_S=$((120 + 2 * (ROUNDS * N_DIALECTS * 10 * (WARM + DUR + 8) + HAS_CHAT * 5 * (SLOW_DUR + 24))))
 
 for tool in wrk nginx python3 curl ss; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx curl iproute2 python3)" >&2; exit 1; }
@@ -153,7 +159,7 @@ while len(terms) < 10000:
 with open(f"{out}/terms.txt", "w", encoding="utf-8") as f:
     f.write("\n".join(sorted(terms)) + "\n")
 PY
-echo -e "dialect\tworkload\ttarget\trequests\tduration_us\tbytes\tp50_us\tp99_us\terrors\tcpu_ms\tchunks_per_stream\trss_idle_kib\trss_loaded_kib\tconns" >"$OUT/results.tsv"
+echo -e "round\tdialect\tworkload\ttarget\trequests\tduration_us\tbytes\tp50_us\tp99_us\terrors\tcpu_ms\tchunks_per_stream\trss_idle_kib\trss_loaded_kib\tconns" >"$OUT/results.tsv"
 
 # ---------------------------------------------------------------------------------- processes
 "$MODEL_BIN" --listen $MODEL_FAST --tokens $TOKENS --delay-ms 0 >"$OUT/model_fast.log" 2>&1 &
@@ -205,11 +211,12 @@ EOF
 }
 
 SHENHE_PID=
-write_shenhe_config() { # $1 file, $2 upstream host:port, $3 policy yaml block (may be empty)
+SHENHE_TERMS_PID=
+write_shenhe_config() { # $1 file, $2 upstream host:port, $3 policy yaml block (may be empty), $4 listen, $5 admin
   cat >"$1" <<EOF
 server:
-  listen: "$SHENHE"
-  admin_listen: "$SHENHE_ADMIN"
+  listen: "${4:-$SHENHE}"
+  admin_listen: "${5:-$SHENHE_ADMIN}"
 upstream:
   base_url: "http://$2"
 routes:
@@ -228,16 +235,17 @@ audit:
 $3
 EOF
 }
-start_shenhe() { # $1 config file, $2 log name
+start_shenhe() { # $1 config file, $2 log name, $3 listen address (default $SHENHE); sets SHENHE_PID
   "$SHENHE_BIN" serve --config "$1" >"$OUT/$2.log" 2>&1 &
   SHENHE_PID=$!; PIDS+=("$SHENHE_PID")
-  wait_http $SHENHE || { cat "$OUT/$2.log" >&2; return 1; }
+  wait_http "${3:-$SHENHE}" || { cat "$OUT/$2.log" >&2; return 1; }
 }
 
 # RSS (KiB) and CPU time (ms) of a proxy: shenhe = its process, nginx = sum over workers.
 proxy_pids() { # $1 kind
   case $1 in
     shenhe) echo "$SHENHE_PID" ;;
+    shenhe-terms) echo "$SHENHE_TERMS_PID" ;;
     nginx) ps -o pid= --ppid "$NGINX_PID" | tr -d ' ' ;;
     *) echo "$2" ;;
   esac
@@ -263,7 +271,7 @@ cpu_ms() {
 
 check_alive() { # $1 kind, $2 model pid (direct): stop the bench if what was measured is gone
   local pid
-  case $1 in shenhe) pid=$SHENHE_PID ;; nginx) pid=$NGINX_PID ;; *) pid=$2 ;; esac
+  case $1 in shenhe) pid=$SHENHE_PID ;; shenhe-terms) pid=$SHENHE_TERMS_PID ;; nginx) pid=$NGINX_PID ;; *) pid=$2 ;; esac
   kill -0 "$pid" 2>/dev/null && return 0
   echo "$1 (pid $pid) is gone after a run (something else stopped it, or it crashed: see bench/out/*.log)" >&2
   exit 1
@@ -282,19 +290,20 @@ count_chunks() { # SSE events a client receives for one stream of body $3 on $1
     | tee "$OUT/sample_$2.sse" | grep -c '^data: ' || true
 }
 
-# $1 dialect, $2 workload, $3 target label, $4 url, $5 body file, $6 proxy kind (direct|nginx|shenhe)
+# $1 round, $2 dialect, $3 workload, $4 target label, $5 url, $6 body file,
+# $7 proxy kind (direct|nginx|shenhe|shenhe-terms)
 run_wrk() {
-  local d=$1 w=$2 target=$3 url=$4 body=$5 kind=$6 tag cpu0 cpu1 chunks=-
-  tag=$(echo "${d}_${w}_$target" | tr -c 'A-Za-z0-9_\n' '_')
-  log "$d $w / $target: warmup ${WARM}s, run ${DUR}s"
-  echo "$d $w $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
+  local round=$1 d=$2 w=$3 target=$4 url=$5 body=$6 kind=$7 tag cpu0 cpu1 chunks=-
+  tag=$(echo "${d}_${w}_${target}_r$round" | tr -c 'A-Za-z0-9_\n' '_')
+  log "round $round: $d $w / $target: warmup ${WARM}s, run ${DUR}s"
+  echo "$round $d $w $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
   WRK_BODY_FILE=$body timeout $((WARM + 30)) wrk -t2 -c$CONC -d${WARM}s --timeout 30s -s bench/wrk_post.lua "$url" >"$OUT/warm_$tag.txt" 2>&1
-  if [[ $w == stream ]]; then chunks=$(count_chunks "$url" "$tag" "$body"); fi
+  if [[ $w == stream && $round == 1 ]]; then chunks=$(count_chunks "$url" "$tag" "$body"); fi
   cpu0=$(cpu_ms "$kind" "$MODEL_FAST_PID")
   WRK_BODY_FILE=$body timeout $((DUR + 30)) wrk -t2 -c$CONC -d${DUR}s --timeout 30s --latency -s bench/wrk_post.lua "$url" >"$OUT/wrk_$tag.txt" 2>&1
   check_alive "$kind" "$MODEL_FAST_PID"
   cpu1=$(cpu_ms "$kind" "$MODEL_FAST_PID")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$d" "$w" "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" >>"$OUT/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$round" "$d" "$w" "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" >>"$OUT/results.tsv"
 }
 
 # Workload 3: 1,000 slow chat streams; RSS sampled every second while they are open.
@@ -328,7 +337,7 @@ run_slow() {
   loaded=$(awk -F'\t' "$w && \$2 > m { m = \$2 } END { print m + 0 }" "$OUT/rss_$tag.tsv")
   conns=$(awk -F'\t' "$w && (m == \"\" || \$3 < m) { m = \$3 } END { print m + 0 }" "$OUT/rss_$tag.tsv")
   [[ $kind == direct ]] && loaded=-
-  printf 'chat\tslow\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" "$idle" "$loaded" "$conns" >>"$OUT/results.tsv"
+  printf '1\tchat\tslow\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" "$idle" "$loaded" "$conns" >>"$OUT/results.tsv"
 }
 
 # ---------------------------------------------------------------------------------- configs
@@ -338,7 +347,7 @@ TERMS_FORM=
 terms_policy_files="policy:
   categories:
     - { id: A1d, action: block, keyword_files: [\"$OUT/terms.txt\"] }"
-write_shenhe_config "$OUT/shenhe_terms_fast.yaml" $MODEL_FAST "$terms_policy_files"
+write_shenhe_config "$OUT/shenhe_terms_fast.yaml" $MODEL_FAST "$terms_policy_files" $SHENHE_TERMS $SHENHE_TERMS_ADMIN
 if "$SHENHE_BIN" check --config "$OUT/shenhe_terms_fast.yaml" >"$OUT/check_terms.log" 2>&1; then
   TERMS_FORM=keyword_files
 else
@@ -346,7 +355,7 @@ else
   inline=$(python3 -c 'import json,sys; print(json.dumps([l.strip() for l in open(sys.argv[1], encoding="utf-8") if l.strip()], ensure_ascii=False))' "$OUT/terms.txt")
   write_shenhe_config "$OUT/shenhe_terms_fast.yaml" $MODEL_FAST "policy:
   categories:
-    - { id: A1d, action: block, keywords: $inline }"
+    - { id: A1d, action: block, keywords: $inline }" $SHENHE_TERMS $SHENHE_TERMS_ADMIN
   if "$SHENHE_BIN" check --config "$OUT/shenhe_terms_fast.yaml" >"$OUT/check_terms_inline.log" 2>&1; then
     TERMS_FORM=inline
   else
@@ -354,37 +363,48 @@ else
   fi
 fi
 if [[ -n $TERMS_FORM ]]; then
-  sed "s#http://$MODEL_FAST#http://$MODEL_SLOW#" "$OUT/shenhe_terms_fast.yaml" >"$OUT/shenhe_terms_slow.yaml"
+  # workload 3 runs one proxy at a time, on the usual port
+  sed -e "s#http://$MODEL_FAST#http://$MODEL_SLOW#" -e "s#$SHENHE_TERMS#$SHENHE#" -e "s#$SHENHE_TERMS_ADMIN#$SHENHE_ADMIN#" \
+    "$OUT/shenhe_terms_fast.yaml" >"$OUT/shenhe_terms_slow.yaml"
 fi
 echo "$TERMS_FORM" >"$OUT/terms_form.txt"
 
-D=http://$MODEL_FAST; N=http://$NGINX; S=http://$SHENHE
+D=http://$MODEL_FAST; N=http://$NGINX; S=http://$SHENHE; ST=http://$SHENHE_TERMS
 CHAT=/v1/chat/completions; RAW=/v1/raw/chat
 
 # ---------------------------------------------------------------------------------- workloads 1, 2
-log "dialects: $DIALECTS; watchdog ${WATCHDOG_S}s"
+log "dialects: $DIALECTS; $ROUNDS rounds; watchdog ${WATCHDOG_S}s"
 start_nginx $MODEL_FAST
+if [[ -n $TERMS_FORM ]]; then
+  start_shenhe "$OUT/shenhe_terms_fast.yaml" shenhe_terms_fast $SHENHE_TERMS
+  SHENHE_TERMS_PID=$SHENHE_PID
+fi
 start_shenhe "$OUT/shenhe_fast.yaml" shenhe_fast
-for d in $DIALECTS; do
-  api=$(api_path "$d"); raw=$(raw_path "$d")
-  for w in json stream; do
-    body=$OUT/body_${w}_$d.json
-    run_wrk "$d" "$w" direct "$D$api" "$body" direct
-    run_wrk "$d" "$w" nginx "$N$api" "$body" nginx
-    run_wrk "$d" "$w" shenhe-passthrough "$S$raw" "$body" shenhe
-    run_wrk "$d" "$w" shenhe-moderated "$S$api" "$body" shenhe
+# One round runs every target once for each dialect and workload, back to back, so that a ratio
+# compares targets measured within a minute of each other; the order is reversed every other
+# round, so that drift in the machine's speed does not favour the targets that run first.
+for round in $(seq 1 "$ROUNDS"); do
+  for d in $DIALECTS; do
+    api=$(api_path "$d"); raw=$(raw_path "$d")
+    for w in json stream; do
+      body=$OUT/body_${w}_$d.json
+      targets=("direct|$D$api|direct" "nginx|$N$api|nginx" "shenhe-passthrough|$S$raw|shenhe"
+        "shenhe-moderated|$S$api|shenhe")
+      [[ -n $TERMS_FORM ]] && targets+=("shenhe-moderated-10k-terms|$ST$api|shenhe-terms")
+      if ((round % 2 == 0)); then
+        for ((i = 0, j = ${#targets[@]} - 1; i < j; i++, j--)); do
+          t=${targets[i]}; targets[i]=${targets[j]}; targets[j]=$t
+        done
+      fi
+      for t in "${targets[@]}"; do
+        IFS='|' read -r label url kind <<<"$t"
+        run_wrk "$round" "$d" "$w" "$label" "$url" "$body" "$kind"
+      done
+    done
   done
 done
 stop_pid "$SHENHE_PID"
-if [[ -n $TERMS_FORM ]]; then
-  start_shenhe "$OUT/shenhe_terms_fast.yaml" shenhe_terms_fast
-  for d in $DIALECTS; do
-    for w in json stream; do
-      run_wrk "$d" "$w" shenhe-moderated-10k-terms "$S$(api_path "$d")" "$OUT/body_${w}_$d.json" shenhe
-    done
-  done
-  stop_pid "$SHENHE_PID"
-fi
+[[ -n $SHENHE_TERMS_PID ]] && stop_pid "$SHENHE_TERMS_PID"
 stop_pid "$NGINX_PID"
 
 # ---------------------------------------------------------------------------------- workload 3
@@ -408,5 +428,5 @@ if [[ $HAS_CHAT == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------- report
-python3 bench/summary.py "$OUT/results.tsv" "$TERMS_FORM" "$DUR" "$SLOW_DUR" | tee "$OUT/summary.md"
+python3 bench/summary.py "$OUT/results.tsv" "$TERMS_FORM" "$DUR" "$SLOW_DUR" "$ROUNDS" | tee "$OUT/summary.md"
 log "done; raw outputs in bench/out/"

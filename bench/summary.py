@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""Turn bench/out/results.tsv (written by bench/run.sh) into Markdown tables and goal ratios."""
+"""Turn bench/out/results.tsv (written by bench/run.sh) into Markdown tables and goal ratios.
+
+Workloads 1 and 2 run in rounds (every target once per round). The tables show each figure's
+median over the rounds; each goal ratio is taken within a round (targets measured within a
+minute of each other) and its median over the rounds is reported, with the lowest and highest
+round in brackets.
+"""
 import csv
+import statistics
 import sys
 
 path, terms_form, dur, slow_dur = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+n_rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 STREAMS = 1000
 DIALECTS = {
     "chat": "OpenAI chat completions, `/v1/chat/completions`",
@@ -11,16 +19,31 @@ DIALECTS = {
     "responses": "OpenAI Responses, `/v1/responses`",
 }
 
-rows = {}
+NUMERIC = ("rate", "p50", "p99", "cpu_us")
+by_round = {}  # (dialect, workload, target) -> {round: row}
 for r in csv.DictReader(open(path), delimiter="\t"):
     if not r["requests"]:
-        print(f"warning: no wrk result for {r['dialect']} {r['workload']} / {r['target']}", file=sys.stderr)
+        print(f"warning: no wrk result for round {r['round']} {r['dialect']} {r['workload']} / {r['target']}",
+              file=sys.stderr)
         continue
     r["rate"] = int(r["requests"]) / (int(r["duration_us"]) / 1e6)
     r["p50"] = int(r["p50_us"]) / 1000
     r["p99"] = int(r["p99_us"]) / 1000
     r["cpu_us"] = int(r["cpu_ms"]) * 1000 / max(int(r["requests"]), 1)
-    rows[(r["dialect"], r["workload"], r["target"])] = r
+    by_round.setdefault((r["dialect"], r["workload"], r["target"]), {})[r["round"]] = r
+
+# One row per target: the median of each figure over the rounds; errors summed; the rest
+# (chunks per stream, RSS, connections) from the first round that has it.
+rows = {}
+for k, rounds in by_round.items():
+    first = rounds[min(rounds, key=int)]
+    r = dict(first)
+    for f in NUMERIC:
+        r[f] = statistics.median(x[f] for x in rounds.values())
+    r["errors"] = sum(int(x["errors"]) for x in rounds.values())
+    r["chunks_per_stream"] = next((x["chunks_per_stream"] for x in rounds.values()
+                                   if x["chunks_per_stream"].isdigit()), first["chunks_per_stream"])
+    rows[k] = r
 dialects = [d for d in DIALECTS if any(k[0] == d for k in rows)]
 
 
@@ -32,11 +55,26 @@ def of(d, w):
     return [(t, r) for (rd, rw, t), r in rows.items() if rd == d and rw == w]
 
 
+def per_round(d, w, f, *targets):
+    """f(row, …) for each round in which every target has a result."""
+    runs = [by_round.get((d, w, t), {}) for t in targets]
+    common = set(runs[0]).intersection(*runs[1:]) if runs else set()
+    return [f(*(run[k] for run in runs)) for k in sorted(common, key=int)]
+
+
+def spread(values, fmt):
+    """The median of per-round values, with the lowest and highest in brackets."""
+    m = statistics.median(values)
+    if len(values) < 2:
+        return m, fmt.format(m)
+    return m, f"{fmt.format(m)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
 def added(d, w, t, key):
-    r, base = get(d, w, t), get(d, w, "direct")
-    if not r or not base or t == "direct":
+    if t == "direct":
         return "–"
-    return f"{r[key] - base[key]:+.2f}"
+    v = per_round(d, w, lambda r, base: r[key] - base[key], t, "direct")
+    return f"{statistics.median(v):+.2f}" if v else "–"
 
 
 def kib_per_stream(r):
@@ -48,7 +86,8 @@ def kib_per_stream(r):
 
 out = []
 p = out.append
-p(f"### 1. 1 KB JSON requests, `stream: false`, concurrency 32, {dur} s\n")
+each = f"{dur} s per run, median of {n_rounds} rounds" if n_rounds > 1 else f"{dur} s"
+p(f"### 1. 1 KB JSON requests, `stream: false`, concurrency 32, {each}\n")
 for d in dialects:
     p(f"#### {DIALECTS[d]}\n")
     p("| target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors | CPU µs/req ¹ |")
@@ -57,7 +96,7 @@ for d in dialects:
         p(f"| {t} | {r['rate']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {added(d, 'json', t, 'p50')} | "
           f"{added(d, 'json', t, 'p99')} | {r['errors']} | {r['cpu_us']:.0f} |")
     p("")
-p(f"### 2. 256-token streams, no delay, concurrency 32, {dur} s\n")
+p(f"### 2. 256-token streams, no delay, concurrency 32, {each}\n")
 for d in dialects:
     p(f"#### {DIALECTS[d]}\n")
     p("| target | streams/s | chunks/s ² | p50 ms | p99 ms | added p50 ms | added p99 ms | errors | CPU µs/stream ¹ |")
@@ -94,7 +133,8 @@ elif not terms_form:
     p("\nThe 10k-term rows were skipped: neither `keyword_files:` nor inline `keywords:` loaded.")
 
 # ------------------------------------------------------------------ goals
-p("\n### Goals (ratios from this run)\n")
+p("\n### Goals (ratios from this run" + (f"; each the median of {n_rounds} rounds, lowest and highest "
+  "round in brackets" if n_rounds > 1 else "") + ")\n")
 p("| goal | target | " + " | ".join(dialects) + " |")
 p("|---|---|" + "---:|" * len(dialects))
 
@@ -106,8 +146,12 @@ def verdict(ok):
 def ratio_row(name, target, w, num, den, ok):
     cells = []
     for d in dialects:
-        a, b = get(d, w, num), get(d, w, den)
-        cells.append(f"{a['rate'] / b['rate']:.2f} {verdict(ok(a['rate'] / b['rate']))}" if a and b else "n/a")
+        v = per_round(d, w, lambda a, b: a["rate"] / b["rate"], num, den)
+        if v:
+            m, text = spread(v, "{:.2f}")
+            cells.append(f"{text} {verdict(ok(m))}")
+        else:
+            cells.append("n/a")
     p(f"| {name} | {target} | " + " | ".join(cells) + " |")
 
 
@@ -127,9 +171,11 @@ for w, label in (("json", "1 KB"), ("stream", "256-token stream")):
         for route in ("passthrough", "moderated"):
             cells = []
             for d in dialects:
-                s, n, base = get(d, w, f"shenhe-{route}"), get(d, w, "nginx"), get(d, w, "direct")
-                if s and n and base:
-                    sa, na = s[q] - base[q], n[q] - base[q]
+                v = per_round(d, w, lambda s, n, base: (s[q] - base[q], n[q] - base[q]),
+                              f"shenhe-{route}", "nginx", "direct")
+                if v:
+                    sa = statistics.median(x[0] for x in v)
+                    na = statistics.median(x[1] for x in v)
                     cells.append(f"{sa:+.2f} vs {na:+.2f} ms {verdict(sa <= na)}")
                 else:
                     cells.append("n/a")
