@@ -18,7 +18,7 @@ use super::categories::{
 };
 use super::config::{PolicyConfig, DEFAULT_MAX_MATCH_LEN};
 use super::detect::{DetKind, PatternDetector};
-use super::keywords::{AllowSet, KeywordSet, TermMeta};
+use super::keywords::{AllowSet, KeywordSet, TermMeta, MAX_TERM_BYTES};
 use super::lists::{read_list, resolve, ListFile};
 use super::normalize::{NormBuf, Normalizer};
 use super::stats::tc260_warnings;
@@ -138,6 +138,14 @@ impl TermBuilder<'_> {
             r.bad(format!(
                 "{}: term `{term}` normalizes to the single character `{t}`",
                 sources.loc(src, line)
+            ));
+            return;
+        }
+        if t.len() > MAX_TERM_BYTES {
+            r.bad(format!(
+                "{}: term of {} bytes after normalization; the limit is {MAX_TERM_BYTES}",
+                sources.loc(src, line),
+                t.len()
             ));
             return;
         }

@@ -9,27 +9,21 @@
 //!    never hides an overlapping one); otherwise `m` is reported and the search resumes at
 //!    `m.end`.
 //!
-//! Terms live in a character trie ([`Trie`]). Every character position at or after the search
-//! position starts an anchored *walk* down the trie; a walk remembers the longest term it has
-//! passed and dies when no term can follow. Each normalized character is therefore looked at
-//! once per walk that is still alive (at most the longest term's length in characters, usually
-//! one or two), and walks are carried from one piece of a stream to the next, so nothing is
-//! searched twice. The leftmost-longest match is the front walk once it is dead.
+//! Terms live in a character-level Aho–Corasick automaton ([`Automaton`]). Its state after
+//! the text read so far stands for every position from which a term could still be matching,
+//! so each normalized character costs one transition, and the state is carried from one piece
+//! of a stream to the next: nothing is searched twice except the few characters between a
+//! decided match's end and where it was decided. Small filters of the terms' first two and
+//! three characters ([`PrefixFilter`]) rule out most transitions from shallow states without
+//! touching the automaton.
 //!
-//! Most walks die at their second or third character, and the trie is too large to stay in
-//! cache, so a walk that leaves the root without a term is started one character late, and
-//! only when its first two characters pass a small filter of term beginnings ([`PrefixFilter`],
-//! or a direct table for two ASCII characters); if those add no term either, it waits for its
-//! third character and a filter of first three characters. The walks that exist are the same
-//! as without it.
-//!
-//! While a stream is open a position `p` is *live* when its walk is still alive, i.e. the
-//! normalized text from `p` to the end of what has arrived is a proper prefix of some term. A
-//! match is final only when no position at or before its start is live (a longer or earlier
-//! match could still complete) and no allow phrase that could contain it is still incomplete.
-//! Everything before the first live position is final.
+//! While a stream is open a position `p` is *live* when a term could still be matching from
+//! it, i.e. the normalized text from `p` to the end of what has arrived is a proper prefix of
+//! some term. A match is final only when no position at or before its start is live (a longer
+//! or earlier match could still complete) and no allow phrase that could contain it is still
+//! incomplete. Everything before the first live position is final.
 
-use aho_corasick::automaton::{Automaton, OverlappingState, StateID};
+use aho_corasick::automaton::{Automaton as _, OverlappingState, StateID};
 use aho_corasick::nfa::contiguous::NFA;
 use aho_corasick::{Anchored, Input, MatchKind};
 
@@ -184,34 +178,18 @@ impl AllowSet {
 const LINEAR_MAX: usize = 8;
 /// Marks an empty slot of a hashed run (no `char` has this value).
 const EMPTY: u32 = u32::MAX;
-
-#[inline(always)]
-fn slot(c: u32, size: usize) -> usize {
-    (c.wrapping_mul(0x9E37_79B1) as usize) & (size - 1)
-}
-
-/// One trie edge with what a walk needs of the node it leads to, so a step touches one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Edge {
-    ch: u32,
-    /// The child's edge run: start in `Trie::edges` and length (0: a leaf).
-    run_at: u32,
-    run_len: u32,
-    /// 1 + the index of the term ending at the child (0: none).
-    term: u32,
-}
-
-const NO_EDGE: Edge = Edge {
-    ch: EMPTY,
-    run_at: 0,
-    run_len: 0,
-    term: 0,
-};
+/// Longest normalized term, in bytes (a state's depth is 16 bits).
+pub(crate) const MAX_TERM_BYTES: usize = u16::MAX as usize;
+/// The automaton's root: the empty string.
+const ROOT: u32 = 0;
+/// Set in a state id held by an edge (or the root table) when a term ends at that state (its
+/// `out` is not the root), so reading on needs no load of the state until something matches.
+const OUT: u32 = 1 << 31;
 
 /// The first two (or three) characters of every term at least that long, as a one-hash bit
-/// set (a Bloom filter with k = 1) keyed by [`key`]: a walk whose next character does not
-/// pass cannot go deeper. Far smaller than the trie (about 16 bits per term), so the check
-/// stays in cache where stepping the walk would miss it. Hand-written: a Bloom filter crate
+/// set (a Bloom filter with k = 1) keyed by [`key`]: a state spelling the characters before
+/// one that does not pass cannot go deeper along it. Far smaller than the trie (about 16 bits per term), so the check
+/// stays in cache where a step of the automaton would miss it. Hand-written: a Bloom filter crate
 /// would add a dependency for a dozen lines.
 struct PrefixFilter {
     bits: Vec<u64>,
@@ -222,12 +200,6 @@ struct PrefixFilter {
 #[inline(always)]
 fn key(chars: &[u32]) -> u64 {
     chars.iter().fold(0, |k, &c| k << 21 | u64::from(c))
-}
-
-/// The filter key of four ASCII characters.
-#[inline(always)]
-fn ascii_key(chars: &[u32; 4]) -> u64 {
-    chars.iter().fold(0, |k, &c| k << 7 | u64::from(c))
 }
 
 impl PrefixFilter {
@@ -265,48 +237,80 @@ impl PrefixFilter {
     }
 }
 
-/// A trie over the characters of distinct terms. A node is known by its run of child edges
-/// in `edges`: scanned when short, an open-addressing hash table (power-of-two size, at most
-/// half full) when long. The root's children are a sorted run at the start of `edges`, with a
-/// direct table for BMP characters.
-struct Trie {
-    /// The root's edge along each BMP character (`ch == EMPTY`: none); a copy of the root's
-    /// run, so a walk starts with one load.
-    root_bmp: Vec<Edge>,
-    /// The root's run is `edges[..root_len]`, sorted by char.
-    root_len: usize,
-    edges: Vec<Edge>,
-    pairs: PrefixFilter,
-    /// First three characters, for walks at depth two.
-    triples: PrefixFilter,
-    /// For positions whose first three characters are ASCII and pass `triples`: the terms of
-    /// exactly three characters, and the first four characters of longer terms when all ASCII
-    /// (keyed 7 bits a character, see [`ascii_key`]). English text passes the triple filter at
-    /// a third of its letters; one more character rules out nearly all of those.
-    short3: PrefixFilter,
-    quads: PrefixFilter,
-    /// The depth-two edge along each pair of ASCII characters, indexed `a << 7 | b` (empty
-    /// when no term starts with two ASCII characters): English text passes the pair filter
-    /// at almost every letter, and one load here replaces a probe of the first letter's
-    /// (large, hashed) run.
-    ascii_pairs: Vec<Edge>,
-    /// One bit per BMP character: whether the root has an edge along it (8 KiB, where
-    /// `root_bmp` is 1 MiB), for passing over positions no term starts at.
-    root_bits: Vec<u64>,
+#[inline(always)]
+fn slot(c: u32, size: usize) -> usize {
+    (c.wrapping_mul(0x9E37_79B1) as usize) & (size - 1)
 }
 
-impl Trie {
+/// Words of a state's header in [`Automaton::mem`]; its edges follow as (char, state) pairs.
+const H_FAIL: usize = 0;
+/// `TERM | (1 + term index)` when the state spells a whole term; else the state of its longest
+/// suffix that does (`ROOT`: none).
+const H_OUT: usize = 1;
+/// Depth (low half) and live length (high half), in normalized bytes: the length of the
+/// state's string, and of its longest suffix (itself included) whose state has edges, i.e.
+/// the longest that more text could still extend into a term (0: none).
+const H_DEPTH_LIVE: usize = 2;
+/// Number of edge slots: scanned when at most `LINEAR_MAX`, else a hash table (power-of-two
+/// size, at most half full, empty slots `EMPTY`). The root's are sorted by char.
+const H_LEN: usize = 3;
+const HEADER: usize = 4;
+/// Marks `H_OUT` of a state that spells a term.
+const TERM: u32 = 1 << 31;
+
+/// Aho–Corasick over the characters of normalized terms: one state per distinct term prefix,
+/// goto edges by character and failure links, states in breadth-first order.
+///
+/// After the text from the search position to `p` has been read, the state is the longest
+/// suffix of that text which is a term prefix. Its failure chain lists every other such suffix,
+/// so one state stands for all the positions from which a term could still be matching (what
+/// a list of anchored trie walks would hold), and its live length says how far back the
+/// earliest of them begins. A character costs one transition however many terms are in
+/// progress.
+///
+/// A state is a header and its edges side by side in one array (a state id is its offset), so
+/// a step loads one place, usually one cache line; the filters of term beginnings rule out
+/// most steps from depth one and two without any load of the automaton.
+///
+/// Hand-written: the aho-corasick crate runs over bytes (three steps for a CJK character,
+/// through a byte-level automaton many times larger) and does not expose, for a stream, how
+/// far back a match could still begin.
+struct Automaton {
+    mem: Vec<u32>,
+    /// The root's successor along each BMP character (`ROOT`: none), so a step from the root is
+    /// one load.
+    root_next: Vec<u32>,
+    /// One bit per BMP character: whether the root has an edge along it (8 KiB, where
+    /// `root_next` is 256 KiB), for passing over text no term starts in.
+    root_bits: Vec<u64>,
+    /// States at depth one have ids below `d1_end`, at depth two below `d2_end`.
+    d1_end: u32,
+    d2_end: u32,
+    /// The first two and the first three characters of the terms: a state at depth one or two
+    /// spells the last characters read, so most characters are ruled out as its continuation
+    /// by a filter small enough to stay in cache.
+    pairs: PrefixFilter,
+    triples: PrefixFilter,
+}
+
+impl Automaton {
     /// `sorted` must be sorted, distinct and non-empty strings; term indexes refer to it.
-    fn build(sorted: &[&str]) -> Result<Trie, String> {
-        let too_big = || "keyword trie exceeds 2^32 edges".to_owned();
-        // Depth-first construction from the sorted terms: (parent, char, child) edges, each
-        // parent's edges by increasing char.
+    fn build(sorted: &[&str]) -> Result<Automaton, String> {
+        let too_big = || "keyword automaton exceeds 2^31 words".to_owned();
+        if let Some(t) = sorted.iter().find(|t| t.len() > MAX_TERM_BYTES) {
+            return Err(format!(
+                "a keyword term is {} bytes long after normalization; the limit is \
+                 {MAX_TERM_BYTES}",
+                t.len()
+            ));
+        }
+        // The trie, depth first from the sorted terms: (parent, char, child) in creation
+        // order, each parent's children by increasing char.
         let mut raw: Vec<(u32, u32, u32)> = Vec::new();
         let mut pairs = PrefixFilter::new(sorted.len());
         let mut triples = PrefixFilter::new(sorted.len());
-        let mut short3 = PrefixFilter::new(sorted.len());
-        let mut quads = PrefixFilter::new(sorted.len());
         let mut term = vec![0u32];
+        let mut depth = vec![0u16];
         let mut path: Vec<u32> = vec![0];
         let mut prev = "";
         for (i, t) in sorted.iter().enumerate() {
@@ -316,357 +320,370 @@ impl Trie {
                 .take_while(|(a, b)| a == b)
                 .count();
             path.truncate(common + 1);
-            let (mut head, mut k) = ([0u32; 4], 0);
-            for c in t.chars().take(4) {
+            let (mut head, mut k) = ([0u32; 3], 0);
+            for c in t.chars().take(3) {
                 head[k] = c as u32;
                 k += 1;
             }
             if k >= 2 {
                 pairs.insert(key(&head[..2]));
             }
-            if k >= 3 {
-                triples.insert(key(&head[..3]));
+            if k == 3 {
+                triples.insert(key(&head));
             }
-            if k == 3 && t.chars().nth(3).is_none() {
-                short3.insert(key(&head[..3]));
-            }
-            if k == 4 && head.iter().all(|&c| c < 0x80) {
-                quads.insert(ascii_key(&head));
-            }
+            let mut d = t.char_indices().nth(common).map_or(t.len(), |(k, _)| k);
             for c in t.chars().skip(common) {
                 let id = u32::try_from(term.len()).map_err(|_| too_big())?;
+                d += c.len_utf8();
                 term.push(0);
+                depth.push(d as u16);
                 raw.push((path[path.len() - 1], c as u32, id));
                 path.push(id);
             }
-            let last = path[path.len() - 1] as usize;
-            term[last] = u32::try_from(i + 1).map_err(|_| too_big())?;
+            term[path[path.len() - 1] as usize] = u32::try_from(i + 1).map_err(|_| too_big())?;
             prev = t;
         }
         let nodes = term.len();
-        // Run sizes, then run starts (node order; the root first).
-        let mut run_at = vec![0u32; nodes + 1];
+        // Children grouped by parent (counting sort; creation order kept within a parent).
+        let mut first = vec![0u32; nodes + 1];
         for &(p, _, _) in &raw {
-            run_at[p as usize] += 1;
+            first[p as usize + 1] += 1;
         }
-        let mut at = 0usize;
-        for (n, v) in run_at.iter_mut().enumerate() {
-            let k = *v as usize;
-            *v = u32::try_from(at).map_err(|_| too_big())?;
-            at += if n == 0 || k <= LINEAR_MAX {
+        for k in 1..=nodes {
+            first[k] += first[k - 1];
+        }
+        let mut kids = vec![(0u32, 0u32); raw.len()];
+        let mut fill = first.clone();
+        for &(p, c, child) in &raw {
+            kids[fill[p as usize] as usize] = (c, child);
+            fill[p as usize] += 1;
+        }
+        drop(raw);
+        drop(fill);
+        let children = |n: usize| &kids[first[n] as usize..first[n + 1] as usize];
+        let slots = |n: usize, root: bool| {
+            let k = children(n).len();
+            if root || k <= LINEAR_MAX {
                 k
             } else {
                 (2 * k).next_power_of_two()
-            };
+            }
+        };
+        // Breadth-first order and each node's offset.
+        let mut order: Vec<u32> = Vec::with_capacity(nodes);
+        let mut off = vec![0u32; nodes];
+        order.push(0);
+        let (mut k, mut at, mut d1_end, mut d2_end) = (0, 0usize, 0, 0);
+        while k < order.len() {
+            let n = order[k] as usize;
+            off[n] = u32::try_from(at).map_err(|_| too_big())?;
+            at += HEADER + 2 * slots(n, k == 0);
+            for &(_, child) in children(n) {
+                order.push(child);
+            }
+            k += 1;
         }
-        run_at[nodes] = u32::try_from(at).map_err(|_| too_big())?;
-        let mut fill: Vec<u32> = run_at[..nodes].to_vec();
-        let mut edges = vec![NO_EDGE; at];
-        let mut root_bmp = vec![NO_EDGE; 0x1_0000];
-        let mut root_bits = vec![0u64; 0x1_0000 / 64];
-        for &(p, c, child) in &raw {
-            let (p, ch) = (p as usize, child as usize);
-            let e = Edge {
-                ch: c,
-                run_at: run_at[ch],
-                run_len: run_at[ch + 1] - run_at[ch],
-                term: term[ch],
-            };
-            let (lo, hi) = (run_at[p] as usize, run_at[p + 1] as usize);
-            if p == 0 || hi - lo <= LINEAR_MAX {
-                let k = fill[p] as usize;
-                edges[k] = e;
-                fill[p] += 1;
-                if p == 0 && c < 0x1_0000 {
-                    root_bmp[c as usize] = e;
-                    root_bits[c as usize >> 6] |= 1 << (c & 63);
+        if at >= TERM as usize {
+            return Err(too_big());
+        }
+        // Depth-one and depth-two ranges: by character depth along the breadth-first order.
+        let mut chars = vec![0u8; nodes];
+        for &n in &order {
+            for &(_, child) in children(n as usize) {
+                chars[child as usize] = chars[n as usize].saturating_add(1);
+            }
+        }
+        for &n in &order {
+            match chars[n as usize] {
+                1 => d1_end = off[n as usize] + 1,
+                2 => d2_end = off[n as usize] + 1,
+                _ => {}
+            }
+        }
+        d2_end = d2_end.max(d1_end);
+        let mut mem = vec![0u32; at];
+        for (k, &n) in order.iter().enumerate() {
+            let n = n as usize;
+            let o = off[n] as usize;
+            let len = slots(n, k == 0);
+            mem[o + H_OUT] = if term[n] != 0 { TERM | term[n] } else { 0 };
+            mem[o + H_DEPTH_LIVE] = u32::from(depth[n]);
+            mem[o + H_LEN] = len as u32;
+            let run = &mut mem[o + HEADER..o + HEADER + 2 * len];
+            if k == 0 || len <= LINEAR_MAX {
+                for (j, &(c, child)) in children(n).iter().enumerate() {
+                    run[2 * j] = c;
+                    run[2 * j + 1] = off[child as usize];
                 }
             } else {
-                let run = &mut edges[lo..hi];
-                let mut i = slot(c, run.len());
-                while run[i].ch != EMPTY {
-                    i = (i + 1) & (run.len() - 1);
+                for w in run.chunks_exact_mut(2) {
+                    w[0] = EMPTY;
                 }
-                run[i] = e;
+                for &(c, child) in children(n) {
+                    let mut i = slot(c, len);
+                    while run[2 * i] != EMPTY {
+                        i = (i + 1) & (len - 1);
+                    }
+                    run[2 * i] = c;
+                    run[2 * i + 1] = off[child as usize];
+                }
             }
         }
-        let root_len = (run_at[1] - run_at[0]) as usize;
-        let mut ascii_pairs = Vec::new();
-        for r in &edges[..root_len] {
-            if r.ch >= 0x80 {
-                continue;
-            }
-            let run = &edges[r.run_at as usize..(r.run_at + r.run_len) as usize];
-            for e in run.iter().filter(|e| e.ch < 0x80) {
-                if ascii_pairs.is_empty() {
-                    ascii_pairs = vec![NO_EDGE; 1 << 14];
-                }
-                ascii_pairs[(r.ch << 7 | e.ch) as usize] = *e;
-            }
-        }
-        Ok(Trie {
-            root_bmp,
-            root_len,
-            edges,
+        let states: Vec<u32> = order.iter().map(|&n| off[n as usize]).collect();
+        drop(kids);
+        drop(first);
+        let mut a = Automaton {
+            mem,
+            root_next: vec![ROOT; 0x1_0000],
+            root_bits: vec![0u64; 0x1_0000 / 64],
+            d1_end,
+            d2_end,
             pairs,
             triples,
-            short3,
-            quads,
-            ascii_pairs,
-            root_bits,
-        })
-    }
-
-    /// From normalized byte `q` of `text` on, the first position at which a term could start:
-    /// positions whose first characters rule out every term are passed over (their walks would
-    /// die by the third character with no term passed, the same tests `second` and `third`
-    /// make). Stops where that cannot be told from the text at hand (its last characters,
-    /// characters outside the BMP, pairs that are not both ASCII after the pair filter).
-    #[inline]
-    fn next_start(&self, text: &str, mut q: usize) -> usize {
-        let hay = text.as_bytes();
-        let at = |i: usize| -> Option<(u32, usize)> {
-            let b = *hay.get(i)?;
-            if b < 0x80 {
-                return Some((u32::from(b), 1));
-            }
-            let c = text[i..].chars().next()?;
-            Some((c as u32, c.len_utf8()))
         };
-        loop {
-            let Some((a, la)) = at(q) else { return q };
-            if a >= 0x1_0000 {
-                return q;
-            }
-            if self.root_bits[a as usize >> 6] & (1 << (a & 63)) == 0 {
-                q += la;
-                continue;
-            }
-            if self.root_bmp[a as usize].term != 0 {
-                return q;
-            }
-            let Some((b, lb)) = at(q + la) else { return q };
-            if a < 0x80 && b < 0x80 && !self.ascii_pairs.is_empty() {
-                let e = &self.ascii_pairs[(a << 7 | b) as usize];
-                if e.ch == EMPTY {
-                    q += la;
+        a.fill_root_table();
+        // Failure links, outputs and live lengths, breadth first: everything a state's values
+        // come from is shallower, so already done.
+        for &s in &states {
+            let s = s as usize;
+            let len = a.mem[s + H_LEN] as usize;
+            for j in 0..len {
+                let (ch, t) = (a.mem[s + HEADER + 2 * j], a.mem[s + HEADER + 2 * j + 1]);
+                if ch == EMPTY {
                     continue;
                 }
-                if e.term != 0 {
-                    return q;
+                let fail = if s == ROOT as usize {
+                    ROOT
+                } else {
+                    a.step(a.mem[s + H_FAIL], ch) & !OUT
+                } as usize;
+                let t = t as usize;
+                let has_edges = a.mem[t + H_LEN] != 0;
+                let f_out = a.mem[fail + H_OUT];
+                let f_live = a.mem[fail + H_DEPTH_LIVE] >> 16;
+                a.mem[t + H_FAIL] = fail as u32;
+                if a.mem[t + H_OUT] & TERM == 0 {
+                    a.mem[t + H_OUT] = if f_out & TERM != 0 {
+                        fail as u32
+                    } else {
+                        f_out
+                    };
                 }
-                let Some((c, lc)) = at(q + la + lb) else {
-                    return q;
-                };
-                if !self.triples.may_contain(key(&[a, b, c])) {
-                    q += la;
-                    continue;
-                }
-                if c >= 0x80 || self.short3.may_contain(key(&[a, b, c])) {
-                    return q;
-                }
-                let Some((d, _)) = at(q + la + lb + lc) else {
-                    return q;
-                };
-                if d >= 0x80 || self.quads.may_contain(ascii_key(&[a, b, c, d])) {
-                    return q;
-                }
-                q += la;
-                continue;
+                let dl = a.mem[t + H_DEPTH_LIVE];
+                let live = if has_edges { dl & 0xFFFF } else { f_live };
+                a.mem[t + H_DEPTH_LIVE] = dl & 0xFFFF | live << 16;
             }
-            if self.pairs.may_contain(key(&[a, b])) {
-                return q;
+        }
+        // Flag the edges into states where a term ends (a suffix's, too).
+        for &s in &states {
+            let s = s as usize;
+            let len = a.mem[s + H_LEN] as usize;
+            for j in 0..len {
+                let (ch, t) = (a.mem[s + HEADER + 2 * j], a.mem[s + HEADER + 2 * j + 1]);
+                if ch != EMPTY && a.mem[t as usize + H_OUT] != 0 {
+                    a.mem[s + HEADER + 2 * j + 1] |= OUT;
+                }
             }
-            q += la;
+        }
+        a.fill_root_table();
+        Ok(a)
+    }
+
+    /// Copy the root's edges into the direct tables.
+    fn fill_root_table(&mut self) {
+        let len = self.mem[H_LEN] as usize;
+        for j in 0..len {
+            let (c, t) = (self.mem[HEADER + 2 * j], self.mem[HEADER + 2 * j + 1]);
+            if c < 0x1_0000 {
+                self.root_next[c as usize] = t;
+                self.root_bits[c as usize >> 6] |= 1 << (c & 63);
+            }
         }
     }
 
-    /// The root's edge along `c`.
+    /// The goto edge of state `s` along `c`.
     #[inline(always)]
-    fn root_child(&self, c: u32) -> Option<&Edge> {
-        if c < 0x1_0000 {
-            let e = &self.root_bmp[c as usize];
-            return (e.ch != EMPTY).then_some(e);
+    fn goto(&self, s: u32, c: u32) -> Option<u32> {
+        let s = s as usize;
+        let len = self.mem[s + H_LEN] as usize;
+        let run = &self.mem[s + HEADER..s + HEADER + 2 * len];
+        if len <= LINEAR_MAX {
+            return run.chunks_exact(2).find(|e| e[0] == c).map(|e| e[1]);
         }
-        let run = &self.edges[..self.root_len];
-        run.binary_search_by_key(&c, |e| e.ch).ok().map(|k| &run[k])
-    }
-
-    /// The edge along `c` out of the node whose run is `(at, len)`.
-    #[inline(always)]
-    fn child(&self, at: u32, len: u32, c: u32) -> Option<&Edge> {
-        let run = &self.edges[at as usize..(at + len) as usize];
-        if run.len() <= LINEAR_MAX {
-            return run.iter().find(|e| e.ch == c);
-        }
-        let mut i = slot(c, run.len());
+        let mut i = slot(c, len);
         loop {
-            let e = &run[i];
-            if e.ch == c {
-                return Some(e);
+            let ch = run[2 * i];
+            if ch == c {
+                return Some(run[2 * i + 1]);
             }
-            if e.ch == EMPTY {
+            if ch == EMPTY {
                 return None;
             }
-            i = (i + 1) & (run.len() - 1);
+            i = (i + 1) & (len - 1);
         }
+    }
+
+    /// The root's successor along `c` (`ROOT` when no term starts with it).
+    #[inline(always)]
+    fn root_step(&self, c: u32) -> u32 {
+        if c < 0x1_0000 {
+            return self.root_next[c as usize];
+        }
+        let len = self.mem[H_LEN] as usize;
+        let run = &self.mem[HEADER..HEADER + 2 * len];
+        let (mut lo, mut hi) = (0, len);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match run[2 * mid].cmp(&c) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return run[2 * mid + 1],
+            }
+        }
+        ROOT
+    }
+
+    /// The state after reading `c` in state `s` (flagged or not; the result is flagged): goto
+    /// if there is an edge, else the failure chain's first state that has one. Without the
+    /// filters (used while building, when the characters before are not at hand).
+    fn step(&self, mut s: u32, c: u32) -> u32 {
+        loop {
+            s &= !OUT;
+            if s == ROOT {
+                return self.root_step(c);
+            }
+            if let Some(t) = self.goto(s, c) {
+                return t;
+            }
+            s = self.mem[s as usize + H_FAIL];
+        }
+    }
+
+    /// [`Automaton::step`] for a state that was reached by reading text ending in `p2`, `p1`
+    /// (`p1` last): at depth one or two the state spells them, and the prefix filters rule
+    /// out most continuations before the state is touched.
+    #[inline(always)]
+    fn next(&self, mut s: u32, c: u32, p1: u32, p2: u32) -> u32 {
+        loop {
+            s &= !OUT;
+            if s == ROOT {
+                return self.root_step(c);
+            }
+            if s < self.d1_end {
+                // Spells `p1`; its failure link is the root.
+                if !self.pairs.may_contain(key(&[p1, c])) {
+                    return self.root_step(c);
+                }
+            } else if s < self.d2_end && !self.triples.may_contain(key(&[p2, p1, c])) {
+                // Spells `p2 p1`; its failure link is the state of `p1`, if any.
+                s = self.root_step(p1);
+                continue;
+            }
+            if let Some(t) = self.goto(s, c) {
+                return t;
+            }
+            s = self.mem[s as usize + H_FAIL];
+        }
+    }
+
+    /// Depth and live length of state `s` (flagged or not).
+    #[inline(always)]
+    fn depth_live(&self, s: u32) -> (usize, usize) {
+        let dl = self.mem[(s & !OUT) as usize + H_DEPTH_LIVE];
+        ((dl & 0xFFFF) as usize, (dl >> 16) as usize)
+    }
+
+    /// For a flagged state: the depth and 1 + index of the longest term ending there.
+    #[inline]
+    fn output(&self, s: u32) -> (usize, u32) {
+        let s = (s & !OUT) as usize;
+        let o = self.mem[s + H_OUT];
+        let t = if o & TERM != 0 { s } else { o as usize };
+        (
+            (self.mem[t + H_DEPTH_LIVE] & 0xFFFF) as usize,
+            self.mem[t + H_OUT] & !TERM,
+        )
+    }
+
+    /// From byte `q` of `hay` on, the first character the root has an edge along (or the
+    /// end): from the root, every other character leads back to the root.
+    #[inline]
+    fn skip(&self, hay: &[u8], mut q: usize) -> usize {
+        while q < hay.len() {
+            let (c, n) = decode(hay, q);
+            if c >= 0x1_0000 || self.root_bits[c as usize >> 6] & (1 << (c & 63)) != 0 {
+                return q;
+            }
+            q += n;
+        }
+        q
     }
 
     fn memory_usage(&self) -> usize {
-        (self.root_bmp.capacity() + self.edges.capacity()) * std::mem::size_of::<Edge>()
+        self.mem.capacity() * 4
+            + self.root_next.capacity() * 4
+            + self.root_bits.capacity() * 8
             + self.pairs.memory_usage()
             + self.triples.memory_usage()
-            + self.short3.memory_usage()
-            + self.quads.memory_usage()
-            + self.ascii_pairs.capacity() * std::mem::size_of::<Edge>()
-            + self.root_bits.capacity() * 8
     }
+}
 
-    /// The edge along `b` out of the root's child along `a` (whose edge is `e`).
-    #[inline(always)]
-    fn second(&self, a: u32, e: &Edge, b: u32) -> Option<&Edge> {
-        if a < 0x80 && b < 0x80 && !self.ascii_pairs.is_empty() {
-            let x = &self.ascii_pairs[(a << 7 | b) as usize];
-            return (x.ch != EMPTY).then_some(x);
-        }
-        if !self.pairs.may_contain(key(&[a, b])) {
-            return None;
-        }
-        self.child(e.run_at, e.run_len, b)
-    }
-
-    /// The edge along `c` out of the depth-two node (edge `e`) reached along `a`, `b`.
-    #[inline(always)]
-    fn third(&self, a: u32, b: u32, e: &Edge, c: u32) -> Option<&Edge> {
-        if !self.triples.may_contain(key(&[a, b, c])) {
-            return None;
-        }
-        self.child(e.run_at, e.run_len, c)
+/// The character at byte `q` of valid UTF-8 `hay` (which must not end there) and its length.
+/// Hand-decoded: `str::chars` re-checks what the normalizer's output already guarantees.
+#[inline(always)]
+fn decode(hay: &[u8], q: usize) -> (u32, usize) {
+    let b = hay[q];
+    if b < 0x80 {
+        (u32::from(b), 1)
+    } else if b < 0xE0 {
+        (u32::from(b & 0x1F) << 6 | u32::from(hay[q + 1] & 0x3F), 2)
+    } else if b < 0xF0 {
+        (
+            u32::from(b & 0x0F) << 12
+                | u32::from(hay[q + 1] & 0x3F) << 6
+                | u32::from(hay[q + 2] & 0x3F),
+            3,
+        )
+    } else {
+        (
+            u32::from(b & 0x07) << 18
+                | u32::from(hay[q + 1] & 0x3F) << 12
+                | u32::from(hay[q + 2] & 0x3F) << 6
+                | u32::from(hay[q + 3] & 0x3F),
+            4,
+        )
     }
 }
 
 /// Terms of one direction in normalized form, with their meaning.
 #[derive(Default)]
 pub(crate) struct KeywordSet {
-    trie: Option<Trie>,
+    auto: Option<Automaton>,
     meta: Vec<TermMeta>,
-    /// Defer walks to the next character and check the pair filter first (off only in tests,
-    /// to compare with starting a walk at every position).
-    prefilter: bool,
 }
 
-/// An anchored walk down the trie from one normalized position.
-#[derive(Debug, Clone, Copy)]
-struct Walk {
-    /// Absolute normalized offset where the walk started.
+/// The leftmost-longest match found so far and not yet decided, in absolute normalized offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Best {
     start: usize,
-    /// The edge run of the node reached; `run_len == 0` once no character can extend the walk
-    /// (the walk is dead).
-    run_at: u32,
-    run_len: u32,
-    /// Length in bytes of the longest term passed so far, and 1 + its index (0: none yet).
-    best_len: u32,
-    best_term: u32,
+    end: usize,
+    /// 1 + the term's index.
+    term: u32,
 }
 
-impl Walk {
-    /// A walk from `start` that has just taken edge `e`, its character ending at `end`.
-    #[inline(always)]
-    fn stepped(start: usize, e: &Edge, end: usize) -> Walk {
-        Walk {
-            start,
-            run_at: e.run_at,
-            run_len: e.run_len,
-            best_len: if e.term != 0 { (end - start) as u32 } else { 0 },
-            best_term: e.term,
-        }
-    }
-
-    /// A deferred walk (alive, no term passed) at the node `e` leads to.
-    fn waiting(start: usize, e: &Edge) -> Walk {
-        Walk {
-            start,
-            run_at: e.run_at,
-            run_len: e.run_len,
-            best_len: 0,
-            best_term: 0,
-        }
-    }
-
-    #[inline(always)]
-    fn alive(&self) -> bool {
-        self.run_len != 0
-    }
-
-    fn best_end(&self) -> usize {
-        self.start + self.best_len as usize
-    }
-}
-
-/// Undecided walks in start order. Short (at most the longest term's length in characters),
-/// so taking the front off shifts only a few elements.
-#[derive(Debug, Default)]
-struct Walks {
-    v: Vec<Walk>,
-}
-
-impl Walks {
-    #[inline(always)]
-    fn is_empty(&self) -> bool {
-        self.v.is_empty()
-    }
-
-    #[inline(always)]
-    fn front(&self) -> Option<&Walk> {
-        self.v.first()
-    }
-
-    #[inline(always)]
-    fn pop_front(&mut self) {
-        if !self.v.is_empty() {
-            self.v.remove(0);
-        }
-    }
-
-    /// Drop the walks starting before `end`.
-    fn pop_before(&mut self, end: usize) {
-        let k = self.v.partition_point(|w| w.start < end);
-        self.v.drain(..k);
-    }
-
-    #[inline(always)]
-    fn push_back(&mut self, w: Walk) {
-        self.v.push(w);
-    }
-
-    /// Keep the walks for which `f` (which may change them) returns true, in order. A plain
-    /// loop: `Vec::retain_mut` costs more than the work on these few elements.
-    #[inline(always)]
-    fn retain_mut(&mut self, mut f: impl FnMut(&mut Walk) -> bool) {
-        let mut kept = 0;
-        for r in 0..self.v.len() {
-            let mut x = self.v[r];
-            if f(&mut x) {
-                self.v[kept] = x;
-                kept += 1;
-            }
-        }
-        self.v.truncate(kept);
-    }
-}
-
-/// Reusable buffers of one stream's keyword search.
+/// One stream's keyword search state, carried from one `drain` to the next.
 #[derive(Debug, Default)]
 pub(crate) struct DrainBufs {
     /// Matches found by the last `drain`.
     pub hits: Vec<Hit>,
-    /// Walks not yet decided, by start: alive ones and dead ones holding a match.
-    walks: Walks,
-    /// Absolute normalized offset the walks have reached.
+    /// Automaton state (flagged, see [`OUT`]) after the text up to `walked_to`, and the last
+    /// two characters read (`p1` last).
+    state: u32,
+    p1: u32,
+    p2: u32,
+    /// Absolute normalized offset the automaton has read to.
     walked_to: usize,
-    /// Walks still deferred at the end of the last piece (see `drain`), after every walk.
-    d1: Option<(usize, u32, Edge)>,
-    d2: Option<(usize, u32, u32, Edge)>,
+    best: Option<Best>,
 }
 
 /// A keyword match in absolute normalized offsets.
@@ -690,89 +707,71 @@ fn next_char(hay: &[u8], p: usize) -> usize {
     q
 }
 
-/// The outcome of looking at the front walk.
-enum Front {
-    /// Nothing to decide yet (the front walk is alive, or needs more text).
-    Wait,
-    /// No walk left.
-    Empty,
-    /// The front walk was decided (reported or suppressed); look again.
-    Done,
-    /// An allow phrase that could contain the front match is still incomplete.
-    Pending(usize),
-}
-
 impl KeywordSet {
     /// `sorted`: distinct normalized terms in sorted order with their meaning.
     pub fn build(sorted: &[(&str, TermMeta)]) -> Result<KeywordSet, String> {
         let refs: Vec<&str> = sorted.iter().map(|(t, _)| *t).collect();
-        let trie = if refs.is_empty() {
+        let auto = if refs.is_empty() {
             None
         } else {
-            Some(Trie::build(&refs)?)
+            Some(Automaton::build(&refs)?)
         };
         Ok(KeywordSet {
-            trie,
+            auto,
             meta: sorted.iter().map(|(_, m)| *m).collect(),
-            prefilter: true,
         })
     }
 
     pub fn memory_usage(&self) -> usize {
-        self.trie.as_ref().map_or(0, Trie::memory_usage)
+        self.auto.as_ref().map_or(0, Automaton::memory_usage)
             + self.meta.len() * std::mem::size_of::<TermMeta>()
     }
 
     /// No terms: nothing to normalize text for.
     pub fn is_empty(&self) -> bool {
-        self.trie.is_none()
+        self.auto.is_none()
     }
 
-    /// Decide the front walk if it is dead: suppress it, report it, or (with `open`, text still
-    /// to come) find an allow phrase that could contain it still incomplete.
-    #[allow(clippy::too_many_arguments)]
-    fn decide_front(
+    /// Settle match `b`, returning where the search goes on: suppressed by an allow phrase
+    /// that contains it (one character after its start), or reported (at its end). `None`
+    /// when, with `open` (text still to come), an allow phrase that could contain it is still
+    /// incomplete.
+    fn settle(
         &self,
         allow: &AllowSet,
         hay: &[u8],
         base: usize,
-        cursor: &mut usize,
-        walks: &mut Walks,
+        b: Best,
         out: &mut Vec<Hit>,
         open: bool,
-    ) -> Front {
-        let Some(f) = walks.front().copied() else {
-            return Front::Empty;
-        };
-        if f.alive() {
-            return Front::Wait;
-        }
-        let end = f.best_end();
-        let (s, e) = (f.start - base, end - base);
+    ) -> Option<usize> {
+        let (s, e) = (b.start - base, b.end - base);
         if allow.contains(hay, s, e) {
-            *cursor = base + next_char(hay, s);
-            walks.pop_front();
-            return Front::Done;
+            return Some(base + next_char(hay, s));
         }
         if open && allow.pending(hay, s, e) {
-            return Front::Pending(f.start);
+            return None;
         }
         out.push(Hit {
-            start: f.start,
-            end,
-            meta: self.meta[f.best_term as usize - 1],
+            start: b.start,
+            end: b.end,
+            meta: self.meta[b.term as usize - 1],
         });
-        *cursor = end;
-        walks.pop_before(end);
-        Front::Done
+        Some(b.end)
     }
 
     /// Report every decidable match in `text` (normalized, starting at absolute offset `base`)
-    /// from the absolute search position `*cursor` on. With `is_final` the text is complete.
-    /// Returns the absolute position before which everything is decided, or `None` when all of
-    /// `text` is. `*cursor` is left at the position where the next search starts. Successive
-    /// calls of one stream pass the same text grown at the end (and maybe trimmed at the front,
-    /// never past `*cursor` less the allow list's longest phrase).
+    /// from where the last call left off. With `is_final` the text is complete. Returns the
+    /// absolute position before which everything is decided, or `None` when all of `text` is;
+    /// `*cursor` is set to it (or to the end). Successive calls of one stream pass the same
+    /// text grown at the end (and maybe trimmed at the front, never past `*cursor` less the
+    /// allow list's longest phrase).
+    ///
+    /// The automaton reads each character once. A match is decided when no position at or
+    /// before its start is live any more (nothing earlier or longer can complete) and the allow
+    /// list's context after its start has been seen; the search then starts again from the
+    /// root at the match's end (or one character after its start, if suppressed), reading
+    /// again only the few characters between there and where the decision was made.
     pub fn drain(
         &self,
         allow: &AllowSet,
@@ -784,151 +783,89 @@ impl KeywordSet {
     ) -> Option<usize> {
         let DrainBufs {
             hits: out,
-            walks,
+            state,
+            p1,
+            p2,
             walked_to,
-            d1: d1_kept,
-            d2: d2_kept,
+            best,
         } = bufs;
         out.clear();
         let hay = text.as_bytes();
         let n = hay.len();
-        let Some(trie) = &self.trie else {
+        let Some(a) = &self.auto else {
             *cursor = base + n;
             *walked_to = base + n;
             return None;
         };
         let amax = allow.max_len();
-        let wrel = walked_to.saturating_sub(base).min(n);
-        // A walk that leaves the root without a term is started one character late, and again
-        // when its second character adds none: it only matters if the next character
-        // continues it, which the prefix filters usually rule out without touching the trie.
-        // Until then it is deferred: `d1` (start, char, root edge) and `d2` (start, chars,
-        // depth-two edge). The walk list is the same as if they had been started at once:
-        // such a walk is alive and matchless, so it is never decided, and nothing behind it
-        // is decided while it waits (it is the last walk, or it is pushed before any other).
-        // They are carried to the next piece as they are, so a stream cut into small pieces
-        // keeps the filters' benefit.
-        let mut d1 = d1_kept.take();
-        let mut d2 = d2_kept.take();
-        let mut q = wrel;
-        while q < n {
-            if self.prefilter && walks.is_empty() && d1.is_none() && d2.is_none() {
-                // Nothing open: pass over the positions no term can start at in one loop.
-                q = trie.next_start(text, q);
-                if q >= n {
-                    break;
-                }
-            }
-            let Some(ch) = text[q..].chars().next() else {
-                break;
-            };
-            let qe = base + q + ch.len_utf8();
-            let c = ch as u32;
-            if !walks.is_empty() {
-                walks.retain_mut(|w| {
-                    if w.alive() {
-                        match trie.child(w.run_at, w.run_len, c) {
-                            None => w.run_len = 0,
-                            Some(e) => {
-                                (w.run_at, w.run_len) = (e.run_at, e.run_len);
-                                if e.term != 0 {
-                                    w.best_len = (qe - w.start) as u32;
-                                    w.best_term = e.term;
-                                }
-                            }
-                        }
-                    }
-                    w.alive() || w.best_term != 0
-                });
-            }
-            // A deferred walk starting before `*cursor` was dropped by a match decided since
-            // (`pop_before`).
-            if let Some((p, a, b, e)) = d2.take() {
-                if p >= *cursor {
-                    if let Some(x) = trie.third(a, b, &e, c) {
-                        walks.push_back(Walk::stepped(p, x, qe));
-                    }
-                }
-            }
-            if let Some((p, a, e)) = d1.take() {
-                if p >= *cursor {
-                    if let Some(x) = trie.second(a, &e, c) {
-                        if x.term == 0 && x.run_len != 0 {
-                            d2 = Some((p, a, c, *x));
-                        } else {
-                            walks.push_back(Walk::stepped(p, x, qe));
-                        }
-                    }
-                }
-            }
-            if base + q >= *cursor {
-                if let Some(e) = trie.root_child(c) {
-                    if self.prefilter && e.term == 0 && e.run_len != 0 {
-                        d1 = Some((base + q, c, *e));
-                    } else {
-                        if let Some((p, _, _, x)) = d2.take() {
-                            walks.push_back(Walk::waiting(p, &x));
-                        }
-                        walks.push_back(Walk::stepped(base + q, e, qe));
-                    }
-                }
-            }
-            // Decide what full knowledge would: a dead front walk once the allow list's
-            // context after its start has been seen.
-            while walks
-                .front()
-                .is_some_and(|w| !w.alive() && (amax == 0 || w.start + amax <= qe))
-            {
-                if !matches!(
-                    self.decide_front(allow, hay, base, cursor, walks, out, false),
-                    Front::Done
-                ) {
-                    break;
-                }
-            }
-            q = qe - base;
-        }
-        *walked_to = base + n;
-        if is_final {
-            walks.retain_mut(|w| {
-                w.run_len = 0;
-                w.best_term != 0
-            });
-        }
+        let (mut s, mut c1, mut c2) = (*state, *p1, *p2);
+        let mut q = walked_to.saturating_sub(base).min(n);
         loop {
-            match self.decide_front(allow, hay, base, cursor, walks, out, !is_final) {
-                Front::Done => {}
-                Front::Empty => break,
-                Front::Wait => {
-                    // The front walk starts before any deferred one.
-                    *d1_kept = d1;
-                    *d2_kept = d2;
-                    let s = walks.front().map_or(base + n, |w| w.start);
-                    *cursor = s;
-                    return Some(s);
+            // Read to the end of the text, settling matches as they become decidable.
+            while q < n {
+                if s == ROOT && best.is_none() {
+                    q = a.skip(hay, q);
+                    if q >= n {
+                        break;
+                    }
                 }
-                Front::Pending(s) => {
-                    *d1_kept = d1;
-                    *d2_kept = d2;
-                    *cursor = s;
-                    return Some(s);
+                let (c, len) = decode(hay, q);
+                q += len;
+                s = a.next(s, c, c1, c2);
+                (c1, c2) = (c, c1);
+                if s & OUT != 0 {
+                    let (depth, term) = a.output(s);
+                    let start = base + q - depth;
+                    match best {
+                        Some(b) if b.start < start => {}
+                        Some(b) if b.start == start => (b.end, b.term) = (base + q, term),
+                        _ => {
+                            *best = Some(Best {
+                                start,
+                                end: base + q,
+                                term,
+                            })
+                        }
+                    }
+                }
+                if let Some(b) = *best {
+                    let live_from = base + q - a.depth_live(s).1;
+                    if live_from > b.start && (amax == 0 || b.start + amax <= base + q) {
+                        if let Some(r) = self.settle(allow, hay, base, b, out, false) {
+                            *best = None;
+                            s = ROOT;
+                            q = r - base;
+                        }
+                    }
                 }
             }
-        }
-        // Open text: a deferred walk is alive, so it holds the text from its start, as it
-        // would at the front of `walks` (unless a match decided since covers its start).
-        if !is_final {
-            let d2 = d2.filter(|d| d.0 >= *cursor);
-            let d1 = d1.filter(|d| d.0 >= *cursor);
-            if let Some(s) = d2.map(|d| d.0).or(d1.map(|d| d.0)) {
-                *d1_kept = d1;
-                *d2_kept = d2;
-                *cursor = s;
-                return Some(s);
+            let live_from = base + n - a.depth_live(s).1;
+            (*state, *p1, *p2, *walked_to) = (s, c1, c2, base + n);
+            let Some(b) = *best else {
+                if is_final || live_from == base + n {
+                    *cursor = base + n;
+                    return None;
+                }
+                *cursor = live_from;
+                return Some(live_from);
+            };
+            if is_final || live_from > b.start {
+                match self.settle(allow, hay, base, b, out, !is_final) {
+                    Some(r) => {
+                        *best = None;
+                        s = ROOT;
+                        q = r - base;
+                        continue;
+                    }
+                    None => {
+                        *cursor = b.start;
+                        return Some(b.start);
+                    }
+                }
             }
+            *cursor = live_from;
+            return Some(live_from);
         }
-        *cursor = base + n;
-        None
     }
 }
 
@@ -1013,6 +950,82 @@ mod tests {
         ac.find_iter(text).map(|m| (m.start(), m.end())).collect()
     }
 
+    /// The module documentation's rules, the slow way: at each search position the
+    /// leftmost-longest match, suppressed by an allow phrase containing it; with open text
+    /// (`!is_final`) nothing is decided while a position at or before the match's start could
+    /// still grow into a term, or an allow phrase that could contain it could still complete.
+    fn naive(
+        terms: &[String],
+        allow: &[String],
+        text: &str,
+        is_final: bool,
+    ) -> (Vec<(usize, usize)>, Option<usize>) {
+        let starts: Vec<usize> = (0..=text.len())
+            .filter(|&p| text.is_char_boundary(p))
+            .collect();
+        // `text[p..]` is a proper prefix of some phrase in `set`.
+        let grows = |set: &[String], p: usize| {
+            let rest = &text[p..];
+            !is_final
+                && set
+                    .iter()
+                    .any(|t| t.len() > rest.len() && t.starts_with(rest))
+        };
+        let (mut hits, mut cursor) = (Vec::new(), 0);
+        loop {
+            let live = starts
+                .iter()
+                .copied()
+                .find(|&p| p >= cursor && p < text.len() && grows(terms, p));
+            let m = starts
+                .iter()
+                .copied()
+                .filter(|&p| p >= cursor)
+                .find_map(|p| {
+                    let e = terms
+                        .iter()
+                        .filter(|t| text[p..].starts_with(t.as_str()))
+                        .map(|t| p + t.len())
+                        .max()?;
+                    Some((p, e))
+                });
+            let Some((ms, me)) = m else {
+                return (hits, live);
+            };
+            if live.is_some_and(|l| l <= ms) {
+                return (hits, live);
+            }
+            let contains = starts.iter().any(|&a| {
+                a <= ms
+                    && allow
+                        .iter()
+                        .any(|w| text[a..].starts_with(w.as_str()) && a + w.len() >= me)
+            });
+            if contains {
+                cursor = starts
+                    .iter()
+                    .copied()
+                    .find(|&p| p > ms)
+                    .unwrap_or(text.len());
+                continue;
+            }
+            let pending = starts.iter().any(|&a| {
+                a <= ms
+                    && allow.iter().any(|w| {
+                        let rest = &text[a..];
+                        a + w.len() >= me
+                            && grows(std::slice::from_ref(w), a)
+                            && w.starts_with(rest)
+                    })
+            });
+            if pending {
+                return (hits, Some(ms));
+            }
+            hits.push((ms, me));
+            cursor = me;
+        }
+    }
+
     /// Feed `text` cut at `cuts` as a stream (trimming like the scanner), then finish.
     fn streamed(
         ks: &KeywordSet,
@@ -1084,27 +1097,71 @@ mod tests {
         .prop_map(|v| v.concat())
     }
 
+    /// Text over 24 characters (ASCII, CJK, one outside the BMP): with enough terms, states
+    /// get more edges than a scanned run holds, so hashed runs are exercised too.
+    fn wide_text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "炸", "弹", "鱼", "制",
+                "造", "毒", "品", "枪", "支", "赌", "博", "𠀀",
+            ]),
+            len,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    /// One-shot and streamed in `cuts`, the matches of `terms` in `text` are aho-corasick's.
+    fn equals_reference(terms: &[String], text: &str, cuts: &[usize]) -> Result<(), TestCaseError> {
+        let ks = build_terms(terms);
+        let none = AllowSet::default();
+        let want = reference(terms, text);
+        prop_assert_eq!(run(&ks, &none, text, true).0, want.clone());
+        prop_assert_eq!(streamed(&ks, &none, text, cuts), want);
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
-        /// The trie walk finds exactly aho-corasick's leftmost-longest matches, one-shot and
+        /// Many terms over a wide alphabet: the same matches as aho-corasick, one-shot and
+        /// streamed.
+        #[test]
+        fn wide_fan_out_equals_aho_corasick(
+            terms in prop::collection::vec(wide_text(1..5), 1..300),
+            text in wide_text(0..120),
+            cuts in prop::collection::vec(0usize..400, 0..12),
+        ) {
+            equals_reference(&terms, &text, &cuts)?;
+        }
+
+        /// Open text: the matches reported and the position held are those of the rules in the
+        /// module documentation, computed naively.
+        #[test]
+        fn open_text_equals_naive_rules(
+            terms in prop::collection::vec(wide_text(1..5), 1..60),
+            allow in prop::collection::vec(wide_text(1..7), 0..4),
+            text in wide_text(0..40),
+        ) {
+            let ks = build_terms(&terms);
+            let allow_set = AllowSet::build(allow.clone()).expect("builds");
+            prop_assert_eq!(run(&ks, &allow_set, &text, false), naive(&terms, &allow, &text, false));
+            prop_assert_eq!(run(&ks, &allow_set, &text, true), naive(&terms, &allow, &text, true));
+        }
+
+        /// The automaton finds exactly aho-corasick's leftmost-longest matches, one-shot and
         /// streamed in any cuts.
         #[test]
-        fn trie_equals_aho_corasick(
+        fn automaton_equals_aho_corasick(
             terms in prop::collection::vec(small_text(5).prop_filter("non-empty", |t| !t.is_empty()), 1..12),
             text in small_text(40),
             cuts in prop::collection::vec(0usize..160, 0..8),
         ) {
-            let ks = build_terms(&terms);
-            let none = AllowSet::default();
-            let want = reference(&terms, &text);
-            prop_assert_eq!(run(&ks, &none, &text, true).0, want.clone());
-            prop_assert_eq!(streamed(&ks, &none, &text, &cuts), want);
+            equals_reference(&terms, &text, &cuts)?;
         }
 
         /// With allow phrases, streamed findings equal one-shot findings.
         #[test]
-        fn trie_streamed_equals_whole_with_allow(
+        fn streamed_equals_whole_with_allow(
             terms in prop::collection::vec(small_text(4).prop_filter("non-empty", |t| !t.is_empty()), 1..10),
             allow in prop::collection::vec(small_text(6).prop_filter("non-empty", |t| !t.is_empty()), 0..4),
             text in small_text(40),
@@ -1116,23 +1173,5 @@ mod tests {
             prop_assert_eq!(streamed(&ks, &allow, &text, &cuts), whole);
         }
 
-        /// Deferring walks behind the pair filter finds the same matches and holds the same
-        /// text as starting a walk at every position, one-shot, open and streamed.
-        #[test]
-        fn pair_prefilter_equals_plain_walks(
-            terms in prop::collection::vec(small_text(4).prop_filter("non-empty", |t| !t.is_empty()), 1..10),
-            allow in prop::collection::vec(small_text(6).prop_filter("non-empty", |t| !t.is_empty()), 0..4),
-            text in small_text(40),
-            cuts in prop::collection::vec(0usize..160, 0..8),
-        ) {
-            let fast = build_terms(&terms);
-            let mut slow = build_terms(&terms);
-            slow.prefilter = false;
-            let allow = AllowSet::build(allow).expect("builds");
-            for is_final in [true, false] {
-                prop_assert_eq!(run(&fast, &allow, &text, is_final), run(&slow, &allow, &text, is_final));
-            }
-            prop_assert_eq!(streamed(&fast, &allow, &text, &cuts), streamed(&slow, &allow, &text, &cuts));
-        }
     }
 }

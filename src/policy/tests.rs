@@ -296,6 +296,7 @@ fn list_files_warn_or_fail_naming_file_and_line() {
     main.extend_from_slice(b"\xff\xfe\tA1d\n");
     main.extend_from_slice("炸 药\tA1d\n".as_bytes());
     main.extend_from_slice(b"x\tA1d\n");
+    main.extend_from_slice(format!("{}\tA1d\n", "长".repeat(22_000)).as_bytes());
     write(dir.path(), "main.txt", &main);
     write(
         dir.path(),
@@ -320,6 +321,7 @@ fn list_files_warn_or_fail_naming_file_and_line() {
         "main.txt:5: line is not valid utf-8",
         "main.txt:6: duplicate term `炸 药` in category A1d (first at main.txt:2)",
         "main.txt:7: term `x` normalizes to the single character `x`",
+        "main.txt:8: term of 66000 bytes after normalization; the limit is 65535",
         "keyword library has 3 terms, fewer than the 10000",
     ] {
         assert!(w.contains(needle), "missing {needle:?} in\n{w}");
