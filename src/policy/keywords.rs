@@ -280,9 +280,13 @@ struct Automaton {
     /// The root's successor along each BMP character (`ROOT`: none), so a step from the root is
     /// one load.
     root_next: Vec<u32>,
-    /// One bit per BMP character: whether the root has an edge along it (8 KiB, where
-    /// `root_next` is 256 KiB), for passing over text no term starts in.
-    root_bits: Vec<u64>,
+    /// One bit per BMP character: whether any term contains it. Any other character leads
+    /// every state back to the root at once (a space between words of a list that has none).
+    used_bits: Vec<u64>,
+    /// The state after two ASCII characters from the root, by `a << 7 | b` (`ROOT`: none; empty
+    /// when no term starts with two): from a depth-one state, one load where English text would
+    /// pass the pair filter at nearly every letter and probe a large hashed run.
+    ascii2: Vec<u32>,
     /// States at depth one have ids below `d1_end`, at depth two below `d2_end`.
     d1_end: u32,
     d2_end: u32,
@@ -435,7 +439,8 @@ impl Automaton {
         let mut a = Automaton {
             mem,
             root_next: vec![ROOT; 0x1_0000],
-            root_bits: vec![0u64; 0x1_0000 / 64],
+            used_bits: vec![0u64; 0x1_0000 / 64],
+            ascii2: Vec::new(),
             d1_end,
             d2_end,
             pairs,
@@ -486,6 +491,27 @@ impl Automaton {
             }
         }
         a.fill_root_table();
+        for t in sorted {
+            for c in t.chars().map(|c| c as usize).filter(|&c| c < 0x1_0000) {
+                a.used_bits[c >> 6] |= 1 << (c & 63);
+            }
+        }
+        for j in 0..a.mem[H_LEN] as usize {
+            let (c1, t1) = (a.mem[HEADER + 2 * j], a.mem[HEADER + 2 * j + 1] & !OUT);
+            if c1 >= 0x80 {
+                continue;
+            }
+            let t1 = t1 as usize;
+            for k in 0..a.mem[t1 + H_LEN] as usize {
+                let (c2, t2) = (a.mem[t1 + HEADER + 2 * k], a.mem[t1 + HEADER + 2 * k + 1]);
+                if c2 < 0x80 {
+                    if a.ascii2.is_empty() {
+                        a.ascii2 = vec![ROOT; 1 << 14];
+                    }
+                    a.ascii2[(c1 << 7 | c2) as usize] = t2;
+                }
+            }
+        }
         Ok(a)
     }
 
@@ -496,7 +522,6 @@ impl Automaton {
             let (c, t) = (self.mem[HEADER + 2 * j], self.mem[HEADER + 2 * j + 1]);
             if c < 0x1_0000 {
                 self.root_next[c as usize] = t;
-                self.root_bits[c as usize >> 6] |= 1 << (c & 63);
             }
         }
     }
@@ -564,6 +589,10 @@ impl Automaton {
     /// out most continuations before the state is touched.
     #[inline(always)]
     fn next(&self, mut s: u32, c: u32, p1: u32, p2: u32) -> u32 {
+        if c < 0x1_0000 && self.used_bits[c as usize >> 6] & (1 << (c & 63)) == 0 {
+            // No term has `c`: every state goes back to the root, sparing the failure chain.
+            return ROOT;
+        }
         loop {
             s &= !OUT;
             if s == ROOT {
@@ -571,6 +600,10 @@ impl Automaton {
             }
             if s < self.d1_end {
                 // Spells `p1`; its failure link is the root.
+                if (p1 | c) < 0x80 && !self.ascii2.is_empty() {
+                    let t = self.ascii2[(p1 << 7 | c) as usize];
+                    return if t == ROOT { self.root_step(c) } else { t };
+                }
                 if !self.pairs.may_contain(key(&[p1, c])) {
                     return self.root_step(c);
                 }
@@ -605,24 +638,11 @@ impl Automaton {
         )
     }
 
-    /// From byte `q` of `hay` on, the first character the root has an edge along (or the
-    /// end): from the root, every other character leads back to the root.
-    #[inline]
-    fn skip(&self, hay: &[u8], mut q: usize) -> usize {
-        while q < hay.len() {
-            let (c, n) = decode(hay, q);
-            if c >= 0x1_0000 || self.root_bits[c as usize >> 6] & (1 << (c & 63)) != 0 {
-                return q;
-            }
-            q += n;
-        }
-        q
-    }
-
     fn memory_usage(&self) -> usize {
         self.mem.capacity() * 4
             + self.root_next.capacity() * 4
-            + self.root_bits.capacity() * 8
+            + self.used_bits.capacity() * 8
+            + self.ascii2.capacity() * 4
             + self.pairs.memory_usage()
             + self.triples.memory_usage()
     }
@@ -787,7 +807,7 @@ impl KeywordSet {
             p1,
             p2,
             walked_to,
-            best,
+            best: best_kept,
         } = bufs;
         out.clear();
         let hay = text.as_bytes();
@@ -798,29 +818,31 @@ impl KeywordSet {
             return None;
         };
         let amax = allow.max_len();
-        let (mut s, mut c1, mut c2) = (*state, *p1, *p2);
+        let (mut s, mut c1, mut c2, mut best) = (*state, *p1, *p2, *best_kept);
         let mut q = walked_to.saturating_sub(base).min(n);
-        loop {
+        *walked_to = base + n;
+        let hold = loop {
             // Read to the end of the text, settling matches as they become decidable.
             while q < n {
-                if s == ROOT && best.is_none() {
-                    q = a.skip(hay, q);
-                    if q >= n {
-                        break;
-                    }
-                }
                 let (c, len) = decode(hay, q);
                 q += len;
-                s = a.next(s, c, c1, c2);
+                if s == ROOT {
+                    s = a.root_step(c);
+                    if s == ROOT && best.is_none() {
+                        continue;
+                    }
+                } else {
+                    s = a.next(s, c, c1, c2);
+                }
                 (c1, c2) = (c, c1);
                 if s & OUT != 0 {
                     let (depth, term) = a.output(s);
                     let start = base + q - depth;
-                    match best {
+                    match &mut best {
                         Some(b) if b.start < start => {}
                         Some(b) if b.start == start => (b.end, b.term) = (base + q, term),
                         _ => {
-                            *best = Some(Best {
+                            best = Some(Best {
                                 start,
                                 end: base + q,
                                 term,
@@ -828,11 +850,11 @@ impl KeywordSet {
                         }
                     }
                 }
-                if let Some(b) = *best {
+                if let Some(b) = best {
                     let live_from = base + q - a.depth_live(s).1;
                     if live_from > b.start && (amax == 0 || b.start + amax <= base + q) {
                         if let Some(r) = self.settle(allow, hay, base, b, out, false) {
-                            *best = None;
+                            best = None;
                             s = ROOT;
                             q = r - base;
                         }
@@ -840,32 +862,28 @@ impl KeywordSet {
                 }
             }
             let live_from = base + n - a.depth_live(s).1;
-            (*state, *p1, *p2, *walked_to) = (s, c1, c2, base + n);
-            let Some(b) = *best else {
-                if is_final || live_from == base + n {
-                    *cursor = base + n;
-                    return None;
-                }
-                *cursor = live_from;
-                return Some(live_from);
+            let Some(b) = best else {
+                break (!is_final && live_from < base + n).then_some(live_from);
             };
             if is_final || live_from > b.start {
                 match self.settle(allow, hay, base, b, out, !is_final) {
                     Some(r) => {
-                        *best = None;
+                        best = None;
                         s = ROOT;
                         q = r - base;
                         continue;
                     }
-                    None => {
-                        *cursor = b.start;
-                        return Some(b.start);
-                    }
+                    None => break Some(b.start),
                 }
             }
-            *cursor = live_from;
-            return Some(live_from);
+            break Some(live_from);
+        };
+        if is_final {
+            (s, c1, c2, best) = (ROOT, 0, 0, None);
         }
+        (*state, *p1, *p2, *best_kept) = (s, c1, c2, best);
+        *cursor = hold.unwrap_or(base + n);
+        hold
     }
 }
 
