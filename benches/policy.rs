@@ -5,12 +5,12 @@
 //! 1M-term compile ≤ 5 s and ≤ 300 MB.
 //!
 //! Last figures (shared, noisy 2-core machine): the character-level Aho–Corasick automaton
-//! against the list of trie walks it replaced, best of three interleaved runs of each: scan
-//! realistic 81 → 90 MB/s, worst 76 → 76 MB/s; streaming on 1–4-character pieces realistic
-//! 44 → 54 MB/s, worst 38 → 45 MB/s. Instructions per 1 MiB (callgrind): scan realistic 131M →
-//! 105M, worst 140M → 139M; streaming realistic 279M → 222M, worst 360M → 295M. Normalization
-//! alone runs at 416 (realistic) and 218 (worst) MB/s, so it is about a fifth of a realistic
-//! scan. 1M-term compile 1.39 s, policy ≈ 179 MiB by RSS (automaton 121 MiB). A full
+//! against the list of trie walks it replaced. Instructions per 1 MiB (callgrind): scan
+//! realistic 131M → 100M, worst 140M → 131M; streaming on 1–4-character pieces realistic
+//! 279M → 229M, worst 360M → 302M; the load bench's 1 KB request with its 10k-term list 157k →
+//! 152k. Wall time moves with the machine (±30 %); see the README for this session's runs.
+//! Normalization alone runs at 416 (realistic) and 218 (worst) MB/s, about a fifth of a
+//! realistic scan. 1M-term compile 1.39 s, policy ≈ 179 MiB by RSS (automaton 121 MiB). A full
 //! aho-corasick DFA of the same terms is no faster than the default contiguous NFA the
 //! baseline uses (74–87 MB/s, 47 MiB).
 

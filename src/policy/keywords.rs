@@ -279,14 +279,14 @@ struct Automaton {
     mem: Vec<u32>,
     /// The root's successor along each BMP character (`ROOT`: none), so a step from the root is
     /// one load.
-    root_next: Vec<u32>,
+    root_next: Box<[u32; 0x1_0000]>,
     /// One bit per BMP character: whether any term contains it. Any other character leads
     /// every state back to the root at once (a space between words of a list that has none).
-    used_bits: Vec<u64>,
-    /// The state after two ASCII characters from the root, by `a << 7 | b` (`ROOT`: none; empty
-    /// when no term starts with two): from a depth-one state, one load where English text would
-    /// pass the pair filter at nearly every letter and probe a large hashed run.
-    ascii2: Vec<u32>,
+    used_bits: Box<[u64; 0x1_0000 / 64]>,
+    /// The state after two ASCII characters from the root, by `a << 7 | b` (`ROOT`: none): from
+    /// a depth-one state, one load where English text would pass the pair filter at nearly
+    /// every letter and probe a large hashed run. Fixed-size tables: indexes need no checks.
+    ascii2: Box<[u32; 1 << 14]>,
     /// States at depth one have ids below `d1_end`, at depth two below `d2_end`.
     d1_end: u32,
     d2_end: u32,
@@ -438,9 +438,9 @@ impl Automaton {
         drop(first);
         let mut a = Automaton {
             mem,
-            root_next: vec![ROOT; 0x1_0000],
-            used_bits: vec![0u64; 0x1_0000 / 64],
-            ascii2: Vec::new(),
+            root_next: table(ROOT)?,
+            used_bits: table(0)?,
+            ascii2: table(ROOT)?,
             d1_end,
             d2_end,
             pairs,
@@ -505,9 +505,6 @@ impl Automaton {
             for k in 0..a.mem[t1 + H_LEN] as usize {
                 let (c2, t2) = (a.mem[t1 + HEADER + 2 * k], a.mem[t1 + HEADER + 2 * k + 1]);
                 if c2 < 0x80 {
-                    if a.ascii2.is_empty() {
-                        a.ascii2 = vec![ROOT; 1 << 14];
-                    }
                     a.ascii2[(c1 << 7 | c2) as usize] = t2;
                 }
             }
@@ -600,7 +597,7 @@ impl Automaton {
             }
             if s < self.d1_end {
                 // Spells `p1`; its failure link is the root.
-                if (p1 | c) < 0x80 && !self.ascii2.is_empty() {
+                if (p1 | c) < 0x80 {
                     let t = self.ascii2[(p1 << 7 | c) as usize];
                     return if t == ROOT { self.root_step(c) } else { t };
                 }
@@ -617,6 +614,34 @@ impl Automaton {
             }
             s = self.mem[s as usize + H_FAIL];
         }
+    }
+
+    /// Read `hay` from byte `q` in state `s` (after characters `p1`, `p2`) until a state where
+    /// a term ends, or the end. Returns the position, state and last two characters there.
+    /// Kept apart from the decision logic so that its few values stay in registers.
+    #[inline(never)]
+    fn read_until_output(
+        &self,
+        hay: &[u8],
+        mut q: usize,
+        mut s: u32,
+        mut p1: u32,
+        mut p2: u32,
+    ) -> (usize, u32, u32, u32) {
+        while q < hay.len() && s & OUT == 0 {
+            let (c, len) = decode(hay, q);
+            q += len;
+            if s == ROOT {
+                s = self.root_step(c);
+                if s == ROOT {
+                    continue;
+                }
+            } else {
+                s = self.next(s, c, p1, p2);
+            }
+            (p1, p2) = (c, p1);
+        }
+        (q, s, p1, p2)
     }
 
     /// Depth and live length of state `s` (flagged or not).
@@ -640,12 +665,20 @@ impl Automaton {
 
     fn memory_usage(&self) -> usize {
         self.mem.capacity() * 4
-            + self.root_next.capacity() * 4
-            + self.used_bits.capacity() * 8
-            + self.ascii2.capacity() * 4
+            + std::mem::size_of_val(&*self.root_next)
+            + std::mem::size_of_val(&*self.used_bits)
+            + std::mem::size_of_val(&*self.ascii2)
             + self.pairs.memory_usage()
             + self.triples.memory_usage()
     }
+}
+
+/// A boxed table of `N` copies of `v`, built on the heap.
+fn table<T: Copy, const N: usize>(v: T) -> Result<Box<[T; N]>, String> {
+    vec![v; N]
+        .into_boxed_slice()
+        .try_into()
+        .map_err(|_| "keyword table of the wrong size".to_owned())
 }
 
 /// The character at byte `q` of valid UTF-8 `hay` (which must not end there) and its length.
@@ -752,6 +785,19 @@ impl KeywordSet {
         self.auto.is_none()
     }
 
+    /// A term ends at absolute `end` in flagged state `s`: make it the match so far if it starts
+    /// no later than the one held (leftmost, then longest).
+    #[inline(always)]
+    fn note_output(&self, a: &Automaton, s: u32, end: usize, best: &mut Option<Best>) {
+        let (depth, term) = a.output(s);
+        let start = end - depth;
+        match best {
+            Some(b) if b.start < start => {}
+            Some(b) if b.start == start => (b.end, b.term) = (end, term),
+            _ => *best = Some(Best { start, end, term }),
+        }
+    }
+
     /// Settle match `b`, returning where the search goes on: suppressed by an allow phrase
     /// that contains it (one character after its start), or reported (at its end). `None`
     /// when, with `open` (text still to come), an allow phrase that could contain it is still
@@ -824,30 +870,26 @@ impl KeywordSet {
         let hold = loop {
             // Read to the end of the text, settling matches as they become decidable.
             while q < n {
-                let (c, len) = decode(hay, q);
-                q += len;
-                if s == ROOT {
-                    s = a.root_step(c);
-                    if s == ROOT && best.is_none() {
-                        continue;
+                // A long stretch with nothing to decide goes through the tight loop; a
+                // token-sized piece is not worth its set-up.
+                if best.is_none() && s & OUT == 0 && n - q >= 32 {
+                    (q, s, c1, c2) = a.read_until_output(hay, q, s, c1, c2);
+                    if s & OUT == 0 {
+                        break;
                     }
+                    // A term ends at `q`: decided below as if read here.
+                    self.note_output(a, s, base + q, &mut best);
                 } else {
-                    s = a.next(s, c, c1, c2);
-                }
-                (c1, c2) = (c, c1);
-                if s & OUT != 0 {
-                    let (depth, term) = a.output(s);
-                    let start = base + q - depth;
-                    match &mut best {
-                        Some(b) if b.start < start => {}
-                        Some(b) if b.start == start => (b.end, b.term) = (base + q, term),
-                        _ => {
-                            best = Some(Best {
-                                start,
-                                end: base + q,
-                                term,
-                            })
-                        }
+                    let (c, len) = decode(hay, q);
+                    q += len;
+                    s = if s == ROOT {
+                        a.root_step(c)
+                    } else {
+                        a.next(s, c, c1, c2)
+                    };
+                    (c1, c2) = (c, c1);
+                    if s & OUT != 0 {
+                        self.note_output(a, s, base + q, &mut best);
                     }
                 }
                 if let Some(b) = best {
