@@ -315,6 +315,8 @@ impl Automaton {
         let mut triples = PrefixFilter::new(sorted.len());
         let mut term = vec![0u32];
         let mut depth = vec![0u16];
+        // Depth in characters (only one and two matter: the filters' ranges).
+        let mut chars = vec![0u8];
         let mut path: Vec<u32> = vec![0];
         let mut prev = "";
         for (i, t) in sorted.iter().enumerate() {
@@ -341,6 +343,7 @@ impl Automaton {
                 d += c.len_utf8();
                 term.push(0);
                 depth.push(d as u16);
+                chars.push(u8::try_from(path.len()).unwrap_or(u8::MAX));
                 raw.push((path[path.len() - 1], c as u32, id));
                 path.push(id);
             }
@@ -381,6 +384,11 @@ impl Automaton {
         while k < order.len() {
             let n = order[k] as usize;
             off[n] = u32::try_from(at).map_err(|_| too_big())?;
+            match chars[n] {
+                1 => d1_end = off[n] + 1,
+                2 => d2_end = off[n] + 1,
+                _ => {}
+            }
             at += HEADER + 2 * slots(n, k == 0);
             for &(_, child) in children(n) {
                 order.push(child);
@@ -389,20 +397,6 @@ impl Automaton {
         }
         if at >= TERM as usize {
             return Err(too_big());
-        }
-        // Depth-one and depth-two ranges: by character depth along the breadth-first order.
-        let mut chars = vec![0u8; nodes];
-        for &n in &order {
-            for &(_, child) in children(n as usize) {
-                chars[child as usize] = chars[n as usize].saturating_add(1);
-            }
-        }
-        for &n in &order {
-            match chars[n as usize] {
-                1 => d1_end = off[n as usize] + 1,
-                2 => d2_end = off[n as usize] + 1,
-                _ => {}
-            }
         }
         d2_end = d2_end.max(d1_end);
         let mut mem = vec![0u32; at];
@@ -449,14 +443,12 @@ impl Automaton {
         a.fill_root_table();
         // Failure links, outputs and live lengths, breadth first: everything a state's values
         // come from is shallower, so already done.
+        let mut run = Vec::new();
         for &s in &states {
             let s = s as usize;
-            let len = a.mem[s + H_LEN] as usize;
-            for j in 0..len {
-                let (ch, t) = (a.mem[s + HEADER + 2 * j], a.mem[s + HEADER + 2 * j + 1]);
-                if ch == EMPTY {
-                    continue;
-                }
+            run.clear();
+            run.extend(a.edges(s));
+            for &(_, ch, t) in &run {
                 let fail = if s == ROOT as usize {
                     ROOT
                 } else {
@@ -481,12 +473,11 @@ impl Automaton {
         }
         // Flag the edges into states where a term ends (a suffix's, too).
         for &s in &states {
-            let s = s as usize;
-            let len = a.mem[s + H_LEN] as usize;
-            for j in 0..len {
-                let (ch, t) = (a.mem[s + HEADER + 2 * j], a.mem[s + HEADER + 2 * j + 1]);
-                if ch != EMPTY && a.mem[t as usize + H_OUT] != 0 {
-                    a.mem[s + HEADER + 2 * j + 1] |= OUT;
+            run.clear();
+            run.extend(a.edges(s as usize));
+            for &(w, _, t) in &run {
+                if a.mem[t as usize + H_OUT] != 0 {
+                    a.mem[w] |= OUT;
                 }
             }
         }
@@ -496,26 +487,34 @@ impl Automaton {
                 a.used_bits[c >> 6] |= 1 << (c & 63);
             }
         }
-        for j in 0..a.mem[H_LEN] as usize {
-            let (c1, t1) = (a.mem[HEADER + 2 * j], a.mem[HEADER + 2 * j + 1] & !OUT);
-            if c1 >= 0x80 {
-                continue;
-            }
-            let t1 = t1 as usize;
-            for k in 0..a.mem[t1 + H_LEN] as usize {
-                let (c2, t2) = (a.mem[t1 + HEADER + 2 * k], a.mem[t1 + HEADER + 2 * k + 1]);
-                if c2 < 0x80 {
-                    a.ascii2[(c1 << 7 | c2) as usize] = t2;
-                }
-            }
+        let two: Vec<(u32, u32)> = a
+            .edges(ROOT as usize)
+            .filter(|&(_, c1, _)| c1 < 0x80)
+            .flat_map(|(_, c1, t1)| {
+                a.edges((t1 & !OUT) as usize)
+                    .filter(|&(_, c2, _)| c2 < 0x80)
+                    .map(move |(_, c2, t2)| (c1 << 7 | c2, t2))
+            })
+            .collect();
+        for (k, t2) in two {
+            a.ascii2[k as usize] = t2;
         }
         Ok(a)
     }
 
-    /// Copy the root's edges into the direct tables.
+    /// The edges of state `s`, empty hash slots left out: (index of the target's word in
+    /// `mem`, char, target).
+    fn edges(&self, s: usize) -> impl Iterator<Item = (usize, u32, u32)> + '_ {
+        let len = self.mem[s + H_LEN] as usize;
+        (0..len)
+            .map(move |j| s + HEADER + 2 * j)
+            .filter(|&w| self.mem[w] != EMPTY)
+            .map(|w| (w + 1, self.mem[w], self.mem[w + 1]))
+    }
+
+    /// Copy the root's edges into the direct table.
     fn fill_root_table(&mut self) {
-        let len = self.mem[H_LEN] as usize;
-        for j in 0..len {
+        for j in 0..self.mem[H_LEN] as usize {
             let (c, t) = (self.mem[HEADER + 2 * j], self.mem[HEADER + 2 * j + 1]);
             if c < 0x1_0000 {
                 self.root_next[c as usize] = t;
