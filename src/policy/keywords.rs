@@ -174,6 +174,9 @@ impl AllowSet {
     }
 }
 
+/// Most ASCII characters the terms may use for [`Automaton`]'s `ascii3` table (`n³` entries:
+/// 40 gives 250 KiB; lower-case letters, digits and a space are 37).
+const ASCII3_MAX_CLASSES: usize = 40;
 /// Runs of at most this many edges are scanned; larger ones are open-addressing hash tables.
 const LINEAR_MAX: usize = 8;
 /// Marks an empty slot of a hashed run (no `char` has this value).
@@ -287,6 +290,15 @@ struct Automaton {
     /// a depth-one state, one load where English text would pass the pair filter at nearly
     /// every letter and probe a large hashed run. Fixed-size tables: indexes need no checks.
     ascii2: Box<[u32; 1 << 14]>,
+    /// The step from a depth-two state along a third character, for ASCII text: indexed by
+    /// the classes (`ascii_class`) of the state's two characters and the next one, it holds
+    /// what the failure chain would give (no filter, no chain). English text through a library
+    /// of English words otherwise walks the triple filter and a failure link at most letters.
+    /// Empty when the terms use so many ASCII characters that the table would not stay small.
+    ascii3: Box<[u32]>,
+    /// Per ASCII character that some term uses: its class (0..`ascii_n`), in `ascii3`'s index.
+    ascii_class: [u8; 128],
+    ascii_n: usize,
     /// States at depth one have ids below `d1_end`, at depth two below `d2_end`.
     d1_end: u32,
     d2_end: u32,
@@ -435,6 +447,9 @@ impl Automaton {
             root_next: table(ROOT)?,
             used_bits: table(0)?,
             ascii2: table(ROOT)?,
+            ascii3: Box::new([]),
+            ascii_class: [0; 128],
+            ascii_n: 0,
             d1_end,
             d2_end,
             pairs,
@@ -499,6 +514,7 @@ impl Automaton {
         for (k, t2) in two {
             a.ascii2[k as usize] = t2;
         }
+        a.fill_ascii3();
         Ok(a)
     }
 
@@ -510,6 +526,35 @@ impl Automaton {
             .map(move |j| s + HEADER + 2 * j)
             .filter(|&w| self.mem[w] != EMPTY)
             .map(|w| (w + 1, self.mem[w], self.mem[w + 1]))
+    }
+
+    /// Build `ascii3` when the terms use at most `ASCII3_MAX_CLASSES` ASCII characters.
+    fn fill_ascii3(&mut self) {
+        let used: Vec<u32> = (0..0x80u32)
+            .filter(|&c| self.used_bits[c as usize >> 6] & (1 << (c & 63)) != 0)
+            .collect();
+        let n = used.len();
+        if n == 0 || n > ASCII3_MAX_CLASSES {
+            return;
+        }
+        for (k, &c) in used.iter().enumerate() {
+            self.ascii_class[c as usize] = k as u8;
+        }
+        let mut t = vec![ROOT; n * n * n];
+        for (i, &a) in used.iter().enumerate() {
+            for (j, &b) in used.iter().enumerate() {
+                let s2 = self.ascii2[(a << 7 | b) as usize] & !OUT;
+                if s2 == ROOT {
+                    // No term starts with `a b`: no state spells them, the row is never read.
+                    continue;
+                }
+                for (k, &c) in used.iter().enumerate() {
+                    t[(i * n + j) * n + k] = self.step(s2, c);
+                }
+            }
+        }
+        self.ascii3 = t.into_boxed_slice();
+        self.ascii_n = n;
     }
 
     /// Copy the root's edges into the direct table.
@@ -581,32 +626,81 @@ impl Automaton {
     }
 
     /// [`Automaton::step`] for a state that was reached by reading text ending in `p2`, `p1`
-    /// (`p1` last): at depth one or two the state spells them, and the prefix filters rule
-    /// out most continuations before the state is touched.
+    /// (`p1` last): at depth one or two the state spells them, and the prefix filters (or,
+    /// for ASCII, the direct tables) decide most steps before the state is touched.
+    ///
+    /// The shallow cases are written out before any loop: inside one, the compiler computed
+    /// every case's filter key and table index up front, and every step paid for all of them.
     #[inline(always)]
-    fn next(&self, mut s: u32, c: u32, p1: u32, p2: u32) -> u32 {
+    fn next(&self, s: u32, c: u32, p1: u32, p2: u32) -> u32 {
         if c < 0x1_0000 && self.used_bits[c as usize >> 6] & (1 << (c & 63)) == 0 {
             // No term has `c`: every state goes back to the root, sparing the failure chain.
             return ROOT;
         }
+        let s = s & !OUT;
+        if s == ROOT {
+            return self.root_step(c);
+        }
+        if s < self.d1_end {
+            return self.depth_one_step(s, c, p1);
+        }
+        if s < self.d2_end {
+            // Spells `p2 p1`.
+            if (p2 | p1 | c) < 0x80 && self.ascii_n != 0 {
+                // All three are characters some term uses (`c` passed `used_bits`; the state
+                // spells the other two), so each has a class.
+                let n = self.ascii_n;
+                let cls = |x: u32| usize::from(self.ascii_class[x as usize]);
+                return self.ascii3[(cls(p2) * n + cls(p1)) * n + cls(c)];
+            }
+            if !self.triples.may_contain(key(&[p2, p1, c])) {
+                // Its failure link is the state of `p1`, if any.
+                let d1 = self.root_step(p1) & !OUT;
+                return if d1 == ROOT {
+                    self.root_step(c)
+                } else {
+                    self.depth_one_step(d1, c, p1)
+                };
+            }
+        }
+        if let Some(t) = self.goto(s, c) {
+            return t;
+        }
+        self.deep_step(self.mem[s as usize + H_FAIL], c, p1, p2)
+    }
+
+    /// [`Automaton::next`] from state `s` at depth one, which spells `p1` and fails to the root.
+    #[inline(always)]
+    fn depth_one_step(&self, s: u32, c: u32, p1: u32) -> u32 {
+        if (p1 | c) < 0x80 {
+            let t = self.ascii2[(p1 << 7 | c) as usize];
+            return if t == ROOT { self.root_step(c) } else { t };
+        }
+        if !self.pairs.may_contain(key(&[p1, c])) {
+            return self.root_step(c);
+        }
+        match self.goto(s, c) {
+            Some(t) => t,
+            None => self.root_step(c),
+        }
+    }
+
+    /// [`Automaton::next`] from `s`, the failure link of a state that has no edge along `c`:
+    /// its goto edge, else on down the failure chain, the filters applied again at the shallow
+    /// states on the way.
+    #[inline(never)]
+    fn deep_step(&self, mut s: u32, c: u32, p1: u32, p2: u32) -> u32 {
         loop {
+            if s < self.d2_end && s >= self.d1_end && !self.triples.may_contain(key(&[p2, p1, c])) {
+                // A depth-two state that `c` cannot continue: on to the state of `p1`.
+                s = self.root_step(p1);
+            }
             s &= !OUT;
             if s == ROOT {
                 return self.root_step(c);
             }
             if s < self.d1_end {
-                // Spells `p1`; its failure link is the root.
-                if (p1 | c) < 0x80 {
-                    let t = self.ascii2[(p1 << 7 | c) as usize];
-                    return if t == ROOT { self.root_step(c) } else { t };
-                }
-                if !self.pairs.may_contain(key(&[p1, c])) {
-                    return self.root_step(c);
-                }
-            } else if s < self.d2_end && !self.triples.may_contain(key(&[p2, p1, c])) {
-                // Spells `p2 p1`; its failure link is the state of `p1`, if any.
-                s = self.root_step(p1);
-                continue;
+                return self.depth_one_step(s, c, p1);
             }
             if let Some(t) = self.goto(s, c) {
                 return t;
@@ -667,6 +761,7 @@ impl Automaton {
             + std::mem::size_of_val(&*self.root_next)
             + std::mem::size_of_val(&*self.used_bits)
             + std::mem::size_of_val(&*self.ascii2)
+            + std::mem::size_of_val(&*self.ascii3)
             + self.pairs.memory_usage()
             + self.triples.memory_usage()
     }
@@ -1169,6 +1264,33 @@ mod tests {
         .prop_map(|v| v.concat())
     }
 
+    /// Mostly ASCII letters and spaces, with an occasional CJK character.
+    fn ascii_text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "c", "d", "e", "a", "e", " ", "炸"]),
+            len,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    #[test]
+    fn ascii_table_only_for_few_ascii_characters() {
+        let few = build_terms(&["tok".into(), "okay".into(), "炸弹".into()]);
+        assert_eq!(few.auto.as_ref().map(|a| a.ascii_n), Some(5));
+        // 60 distinct ASCII characters: the table would be 60³ entries, so there is none,
+        // and matching goes through the filters as before.
+        let wide: Vec<String> = (0x21u8..0x5D)
+            .map(|b| format!("{}{}x", b as char, b as char))
+            .collect();
+        let ks = build_terms(&wide);
+        assert_eq!(ks.auto.as_ref().map(|a| a.ascii_n), Some(0));
+        let text = "x !!x ##x zz ((x";
+        assert_eq!(
+            run(&ks, &AllowSet::default(), text, true).0,
+            reference(&wide, text)
+        );
+    }
+
     /// One-shot and streamed in `cuts`, the matches of `terms` in `text` are aho-corasick's.
     fn equals_reference(terms: &[String], text: &str, cuts: &[usize]) -> Result<(), TestCaseError> {
         let ks = build_terms(terms);
@@ -1188,6 +1310,18 @@ mod tests {
         fn wide_fan_out_equals_aho_corasick(
             terms in prop::collection::vec(wide_text(1..5), 1..300),
             text in wide_text(0..120),
+            cuts in prop::collection::vec(0usize..400, 0..12),
+        ) {
+            equals_reference(&terms, &text, &cuts)?;
+        }
+
+        /// A dense library of ASCII words (every pair and most triples of its letters begin a
+        /// term, as in a list of English words): the direct table for depth-two states gives
+        /// aho-corasick's matches, around the odd non-ASCII character too.
+        #[test]
+        fn dense_ascii_library_equals_aho_corasick(
+            terms in prop::collection::vec(ascii_text(1..6), 1..200),
+            text in ascii_text(0..150),
             cuts in prop::collection::vec(0usize..400, 0..12),
         ) {
             equals_reference(&terms, &text, &cuts)?;

@@ -564,29 +564,8 @@ impl Normalizer {
                             && st.pending_sep.is_none()
                             && matches!(st.last, Last::Word { .. })))
                 {
-                    let is_word = |x: u8| x < 0x80 && self.table.ascii_word[usize::from(x)] != 0;
-                    let word_end = |from: usize| {
-                        bytes[from..]
-                            .iter()
-                            .position(|&x| !is_word(x))
-                            .map_or(bytes.len(), |k| from + k)
-                    };
-                    let mut run = word_end(i);
-                    // English-like text (`tok tok tok`): one space between this word (of two
-                    // characters at least, since it continues the last) and a next word of two
-                    // characters at least stays one space at the same offset, so words and gaps
-                    // map byte for byte and go in the same run (lower-cased as one string).
-                    if self.separators
-                        && self.table.ascii_lower.is_some()
-                        && self.table.space_is_sep
-                    {
-                        while bytes.get(run) == Some(&b' ')
-                            && bytes.get(run + 1).is_some_and(|&x| is_word(x))
-                            && bytes.get(run + 2).is_some_and(|&x| is_word(x))
-                        {
-                            run = word_end(run + 1);
-                        }
-                    }
+                    // This word continues the last, so it has two characters at least.
+                    let run = self.more_words(bytes, self.word_end(bytes, i));
                     out.emit_ascii_run(&self.table, &piece[i..run], base + i);
                     if self.separators {
                         st.last = Last::Word { single_left: false };
@@ -664,6 +643,38 @@ impl Normalizer {
         }
     }
 
+    /// Whether `b` is an ASCII byte that maps to one word character.
+    #[inline(always)]
+    fn is_ascii_word(&self, b: u8) -> bool {
+        b < 0x80 && self.table.ascii_word[usize::from(b)] != 0
+    }
+
+    /// Where the run of ASCII word bytes from `from` ends.
+    #[inline(always)]
+    fn word_end(&self, bytes: &[u8], from: usize) -> usize {
+        bytes[from..]
+            .iter()
+            .position(|&x| !self.is_ascii_word(x))
+            .map_or(bytes.len(), |k| from + k)
+    }
+
+    /// English-like text (`tok tok tok`): after a word of two characters at least ending at
+    /// `run`, one space and a next word of two characters at least stay one space at the same
+    /// offset, so words and gaps map byte for byte and go in the same run (lower-cased as one
+    /// string). Returns where that run of words ends (`run` when it does not apply).
+    #[inline(always)]
+    fn more_words(&self, bytes: &[u8], mut run: usize) -> usize {
+        if self.separators && self.table.ascii_lower.is_some() && self.table.space_is_sep {
+            while bytes.get(run) == Some(&b' ')
+                && bytes.get(run + 1).is_some_and(|&x| self.is_ascii_word(x))
+                && bytes.get(run + 2).is_some_and(|&x| self.is_ascii_word(x))
+            {
+                run = self.word_end(bytes, run + 1);
+            }
+        }
+        run
+    }
+
     /// Fast path for a run of ASCII separators at `i` with no word character held: the
     /// per-character path would keep the first one pending (unless at a boundary) and ignore
     /// the rest. Between a word of several characters and an ASCII word later in this piece
@@ -690,12 +701,16 @@ impl Normalizer {
             return None;
         }
         let start = i + 1 + bytes[i + 1..].iter().take_while(|&&b| is_sep(b)).count();
-        let word = |b: u8| b < 0x80 && self.table.ascii_word[usize::from(b)] != 0;
         if st.pending_sep.is_none()
             && st.last == (Last::Word { single_left: false })
-            && bytes.get(start).is_some_and(|&b| word(b))
+            && bytes.get(start).is_some_and(|&b| self.is_ascii_word(b))
         {
-            let end = start + bytes[start..].iter().take_while(|&&b| word(b)).count();
+            let mut end = self.word_end(bytes, start);
+            if end - start >= 2 {
+                // English sentences (`… meeting. Please summarise …`): the words after a
+                // punctuation run go in one run too, not one call here per word.
+                end = self.more_words(bytes, end);
+            }
             out.emit(' ', base + i, base + i + 1);
             out.emit_ascii_run(&self.table, &piece[start..end], base + start);
             st.last = Last::Word {
@@ -890,6 +905,12 @@ mod tests {
         assert_eq!(norm("bad_phrase!"), "bad phrase");
         assert_eq!(norm("  lead and trail  "), "lead and trail");
         assert_eq!(norm_with(only("case"), "a  b"), "a  b");
+        // Sentences: each punctuation run between words becomes one space, and the words
+        // after it (a single letter among them) keep their own rule.
+        assert_eq!(
+            norm("The meeting. Please summarise, the notes; a b c done"),
+            "the meeting please summarise the notes abc done"
+        );
     }
 
     #[test]
