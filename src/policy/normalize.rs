@@ -64,7 +64,7 @@ const MULTI: u32 = 1 << 31;
 pub(crate) struct CharTable {
     /// One packed entry per BMP code point: a single output char and its class, `REMOVED`, or
     /// `MULTI | index` into `multi`.
-    bmp: Vec<u32>,
+    bmp: Box<[u32; 0x1_0000]>,
     multi: Vec<Box<[(char, Class)]>>,
     /// Per ASCII byte: the ASCII byte it maps to when that is a single word character (letters
     /// and digits under every flag set), else 0. Drives the fast path through ASCII words.
@@ -263,7 +263,10 @@ impl CharTable {
             && space & CHAR_MASK == u32::from(b' ')
             && Class::from_bits(space >> CLASS_SHIFT) == Class::Sep;
         CharTable {
-            bmp,
+            bmp: bmp
+                .into_boxed_slice()
+                .try_into()
+                .expect("one entry per BMP code point"),
             multi,
             ascii_word,
             ascii_lower,
@@ -595,15 +598,18 @@ impl Normalizer {
                 // CJK) that normalize to themselves as CJK is copied as it is. With nothing
                 // held, each would only clear the pending separator run and emit itself.
                 let mut j = i;
-                while bytes.get(j).is_some_and(|x| (0xE0..0xF0).contains(x)) {
-                    let cp = u32::from(bytes[j] & 0x0F) << 12
-                        | u32::from(bytes[j + 1] & 0x3F) << 6
-                        | u32::from(bytes[j + 2] & 0x3F);
-                    let e = self.table.bmp[cp as usize];
-                    if e & (MULTI | REMOVED) != 0
-                        || e & CHAR_MASK != cp
-                        || Class::from_bits(e >> CLASS_SHIFT) != Class::Cjk
-                    {
+                // The entry of a CJK character that maps to itself: no flag, its own code
+                // point, class CJK (one comparison instead of three checks).
+                const SELF_CJK: u32 = (Class::Cjk as u32) << CLASS_SHIFT;
+                while let Some(&[b0, b1, b2]) = bytes.get(j..j + 3) {
+                    if !(0xE0..0xF0).contains(&b0) {
+                        break;
+                    }
+                    let cp = u32::from(b0 & 0x0F) << 12
+                        | u32::from(b1 & 0x3F) << 6
+                        | u32::from(b2 & 0x3F);
+                    // `cp` < 0x10000: the table needs no bounds check.
+                    if self.table.bmp[cp as u16 as usize] != cp | SELF_CJK {
                         break;
                     }
                     j += 3;
