@@ -53,9 +53,12 @@ impl TextApi for Anthropic {
     }
 
     fn json_mode(&self, req: &Value) -> bool {
-        ["/output_format/type", "/output_config/format/type"]
-            .iter()
-            .any(|p| req.pointer(p).and_then(Value::as_str) == Some("json_schema"))
+        [
+            &["output_format", "type"][..],
+            &["output_config", "format", "type"],
+        ]
+        .iter()
+        .any(|p| super::json::at(req, p).and_then(Value::as_str) == Some("json_schema"))
     }
 
     fn codec(&self, extras: Extras, labels: Option<TextLabels>) -> AnthropicCodec {

@@ -24,6 +24,17 @@ use serde_json::{Map, Value};
 
 use crate::dialect::error::{ApiError, ErrorKind};
 
+/// The member at `keys` below `v` (objects only): `Value::pointer` without its allocation of
+/// every path segment (measured: about 4k instructions of a moderated 1 KB request).
+pub fn at<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(v, |v, k| v.get(k))
+}
+
+/// [`at`] for changing the member.
+pub fn at_mut<'a>(v: &'a mut Value, keys: &[&str]) -> Option<&'a mut Value> {
+    keys.iter().try_fold(v, |v, k| v.get_mut(k))
+}
+
 /// Parse a request body as JSON, refusing duplicate keys, trailing data and non-UTF-8 input.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, ApiError> {
     read_strict(bytes).map_err(|e| {

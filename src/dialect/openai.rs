@@ -131,7 +131,7 @@ pub fn wants_stream(req: &Value) -> bool {
 /// Whether the client asked for JSON output (an explicit label would break it).
 pub fn json_mode(req: &Value) -> bool {
     matches!(
-        req.pointer("/response_format/type").and_then(Value::as_str),
+        super::json::at(req, &["response_format", "type"]).and_then(Value::as_str),
         Some("json_object" | "json_schema")
     )
 }
@@ -261,7 +261,7 @@ pub fn label_choices(
             continue;
         }
         let slot = match flavor {
-            Flavor::Chat => c.pointer_mut("/message/content"),
+            Flavor::Chat => super::json::at_mut(c, &["message", "content"]),
             Flavor::Completions => c.get_mut("text"),
         };
         if let Some(Value::String(text)) = slot {

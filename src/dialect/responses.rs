@@ -75,7 +75,7 @@ impl TextApi for Responses {
 
     fn json_mode(&self, req: &Value) -> bool {
         matches!(
-            req.pointer("/text/format/type").and_then(Value::as_str),
+            super::json::at(req, &["text", "format", "type"]).and_then(Value::as_str),
             Some("json_object" | "json_schema")
         )
     }

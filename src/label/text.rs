@@ -163,7 +163,7 @@ pub fn chat_delivered_text(body: &serde_json::Value) -> String {
         return out;
     };
     for choice in choices {
-        match choice.pointer("/message/content") {
+        match crate::dialect::json::at(choice, &["message", "content"]) {
             Some(serde_json::Value::String(s)) => out.push_str(s),
             Some(serde_json::Value::Array(parts)) => {
                 for p in parts {

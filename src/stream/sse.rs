@@ -99,7 +99,9 @@ impl SseFramer {
 /// Find the first line terminator: (length of the line, bytes to skip past the terminator).
 /// A CR at the very end of the buffer is not taken as a terminator yet, since an LF may follow.
 fn find_line_end(b: &[u8], at_eof: bool) -> Option<(usize, usize)> {
-    let pos = b.iter().position(|&c| c == b'\n' || c == b'\r')?;
+    // memchr looks at a vector's width of bytes a step: an event's JSON line is read twice
+    // (framing, then fields), and a byte-by-byte search was most of the framer's cost.
+    let pos = memchr::memchr2(b'\n', b'\r', b)?;
     if b[pos] == b'\n' {
         return Some((pos, pos + 1));
     }
