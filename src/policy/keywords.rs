@@ -15,7 +15,8 @@
 //! of a stream to the next: nothing is searched twice except the few characters between a
 //! decided match's end and where it was decided. Small filters of the terms' first two and
 //! three characters ([`PrefixFilter`]) rule out most transitions from shallow states without
-//! touching the automaton.
+//! touching the automaton; on ASCII text, direct tables give the step from a state of depth one
+//! or two in one load.
 //!
 //! While a stream is open a position `p` is *live* when a term could still be matching from
 //! it, i.e. the normalized text from `p` to the end of what has arrived is a proper prefix of
