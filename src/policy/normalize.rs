@@ -66,9 +66,10 @@ pub(crate) struct CharTable {
     /// `MULTI | index` into `multi`.
     bmp: Box<[u32; 0x1_0000]>,
     multi: Vec<Box<[(char, Class)]>>,
-    /// Per ASCII byte: the ASCII byte it maps to when that is a single word character (letters
-    /// and digits under every flag set), else 0. Drives the fast path through ASCII words.
-    ascii_word: [u8; 128],
+    /// Per byte: the ASCII byte it maps to when it is an ASCII byte that maps to a single word
+    /// character (letters and digits under every flag set), else 0 (every byte from 0x80 on).
+    /// Drives the fast path through ASCII words; 256 entries, so a byte indexes it unchecked.
+    ascii_word: [u8; 256],
     /// How `ascii_word` maps the bytes it keeps: `Some(false)` each to itself, `Some(true)`
     /// each to its ASCII lower case (then a run is copied and lower-cased in place), `None`
     /// otherwise (a run is mapped byte by byte).
@@ -234,8 +235,8 @@ impl CharTable {
                 }
             };
         }
-        let mut ascii_word = [0u8; 128];
-        for (b, slot) in ascii_word.iter_mut().enumerate() {
+        let mut ascii_word = [0u8; 256];
+        for (b, slot) in ascii_word.iter_mut().enumerate().take(0x80) {
             let e = bmp[b];
             let d = e & CHAR_MASK;
             if e & (MULTI | REMOVED) == 0
@@ -652,7 +653,7 @@ impl Normalizer {
     /// Whether `b` is an ASCII byte that maps to one word character.
     #[inline(always)]
     fn is_ascii_word(&self, b: u8) -> bool {
-        b < 0x80 && self.table.ascii_word[usize::from(b)] != 0
+        self.table.ascii_word[usize::from(b)] != 0
     }
 
     /// Where the run of ASCII word bytes from `from` ends.
