@@ -280,7 +280,12 @@ fn build_categories(cfg: &PolicyConfig, r: &mut Report) -> (Vec<Category>, Vec<O
 }
 
 /// The strictest applicable category among entries sharing one normalized term.
-fn keyword_set(entries: &[Entry], cats: &[Category], dir: Direction) -> Result<KeywordSet, String> {
+fn keyword_set(
+    entries: &[Entry],
+    cats: &[Category],
+    allow: &AllowSet,
+    dir: Direction,
+) -> Result<KeywordSet, String> {
     let mut list: Vec<(&str, TermMeta)> = Vec::with_capacity(entries.len());
     let mut i = 0;
     while i < entries.len() {
@@ -312,7 +317,7 @@ fn keyword_set(entries: &[Entry], cats: &[Category], dir: Direction) -> Result<K
         }
         i = j;
     }
-    KeywordSet::build(&list)
+    KeywordSet::build(&list, allow)
 }
 
 fn hash_field(h: &mut Sha256, bytes: &[u8]) {
@@ -484,9 +489,10 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
     // Per-direction matchers; shared when no category is limited to one side.
     let one_sided = cats.iter().any(|c| c.applies_to != AppliesTo::Both);
     let build_err = |e: String| PolicyError::Invalid(vec![format!("keyword automaton: {e}")]);
-    let kw_prompt = Arc::new(keyword_set(&entries, &cats, Direction::Prompt).map_err(build_err)?);
+    let kw_prompt =
+        Arc::new(keyword_set(&entries, &cats, &allow, Direction::Prompt).map_err(build_err)?);
     let kw_completion = if one_sided {
-        Arc::new(keyword_set(&entries, &cats, Direction::Completion).map_err(build_err)?)
+        Arc::new(keyword_set(&entries, &cats, &allow, Direction::Completion).map_err(build_err)?)
     } else {
         Arc::clone(&kw_prompt)
     };

@@ -185,10 +185,10 @@ const EMPTY: u32 = u32::MAX;
 /// Longest normalized term, in bytes (a state's depth is 16 bits).
 pub(crate) const MAX_TERM_BYTES: usize = u16::MAX as usize;
 /// The automaton's root: the empty string.
-const ROOT: u32 = 0;
+pub(super) const ROOT: u32 = 0;
 /// Set in a state id held by an edge (or the root table) when a term ends at that state (its
 /// `out` is not the root), so reading on needs no load of the state until something matches.
-const OUT: u32 = 1 << 31;
+pub(super) const OUT: u32 = 1 << 31;
 
 /// The first two (or three) characters of every term at least that long, as a one-hash bit
 /// set (a Bloom filter with k = 1) keyed by [`key`]: a state spelling the characters before
@@ -279,8 +279,10 @@ const TERM: u32 = 1 << 31;
 /// Hand-written: the aho-corasick crate runs over bytes (three steps for a CJK character,
 /// through a byte-level automaton many times larger) and does not expose, for a stream, how
 /// far back a match could still begin.
-struct Automaton {
+pub(super) struct Automaton {
     mem: Vec<u32>,
+    /// Longest term, in normalized bytes.
+    max_len: usize,
     /// The root's successor along each BMP character (`ROOT`: none), so a step from the root is
     /// one load.
     root_next: Box<[u32; 0x1_0000]>,
@@ -445,6 +447,7 @@ impl Automaton {
         drop(first);
         let mut a = Automaton {
             mem,
+            max_len: sorted.iter().map(|t| t.len()).max().unwrap_or(0),
             root_next: table(ROOT)?,
             used_bits: table(0)?,
             ascii2: table(ROOT)?,
@@ -592,7 +595,7 @@ impl Automaton {
 
     /// The root's successor along `c` (`ROOT` when no term starts with it).
     #[inline(always)]
-    fn root_step(&self, c: u32) -> u32 {
+    pub(super) fn root_step(&self, c: u32) -> u32 {
         if c < 0x1_0000 {
             return self.root_next[c as usize];
         }
@@ -633,7 +636,7 @@ impl Automaton {
     /// The shallow cases are written out before any loop: inside one, the compiler computed
     /// every case's filter key and table index up front, and every step paid for all of them.
     #[inline(always)]
-    fn next(&self, s: u32, c: u32, p1: u32, p2: u32) -> u32 {
+    pub(super) fn next(&self, s: u32, c: u32, p1: u32, p2: u32) -> u32 {
         if c < 0x1_0000 && self.used_bits[c as usize >> 6] & (1 << (c & 63)) == 0 {
             // No term has `c`: every state goes back to the root, sparing the failure chain.
             return ROOT;
@@ -740,14 +743,14 @@ impl Automaton {
 
     /// Depth and live length of state `s` (flagged or not).
     #[inline(always)]
-    fn depth_live(&self, s: u32) -> (usize, usize) {
+    pub(super) fn depth_live(&self, s: u32) -> (usize, usize) {
         let dl = self.mem[(s & !OUT) as usize + H_DEPTH_LIVE];
         ((dl & 0xFFFF) as usize, (dl >> 16) as usize)
     }
 
     /// For a flagged state: the depth and 1 + index of the longest term ending there.
     #[inline]
-    fn output(&self, s: u32) -> (usize, u32) {
+    pub(super) fn output(&self, s: u32) -> (usize, u32) {
         let s = (s & !OUT) as usize;
         let o = self.mem[s + H_OUT];
         let t = if o & TERM != 0 { s } else { o as usize };
@@ -755,6 +758,31 @@ impl Automaton {
             (self.mem[t + H_DEPTH_LIVE] & 0xFFFF) as usize,
             self.mem[t + H_OUT] & !TERM,
         )
+    }
+
+    /// Longest term, in normalized bytes.
+    pub(super) fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Mark in `hit` (by term index) every term that occurs in `text`, overlaps included.
+    fn mark_terms_in(&self, text: &str, hit: &mut [bool]) {
+        let mut s = ROOT;
+        for c in text.chars() {
+            s = self.step(s, c as u32) & !OUT;
+            // The terms ending here: the longest, then along the failure chain.
+            let mut t = s;
+            while t != ROOT {
+                let o = self.mem[t as usize + H_OUT];
+                let ts = if o & TERM != 0 { t } else { o };
+                if ts == ROOT {
+                    break;
+                }
+                let term = self.mem[ts as usize + H_OUT] & !TERM;
+                hit[term as usize - 1] = true;
+                t = self.mem[ts as usize + H_FAIL];
+            }
+        }
     }
 
     fn memory_usage(&self) -> usize {
@@ -808,6 +836,9 @@ fn decode(hay: &[u8], q: usize) -> (u32, usize) {
 pub(crate) struct KeywordSet {
     auto: Option<Automaton>,
     meta: Vec<TermMeta>,
+    /// By term index: whether the term occurs inside some allow phrase. A match of any other
+    /// term can never be suppressed, so it needs no allow-list check and no wait for context.
+    allowable: Vec<bool>,
 }
 
 /// The leftmost-longest match found so far and not yet decided, in absolute normalized offsets.
@@ -856,18 +887,37 @@ fn next_char(hay: &[u8], p: usize) -> usize {
 }
 
 impl KeywordSet {
-    /// `sorted`: distinct normalized terms in sorted order with their meaning.
-    pub fn build(sorted: &[(&str, TermMeta)]) -> Result<KeywordSet, String> {
+    /// `sorted`: distinct normalized terms in sorted order with their meaning; `allow`: the
+    /// allow list their matches are checked against.
+    pub fn build(sorted: &[(&str, TermMeta)], allow: &AllowSet) -> Result<KeywordSet, String> {
         let refs: Vec<&str> = sorted.iter().map(|(t, _)| *t).collect();
         let auto = if refs.is_empty() {
             None
         } else {
             Some(Automaton::build(&refs)?)
         };
+        let mut allowable = vec![false; refs.len()];
+        if let Some(a) = &auto {
+            for p in &allow.phrases {
+                a.mark_terms_in(p, &mut allowable);
+            }
+        }
         Ok(KeywordSet {
             auto,
             meta: sorted.iter().map(|(_, m)| *m).collect(),
+            allowable,
         })
+    }
+
+    pub(super) fn automaton(&self) -> Option<&Automaton> {
+        self.auto.as_ref()
+    }
+
+    /// The meaning of term `1 + index` and whether an allow phrase contains it.
+    #[inline]
+    pub(super) fn term(&self, term: u32) -> (TermMeta, bool) {
+        let i = term as usize - 1;
+        (self.meta[i], self.allowable[i])
     }
 
     pub fn memory_usage(&self) -> usize {
@@ -907,10 +957,11 @@ impl KeywordSet {
         open: bool,
     ) -> Option<usize> {
         let (s, e) = (b.start - base, b.end - base);
-        if allow.contains(hay, s, e) {
+        let allowable = self.allowable[b.term as usize - 1];
+        if allowable && allow.contains(hay, s, e) {
             return Some(base + next_char(hay, s));
         }
-        if open && allow.pending(hay, s, e) {
+        if open && allowable && allow.pending(hay, s, e) {
             return None;
         }
         out.push(Hit {
@@ -989,7 +1040,11 @@ impl KeywordSet {
                 }
                 if let Some(b) = best {
                     let live_from = base + q - a.depth_live(s).1;
-                    if live_from > b.start && (amax == 0 || b.start + amax <= base + q) {
+                    if live_from > b.start
+                        && (amax == 0
+                            || !self.allowable[b.term as usize - 1]
+                            || b.start + amax <= base + q)
+                    {
                         if let Some(r) = self.settle(allow, hay, base, b, out, false) {
                             best = None;
                             s = ROOT;
@@ -1029,6 +1084,10 @@ mod tests {
     use super::*;
 
     fn set(terms: &[&str]) -> KeywordSet {
+        set_with(terms, &AllowSet::default())
+    }
+
+    fn set_with(terms: &[&str], allow: &AllowSet) -> KeywordSet {
         let mut v: Vec<&str> = terms.to_vec();
         v.sort_unstable();
         let with: Vec<(&str, TermMeta)> = v
@@ -1044,7 +1103,7 @@ mod tests {
                 )
             })
             .collect();
-        KeywordSet::build(&with).expect("builds")
+        KeywordSet::build(&with, allow).expect("builds")
     }
 
     fn run(
@@ -1084,8 +1143,13 @@ mod tests {
 
     #[test]
     fn allow_phrase_suppresses_contained_match() {
-        let ks = set(&["炸弹", "鱼翅"]);
         let allow = AllowSet::build(vec!["炸弹鱼".into()]).expect("builds");
+        let ks = set_with(&["炸弹", "鱼翅"], &allow);
+        assert_eq!(
+            ks.allowable,
+            [true, false],
+            "炸弹 is inside 炸弹鱼, 鱼翅 is not"
+        );
         assert_eq!(run(&ks, &allow, "一条炸弹鱼", true).0, vec![]);
         assert_eq!(run(&ks, &allow, "制造炸弹", true).0, [(6, 12)]);
         // A match reaching beyond the allow occurrence is not suppressed.
@@ -1223,6 +1287,10 @@ mod tests {
     }
 
     fn build_terms(terms: &[String]) -> KeywordSet {
+        build_terms_with(terms, &AllowSet::default())
+    }
+
+    fn build_terms_with(terms: &[String], allow: &AllowSet) -> KeywordSet {
         let mut v: Vec<&str> = terms.iter().map(String::as_str).collect();
         v.sort_unstable();
         v.dedup();
@@ -1239,7 +1307,7 @@ mod tests {
                 )
             })
             .collect();
-        KeywordSet::build(&with).expect("builds")
+        KeywordSet::build(&with, allow).expect("builds")
     }
 
     use proptest::prelude::*;
@@ -1336,8 +1404,8 @@ mod tests {
             allow in prop::collection::vec(wide_text(1..7), 0..4),
             text in wide_text(0..40),
         ) {
-            let ks = build_terms(&terms);
             let allow_set = AllowSet::build(allow.clone()).expect("builds");
+            let ks = build_terms_with(&terms, &allow_set);
             prop_assert_eq!(run(&ks, &allow_set, &text, false), naive(&terms, &allow, &text, false));
             prop_assert_eq!(run(&ks, &allow_set, &text, true), naive(&terms, &allow, &text, true));
         }
@@ -1361,8 +1429,8 @@ mod tests {
             text in small_text(40),
             cuts in prop::collection::vec(0usize..160, 0..8),
         ) {
-            let ks = build_terms(&terms);
             let allow = AllowSet::build(allow).expect("builds");
+            let ks = build_terms_with(&terms, &allow);
             let whole = run(&ks, &allow, &text, true).0;
             prop_assert_eq!(streamed(&ks, &allow, &text, &cuts), whole);
         }

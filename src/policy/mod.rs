@@ -26,6 +26,7 @@ mod finding;
 mod keywords;
 mod lists;
 mod normalize;
+mod oneshot;
 mod pii;
 mod scanner;
 mod stats;
@@ -157,13 +158,69 @@ impl Policy {
     }
 
     /// Every finding in `text` for categories that apply to `dir`, in span order.
+    ///
+    /// Keywords go through the one-pass whole-text scan (`oneshot.rs`) unless it declines; then
+    /// the whole scan is the streaming machine fed once. Detectors read the original text.
     pub fn scan(&self, text: &str, dir: Direction) -> Vec<Finding> {
-        let mut core = scanner::ScanCore::new(self, dir);
+        let kws = self.keywords_for(dir);
+        let hits = if kws.is_empty() {
+            Some(Vec::new())
+        } else {
+            oneshot::keyword_hits(&self.normalizer, kws, text)
+        };
         let mut out = Vec::new();
-        core.push(self, dir, text, &mut out);
-        core.finish(self, dir, &mut out);
+        let Some(hits) = hits else {
+            let mut core = scanner::ScanCore::new(self, dir);
+            core.push(self, dir, text, &mut out);
+            core.finish(self, dir, &mut out);
+            out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+            return out;
+        };
+        out.extend(
+            hits.iter()
+                .map(|h| self.keyword_finding(h.meta, h.start..h.end)),
+        );
+        let mut spans = Vec::new();
+        for det in self.detectors_for(dir) {
+            let mut cursor = 0;
+            spans.clear();
+            det.step(text, 0, &mut cursor, true, &mut spans);
+            out.extend(spans.iter().map(|&(s, e)| self.detector_finding(det, s..e)));
+        }
         out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         out
+    }
+
+    /// The finding of a match of keyword `meta` at original `span`.
+    pub(crate) fn keyword_finding(
+        &self,
+        meta: keywords::TermMeta,
+        span: std::ops::Range<usize>,
+    ) -> Finding {
+        let detector = Detector::Keyword {
+            term_id: meta.term_id,
+        };
+        self.finding(meta.cat, detector, span)
+    }
+
+    /// The finding of detector `det` at original `span`.
+    pub(crate) fn detector_finding(
+        &self,
+        det: &PatternDetector,
+        span: std::ops::Range<usize>,
+    ) -> Finding {
+        self.finding(det.cat, det.finding_detector(), span)
+    }
+
+    fn finding(&self, cat: u16, detector: Detector, span: std::ops::Range<usize>) -> Finding {
+        let cat = &self.categories[usize::from(cat)];
+        Finding {
+            category: Arc::clone(&cat.id),
+            action: cat.action,
+            severity: cat.severity,
+            detector,
+            span,
+        }
     }
 
     /// A scanner for one text stream, holding this policy for its whole life.

@@ -308,6 +308,65 @@ pub(crate) struct NormBuf {
     dense: Vec<(usize, usize)>,
 }
 
+/// Where the normalizer puts its output: a [`NormBuf`] (the text and its map back to the
+/// original), or a reader that takes each character as it comes (the one-shot keyword scan,
+/// which never writes the normalized text out).
+pub(crate) trait Emit {
+    /// Whether the CJK fast path hands over each character (`emit_cjk`) instead of its run.
+    const PER_CHAR: bool;
+    /// One output character, from original bytes `os..oe`.
+    fn emit(&mut self, ch: char, os: usize, oe: usize);
+    /// A run of ASCII bytes from original offset `os`, each its own output character mapped
+    /// through `table.ascii_word` (single spaces between words stay spaces).
+    fn emit_ascii_run(&mut self, table: &CharTable, run: &str, os: usize);
+    /// A run that maps to itself character for character, from original offset `os`.
+    fn emit_verbatim(&mut self, run: &str, os: usize);
+    /// One three-byte CJK character `cp` that maps to itself, at original offset `os`
+    /// (only with `PER_CHAR`).
+    fn emit_cjk(&mut self, cp: u32, os: usize);
+    /// Make room for about `n` more output bytes.
+    fn reserve(&mut self, _n: usize) {}
+}
+
+impl Emit for NormBuf {
+    const PER_CHAR: bool = false;
+
+    #[inline(always)]
+    fn emit(&mut self, ch: char, os: usize, oe: usize) {
+        NormBuf::emit(self, ch, os, oe);
+    }
+
+    #[inline]
+    fn emit_ascii_run(&mut self, table: &CharTable, run: &str, os: usize) {
+        NormBuf::emit_ascii_run(self, table, run, os);
+    }
+
+    #[inline]
+    fn emit_verbatim(&mut self, run: &str, os: usize) {
+        NormBuf::emit_verbatim(self, run, os);
+    }
+
+    fn emit_cjk(&mut self, cp: u32, os: usize) {
+        let ch = char::from_u32(cp).unwrap_or(char::REPLACEMENT_CHARACTER);
+        NormBuf::emit(self, ch, os, os + ch.len_utf8());
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.text.reserve(n);
+    }
+}
+
+impl CharTable {
+    /// The output byte of ASCII byte `b` inside a run handed to [`Emit::emit_ascii_run`].
+    #[inline(always)]
+    pub(crate) fn run_byte(&self, b: u8) -> u8 {
+        match self.ascii_word[usize::from(b)] {
+            0 => b,
+            m => m,
+        }
+    }
+}
+
 impl NormBuf {
     #[inline(always)]
     fn emit(&mut self, ch: char, os: usize, oe: usize) {
@@ -381,11 +440,6 @@ impl NormBuf {
             self.dense
                 .extend(std::iter::repeat_n((o, o + c.len_utf8()), c.len_utf8()));
         }
-    }
-
-    /// Make room for about `n` more normalized bytes.
-    fn reserve(&mut self, n: usize) {
-        self.text.reserve(n);
     }
 
     /// The anchor covering normalized byte `i`.
@@ -551,7 +605,7 @@ impl Normalizer {
     }
 
     /// Normalize one piece whose first byte is at original offset `base`, appending to `out`.
-    pub fn feed(&self, st: &mut NormState, piece: &str, base: usize, out: &mut NormBuf) {
+    pub fn feed<E: Emit>(&self, st: &mut NormState, piece: &str, base: usize, out: &mut E) {
         let bytes = piece.as_bytes();
         out.reserve(bytes.len() + 4);
         let mut i = 0;
@@ -613,10 +667,15 @@ impl Normalizer {
                     if self.table.bmp[cp as u16 as usize] != cp | SELF_CJK {
                         break;
                     }
+                    if E::PER_CHAR {
+                        out.emit_cjk(cp, base + j);
+                    }
                     j += 3;
                 }
                 if j > i {
-                    out.emit_verbatim(&piece[i..j], base + i);
+                    if !E::PER_CHAR {
+                        out.emit_verbatim(&piece[i..j], base + i);
+                    }
                     if self.separators {
                         st.pending_sep = None;
                         st.last = Last::Cjk;
@@ -689,13 +748,13 @@ impl Normalizer {
     /// character, followed by the word's run: done here in one step too. Returns where to go
     /// on, or `None` when the case does not apply.
     #[inline]
-    fn separator_run(
+    fn separator_run<E: Emit>(
         &self,
         st: &mut NormState,
         piece: &str,
         i: usize,
         base: usize,
-        out: &mut NormBuf,
+        out: &mut E,
     ) -> Option<usize> {
         let bytes = piece.as_bytes();
         let is_sep = |b: u8| {
@@ -733,7 +792,7 @@ impl Normalizer {
 
     /// End of text: a held word character is single (boundary on its right); a trailing
     /// separator run is dropped. Resets `st` for a new text.
-    pub fn finish(&self, st: &mut NormState, out: &mut NormBuf) {
+    pub fn finish<E: Emit>(&self, st: &mut NormState, out: &mut E) {
         if let Some(h) = st.held.take() {
             out.emit(h.ch, h.os, h.oe);
         }
@@ -749,14 +808,14 @@ impl Normalizer {
     }
 
     #[inline(always)]
-    fn step(
+    fn step<E: Emit>(
         &self,
         st: &mut NormState,
         ch: char,
         class: Class,
         os: usize,
         oe: usize,
-        out: &mut NormBuf,
+        out: &mut E,
     ) {
         if !self.separators {
             out.emit(ch, os, oe);
@@ -824,7 +883,7 @@ impl Normalizer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn norm_with(f: NormalizeConfig, s: &str) -> String {
@@ -980,7 +1039,8 @@ mod tests {
 
     use proptest::prelude::*;
 
-    fn flags_strategy() -> impl Strategy<Value = NormalizeConfig> {
+    /// Every combination of the normalization steps.
+    pub(crate) fn flags_strategy() -> impl Strategy<Value = NormalizeConfig> {
         prop::array::uniform6(any::<bool>()).prop_map(|b| NormalizeConfig {
             width: b[0],
             case: b[1],

@@ -117,17 +117,11 @@ impl ScanCore {
             &mut self.kw_bufs,
         );
         for h in &self.kw_bufs.hits {
-            let cat = &policy.categories[h.meta.cat as usize];
-            out.push(Finding {
-                category: Arc::clone(&cat.id),
-                action: cat.action,
-                severity: cat.severity,
-                detector: super::Detector::Keyword {
-                    term_id: h.meta.term_id,
-                },
-                span: self.nbuf.orig_start(h.start - self.nbase)
+            out.push(policy.keyword_finding(
+                h.meta,
+                self.nbuf.orig_start(h.start - self.nbase)
                     ..self.nbuf.orig_end(h.end - 1 - self.nbase),
-            });
+            ));
         }
         let mut released = self.total;
         if !is_final {
@@ -151,16 +145,11 @@ impl ScanCore {
                 is_final,
                 &mut self.spans,
             );
-            let cat = &policy.categories[det.cat as usize];
-            for &(s, e) in &self.spans {
-                out.push(Finding {
-                    category: Arc::clone(&cat.id),
-                    action: cat.action,
-                    severity: cat.severity,
-                    detector: det.finding_detector(),
-                    span: s..e,
-                });
-            }
+            out.extend(
+                self.spans
+                    .iter()
+                    .map(|&(s, e)| policy.detector_finding(det, s..e)),
+            );
             if !is_final {
                 released = released.min(*cursor);
             }
