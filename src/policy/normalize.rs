@@ -312,25 +312,20 @@ pub(crate) struct NormBuf {
 /// original), or a reader that takes each character as it comes (the one-shot keyword scan,
 /// which never writes the normalized text out).
 pub(crate) trait Emit {
-    /// Whether the CJK fast path hands over each character (`emit_cjk`) instead of its run.
-    const PER_CHAR: bool;
     /// One output character, from original bytes `os..oe`.
     fn emit(&mut self, ch: char, os: usize, oe: usize);
     /// A run of ASCII bytes from original offset `os`, each its own output character mapped
     /// through `table.ascii_word` (single spaces between words stay spaces).
     fn emit_ascii_run(&mut self, table: &CharTable, run: &str, os: usize);
-    /// A run that maps to itself character for character, from original offset `os`.
-    fn emit_verbatim(&mut self, run: &str, os: usize);
-    /// One three-byte CJK character `cp` that maps to itself, at original offset `os`
-    /// (only with `PER_CHAR`).
-    fn emit_cjk(&mut self, cp: u32, os: usize);
+    /// The run of three-byte characters from `piece[i]` that map to themselves as CJK
+    /// ([`CharTable::self_cjk`]), `piece` at original offset `base`: output as they are.
+    /// Returns where the run ends (`i` when there is none).
+    fn cjk_run(&mut self, table: &CharTable, piece: &str, i: usize, base: usize) -> usize;
     /// Make room for about `n` more output bytes.
     fn reserve(&mut self, _n: usize) {}
 }
 
 impl Emit for NormBuf {
-    const PER_CHAR: bool = false;
-
     #[inline(always)]
     fn emit(&mut self, ch: char, os: usize, oe: usize) {
         NormBuf::emit(self, ch, os, oe);
@@ -342,13 +337,15 @@ impl Emit for NormBuf {
     }
 
     #[inline]
-    fn emit_verbatim(&mut self, run: &str, os: usize) {
-        NormBuf::emit_verbatim(self, run, os);
-    }
-
-    fn emit_cjk(&mut self, cp: u32, os: usize) {
-        let ch = char::from_u32(cp).unwrap_or(char::REPLACEMENT_CHARACTER);
-        NormBuf::emit(self, ch, os, os + ch.len_utf8());
+    fn cjk_run(&mut self, table: &CharTable, piece: &str, i: usize, base: usize) -> usize {
+        let mut j = i;
+        while table.self_cjk(piece.as_bytes(), j).is_some() {
+            j += 3;
+        }
+        if j > i {
+            NormBuf::emit_verbatim(self, &piece[i..j], base + i);
+        }
+        j
     }
 
     fn reserve(&mut self, n: usize) {
@@ -357,6 +354,25 @@ impl Emit for NormBuf {
 }
 
 impl CharTable {
+    /// The code point of the three-byte character at `bytes[j]` when it maps to itself as a
+    /// CJK character (the BMP beyond U+0800 holds all common CJK): then, with nothing held,
+    /// the separator rule only clears the pending run before it.
+    #[inline(always)]
+    pub(crate) fn self_cjk(&self, bytes: &[u8], j: usize) -> Option<u32> {
+        // The entry of a CJK character that maps to itself: no flag, its own code point,
+        // class CJK (one comparison instead of three checks).
+        const SELF_CJK: u32 = (Class::Cjk as u32) << CLASS_SHIFT;
+        let &[b0, b1, b2] = bytes.get(j..j + 3)? else {
+            return None;
+        };
+        if !(0xE0..0xF0).contains(&b0) {
+            return None;
+        }
+        let cp = u32::from(b0 & 0x0F) << 12 | u32::from(b1 & 0x3F) << 6 | u32::from(b2 & 0x3F);
+        // `cp` < 0x10000: the table needs no bounds check.
+        (self.bmp[cp as u16 as usize] == cp | SELF_CJK).then_some(cp)
+    }
+
     /// The output byte of ASCII byte `b` inside a run handed to [`Emit::emit_ascii_run`].
     #[inline(always)]
     pub(crate) fn run_byte(&self, b: u8) -> u8 {
@@ -652,30 +668,8 @@ impl Normalizer {
                 // Fast path: a run of three-byte characters (the BMP beyond U+0800: all common
                 // CJK) that normalize to themselves as CJK is copied as it is. With nothing
                 // held, each would only clear the pending separator run and emit itself.
-                let mut j = i;
-                // The entry of a CJK character that maps to itself: no flag, its own code
-                // point, class CJK (one comparison instead of three checks).
-                const SELF_CJK: u32 = (Class::Cjk as u32) << CLASS_SHIFT;
-                while let Some(&[b0, b1, b2]) = bytes.get(j..j + 3) {
-                    if !(0xE0..0xF0).contains(&b0) {
-                        break;
-                    }
-                    let cp = u32::from(b0 & 0x0F) << 12
-                        | u32::from(b1 & 0x3F) << 6
-                        | u32::from(b2 & 0x3F);
-                    // `cp` < 0x10000: the table needs no bounds check.
-                    if self.table.bmp[cp as u16 as usize] != cp | SELF_CJK {
-                        break;
-                    }
-                    if E::PER_CHAR {
-                        out.emit_cjk(cp, base + j);
-                    }
-                    j += 3;
-                }
+                let j = out.cjk_run(&self.table, piece, i, base);
                 if j > i {
-                    if !E::PER_CHAR {
-                        out.emit_verbatim(&piece[i..j], base + i);
-                    }
                     if self.separators {
                         st.pending_sep = None;
                         st.last = Last::Cjk;

@@ -145,8 +145,8 @@ impl Walker<'_> {
         let (meta, allowable) = self.kws.term(b.term);
         // An allow phrase might suppress it: only the streaming way can tell.
         self.declined |= allowable;
-        let first = self.index_of(b.start);
-        let next = self.index_of(b.end);
+        let next = self.index_before(self.head, b.end);
+        let first = self.index_before(next, b.start);
         self.hits.push(Hit {
             start: self.ring[first & self.mask].os as usize,
             end: self.ring[(next - 1) & self.mask].oe as usize,
@@ -157,9 +157,9 @@ impl Walker<'_> {
         next
     }
 
-    /// The first entry read that starts at or after normalized offset `n` (`head` if none).
-    fn index_of(&self, n: u32) -> usize {
-        let mut j = self.head;
+    /// The first entry that starts at or after normalized offset `n`, searching back from
+    /// entry `j` (`j` if none before it does).
+    fn index_before(&self, mut j: usize, n: u32) -> usize {
         while j > 0 && self.ring[(j - 1) & self.mask].nstart >= n {
             j -= 1;
         }
@@ -181,8 +181,6 @@ impl Walker<'_> {
 }
 
 impl Emit for Walker<'_> {
-    const PER_CHAR: bool = true;
-
     #[inline(always)]
     fn emit(&mut self, ch: char, os: usize, oe: usize) {
         self.read(ch as u32, ch.len_utf8() as u32, os as u32, oe as u32);
@@ -196,18 +194,15 @@ impl Emit for Walker<'_> {
     }
 
     #[inline(always)]
-    fn emit_verbatim(&mut self, run: &str, os: usize) {
-        for (k, ch) in run.char_indices() {
-            let o = (os + k) as u32;
-            let n = ch.len_utf8() as u32;
-            self.read(ch as u32, n, o, o + n);
+    fn cjk_run(&mut self, table: &CharTable, piece: &str, i: usize, base: usize) -> usize {
+        let bytes = piece.as_bytes();
+        let mut j = i;
+        while let Some(cp) = table.self_cjk(bytes, j) {
+            let o = (base + j) as u32;
+            self.read(cp, 3, o, o + 3);
+            j += 3;
         }
-    }
-
-    #[inline(always)]
-    fn emit_cjk(&mut self, cp: u32, os: usize) {
-        let o = os as u32;
-        self.read(cp, 3, o, o + 3);
+        j
     }
 }
 
