@@ -612,6 +612,11 @@ impl std::fmt::Debug for Normalizer {
 }
 
 impl Normalizer {
+    /// The character table of this normalizer's flags.
+    pub(crate) fn table(&self) -> &CharTable {
+        &self.table
+    }
+
     pub fn new(flags: &NormalizeConfig) -> Normalizer {
         Normalizer {
             table: CharTable::get(flags),

@@ -3,11 +3,12 @@
 //! A stream (`scanner.rs`) writes its normalized text out with a map back to the original,
 //! because both must outlive the piece that produced them. A whole text needs neither: here the
 //! normalizer hands each normalized character straight to the automaton (through [`Emit`]),
-//! and the only thing kept is a ring of the last characters read (as many as the longest term
-//! is long, plus a few) with their original offsets: enough to find where a match starts, and
-//! to read again the characters after a decided match, as `KeywordSet::drain` does. The
-//! matches are the same as that function's over the whole normalized text; the tests compare
-//! the two.
+//! and the only thing kept is a ring of the last stretches read ([`Seg`]: a run of text that
+//! maps byte for byte, or one character) back to where the longest term could begin: enough
+//! to find where a match starts and ends in the original, and to read again the characters
+//! after a decided match, as `KeywordSet::drain` does. A run of English or Chinese is one
+//! entry, so the automaton's step is nearly all a character costs. The matches are the same as
+//! `drain`'s over the whole normalized text; the tests compare the two.
 //!
 //! It declines, and the scan goes the streaming way fed once, when a term that some allow
 //! phrase contains matches (suppression reads the normalized text around the match), when the
@@ -17,7 +18,7 @@
 use super::keywords::{Automaton, KeywordSet, TermMeta, OUT, ROOT};
 use super::normalize::{CharTable, Emit, NormState, Normalizer};
 
-/// Longest term (normalized bytes) the ring is sized for.
+/// Longest term (normalized bytes) the stretch ring is sized for.
 const MAX_RING_TERM: usize = 1024;
 /// Longest text scanned this way; normalized offsets (NFKC expands at most 18 times) fit in
 /// `u32`.
@@ -31,13 +32,19 @@ pub(crate) struct Hit {
     pub meta: TermMeta,
 }
 
-/// One normalized character read: the character, its normalized start offset, and the
-/// original range it came from.
+/// Marks a [`Seg`] that is a run (see there).
+const RUN: u32 = u32::MAX;
+
+/// A stretch of the normalized text read, from normalized offset `nstart` to the next
+/// stretch's: either a *run*, whose normalized bytes are the original bytes from `os` mapped
+/// one for one through [`CharTable::run_byte`] (ASCII words, self-mapping CJK: all common
+/// text), or one character `c` from original bytes `os..oe`. Runs cost one entry however long.
 #[derive(Debug, Clone, Copy, Default)]
-struct Entry {
-    c: u32,
+struct Seg {
     nstart: u32,
     os: u32,
+    /// `RUN`, or the character.
+    c: u32,
     oe: u32,
 }
 
@@ -62,14 +69,16 @@ fn utf8_len(c: u32) -> u32 {
 struct Walker<'a> {
     a: &'a Automaton,
     kws: &'a KeywordSet,
+    table: &'a CharTable,
+    orig: &'a str,
     /// Automaton state (flagged, see `OUT`) and the last two characters read (`p1` last).
     s: u32,
     p1: u32,
     p2: u32,
     /// Normalized bytes read so far.
     npos: u32,
-    /// Entry `k` of the text is at `ring[k & mask]`; `head` entries were read.
-    ring: Box<[Entry]>,
+    /// Stretch `k` of the text is at `segs[k & mask]`; `head` were started.
+    segs: Box<[Seg]>,
     mask: usize,
     head: usize,
     best: Option<Best>,
@@ -78,17 +87,16 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    /// Read one normalized character `c`, `clen` bytes long, from original bytes `os..oe`.
+    /// Start a stretch at the current normalized offset.
     #[inline(always)]
-    fn read(&mut self, c: u32, clen: u32, os: u32, oe: u32) {
-        let nstart = self.npos;
-        self.npos = nstart + clen;
-        self.ring[self.head & self.mask] = Entry { c, nstart, os, oe };
+    fn push(&mut self, os: u32, c: u32, oe: u32) {
+        self.segs[self.head & self.mask] = Seg {
+            nstart: self.npos,
+            os,
+            c,
+            oe,
+        };
         self.head += 1;
-        self.step(c);
-        if self.s & OUT != 0 || self.best.is_some() {
-            self.decide(self.head);
-        }
     }
 
     #[inline(always)]
@@ -101,108 +109,179 @@ impl Walker<'_> {
         (self.p1, self.p2) = (c, self.p1);
     }
 
-    /// After entry `k - 1` was read: note a term ending there, settle the match held once no
-    /// earlier position is live, and read again from its end (up to `head`).
-    #[inline(never)]
-    fn decide(&mut self, mut k: usize) {
+    /// The stretch holding normalized offset `n` (which must have been read).
+    fn seg_at(&self, n: u32) -> Seg {
+        let mut k = self.head - 1;
         loop {
-            if self.s & OUT != 0 || self.best.is_some() {
-                let e = self.ring[(k - 1) & self.mask];
-                let q = e.nstart + utf8_len(e.c);
-                if self.s & OUT != 0 {
-                    let (depth, term) = self.a.output(self.s);
-                    let start = q - depth as u32;
-                    match &mut self.best {
-                        Some(b) if b.start < start => {}
-                        Some(b) if b.start == start => (b.end, b.term) = (q, term),
-                        _ => {
-                            self.best = Some(Best {
-                                start,
-                                end: q,
-                                term,
-                            })
-                        }
-                    }
-                }
-                if let Some(b) = self.best {
-                    let live = self.a.depth_live(self.s).1 as u32;
-                    if q - live > b.start {
-                        k = self.settle(b);
-                    }
-                }
+            let g = self.segs[k & self.mask];
+            if g.nstart <= n || k == 0 {
+                debug_assert!(self.head - k <= self.segs.len(), "stretch ring too small");
+                return g;
             }
-            if k == self.head {
-                return;
-            }
-            let c = self.ring[k & self.mask].c;
-            k += 1;
-            self.step(c);
+            k -= 1;
         }
     }
 
-    /// Report `b` and go back to the root at its end; returns the entry to read next.
-    fn settle(&mut self, b: Best) -> usize {
+    /// The character read at normalized offset `n`, and its length.
+    fn char_at(&self, n: u32) -> (u32, u32) {
+        let g = self.seg_at(n);
+        if g.c != RUN {
+            return (g.c, utf8_len(g.c));
+        }
+        let o = (g.os + (n - g.nstart)) as usize;
+        // A run's characters map byte for byte: ASCII through the table, others to themselves.
+        let ch = self.orig[o..].chars().next().unwrap_or_default();
+        if ch.is_ascii() {
+            return (u32::from(self.table.run_byte(ch as u8)), 1);
+        }
+        (ch as u32, ch.len_utf8() as u32)
+    }
+
+    /// Original start of the character at normalized offset `n`.
+    fn orig_start(&self, n: u32) -> usize {
+        let g = self.seg_at(n);
+        (if g.c == RUN {
+            g.os + (n - g.nstart)
+        } else {
+            g.os
+        }) as usize
+    }
+
+    /// Original end of the character that ends at normalized offset `n`.
+    fn orig_end(&self, n: u32) -> usize {
+        let g = self.seg_at(n - 1);
+        (if g.c == RUN {
+            g.os + (n - g.nstart)
+        } else {
+            g.oe
+        }) as usize
+    }
+
+    /// After the character ending at normalized offset `pos` was stepped: note a term ending
+    /// there, settle the match held once no earlier position is live (going back to its end),
+    /// and so on, reading on up to `limit`.
+    #[inline(never)]
+    fn decide(&mut self, mut pos: u32, limit: u32) {
+        loop {
+            if self.s & OUT != 0 {
+                let (depth, term) = self.a.output(self.s);
+                let start = pos - depth as u32;
+                match &mut self.best {
+                    Some(b) if b.start < start => {}
+                    Some(b) if b.start == start => (b.end, b.term) = (pos, term),
+                    _ => {
+                        self.best = Some(Best {
+                            start,
+                            end: pos,
+                            term,
+                        })
+                    }
+                }
+            }
+            if let Some(b) = self.best {
+                let live = self.a.depth_live(self.s).1 as u32;
+                if pos - live > b.start {
+                    self.settle(b);
+                    pos = b.end;
+                }
+            }
+            if pos == limit {
+                return;
+            }
+            let (c, n) = self.char_at(pos);
+            self.step(c);
+            pos += n;
+        }
+    }
+
+    /// Report `b` and go back to the root at its end.
+    fn settle(&mut self, b: Best) {
         let (meta, allowable) = self.kws.term(b.term);
         // An allow phrase might suppress it: only the streaming way can tell.
         self.declined |= allowable;
-        let next = self.index_before(self.head, b.end);
-        let first = self.index_before(next, b.start);
         self.hits.push(Hit {
-            start: self.ring[first & self.mask].os as usize,
-            end: self.ring[(next - 1) & self.mask].oe as usize,
+            start: self.orig_start(b.start),
+            end: self.orig_end(b.end),
             meta,
         });
         self.best = None;
         self.s = ROOT;
-        next
-    }
-
-    /// The first entry that starts at or after normalized offset `n`, searching back from
-    /// entry `j` (`j` if none before it does).
-    fn index_before(&self, mut j: usize, n: u32) -> usize {
-        while j > 0 && self.ring[(j - 1) & self.mask].nstart >= n {
-            j -= 1;
-        }
-        debug_assert!(self.head - j <= self.ring.len(), "ring too small");
-        j
     }
 
     /// End of text: settle what is held, reading again after each match.
     fn finish(&mut self) {
         while let Some(b) = self.best {
-            let k = self.settle(b);
-            if k < self.head {
-                let c = self.ring[k & self.mask].c;
+            self.settle(b);
+            if b.end < self.npos {
+                let (c, n) = self.char_at(b.end);
                 self.step(c);
-                self.decide(k + 1);
+                self.decide(b.end + n, self.npos);
             }
         }
+    }
+
+    /// Read a run (see [`Seg`]) from original offset `os` of characters `clen` bytes long,
+    /// as `char_of` gives them until `None`, with the state in locals (written back only
+    /// around the rare [`Walker::decide`]). Returns how many were read.
+    #[inline(always)]
+    fn read_run(&mut self, os: u32, clen: u32, mut char_of: impl FnMut() -> Option<u32>) -> u32 {
+        self.push(os, RUN, 0);
+        let (mut s, mut p1, mut p2) = (self.s, self.p1, self.p2);
+        let start = self.npos;
+        let mut npos = start;
+        let mut holding = self.best.is_some();
+        while let Some(c) = char_of() {
+            npos += clen;
+            s = if s == ROOT {
+                self.a.root_step(c)
+            } else {
+                self.a.next(s, c, p1, p2)
+            };
+            (p1, p2) = (c, p1);
+            if s & OUT != 0 || holding {
+                (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
+                self.decide(npos, npos);
+                (s, p1, p2) = (self.s, self.p1, self.p2);
+                holding = self.best.is_some();
+            }
+        }
+        (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
+        if npos == start {
+            // Nothing read: the stretch is not there.
+            self.head -= 1;
+        }
+        (npos - start) / clen
     }
 }
 
 impl Emit for Walker<'_> {
     #[inline(always)]
     fn emit(&mut self, ch: char, os: usize, oe: usize) {
-        self.read(ch as u32, ch.len_utf8() as u32, os as u32, oe as u32);
+        let c = ch as u32;
+        self.push(os as u32, c, oe as u32);
+        self.npos += ch.len_utf8() as u32;
+        self.step(c);
+        if self.s & OUT != 0 || self.best.is_some() {
+            self.decide(self.npos, self.npos);
+        }
     }
 
     #[inline(always)]
     fn emit_ascii_run(&mut self, table: &CharTable, run: &str, os: usize) {
-        for (o, &b) in (os as u32..).zip(run.as_bytes()) {
-            self.read(u32::from(table.run_byte(b)), 1, o, o + 1);
-        }
+        let mut it = run.bytes();
+        self.read_run(os as u32, 1, || Some(u32::from(table.run_byte(it.next()?))));
     }
 
     #[inline(always)]
     fn cjk_run(&mut self, table: &CharTable, piece: &str, i: usize, base: usize) -> usize {
         let bytes = piece.as_bytes();
         let mut j = i;
-        while let Some(cp) = table.self_cjk(bytes, j) {
-            let o = (base + j) as u32;
-            self.read(cp, 3, o, o + 3);
+        let n = self.read_run((base + i) as u32, 3, || {
+            let cp = table.self_cjk(bytes, j)?;
             j += 3;
-        }
-        j
+            Some(cp)
+        });
+        i + 3 * n as usize
     }
 }
 
@@ -221,11 +300,13 @@ pub(crate) fn keyword_hits(
     let mut w = Walker {
         a,
         kws,
+        table: normalizer.table(),
+        orig: text,
         s: ROOT,
         p1: 0,
         p2: 0,
         npos: 0,
-        ring: vec![Entry::default(); size].into_boxed_slice(),
+        segs: vec![Seg::default(); size].into_boxed_slice(),
         mask: size - 1,
         head: 0,
         best: None,
@@ -291,7 +372,8 @@ mod tests {
     fn matches_across_a_decided_match_are_read_again() {
         let terms = ["ab".to_owned(), "bab".to_owned(), "abc".to_owned()];
         let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
-        for text in ["abab", "ababc", "a b a b", "xabcabab", "ＡＢab"] {
+        let long = "xab ab abc 炸弹 a.b.a.b Ａbab ".repeat(400);
+        for text in ["abab", "ababc", "a b a b", "xabcabab", "ＡＢab", &long] {
             let one = p.scan(text, Direction::Completion);
             assert_eq!(one, streaming_once(&p, text), "{text}");
             assert!(!one.is_empty(), "{text}");
