@@ -226,6 +226,7 @@ impl Walker<'_> {
     #[inline(always)]
     fn read_run(&mut self, os: u32, clen: u32, mut char_of: impl FnMut() -> Option<u32>) -> u32 {
         self.push(os, RUN, 0);
+        let a = self.a;
         let (mut s, mut p1, mut p2) = (self.s, self.p1, self.p2);
         let start = self.npos;
         let mut npos = start;
@@ -233,9 +234,9 @@ impl Walker<'_> {
         while let Some(c) = char_of() {
             npos += clen;
             s = if s == ROOT {
-                self.a.root_step(c)
+                a.root_step(c)
             } else {
-                self.a.next(s, c, p1, p2)
+                a.next(s, c, p1, p2)
             };
             (p1, p2) = (c, p1);
             if s & OUT != 0 || holding {
