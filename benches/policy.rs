@@ -4,14 +4,15 @@
 //! Run with `cargo bench --bench policy`. Goals: scan ≥ 200 MB/s, streaming ≥ 50 MB/s,
 //! 1M-term compile ≤ 5 s and ≤ 300 MB.
 //!
-//! Last figures (shared, noisy 2-core machine, 2026-12-04): best of 9, realistic / worst, scan
-//! 137 / 124 MB/s (1.13 / 0.97 of bare aho-corasick, 122 / 128 MB/s in the same run), streaming
-//! on 1–4-character pieces 67 / 57 MB/s. Instructions per 1 MiB (callgrind), before and after
-//! the direct step table for ASCII depth-two states: scan 100.2M → 85.6M and 131.5M → 113.1M,
-//! streaming 231.3M → 220.4M and 305.4M → 289.3M. Normalization alone runs at 575 (realistic)
-//! and 280 (worst) MB/s. 1M-term compile 1.28 s, policy ≈ 181 MiB by RSS (automaton 122 MiB).
-//! A full aho-corasick DFA of the same terms (47 MiB) runs at about the default contiguous
-//! NFA's speed, which the ratio is taken against. Wall time moves with the machine (±30 %).
+//! Last figures (shared, noisy 2-core machine, 2026-12-04 18:03, in a slow state: bare
+//! aho-corasick ran at 78 / 86 MB/s, 122 / 128 at 16:13): best of 9, realistic / worst, scan
+//! 92 / 103 MB/s (1.18 / 1.20 of bare aho-corasick; the two-pass scan was 1.13 / 0.97),
+//! streaming on 1–4-character pieces 45 / 39 MB/s (0.57 / 0.45). Instructions per 1 MiB
+//! (callgrind), scan: 85.6M → 64.2M and 113.1M → 75.0M with the one-pass scan (`oneshot.rs`).
+//! Normalization alone runs at 358 (realistic) and 177 (worst) MB/s in the same state. 1M-term
+//! compile 1.29 s, policy ≈ 181 MiB by RSS (automaton 122 MiB). A full aho-corasick DFA of the
+//! same terms (47 MiB) runs at about the default contiguous NFA's speed, which the ratio is
+//! taken against. Wall time moves with the machine (±30 % and more).
 
 use std::hint::black_box;
 use std::path::Path;

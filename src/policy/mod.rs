@@ -8,8 +8,8 @@
 //!
 //! Files, in the order text meets them: `config.rs` (YAML shape), `lists.rs` (list files),
 //! `categories.rs` (the 31 TC260-003 types), `compile.rs`, `normalize.rs`, `keywords.rs`
-//! (term trie, allow list), `pii.rs` and `detect.rs` (regex detectors), `scanner.rs` (streaming),
-//! `finding.rs`, `stats.rs`.
+//! (term trie, allow list), `oneshot.rs` (a whole text: normalization and matching in one pass),
+//! `pii.rs` and `detect.rs` (regex detectors), `scanner.rs` (streaming), `finding.rs`, `stats.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
