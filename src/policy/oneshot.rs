@@ -394,6 +394,24 @@ mod tests {
         assert_eq!(p.scan("炸弹", Direction::Completion).len(), 1);
     }
 
+    #[test]
+    fn declines_for_terms_longer_than_the_ring() {
+        let long = "长".repeat(400);
+        let p = policy(
+            &[long.clone(), "ab".into()],
+            &[],
+            NormalizeConfig::default(),
+        )
+        .expect("compiles");
+        let kws = p.keywords_for(Direction::Completion);
+        assert!(super::keyword_hits(&p.normalizer, kws, "ab").is_none());
+        let text = format!("x{long}y ab");
+        let found = p.scan(&text, Direction::Completion);
+        assert_eq!(found, streaming_once(&p, &text));
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].span, 1..1 + long.len());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(600))]
 
