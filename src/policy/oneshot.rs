@@ -130,7 +130,11 @@ impl Walker<'_> {
         }
         let o = (g.os + (n - g.nstart)) as usize;
         // A run's characters map byte for byte: ASCII through the table, others to themselves.
-        let ch = self.orig[o..].chars().next().unwrap_or_default();
+        let ch = self
+            .orig
+            .get(o..)
+            .and_then(|t| t.chars().next())
+            .unwrap_or_default();
         if ch.is_ascii() {
             return (u32::from(self.table.run_byte(ch as u8)), 1);
         }
