@@ -595,7 +595,7 @@ impl Automaton {
 
     /// The root's successor along `c` (`ROOT` when no term starts with it).
     #[inline(always)]
-    pub(super) fn root_step(&self, c: u32) -> u32 {
+    fn root_step(&self, c: u32) -> u32 {
         if c < 0x1_0000 {
             return self.root_next[c as usize];
         }
@@ -629,6 +629,17 @@ impl Automaton {
         }
     }
 
+    /// The state after reading `c` in state `s` (flagged or not), the last two characters read
+    /// before it being `p1` (last) and `p2`: the root's direct table, else [`Automaton::next`].
+    #[inline(always)]
+    pub(super) fn advance(&self, s: u32, c: u32, p1: u32, p2: u32) -> u32 {
+        if s == ROOT {
+            self.root_step(c)
+        } else {
+            self.next(s, c, p1, p2)
+        }
+    }
+
     /// [`Automaton::step`] for a state that was reached by reading text ending in `p2`, `p1`
     /// (`p1` last): at depth one or two the state spells them, and the prefix filters (or,
     /// for ASCII, the direct tables) decide most steps before the state is touched.
@@ -636,7 +647,7 @@ impl Automaton {
     /// The shallow cases are written out before any loop: inside one, the compiler computed
     /// every case's filter key and table index up front, and every step paid for all of them.
     #[inline(always)]
-    pub(super) fn next(&self, s: u32, c: u32, p1: u32, p2: u32) -> u32 {
+    fn next(&self, s: u32, c: u32, p1: u32, p2: u32) -> u32 {
         if c < 0x1_0000 && self.used_bits[c as usize >> 6] & (1 << (c & 63)) == 0 {
             // No term has `c`: every state goes back to the root, sparing the failure chain.
             return ROOT;
@@ -1028,11 +1039,7 @@ impl KeywordSet {
                 } else {
                     let (c, len) = decode(hay, q);
                     q += len;
-                    s = if s == ROOT {
-                        a.root_step(c)
-                    } else {
-                        a.next(s, c, c1, c2)
-                    };
+                    s = a.advance(s, c, c1, c2);
                     (c1, c2) = (c, c1);
                     if s & OUT != 0 {
                         self.note_output(a, s, base + q, &mut best);

@@ -101,11 +101,7 @@ impl Walker<'_> {
 
     #[inline(always)]
     fn step(&mut self, c: u32) {
-        self.s = if self.s == ROOT {
-            self.a.root_step(c)
-        } else {
-            self.a.next(self.s, c, self.p1, self.p2)
-        };
+        self.s = self.a.advance(self.s, c, self.p1, self.p2);
         (self.p1, self.p2) = (c, self.p1);
     }
 
@@ -237,11 +233,7 @@ impl Walker<'_> {
         let mut holding = self.best.is_some();
         while let Some(c) = char_of() {
             npos += clen;
-            s = if s == ROOT {
-                a.root_step(c)
-            } else {
-                a.next(s, c, p1, p2)
-            };
+            s = a.advance(s, c, p1, p2);
             (p1, p2) = (c, p1);
             if s & OUT != 0 || holding {
                 (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
