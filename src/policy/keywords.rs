@@ -310,6 +310,11 @@ pub(super) struct Automaton {
     /// by a filter small enough to stay in cache.
     pairs: PrefixFilter,
     triples: PrefixFilter,
+    /// A word of ASCII letters and digits read from the root and followed by a space holds no
+    /// term when it is shorter than this: no term has a space, and the terms made of letters
+    /// and digits alone are this long at least (`usize::MAX` when there are none; 0 when a
+    /// term has a space). Short words of English text are then passed over unread.
+    short_word: usize,
 }
 
 impl Automaton {
@@ -458,6 +463,7 @@ impl Automaton {
             d2_end,
             pairs,
             triples,
+            short_word: 0,
         };
         a.fill_root_table();
         // Failure links, outputs and live lengths, breadth first: everything a state's values
@@ -519,7 +525,27 @@ impl Automaton {
             a.ascii2[k as usize] = t2;
         }
         a.fill_ascii3();
+        if !a.uses(u32::from(b' ')) {
+            a.short_word = sorted
+                .iter()
+                .filter(|t| t.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .map(|t| t.len())
+                .min()
+                .unwrap_or(usize::MAX);
+        }
         Ok(a)
+    }
+
+    /// Whether some term has BMP character `c`.
+    #[inline(always)]
+    fn uses(&self, c: u32) -> bool {
+        c < 0x1_0000 && self.used_bits[c as usize >> 6] & (1 << (c & 63)) != 0
+    }
+
+    /// See the field: words shorter than this, between spaces, hold no term.
+    #[inline(always)]
+    pub(super) fn short_word(&self) -> usize {
+        self.short_word
     }
 
     /// The edges of state `s`, empty hash slots left out: (index of the target's word in

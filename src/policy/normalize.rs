@@ -314,9 +314,18 @@ pub(crate) struct NormBuf {
 pub(crate) trait Emit {
     /// One output character, from original bytes `os..oe`.
     fn emit(&mut self, ch: char, os: usize, oe: usize);
-    /// A run of ASCII bytes from original offset `os`, each its own output character mapped
-    /// through `table.ascii_word` (single spaces between words stay spaces).
-    fn emit_ascii_run(&mut self, table: &CharTable, run: &str, os: usize);
+    /// The run of ASCII words from `piece[i]` (which is a word byte), `piece` at original
+    /// offset `base`: each byte its own output character, mapped through `table.ascii_word`.
+    /// A one-space gap at `join_from` or later, followed by a word of two characters at least,
+    /// stays a space and the run goes on ([`CharTable::words_end`]). Returns where it ends.
+    fn ascii_run(
+        &mut self,
+        table: &CharTable,
+        piece: &str,
+        i: usize,
+        base: usize,
+        join_from: usize,
+    ) -> usize;
     /// The run of three-byte characters from `piece[i]` that map to themselves as CJK
     /// ([`CharTable::self_cjk`]), `piece` at original offset `base`: output as they are.
     /// Returns where the run ends (`i` when there is none).
@@ -332,8 +341,17 @@ impl Emit for NormBuf {
     }
 
     #[inline]
-    fn emit_ascii_run(&mut self, table: &CharTable, run: &str, os: usize) {
-        NormBuf::emit_ascii_run(self, table, run, os);
+    fn ascii_run(
+        &mut self,
+        table: &CharTable,
+        piece: &str,
+        i: usize,
+        base: usize,
+        join_from: usize,
+    ) -> usize {
+        let end = table.words_end(piece.as_bytes(), i, join_from);
+        NormBuf::emit_ascii_run(self, table, &piece[i..end], base + i);
+        end
     }
 
     #[inline]
@@ -373,13 +391,54 @@ impl CharTable {
         (self.bmp[cp as u16 as usize] == cp | SELF_CJK).then_some(cp)
     }
 
-    /// The output byte of ASCII byte `b` inside a run handed to [`Emit::emit_ascii_run`].
+    /// The output byte of an ASCII word byte (letter or digit under every flag set), else 0.
+    #[inline(always)]
+    pub(crate) fn word_byte(&self, b: u8) -> u8 {
+        self.ascii_word[usize::from(b)]
+    }
+
+    /// The output byte of ASCII byte `b` inside an [`Emit::ascii_run`] (a word byte, or the
+    /// space of a joining gap).
     #[inline(always)]
     pub(crate) fn run_byte(&self, b: u8) -> u8 {
-        match self.ascii_word[usize::from(b)] {
+        match self.word_byte(b) {
             0 => b,
             m => m,
         }
+    }
+
+    /// Whether `b` is an ASCII byte that maps to one word character.
+    #[inline(always)]
+    fn is_word(&self, b: u8) -> bool {
+        self.word_byte(b) != 0
+    }
+
+    /// Whether the gap at `bytes[j]` joins two words in an [`Emit::ascii_run`]: one space,
+    /// then a word of two characters at least (the space then maps to itself at its offset).
+    #[inline(always)]
+    pub(crate) fn joins(&self, bytes: &[u8], j: usize) -> bool {
+        bytes.get(j) == Some(&b' ')
+            && bytes.get(j + 1).is_some_and(|&x| self.is_word(x))
+            && bytes.get(j + 2).is_some_and(|&x| self.is_word(x))
+    }
+
+    /// Where the run of ASCII word bytes from `from` ends.
+    #[inline(always)]
+    pub(crate) fn word_end(&self, bytes: &[u8], from: usize) -> usize {
+        bytes[from..]
+            .iter()
+            .position(|&x| !self.is_word(x))
+            .map_or(bytes.len(), |k| from + k)
+    }
+
+    /// Where the [`Emit::ascii_run`] from `i` ends.
+    #[inline(always)]
+    pub(crate) fn words_end(&self, bytes: &[u8], i: usize, join_from: usize) -> usize {
+        let mut run = self.word_end(bytes, i);
+        while run >= join_from && self.joins(bytes, run) {
+            run = self.word_end(bytes, run + 1);
+        }
+        run
     }
 }
 
@@ -637,15 +696,15 @@ impl Normalizer {
                 // Fast path: inside a word (or with separators off) an ASCII letter or digit
                 // is emitted as it maps, with nothing pending; do the whole run at once.
                 if self.ascii_fast
-                    && self.table.ascii_word[b as usize] != 0
+                    && self.table.is_word(b)
                     && (!self.separators
                         || (st.held.is_none()
                             && st.pending_sep.is_none()
                             && matches!(st.last, Last::Word { .. })))
                 {
-                    // This word continues the last, so it has two characters at least.
-                    let run = self.more_words(bytes, self.word_end(bytes, i));
-                    out.emit_ascii_run(&self.table, &piece[i..run], base + i);
+                    // This word continues the last, so it has two characters at least and
+                    // the gap after it may join the next.
+                    let run = out.ascii_run(&self.table, piece, i, base, self.join_from(i));
                     if self.separators {
                         st.last = Last::Word { single_left: false };
                     }
@@ -708,36 +767,17 @@ impl Normalizer {
         }
     }
 
-    /// Whether `b` is an ASCII byte that maps to one word character.
+    /// English-like text (`tok tok tok`): after a word of two characters at least, one space
+    /// and a next word of two characters at least stay one space at the same offset, so words
+    /// and gaps map byte for byte and go in the same run (lower-cased as one string). The
+    /// offset from which a gap may join words in a run from `from` (`usize::MAX`: never).
     #[inline(always)]
-    fn is_ascii_word(&self, b: u8) -> bool {
-        self.table.ascii_word[usize::from(b)] != 0
-    }
-
-    /// Where the run of ASCII word bytes from `from` ends.
-    #[inline(always)]
-    fn word_end(&self, bytes: &[u8], from: usize) -> usize {
-        bytes[from..]
-            .iter()
-            .position(|&x| !self.is_ascii_word(x))
-            .map_or(bytes.len(), |k| from + k)
-    }
-
-    /// English-like text (`tok tok tok`): after a word of two characters at least ending at
-    /// `run`, one space and a next word of two characters at least stay one space at the same
-    /// offset, so words and gaps map byte for byte and go in the same run (lower-cased as one
-    /// string). Returns where that run of words ends (`run` when it does not apply).
-    #[inline(always)]
-    fn more_words(&self, bytes: &[u8], mut run: usize) -> usize {
+    fn join_from(&self, from: usize) -> usize {
         if self.separators && self.table.ascii_lower.is_some() && self.table.space_is_sep {
-            while bytes.get(run) == Some(&b' ')
-                && bytes.get(run + 1).is_some_and(|&x| self.is_ascii_word(x))
-                && bytes.get(run + 2).is_some_and(|&x| self.is_ascii_word(x))
-            {
-                run = self.word_end(bytes, run + 1);
-            }
+            from
+        } else {
+            usize::MAX
         }
-        run
     }
 
     /// Fast path for a run of ASCII separators at `i` with no word character held: the
@@ -768,16 +808,19 @@ impl Normalizer {
         let start = i + 1 + bytes[i + 1..].iter().take_while(|&&b| is_sep(b)).count();
         if st.pending_sep.is_none()
             && st.last == (Last::Word { single_left: false })
-            && bytes.get(start).is_some_and(|&b| self.is_ascii_word(b))
+            && bytes.get(start).is_some_and(|&b| self.table.is_word(b))
         {
-            let mut end = self.word_end(bytes, start);
-            if end - start >= 2 {
-                // English sentences (`… meeting. Please summarise …`): the words after a
-                // punctuation run go in one run too, not one call here per word.
-                end = self.more_words(bytes, end);
-            }
             out.emit(' ', base + i, base + i + 1);
-            out.emit_ascii_run(&self.table, &piece[start..end], base + start);
+            // English sentences (`… meeting. Please summarise …`): the words after a
+            // punctuation run go in one run too, not one call here per word, once the first
+            // has two characters.
+            let end = out.ascii_run(
+                &self.table,
+                piece,
+                start,
+                base,
+                self.join_from(start).saturating_add(2),
+            );
             st.last = Last::Word {
                 single_left: end - start == 1,
             };

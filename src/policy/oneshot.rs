@@ -264,9 +264,62 @@ impl Emit for Walker<'_> {
     }
 
     #[inline(always)]
-    fn emit_ascii_run(&mut self, table: &CharTable, run: &str, os: usize) {
-        let mut it = run.bytes();
-        self.read_run(os as u32, 1, || Some(u32::from(table.run_byte(it.next()?))));
+    fn ascii_run(
+        &mut self,
+        table: &CharTable,
+        piece: &str,
+        i: usize,
+        base: usize,
+        join_from: usize,
+    ) -> usize {
+        // `read_run`, with the run's end found as it is read (one pass over the bytes), and
+        // words too short for any term passed over (`Automaton::short_word`).
+        let bytes = piece.as_bytes();
+        let a = self.a;
+        let short = a.short_word();
+        self.push((base + i) as u32, RUN, 0);
+        let (mut s, mut p1, mut p2) = (self.s, self.p1, self.p2);
+        let start = self.npos;
+        let mut npos = start;
+        let mut holding = self.best.is_some();
+        let mut j = i;
+        // Word by word: `bytes[j]` is a word byte, the first of the run or after a joining gap.
+        loop {
+            let we = table.word_end(bytes, j);
+            let joined = we >= join_from && table.joins(bytes, we);
+            if joined && s == ROOT && !holding && we - j < short {
+                // Read from the root, a word closed by a space that no term has holds a match
+                // only if it is as long as some term of letters and digits.
+                npos += (we + 1 - j) as u32;
+                (p1, p2) = (u32::from(b' '), u32::from(table.word_byte(bytes[we - 1])));
+                j = we + 1;
+                continue;
+            }
+            let word = bytes[j..we].iter().map(|&b| table.word_byte(b));
+            for c in word.chain(joined.then_some(b' ')) {
+                let c = u32::from(c);
+                npos += 1;
+                s = a.advance(s, c, p1, p2);
+                (p1, p2) = (c, p1);
+                if s & OUT != 0 || holding {
+                    (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
+                    self.decide(npos, npos);
+                    (s, p1, p2) = (self.s, self.p1, self.p2);
+                    holding = self.best.is_some();
+                }
+            }
+            if !joined {
+                j = we;
+                break;
+            }
+            j = we + 1;
+        }
+        (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
+        if npos == start {
+            // Nothing read: the stretch is not there.
+            self.head -= 1;
+        }
+        j
     }
 
     #[inline(always)]
@@ -375,6 +428,35 @@ mod tests {
             assert_eq!(one, streaming_once(&p, text), "{text}");
             assert!(!one.is_empty(), "{text}");
         }
+    }
+
+    #[test]
+    fn short_words_are_passed_over_and_long_ones_read() {
+        let terms = ["abcde".to_owned(), "炸弹".to_owned(), "x9".to_owned()];
+        let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
+        let a = p
+            .keywords_for(Direction::Completion)
+            .automaton()
+            .expect("terms");
+        // "x9" is the shortest term of letters and digits.
+        assert_eq!(a.short_word(), 2);
+        let text = "tok tok ABCDE ab x abcdex zz tok炸弹 q x9 abcde";
+        let one = p.scan(text, Direction::Completion);
+        assert_eq!(one, streaming_once(&p, text));
+        let found: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+        assert_eq!(found, ["ABCDE", "abcde", "炸弹", "x9", "abcde"]);
+        // A term with a space: no word is passed over.
+        let spaced = ["ab cd".to_owned(), "abcde".to_owned()];
+        let p = policy(&spaced, &[], NormalizeConfig::default()).expect("compiles");
+        let a = p
+            .keywords_for(Direction::Completion)
+            .automaton()
+            .expect("terms");
+        assert_eq!(a.short_word(), 0);
+        let text = "xx ab cd ab abcde";
+        let one = p.scan(text, Direction::Completion);
+        assert_eq!(one, streaming_once(&p, text));
+        assert_eq!(one.len(), 2);
     }
 
     #[test]
