@@ -77,6 +77,10 @@ pub(crate) struct CharTable {
     /// Whether an ASCII space maps to itself as a separator (a one-space gap between two words
     /// then stays as it is: see the word-run fast path in `Normalizer::feed`).
     space_is_sep: bool,
+    /// One bit per BMP code point: whether it maps to itself as CJK ([`CharTable::self_cjk`]).
+    /// 8 KiB instead of a load from the 256 KiB `bmp` per character of a CJK run, which
+    /// missed cache between requests.
+    self_cjk_bits: Box<[u64; 0x1_0000 / 64]>,
     flags: NormalizeConfig,
 }
 
@@ -263,6 +267,15 @@ impl CharTable {
         let space_is_sep = space & (REMOVED | MULTI) == 0
             && space & CHAR_MASK == u32::from(b' ')
             && Class::from_bits(space >> CLASS_SHIFT) == Class::Sep;
+        // The entry of a CJK character that maps to itself: no flag, its own code point, class
+        // CJK.
+        const SELF_CJK: u32 = (Class::Cjk as u32) << CLASS_SHIFT;
+        let mut self_cjk_bits = Box::new([0u64; 0x1_0000 / 64]);
+        for (cp, &e) in bmp.iter().enumerate() {
+            if e == cp as u32 | SELF_CJK {
+                self_cjk_bits[cp >> 6] |= 1 << (cp & 63);
+            }
+        }
         CharTable {
             bmp: bmp
                 .into_boxed_slice()
@@ -272,6 +285,7 @@ impl CharTable {
             ascii_word,
             ascii_lower,
             space_is_sep,
+            self_cjk_bits,
             flags: *flags,
         }
     }
@@ -377,9 +391,6 @@ impl CharTable {
     /// the separator rule only clears the pending run before it.
     #[inline(always)]
     pub(crate) fn self_cjk(&self, bytes: &[u8], j: usize) -> Option<u32> {
-        // The entry of a CJK character that maps to itself: no flag, its own code point,
-        // class CJK (one comparison instead of three checks).
-        const SELF_CJK: u32 = (Class::Cjk as u32) << CLASS_SHIFT;
         let &[b0, b1, b2] = bytes.get(j..j + 3)? else {
             return None;
         };
@@ -388,7 +399,8 @@ impl CharTable {
         }
         let cp = u32::from(b0 & 0x0F) << 12 | u32::from(b1 & 0x3F) << 6 | u32::from(b2 & 0x3F);
         // `cp` < 0x10000: the table needs no bounds check.
-        (self.bmp[cp as u16 as usize] == cp | SELF_CJK).then_some(cp)
+        let word = self.self_cjk_bits[usize::from(cp as u16 >> 6)];
+        (word >> (cp & 63) & 1 != 0).then_some(cp)
     }
 
     /// The output byte of an ASCII word byte (letter or digit under every flag set), else 0.
