@@ -4,12 +4,12 @@
 //! Run with `cargo bench --bench policy`. Goals: scan ≥ 200 MB/s, streaming ≥ 50 MB/s,
 //! 1M-term compile ≤ 5 s and ≤ 300 MB.
 //!
-//! Last figures (shared, noisy 2-core machine, 2026-12-04 18:03, in a slow state: bare
-//! aho-corasick ran at 78 / 86 MB/s, 122 / 128 at 16:13): best of 9, realistic / worst, scan
-//! 92 / 103 MB/s (1.18 / 1.20 of bare aho-corasick; the two-pass scan was 1.13 / 0.97),
-//! streaming on 1–4-character pieces 45 / 39 MB/s (0.57 / 0.45). Instructions per 1 MiB
-//! (callgrind), scan: 85.6M → 64.2M and 113.1M → 75.0M with the one-pass scan (`oneshot.rs`).
-//! Normalization alone runs at 358 (realistic) and 177 (worst) MB/s in the same state. 1M-term
+//! Last figures (shared, noisy 2-core machine, 2026-12-04 20:27, in a fast state: bare
+//! aho-corasick ran at 113 / 106 MB/s): best of 9, realistic / worst, scan 143 / 132 MB/s
+//! (1.26 / 1.25 of bare aho-corasick; 1.18 / 1.20 at 18:03 in a slow state, the two-pass scan
+//! 1.13 / 0.97), streaming on 1–4-character pieces 67 / 52 MB/s (0.59 / 0.50). Instructions
+//! per 1 MiB (callgrind), scan: 85.6M → 64.2M and 113.1M → 75.0M with the one-pass scan
+//! (`oneshot.rs`). Normalization alone runs at 573 (realistic) and 259 (worst) MB/s. 1M-term
 //! compile 1.29 s, policy ≈ 181 MiB by RSS (automaton 122 MiB). A full aho-corasick DFA of the
 //! same terms (47 MiB) runs at about the default contiguous NFA's speed, which the ratio is
 //! taken against. Wall time moves with the machine (±30 % and more).

@@ -7,8 +7,10 @@
 //! maps byte for byte, or one character) back to where the longest term could begin: enough
 //! to find where a match starts and ends in the original, and to read again the characters
 //! after a decided match, as `KeywordSet::drain` does. A run of English or Chinese is one
-//! entry, so the automaton's step is nearly all a character costs. The matches are the same as
-//! `drain`'s over the whole normalized text; the tests compare the two.
+//! entry, so the automaton's step is nearly all a character costs. In a run of English words,
+//! a word read from the root that is too short for any term of letters and digits, and closed
+//! by a space no term has, is passed over without a step (`Automaton::short_word`). The
+//! matches are the same as `drain`'s over the whole normalized text; the tests compare the two.
 //!
 //! It declines, and the scan goes the streaming way fed once, when a term that some allow
 //! phrase contains matches (suppression reads the normalized text around the match), when the
