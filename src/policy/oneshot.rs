@@ -223,34 +223,67 @@ impl Walker<'_> {
     }
 
     /// Read a run (see [`Seg`]) from original offset `os` of characters `clen` bytes long,
-    /// as `char_of` gives them until `None`, with the state in locals (written back only
-    /// around the rare [`Walker::decide`]). Returns how many were read.
+    /// as `char_of` gives them until `None`. Returns how many were read.
     #[inline(always)]
     fn read_run(&mut self, os: u32, clen: u32, mut char_of: impl FnMut() -> Option<u32>) -> u32 {
-        self.push(os, RUN, 0);
-        let a = self.a;
-        let (mut s, mut p1, mut p2) = (self.s, self.p1, self.p2);
-        let start = self.npos;
-        let mut npos = start;
-        let mut holding = self.best.is_some();
+        let mut r = self.run_begin(os);
         while let Some(c) = char_of() {
-            npos += clen;
-            s = a.advance(s, c, p1, p2);
-            (p1, p2) = (c, p1);
-            if s & OUT != 0 || holding {
-                (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
-                self.decide(npos, npos);
-                (s, p1, p2) = (self.s, self.p1, self.p2);
-                holding = self.best.is_some();
-            }
+            self.run_read(&mut r, c, clen);
         }
-        (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
-        if npos == start {
+        self.run_end(r) / clen
+    }
+
+    /// Start a run (see [`Seg`]) at original offset `os`: the walker's state goes into locals,
+    /// written back only around the rare [`Walker::decide`] and at [`Walker::run_end`].
+    #[inline(always)]
+    fn run_begin(&mut self, os: u32) -> Run {
+        self.push(os, RUN, 0);
+        Run {
+            s: self.s,
+            p1: self.p1,
+            p2: self.p2,
+            start: self.npos,
+            npos: self.npos,
+            holding: self.best.is_some(),
+        }
+    }
+
+    /// One character of a run, `clen` bytes long.
+    #[inline(always)]
+    fn run_read(&mut self, r: &mut Run, c: u32, clen: u32) {
+        r.npos += clen;
+        r.s = self.a.advance(r.s, c, r.p1, r.p2);
+        (r.p1, r.p2) = (c, r.p1);
+        if r.s & OUT != 0 || r.holding {
+            (self.s, self.p1, self.p2, self.npos) = (r.s, r.p1, r.p2, r.npos);
+            self.decide(r.npos, r.npos);
+            (r.s, r.p1, r.p2) = (self.s, self.p1, self.p2);
+            r.holding = self.best.is_some();
+        }
+    }
+
+    /// End a run; returns how many bytes it read.
+    #[inline(always)]
+    fn run_end(&mut self, r: Run) -> u32 {
+        (self.s, self.p1, self.p2, self.npos) = (r.s, r.p1, r.p2, r.npos);
+        if r.npos == r.start {
             // Nothing read: the stretch is not there.
             self.head -= 1;
         }
-        (npos - start) / clen
+        r.npos - r.start
     }
+}
+
+/// The walker's state while it reads a run (see [`Walker::run_begin`]).
+struct Run {
+    s: u32,
+    p1: u32,
+    p2: u32,
+    /// Normalized offsets where the run began and where it is.
+    start: u32,
+    npos: u32,
+    /// A match is held (`Walker::best`): every step must be decided.
+    holding: bool,
 }
 
 impl Emit for Walker<'_> {
@@ -277,38 +310,24 @@ impl Emit for Walker<'_> {
         // `read_run`, with the run's end found as it is read (one pass over the bytes), and
         // words too short for any term passed over (`Automaton::short_word`).
         let bytes = piece.as_bytes();
-        let a = self.a;
-        let short = a.short_word();
-        self.push((base + i) as u32, RUN, 0);
-        let (mut s, mut p1, mut p2) = (self.s, self.p1, self.p2);
-        let start = self.npos;
-        let mut npos = start;
-        let mut holding = self.best.is_some();
+        let short = self.a.short_word();
+        let mut r = self.run_begin((base + i) as u32);
         let mut j = i;
         // Word by word: `bytes[j]` is a word byte, the first of the run or after a joining gap.
         loop {
             let we = table.word_end(bytes, j);
             let joined = we >= join_from && table.joins(bytes, we);
-            if joined && s == ROOT && !holding && we - j < short {
+            if joined && r.s == ROOT && !r.holding && we - j < short {
                 // Read from the root, a word closed by a space that no term has holds a match
                 // only if it is as long as some term of letters and digits.
-                npos += (we + 1 - j) as u32;
-                (p1, p2) = (u32::from(b' '), u32::from(table.word_byte(bytes[we - 1])));
+                r.npos += (we + 1 - j) as u32;
+                (r.p1, r.p2) = (u32::from(b' '), u32::from(table.word_byte(bytes[we - 1])));
                 j = we + 1;
                 continue;
             }
             let word = bytes[j..we].iter().map(|&b| table.word_byte(b));
             for c in word.chain(joined.then_some(b' ')) {
-                let c = u32::from(c);
-                npos += 1;
-                s = a.advance(s, c, p1, p2);
-                (p1, p2) = (c, p1);
-                if s & OUT != 0 || holding {
-                    (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
-                    self.decide(npos, npos);
-                    (s, p1, p2) = (self.s, self.p1, self.p2);
-                    holding = self.best.is_some();
-                }
+                self.run_read(&mut r, u32::from(c), 1);
             }
             if !joined {
                 j = we;
@@ -316,11 +335,7 @@ impl Emit for Walker<'_> {
             }
             j = we + 1;
         }
-        (self.s, self.p1, self.p2, self.npos) = (s, p1, p2, npos);
-        if npos == start {
-            // Nothing read: the stretch is not there.
-            self.head -= 1;
-        }
+        self.run_end(r);
         j
     }
 
@@ -434,31 +449,29 @@ mod tests {
 
     #[test]
     fn short_words_are_passed_over_and_long_ones_read() {
-        let terms = ["abcde".to_owned(), "炸弹".to_owned(), "x9".to_owned()];
-        let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
-        let a = p
-            .keywords_for(Direction::Completion)
-            .automaton()
-            .expect("terms");
+        // The automaton's shortest-word length for `terms`, and the one-pass matches in `text`
+        // (checked against the streaming machine).
+        let scan = |terms: &[&str], text: &'static str| {
+            let terms: Vec<String> = terms.iter().map(|t| t.to_string()).collect();
+            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
+            let kws = p.keywords_for(Direction::Completion);
+            let short = kws.automaton().expect("terms").short_word();
+            let one = p.scan(text, Direction::Completion);
+            assert_eq!(one, streaming_once(&p, text));
+            let found: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+            (short, found)
+        };
         // "x9" is the shortest term of letters and digits.
-        assert_eq!(a.short_word(), 2);
-        let text = "tok tok ABCDE ab x abcdex zz tok炸弹 q x9 abcde";
-        let one = p.scan(text, Direction::Completion);
-        assert_eq!(one, streaming_once(&p, text));
-        let found: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+        let (short, found) = scan(
+            &["abcde", "炸弹", "x9"],
+            "tok tok ABCDE ab x abcdex zz tok炸弹 q x9 abcde",
+        );
+        assert_eq!(short, 2);
         assert_eq!(found, ["ABCDE", "abcde", "炸弹", "x9", "abcde"]);
         // A term with a space: no word is passed over.
-        let spaced = ["ab cd".to_owned(), "abcde".to_owned()];
-        let p = policy(&spaced, &[], NormalizeConfig::default()).expect("compiles");
-        let a = p
-            .keywords_for(Direction::Completion)
-            .automaton()
-            .expect("terms");
-        assert_eq!(a.short_word(), 0);
-        let text = "xx ab cd ab abcde";
-        let one = p.scan(text, Direction::Completion);
-        assert_eq!(one, streaming_once(&p, text));
-        assert_eq!(one.len(), 2);
+        let (short, found) = scan(&["ab cd", "abcde"], "xx ab cd ab abcde");
+        assert_eq!(short, 0);
+        assert_eq!(found, ["ab cd", "abcde"]);
     }
 
     #[test]
