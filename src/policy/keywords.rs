@@ -560,9 +560,7 @@ impl Automaton {
 
     /// Build `ascii3` when the terms use at most `ASCII3_MAX_CLASSES` ASCII characters.
     fn fill_ascii3(&mut self) {
-        let used: Vec<u32> = (0..0x80u32)
-            .filter(|&c| self.used_bits[c as usize >> 6] & (1 << (c & 63)) != 0)
-            .collect();
+        let used: Vec<u32> = (0..0x80u32).filter(|&c| self.uses(c)).collect();
         let n = used.len();
         if n == 0 || n > ASCII3_MAX_CLASSES {
             return;
@@ -674,7 +672,7 @@ impl Automaton {
     /// every case's filter key and table index up front, and every step paid for all of them.
     #[inline(always)]
     fn next(&self, s: u32, c: u32, p1: u32, p2: u32) -> u32 {
-        if c < 0x1_0000 && self.used_bits[c as usize >> 6] & (1 << (c & 63)) == 0 {
+        if c < 0x1_0000 && !self.uses(c) {
             // No term has `c`: every state goes back to the root, sparing the failure chain.
             return ROOT;
         }
