@@ -108,19 +108,13 @@ async fn a_labeled_answer_keeps_the_model_servers_bytes_elsewhere() {
     .await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
-    // untouched values keep their spelling; the labeled text keeps its own bytes
-    assert!(
-        text.contains("\"usage\":{\"total_tokens\":3,\"cost\":1.50}"),
-        "{text}"
-    );
-    assert!(
-        text.contains("\"system_fingerprint\":\"fp\\u00e9\""),
-        "{text}"
-    );
-    assert!(
-        text.contains("\"content\":\"天气很好。\\n【本内容由人工智能生成】\""),
-        "{text}"
-    );
+    // Every byte but the label's is the model server's own (spacing, `1.50`, `\u00e9`): the
+    // label is spliced into the text, the signed record added as the last member.
+    let labeled = raw.replacen("天气很好。\"", "天气很好。\\n【本内容由人工智能生成】\"", 1);
+    let head = &labeled[..labeled.len() - 1];
+    assert!(text.starts_with(head), "{text}");
+    assert!(text[head.len()..].starts_with(",\"aigc\":{"), "{text}");
+    assert!(text.ends_with("}}"), "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["aigc"]["Label"], "1");
 }

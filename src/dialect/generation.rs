@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::labels::TextLabels;
 use super::openai::Extras;
 use super::paths::Found;
+use super::quick::{QuickAnswer, QuickPrompt};
 use crate::dialect::error::ApiError;
 use crate::label::Position;
 use crate::stream::guard::EventCodec;
@@ -23,6 +24,20 @@ pub trait TextApi: Send + 'static {
 
     /// Whether the client asked for JSON output (no explicit label then).
     fn json_mode(&self, req: &Value) -> bool;
+
+    /// The fast read of a request's bytes (see `dialect::quick`): its prompt texts, `model` and
+    /// JSON mode, as `prompt_texts` and `json_mode` would find them on the tree. `None` when this
+    /// API has no fast read or the request needs the tree (which also reports every error).
+    fn quick_prompt<'a>(&self, _body: &'a [u8]) -> Option<QuickPrompt<'a>> {
+        None
+    }
+
+    /// The fast read of a whole answer's bytes: the texts `response_texts` would judge, and the
+    /// visible texts `label` and `delivered_text` work on, with their places in the body.
+    /// `None` when this API has no fast read or the answer needs the tree.
+    fn quick_answer<'a>(&self, _body: &'a [u8], _extras: &Extras) -> Option<QuickAnswer<'a>> {
+        None
+    }
 
     /// The stream codec; `labels` is `Some` when labels are on and the codec can carry them.
     fn codec(&self, extras: Extras, labels: Option<TextLabels>) -> Self::Codec;

@@ -246,7 +246,7 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// An object key, borrowed from the original when it has no escapes.
-struct KeySeed;
+pub(super) struct KeySeed;
 
 impl<'de> DeserializeSeed<'de> for KeySeed {
     type Value = Cow<'de, str>;

@@ -65,6 +65,7 @@ impl std::fmt::Display for DialectName {
 }
 
 pub mod anthropic;
+pub mod capture;
 pub mod generation;
 pub mod images;
 pub mod json;
@@ -72,4 +73,5 @@ pub mod labels;
 pub mod moderate;
 pub mod openai;
 pub mod paths;
+pub mod quick;
 pub mod responses;

@@ -48,27 +48,30 @@ pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
         .series
         .request_bytes()
         .inc_by(bytes.len() as u64);
+    match ctx.dialect {
+        DialectName::OpenaiChat => {
+            let extras = ctx.rt.extras.openai_chat.clone();
+            return text_exchange(ctx, bytes, OpenAi(Flavor::Chat), extras).await;
+        }
+        DialectName::OpenaiCompletions => {
+            let extras = ctx.rt.extras.openai_completions.clone();
+            return text_exchange(ctx, bytes, OpenAi(Flavor::Completions), extras).await;
+        }
+        DialectName::AnthropicMessages => {
+            let extras = ctx.rt.extras.anthropic_messages.clone();
+            return text_exchange(ctx, bytes, super::anthropic::Anthropic, extras).await;
+        }
+        DialectName::OpenaiResponses => {
+            let extras = ctx.rt.extras.openai_responses.clone();
+            return text_exchange(ctx, bytes, super::responses::Responses, extras).await;
+        }
+        _ => {}
+    }
     let json = match super::json::parse_strict(&bytes) {
         Ok(v) => v,
         Err(e) => return ctx.error(e),
     };
     match ctx.dialect {
-        DialectName::OpenaiChat => {
-            let extras = ctx.rt.extras.openai_chat.clone();
-            text_exchange(ctx, bytes, json, OpenAi(Flavor::Chat), extras).await
-        }
-        DialectName::OpenaiCompletions => {
-            let extras = ctx.rt.extras.openai_completions.clone();
-            text_exchange(ctx, bytes, json, OpenAi(Flavor::Completions), extras).await
-        }
-        DialectName::AnthropicMessages => {
-            let extras = ctx.rt.extras.anthropic_messages.clone();
-            text_exchange(ctx, bytes, json, super::anthropic::Anthropic, extras).await
-        }
-        DialectName::OpenaiResponses => {
-            let extras = ctx.rt.extras.openai_responses.clone();
-            text_exchange(ctx, bytes, json, super::responses::Responses, extras).await
-        }
         DialectName::OpenaiImages => images_exchange(ctx, bytes, json).await,
         DialectName::PromptOnly => prompt_only_exchange(ctx, bytes, json).await,
         other => ctx.error(ApiError::new(
@@ -256,26 +259,18 @@ fn fill_delivery(r: &mut Record, d: &Mutex<Delivery>) {
     }
 }
 
-/// Read a whole JSON answer; one shenhe cannot read is not delivered (fail closed).
-async fn read_json_answer(
-    ctx: &RequestCtx,
-    resp: UpstreamResponse,
-    sent: Instant,
-) -> Result<(Bytes, Value), ApiError> {
-    let body = read_upstream(ctx, resp, sent).await?;
-    match super::json::parse_answer(&body) {
-        Ok(doc) => Ok((body, doc)),
-        Err(e) => {
-            metrics()
-                .upstream_errors
-                .with_label_values(&["protocol"])
-                .inc();
-            Err(ApiError::new(
-                ErrorKind::UpstreamProtocol,
-                format!("the model server's answer is not JSON shenhe can judge: {e}"),
-            ))
-        }
-    }
+/// Parse a whole JSON answer; one shenhe cannot read is not delivered (fail closed).
+fn parse_answer(body: &[u8]) -> Result<Value, ApiError> {
+    super::json::parse_answer(body).map_err(|e| {
+        metrics()
+            .upstream_errors
+            .with_label_values(&["protocol"])
+            .inc();
+        ApiError::new(
+            ErrorKind::UpstreamProtocol,
+            format!("the model server's answer is not JSON shenhe can judge: {e}"),
+        )
+    })
 }
 
 /// Read a whole upstream body within the response limit and the upstream timeouts.
@@ -444,26 +439,32 @@ async fn judge_and_send(
 
 /// A moderated exchange with a text-generation API: prompt phase, forward, then the answer
 /// judged whole or streamed through the guard, labeled and recorded; the places of text, the
-/// refusal and the stream codec come from `api`.
+/// refusal and the stream codec come from `api`. Clean requests and answers take the fast path
+/// (`quick`); anything else is read as a tree.
 async fn text_exchange<A: super::generation::TextApi>(
     mut ctx: RequestCtx,
     bytes: Bytes,
-    mut json: Value,
     api: A,
     extras: openai::Extras,
 ) -> Response {
-    let texts = match api.prompt_texts(&json) {
-        Ok(t) => t,
+    let judged = match quick_prompt(&mut ctx, &api, &bytes) {
+        Some(json_mode) => keep_records(&ctx, Vec::new())
+            .await
+            .map(|()| (bytes, json_mode)),
+        None => tree_prompt(&mut ctx, &api, bytes).await,
+    };
+    let (forward, json_mode) = match judged {
+        Ok(x) => x,
         Err(e) => return ctx.error(e),
     };
-    let (resp, sent) = match judge_and_send(&mut ctx, bytes, &mut json, texts).await {
+    let (resp, sent) = match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward), true).await
+    {
         Ok(r) => r,
         Err(e) => return ctx.error(e),
     };
     if !resp.status().is_success() {
         return proxy::stream_back(ctx, resp, sent);
     }
-    let json_mode = api.json_mode(&json);
     if is_event_stream(resp.headers()) {
         let mut extra_headers = Vec::new();
         let mut delivery = None;
@@ -478,26 +479,154 @@ async fn text_exchange<A: super::generation::TextApi>(
         return guarded_response(ctx, resp, sent, codec, extra_headers, delivery);
     }
     let status = resp.status();
-    let mut headers = ctx
+    let headers = ctx
         .rt
         .headers
         .client_response(resp.headers(), &ctx.request_id);
-    let (body, mut doc) = match read_json_answer(&ctx, resp, sent).await {
-        Ok(x) => x,
+    let body = match read_upstream(&ctx, resp, sent).await {
+        Ok(b) => b,
         Err(e) => return ctx.error(e),
     };
-    let mut records = Vec::new();
-    let texts = api.response_texts(&doc, &extras);
-    let (mut changed, blocked) = judge_whole(&ctx, &mut doc, texts, &mut records);
+    let mut o = Outcome {
+        headers,
+        delivery: ctx.rec.delivery(),
+        records: Vec::new(),
+    };
+    let out = match quick_answer(&ctx, &api, &extras, &body, json_mode, &mut o) {
+        Some(out) => out,
+        None => match tree_answer(&ctx, &api, &extras, body, json_mode, &mut o) {
+            Ok(out) => out,
+            Err(e) => return ctx.error(e),
+        },
+    };
+    let Outcome {
+        headers,
+        mut delivery,
+        mut records,
+    } = o;
+    delivery.upstream_status = Some(status.as_u16());
+    delivery.upstream_ms = Some(sent.elapsed().as_millis() as u64);
+    // A silent pass of unlabeled content is not a decision: it leaves no record.
+    if delivery.content_id.is_some() || !records.is_empty() {
+        records.push(delivery);
+    }
+    for r in records {
+        ctx.rec.write(r).await;
+    }
+    ctx.complete(status, headers, out)
+}
+
+/// What answering gives besides the body: the client's headers, the delivery record (labels
+/// filled in) and the records of the decisions made.
+struct Outcome {
+    headers: HeaderMap,
+    delivery: Record,
+    records: Vec<Record>,
+}
+
+/// The fast path of the prompt phase: `Some(json_mode)` when the API's fast read took the
+/// request and the policy found nothing in it; `None` sends it down the tree path.
+fn quick_prompt<A: super::generation::TextApi>(
+    ctx: &mut RequestCtx,
+    api: &A,
+    bytes: &[u8],
+) -> Option<bool> {
+    let q = api.quick_prompt(bytes)?;
+    if !all_clean(
+        &ctx.rt.policy,
+        Direction::Prompt,
+        q.texts.iter().map(AsRef::as_ref),
+    ) {
+        return None;
+    }
+    ctx.rec.model = q.model.map(|m| m.chars().take(128).collect());
+    Some(q.json_mode)
+}
+
+/// Whether the policy finds nothing in any of `texts` (the scan time is observed then; a
+/// finding sends the body down the tree path, which scans and observes again).
+fn all_clean<'t>(
+    policy: &Policy,
+    direction: Direction,
+    mut texts: impl Iterator<Item = &'t str>,
+) -> bool {
+    let started = Instant::now();
+    if !texts.all(|t| policy.scan(t, direction).is_empty()) {
+        return false;
+    }
+    metrics()
+        .scan_duration
+        .with_label_values(&[match direction {
+            Direction::Prompt => "prompt",
+            Direction::Completion => "completion",
+        }])
+        .observe(started.elapsed().as_secs_f64());
+    true
+}
+
+/// The prompt phase on the tree: the bytes to forward (the client's, or the redacted
+/// rewrite) and whether the client asked for JSON output.
+async fn tree_prompt<A: super::generation::TextApi>(
+    ctx: &mut RequestCtx,
+    api: &A,
+    bytes: Bytes,
+) -> Result<(Bytes, bool), ApiError> {
+    let mut json = super::json::parse_strict(&bytes)?;
+    let texts = api.prompt_texts(&json)?;
+    let forward = prompt_phase(ctx, bytes, &mut json, texts).await?;
+    Ok((forward, api.json_mode(&json)))
+}
+
+/// The fast path of a whole answer: the body to deliver, labeled, when the API's fast read
+/// took it and the policy found nothing in it; `None` sends it down the tree path.
+fn quick_answer<A: super::generation::TextApi>(
+    ctx: &RequestCtx,
+    api: &A,
+    extras: &openai::Extras,
+    body: &Bytes,
+    json_mode: bool,
+    o: &mut Outcome,
+) -> Option<Bytes> {
+    let q = api.quick_answer(body, extras)?;
+    if !all_clean(&ctx.rt.policy, Direction::Completion, q.all_texts()) {
+        return None;
+    }
+    let Some(labeler) = ctx.rt.labeler.clone() else {
+        return Some(body.clone());
+    };
+    let labels = TextLabels::for_request(labeler, json_mode, ctx);
+    let explicit = labels.explicit.as_ref().map(|(l, p)| (l.as_str(), *p));
+    let rendering = q.render(body, explicit);
+    let aigc = labels.seal(&rendering.delivered, rendering.explicit_used);
+    if let Some((name, value)) = aigc.as_ref().and_then(|a| labels.header(Some(a))) {
+        o.headers.insert(name, value);
+    }
+    let out = rendering.finish(body, aigc.map(|a| a.to_json()).as_deref());
+    fill_delivery(&mut o.delivery, &labels.delivery);
+    Some(Bytes::from(out))
+}
+
+/// A whole answer on the tree: judged (redactions applied, blocked units refused), labeled,
+/// and written back into the original bytes where it changed.
+fn tree_answer<A: super::generation::TextApi>(
+    ctx: &RequestCtx,
+    api: &A,
+    extras: &openai::Extras,
+    body: Bytes,
+    json_mode: bool,
+    o: &mut Outcome,
+) -> Result<Bytes, ApiError> {
+    let mut doc = parse_answer(&body)?;
+    let texts = api.response_texts(&doc, extras);
+    let (mut changed, blocked) = judge_whole(ctx, &mut doc, texts, &mut o.records);
     for (unit, category) in &blocked {
         let text = refusal_text(&ctx.rt.policy, category, &ctx.client_headers);
         api.refuse(&mut doc, *unit, &text);
         changed = true;
     }
     let blocked: Vec<u32> = blocked.into_iter().map(|(u, _)| u).collect();
-    let mut delivery = ctx.rec.delivery();
     if let Some(labeler) = ctx.rt.labeler.clone() {
-        let labels = TextLabels::for_request(labeler, json_mode, &ctx);
+        let labels = TextLabels::for_request(labeler, json_mode, ctx);
         let explicit_used = match &labels.explicit {
             Some((label, pos)) => api.label(&mut doc, label, *pos, &blocked),
             None => false,
@@ -510,26 +639,16 @@ async fn text_exchange<A: super::generation::TextApi>(
                 changed = true;
             }
             if let Some((name, value)) = labels.header(Some(&aigc)) {
-                headers.insert(name, value);
+                o.headers.insert(name, value);
             }
         }
-        fill_delivery(&mut delivery, &labels.delivery);
+        fill_delivery(&mut o.delivery, &labels.delivery);
     }
-    delivery.upstream_status = Some(status.as_u16());
-    delivery.upstream_ms = Some(sent.elapsed().as_millis() as u64);
-    // A silent pass of unlabeled content is not a decision: it leaves no record.
-    if delivery.content_id.is_some() || !records.is_empty() {
-        records.push(delivery);
-    }
-    for r in records {
-        ctx.rec.write(r).await;
-    }
-    let out = if changed {
+    Ok(if changed {
         Bytes::from(super::json::rewrite(&body, &doc))
     } else {
         body
-    };
-    ctx.complete(status, headers, out)
+    })
 }
 
 /// Judge the texts of a whole answer: redactions are applied in place; a blocking finding (or a
@@ -603,8 +722,12 @@ async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> 
         .rt
         .headers
         .client_response(resp.headers(), &ctx.request_id);
-    let (body, mut doc) = match read_json_answer(&ctx, resp, sent).await {
-        Ok(x) => x,
+    let body = match read_upstream(&ctx, resp, sent).await {
+        Ok(b) => b,
+        Err(e) => return ctx.error(e),
+    };
+    let mut doc = match parse_answer(&body) {
+        Ok(d) => d,
         Err(e) => return ctx.error(e),
     };
     let labeler = ctx.rt.labeler.clone();

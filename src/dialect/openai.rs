@@ -4,10 +4,12 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::capture::{capture, Leaf};
 use super::generation::TextApi;
 use super::generation::{event_data, EventData};
 use super::labels::{aigc_value, TextLabels};
 use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg, StaticPatterns};
+use super::quick::{self, QuickAnswer, QuickPrompt};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
@@ -22,7 +24,9 @@ pub enum Flavor {
 
 /// Prompt fields of a chat request: every message of every role, its name, tool-call arguments
 /// and tool results (tool results are `role: tool` messages, so `content` covers them).
-const CHAT_PROMPT: &[&str] = &[
+const CHAT_PROMPT: &[&str] = CHAT_REQUEST_READ.split_at(7).0;
+/// The prompt fields, then what the fast read of a request also takes (see `quick`).
+const CHAT_REQUEST_READ: &[&str] = &[
     "messages.*.content",
     "messages.*.content.*.text",
     "messages.*.name",
@@ -30,7 +34,26 @@ const CHAT_PROMPT: &[&str] = &[
     "messages.*.function_call.arguments",
     "messages.*.reasoning_content",
     "messages.*.refusal",
+    "messages",
+    "model",
+    "response_format.type",
 ];
+/// What the fast read of a legacy completions request takes.
+const COMPLETIONS_REQUEST_READ: &[&str] = &["prompt", "prompt.*", "model", "response_format.type"];
+/// What the fast read of a whole chat answer takes: the visible text first, then the other
+/// generated fields (`CHAT_FIELDS` under `message`, and tool-call arguments), then the
+/// implicit label's slot.
+const CHAT_ANSWER_READ: &[&str] = &[
+    "choices.*.message.content",
+    "choices.*.message.reasoning_content",
+    "choices.*.message.reasoning",
+    "choices.*.message.refusal",
+    "choices.*.message.function_call.arguments",
+    "choices.*.message.tool_calls.*.function.arguments",
+    "aigc",
+];
+/// The same for a legacy completions answer.
+const COMPLETIONS_ANSWER_READ: &[&str] = &["choices.*.text", "aigc"];
 
 /// Completion fields of one choice: (channel field id, path below the choice object).
 /// In a stream the fields sit under `delta`, in a whole response under `message`.
@@ -130,10 +153,91 @@ pub fn wants_stream(req: &Value) -> bool {
 
 /// Whether the client asked for JSON output (an explicit label would break it).
 pub fn json_mode(req: &Value) -> bool {
-    matches!(
-        super::json::at(req, &["response_format", "type"]).and_then(Value::as_str),
-        Some("json_object" | "json_schema")
-    )
+    super::json::at(req, &["response_format", "type"])
+        .and_then(Value::as_str)
+        .is_some_and(is_json_format)
+}
+
+/// The fast read of a request (see `quick`): `None` sends it down the tree path, which also
+/// gives every error a request deserves.
+pub fn quick_prompt(flavor: Flavor, body: &[u8]) -> Option<QuickPrompt<'_>> {
+    static CHAT: StaticPatterns = StaticPatterns::new(CHAT_REQUEST_READ, "");
+    static COMPLETIONS: StaticPatterns = StaticPatterns::new(COMPLETIONS_REQUEST_READ, "");
+    if !quick::is_object(body) {
+        return None;
+    }
+    let mut q = QuickPrompt {
+        texts: Vec::new(),
+        model: None,
+        json_mode: false,
+    };
+    match flavor {
+        Flavor::Chat => {
+            let prompt = CHAT_PROMPT.len();
+            let mut messages = false;
+            for c in capture(body, CHAT.parsed())? {
+                match (c.pattern, c.leaf) {
+                    (p, Leaf::Str(s)) if p < prompt => q.texts.push(s),
+                    (p, Leaf::Array) if p == prompt => messages = true,
+                    (p, Leaf::Str(s)) if p == prompt + 1 => q.model = Some(s),
+                    (p, Leaf::Str(s)) if p == prompt + 2 => q.json_mode = is_json_format(&s),
+                    _ => {}
+                }
+            }
+            // Without a `messages` array the tree path refuses the request.
+            messages.then_some(q)
+        }
+        Flavor::Completions => {
+            for c in capture(body, COMPLETIONS.parsed())? {
+                let null = &body[c.span.clone()] == b"null";
+                match (c.pattern, c.leaf) {
+                    (0 | 1, Leaf::Str(s)) => q.texts.push(s),
+                    (0, Leaf::Array) => {}
+                    (0, Leaf::Other) if null => {}
+                    // Token ids, or a `prompt` of another type: the tree path refuses them.
+                    (0 | 1, _) => return None,
+                    (2, Leaf::Str(s)) => q.model = Some(s),
+                    (3, Leaf::Str(s)) => q.json_mode = is_json_format(&s),
+                    _ => {}
+                }
+            }
+            Some(q)
+        }
+    }
+}
+
+/// The fast read of a whole answer (see `quick`): `None` when it needs the tree (content parts,
+/// an `aigc` member already there, a body that is not an object).
+pub fn quick_answer<'a>(
+    flavor: Flavor,
+    body: &'a [u8],
+    extras: &Extras,
+) -> Option<QuickAnswer<'a>> {
+    static CHAT: StaticPatterns = StaticPatterns::new(CHAT_ANSWER_READ, "");
+    static COMPLETIONS: StaticPatterns = StaticPatterns::new(COMPLETIONS_ANSWER_READ, "");
+    let own = match flavor {
+        Flavor::Chat => CHAT.parsed(),
+        Flavor::Completions => COMPLETIONS.parsed(),
+    };
+    let aigc = own.len() - 1;
+    let mut patterns: Vec<&[Pat]> = own.iter().map(Vec::as_slice).collect();
+    patterns.extend(extras.patterns.iter().map(Vec::as_slice));
+    let (mut texts, mut visible) = (Vec::new(), Vec::new());
+    for c in capture(body, &patterns)? {
+        match (c.pattern, c.leaf) {
+            (0, Leaf::Str(s)) => visible.push((c.span, s)),
+            // Content parts are labeled and signed on the tree path.
+            (0, Leaf::Array) => return None,
+            (p, _) if p == aigc => return None,
+            (p, Leaf::Str(s)) if p > 0 => texts.push(s),
+            _ => {}
+        }
+    }
+    QuickAnswer::new(body, texts, visible)
+}
+
+fn is_json_format(kind: &str) -> bool {
+    matches!(kind, "json_object" | "json_schema")
 }
 
 /// A choice's text in a whole (non-streamed) response.
@@ -299,6 +403,14 @@ impl TextApi for OpenAi {
 
     fn json_mode(&self, req: &Value) -> bool {
         json_mode(req)
+    }
+
+    fn quick_prompt<'a>(&self, body: &'a [u8]) -> Option<QuickPrompt<'a>> {
+        quick_prompt(self.0, body)
+    }
+
+    fn quick_answer<'a>(&self, body: &'a [u8], extras: &Extras) -> Option<QuickAnswer<'a>> {
+        quick_answer(self.0, body, extras)
     }
 
     fn codec(&self, extras: Extras, labels: Option<TextLabels>) -> OpenAiCodec {

@@ -48,15 +48,19 @@ impl StaticPatterns {
         }
     }
 
-    /// Every string at any of the patterns, pattern by pattern, each in document order.
-    pub fn find(&self, v: &Value, out: &mut Vec<Found>) {
-        let parsed = self.parsed.get_or_init(|| {
+    /// The patterns, parsed.
+    pub fn parsed(&self) -> &[Vec<Pat>] {
+        self.parsed.get_or_init(|| {
             self.list
                 .iter()
                 .map(|p| parse_pattern(&format!("{}{p}", self.prefix)).expect("static pattern"))
                 .collect()
-        });
-        for pattern in parsed {
+        })
+    }
+
+    /// Every string at any of the patterns, pattern by pattern, each in document order.
+    pub fn find(&self, v: &Value, out: &mut Vec<Found>) {
+        for pattern in self.parsed() {
             find_strings(v, pattern, out);
         }
     }

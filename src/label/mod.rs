@@ -39,7 +39,7 @@ pub use sign::{
     keygen, load_public_key_file, public_key_from_pem, verify, verify_signature, KeyError,
     SignatureSlot, Signer, VerifyError, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE,
 };
-pub use text::{apply_explicit, chat_delivered_text, Labeler, CHAT_AIGC_FIELD};
+pub use text::{apply_explicit, chat_delivered_text, explicit_affixes, Labeler, CHAT_AIGC_FIELD};
 pub use verify::{verify_bytes, LabelStatus, SignatureStatus, VerifyReport};
 pub use visible::{
     burn_visible_label, check_text_renderable, LabelBox, VisibleError, MIN_TEXT_HEIGHT_RATIO,

@@ -137,21 +137,31 @@ impl Labeler {
 /// Apply the explicit `label` to a non-streamed `text`, separated by one newline. An empty text gets
 /// the label alone (once, even for `both`). Counts `shenhe_labels_applied_total{text,explicit,ok}`.
 pub fn apply_explicit(text: &str, label: &str, position: Position) -> String {
-    super::record("text", "explicit", "ok");
     if text.is_empty() {
+        super::record("text", "explicit", "ok");
         return label.to_owned();
     }
-    let mut out = String::with_capacity(text.len() + 2 * (label.len() + 1));
-    if matches!(position, Position::Start | Position::Both) {
-        out.push_str(label);
-        out.push('\n');
-    }
+    let (head, tail) = explicit_affixes(label, position);
+    let mut out = String::with_capacity(head.len() + text.len() + tail.len());
+    out.push_str(&head);
     out.push_str(text);
-    if matches!(position, Position::End | Position::Both) {
-        out.push('\n');
-        out.push_str(label);
-    }
+    out.push_str(&tail);
     out
+}
+
+/// What [`apply_explicit`] puts before and after a non-empty text (one may be empty), for
+/// callers that splice the label around a text they do not copy. Counts the label as applied.
+pub fn explicit_affixes(label: &str, position: Position) -> (String, String) {
+    super::record("text", "explicit", "ok");
+    let head = match position {
+        Position::Start | Position::Both => format!("{label}\n"),
+        Position::End => String::new(),
+    };
+    let tail = match position {
+        Position::End | Position::Both => format!("\n{label}"),
+        Position::Start => String::new(),
+    };
+    (head, tail)
 }
 
 /// The delivered text of an OpenAI-style chat completion: `choices[*].message.content` concatenated in
