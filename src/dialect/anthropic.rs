@@ -13,11 +13,13 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::capture::{capture, Leaf};
 use super::generation::{event_data, EventData};
 use super::generation::{label_slots, sse_named, TextApi};
 use super::labels::{aigc_value, TextLabels};
 use super::openai::Extras;
 use super::paths::{self, find_strings, Found, Seg, StaticPatterns};
+use super::quick::{self, LabelRule, QuickAnswer, QuickPrompt};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
@@ -41,6 +43,71 @@ const PROMPT_STRINGS: &[&str] = &[
     "messages.*.content.*.content.*.text",
 ];
 
+/// What the fast read of a request takes besides `PROMPT_STRINGS` (see `quick`).
+const REQUEST_MORE: &[&str] = &[
+    "messages",
+    "messages.*.content.*.input",
+    "model",
+    "output_format.type",
+    "output_config.format.type",
+];
+/// What the fast read of a whole answer takes.
+const ANSWER_READ: &[&str] = &[
+    "content.*.type",
+    "content.*.text",
+    "content.*.thinking",
+    "content.*.input",
+    "aigc",
+];
+
+/// The fast read of a request: `None` sends it down the tree path (which also reports errors),
+/// and so do tool inputs, judged as their compact JSON.
+fn quick_prompt(body: &[u8]) -> Option<QuickPrompt<'_>> {
+    static PATTERNS: StaticPatterns = StaticPatterns::new(PROMPT_STRINGS, "");
+    static MORE: StaticPatterns = StaticPatterns::new(REQUEST_MORE, "");
+    let (prompt, captures) = quick::read_request(body, &PATTERNS, &MORE)?;
+    let mut q = QuickPrompt::default();
+    let mut messages = false;
+    for c in captures {
+        match (c.pattern.checked_sub(prompt), c.leaf) {
+            (None, Leaf::Str(s)) => q.texts.push(s),
+            (Some(0), Leaf::Array) => messages = true,
+            (Some(1), _) => return None,
+            (Some(2), Leaf::Str(s)) => q.model = Some(s),
+            (Some(3 | 4), Leaf::Str(s)) => q.json_mode |= s == "json_schema",
+            _ => {}
+        }
+    }
+    messages.then_some(q)
+}
+
+/// The fast read of a whole answer: `None` for the tree path (tool inputs, an `aigc` member).
+fn quick_answer<'a>(body: &'a [u8], extras: &Extras) -> Option<QuickAnswer<'a>> {
+    static PATTERNS: StaticPatterns = StaticPatterns::new(ANSWER_READ, "");
+    let patterns = quick::patterns(PATTERNS.parsed(), &extras.patterns);
+    let (mut texts, mut blocks, mut text_blocks) = (Vec::new(), Vec::new(), Vec::new());
+    for c in capture(body, &patterns)? {
+        let block = c.star(0);
+        match (c.pattern, c.leaf) {
+            (0, Leaf::Str(t)) if t == "text" => text_blocks.push(block),
+            (1, Leaf::Str(s)) => blocks.push((block, c.span, s)),
+            (3 | 4, _) => return None,
+            (p, Leaf::Str(s)) if p == 2 || p >= ANSWER_READ.len() => texts.push(s),
+            _ => {}
+        }
+    }
+    // Every block's text is judged; those of `type: text` blocks are the visible ones.
+    let mut visible = Vec::new();
+    for (block, span, s) in blocks {
+        if text_blocks.contains(&block) {
+            visible.push((span, s));
+        } else {
+            texts.push(s);
+        }
+    }
+    QuickAnswer::new(body, texts, visible, LabelRule::Ends)
+}
+
 /// The Anthropic Messages API.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Anthropic;
@@ -59,6 +126,14 @@ impl TextApi for Anthropic {
         ]
         .iter()
         .any(|p| super::json::at(req, p).and_then(Value::as_str) == Some("json_schema"))
+    }
+
+    fn quick_prompt<'a>(&self, body: &'a [u8]) -> Option<QuickPrompt<'a>> {
+        quick_prompt(body)
+    }
+
+    fn quick_answer<'a>(&self, body: &'a [u8], extras: &Extras) -> Option<QuickAnswer<'a>> {
+        quick_answer(body, extras)
     }
 
     fn codec(&self, extras: Extras, labels: Option<TextLabels>) -> AnthropicCodec {

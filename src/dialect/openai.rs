@@ -9,7 +9,7 @@ use super::generation::TextApi;
 use super::generation::{event_data, EventData};
 use super::labels::{aigc_value, TextLabels};
 use super::paths::{self, find_strings, parse_pattern, Found, Pat, Seg, StaticPatterns};
-use super::quick::{self, QuickAnswer, QuickPrompt};
+use super::quick::{self, LabelRule, QuickAnswer, QuickPrompt};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
@@ -166,11 +166,7 @@ pub fn quick_prompt(flavor: Flavor, body: &[u8]) -> Option<QuickPrompt<'_>> {
     if !quick::is_object(body) {
         return None;
     }
-    let mut q = QuickPrompt {
-        texts: Vec::new(),
-        model: None,
-        json_mode: false,
-    };
+    let mut q = QuickPrompt::default();
     match flavor {
         Flavor::Chat => {
             let prompt = CHAT_PROMPT.len();
@@ -220,8 +216,7 @@ pub fn quick_answer<'a>(
         Flavor::Completions => COMPLETIONS.parsed(),
     };
     let aigc = own.len() - 1;
-    let mut patterns: Vec<&[Pat]> = own.iter().map(Vec::as_slice).collect();
-    patterns.extend(extras.patterns.iter().map(Vec::as_slice));
+    let patterns = quick::patterns(own, &extras.patterns);
     let (mut texts, mut visible) = (Vec::new(), Vec::new());
     for c in capture(body, &patterns)? {
         match (c.pattern, c.leaf) {
@@ -233,7 +228,7 @@ pub fn quick_answer<'a>(
             _ => {}
         }
     }
-    QuickAnswer::new(body, texts, visible)
+    QuickAnswer::new(body, texts, visible, LabelRule::Each)
 }
 
 fn is_json_format(kind: &str) -> bool {

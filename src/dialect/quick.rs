@@ -15,10 +15,12 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use super::capture::{capture, Capture};
+use super::paths::{Pat, StaticPatterns};
 use crate::label::{explicit_affixes, Position, CHAT_AIGC_FIELD};
 
 /// A request read by a dialect's fast read.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct QuickPrompt<'a> {
     /// Every prompt text the policy judges.
     pub texts: Vec<Cow<'a, str>>,
@@ -26,6 +28,16 @@ pub struct QuickPrompt<'a> {
     pub model: Option<Cow<'a, str>>,
     /// Whether the client asked for JSON output (no explicit label then).
     pub json_mode: bool,
+}
+
+/// Which visible texts of an answer get the explicit label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelRule {
+    /// Each non-empty one, at the configured place (the choices of a chat answer).
+    Each,
+    /// The first and the last, as `generation::label_slots` does (the blocks or parts of one
+    /// answer): a label at the start goes before the first, one at the end after the last.
+    Ends,
 }
 
 /// A whole answer read by a dialect's fast read.
@@ -38,6 +50,8 @@ pub struct QuickAnswer<'a> {
     /// Each non-empty one gets the explicit label; together they are what the implicit label
     /// signs.
     pub visible: Vec<(Range<usize>, Cow<'a, str>)>,
+    /// Which visible texts the explicit label goes into.
+    rule: LabelRule,
     /// The offset of the closing brace of the top-level object.
     close: usize,
     /// Whether that object has members (a new one then needs a comma).
@@ -50,6 +64,7 @@ impl<'a> QuickAnswer<'a> {
         body: &[u8],
         texts: Vec<Cow<'a, str>>,
         visible: Vec<(Range<usize>, Cow<'a, str>)>,
+        rule: LabelRule,
     ) -> Option<Self> {
         let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
         let close = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
@@ -62,6 +77,7 @@ impl<'a> QuickAnswer<'a> {
         Some(Self {
             texts,
             visible,
+            rule,
             close,
             has_members,
         })
@@ -83,23 +99,41 @@ impl<'a> QuickAnswer<'a> {
         let mut delivered = String::new();
         let mut explicit_used = false;
         let mut at = 0;
-        for (span, text) in &self.visible {
-            match label {
-                Some((label, pos)) if !text.is_empty() => {
-                    let (head, tail) = explicit_affixes(label, pos);
-                    out.extend_from_slice(&body[at..span.start + 1]);
-                    push_escaped(&mut out, &head);
-                    // The text between the quotes, as the model server spelled it.
-                    out.extend_from_slice(&body[span.start + 1..span.end - 1]);
-                    push_escaped(&mut out, &tail);
-                    at = span.end - 1;
-                    delivered.push_str(&head);
-                    delivered.push_str(text);
-                    delivered.push_str(&tail);
-                    explicit_used = true;
-                }
-                _ => delivered.push_str(text),
-            }
+        let n = self.visible.len();
+        for (i, (span, text)) in self.visible.iter().enumerate() {
+            let place = label.and_then(|(label, pos)| {
+                let at_start = matches!(pos, Position::Start | Position::Both);
+                let at_end = matches!(pos, Position::End | Position::Both);
+                let pos = match self.rule {
+                    LabelRule::Each if text.is_empty() => return None,
+                    LabelRule::Each => pos,
+                    LabelRule::Ends if n == 1 => pos,
+                    LabelRule::Ends if i == 0 && at_start => Position::Start,
+                    LabelRule::Ends if i == n - 1 && at_end => Position::End,
+                    LabelRule::Ends => return None,
+                };
+                Some((label, pos))
+            });
+            let Some((label, pos)) = place else {
+                delivered.push_str(text);
+                continue;
+            };
+            // An empty text becomes the label alone, as `apply_explicit` makes it.
+            let (head, tail) = if text.is_empty() {
+                (crate::label::apply_explicit("", label, pos), String::new())
+            } else {
+                explicit_affixes(label, pos)
+            };
+            out.extend_from_slice(&body[at..span.start + 1]);
+            push_escaped(&mut out, &head);
+            // The text between the quotes, as the model server spelled it.
+            out.extend_from_slice(&body[span.start + 1..span.end - 1]);
+            push_escaped(&mut out, &tail);
+            at = span.end - 1;
+            delivered.push_str(&head);
+            delivered.push_str(text);
+            delivered.push_str(&tail);
+            explicit_used = true;
         }
         out.extend_from_slice(&body[at..self.close]);
         Rendering {
@@ -141,6 +175,27 @@ impl Rendering {
     }
 }
 
+/// The patterns of a fast read: a dialect's own, then `more` (the other fields a request's
+/// read takes, or the configured extra answer fields).
+pub fn patterns<'p>(own: &'p [Vec<Pat>], more: &'p [Vec<Pat>]) -> Vec<&'p [Pat]> {
+    own.iter().chain(more).map(Vec::as_slice).collect()
+}
+
+/// The captures of a request's fast read at a dialect's prompt patterns, then at `more`; the
+/// number of prompt patterns (a capture at `pattern - prompt` is one of `more`). `None` unless
+/// the body is a strict JSON object.
+pub fn read_request<'a>(
+    body: &'a [u8],
+    prompt: &StaticPatterns,
+    more: &StaticPatterns,
+) -> Option<(usize, Vec<Capture<'a>>)> {
+    if !is_object(body) {
+        return None;
+    }
+    let captures = capture(body, &patterns(prompt.parsed(), more.parsed()))?;
+    Some((prompt.parsed().len(), captures))
+}
+
 /// Whether a strict JSON body is an object.
 pub fn is_object(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
@@ -158,9 +213,11 @@ fn push_escaped(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::anthropic::Anthropic;
     use crate::dialect::generation::TextApi;
     use crate::dialect::json::{parse_answer, parse_strict, rewrite};
     use crate::dialect::openai::{Extras, Flavor, OpenAi};
+    use crate::dialect::responses::Responses;
     use proptest::prelude::*;
     use serde_json::Value;
 
@@ -168,8 +225,8 @@ mod tests {
 
     /// An answer as the tree path delivers it: (body, delivered text, explicit label used,
     /// every judged text sorted).
-    fn tree(
-        api: &OpenAi,
+    fn tree<A: TextApi>(
+        api: &A,
         body: &[u8],
         extras: &Extras,
         label: Option<(&str, Position)>,
@@ -195,8 +252,8 @@ mod tests {
         )
     }
 
-    fn quick(
-        api: &OpenAi,
+    fn quick<A: TextApi>(
+        api: &A,
         body: &[u8],
         extras: &Extras,
         label: Option<(&str, Position)>,
@@ -255,6 +312,43 @@ mod tests {
     }
 
     #[test]
+    fn messages_and_responses_answers_read_fast_equal_the_tree() {
+        let x = Extras::default();
+        for body in [
+            r#"{"id":"m","content":[{"type":"thinking","thinking":"t"},{"type":"text","text":"a\nb"},{"type":"text","text":""},{"type":"text","text":"c"}],"stop_reason":"end_turn"}"#,
+            r#"{"content":[{"type":"text","text":"only"}]}"#,
+            r#"{"content":[{"text":"untyped"},{"type":"other","text":"x"}]}"#,
+            r#"{"content":[]}"#,
+        ] {
+            for label in LABELS {
+                assert_eq!(
+                    quick(&Anthropic, body.as_bytes(), &x, label),
+                    Some(tree(&Anthropic, body.as_bytes(), &x, label)),
+                    "{body} {label:?}"
+                );
+            }
+        }
+        for body in [
+            r#"{"output":[{"type":"reasoning","summary":[{"type":"summary_text","text":"s"}]},
+                {"type":"message","content":[{"type":"output_text","text":"a"},{"type":"refusal","refusal":"r"},{"type":"output_text","text":"b"}]},
+                {"type":"function_call","arguments":"{}"}],"status":"completed"}"#,
+            r#"{"output":[{"content":[{"type":"output_text","text":"no item type"}]},{"type":"message","content":[{"text":"no part type"}]}],"output_text":"z"}"#,
+            r#"{"output":[{"type":"message","content":[{"type":"output_text","text":""}]}]}"#,
+        ] {
+            for label in LABELS {
+                assert_eq!(
+                    quick(&Responses, body.as_bytes(), &x, label),
+                    Some(tree(&Responses, body.as_bytes(), &x, label)),
+                    "{body} {label:?}"
+                );
+            }
+        }
+        // Tool inputs are judged as their compact JSON: the tree path reads them.
+        let tool = br#"{"content":[{"type":"tool_use","input":{"b":1,"a":2}}]}"#;
+        assert!(Anthropic.quick_answer(tool, &x).is_none());
+    }
+
+    #[test]
     fn answers_the_fast_read_leaves_to_the_tree() {
         let api = OpenAi(Flavor::Chat);
         let x = Extras::default();
@@ -270,48 +364,94 @@ mod tests {
         }
     }
 
+    fn same_prompt<A: TextApi>(api: &A, body: &str) {
+        let tree = parse_strict(body.as_bytes()).and_then(|v| {
+            let texts: Vec<String> = api.prompt_texts(&v)?.into_iter().map(|f| f.text).collect();
+            let model = v.get("model").and_then(Value::as_str).map(str::to_owned);
+            Ok((texts, model, api.json_mode(&v)))
+        });
+        // Declined (`None`): the tree path either refuses the request or reads it.
+        if let Some(q) = api.quick_prompt(body.as_bytes()) {
+            let mut texts: Vec<String> = q.texts.iter().map(|t| t.to_string()).collect();
+            let model = q.model.map(|m| m.into_owned());
+            let mut want = tree.ok();
+            // The order of texts does not matter to a clean request.
+            texts.sort();
+            if let Some(w) = &mut want {
+                w.0.sort();
+            }
+            assert_eq!(Some((texts, model, q.json_mode)), want, "{body}");
+        }
+    }
+
     #[test]
     fn requests_read_fast_equal_the_tree() {
         let chat = OpenAi(Flavor::Chat);
         let completions = OpenAi(Flavor::Completions);
-        let cases: [(&OpenAi, &str); 10] = [
-            (
-                &chat,
-                r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"t"},{"type":"image_url"}],"name":"n"}],"response_format":{"type":"json_object"}}"#,
-            ),
-            (
-                &chat,
-                r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":"{}"}}],"function_call":{"arguments":"a"},"reasoning_content":"r","refusal":"no"}]}"#,
-            ),
-            (
-                &chat,
-                r#"{"messages":[],"response_format":{"type":"text"},"model":7}"#,
-            ),
-            (&chat, r#"{"messages":{}}"#),
-            (&chat, r#"{"model":"m"}"#),
-            (&chat, r#"[]"#),
-            (&completions, r#"{"prompt":"p","model":"m"}"#),
-            (&completions, r#"{"prompt":["a","b"]}"#),
-            (&completions, r#"{"prompt":[1,2]}"#),
-            (&completions, r#"{"prompt":true}"#),
-        ];
-        for (api, body) in cases {
-            let tree = parse_strict(body.as_bytes()).and_then(|v| {
-                let texts: Vec<String> =
-                    api.prompt_texts(&v)?.into_iter().map(|f| f.text).collect();
-                let model = v.get("model").and_then(Value::as_str).map(str::to_owned);
-                Ok((texts, model, api.json_mode(&v)))
-            });
-            match api.quick_prompt(body.as_bytes()) {
-                Some(q) => {
-                    let texts: Vec<String> = q.texts.iter().map(|t| t.to_string()).collect();
-                    let model = q.model.map(|m| m.into_owned());
-                    assert_eq!(Some((texts, model, q.json_mode)), tree.ok(), "{body}");
-                }
-                // Declined: the tree path refuses it.
-                None => assert!(tree.is_err(), "{body}"),
-            }
+        for body in [
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"t"},{"type":"image_url"}],"name":"n"}],"response_format":{"type":"json_object"}}"#,
+            r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":"{}"}}],"function_call":{"arguments":"a"},"reasoning_content":"r","refusal":"no"}]}"#,
+            r#"{"messages":[],"response_format":{"type":"text"},"model":7}"#,
+        ] {
+            assert!(chat.quick_prompt(body.as_bytes()).is_some(), "{body}");
+            same_prompt(&chat, body);
         }
+        for body in [r#"{"prompt":"p","model":"m"}"#, r#"{"prompt":["a","b"]}"#] {
+            assert!(
+                completions.quick_prompt(body.as_bytes()).is_some(),
+                "{body}"
+            );
+            same_prompt(&completions, body);
+        }
+        for body in [
+            r#"{"model":"c","system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":[{"type":"text","text":"t"},{"type":"tool_result","content":[{"type":"text","text":"r"}]}]},{"role":"assistant","content":"x"}],"output_format":{"type":"json_schema"}}"#,
+            r#"{"system":"s","messages":[],"output_config":{"format":{"type":"json_schema"}}}"#,
+        ] {
+            assert!(Anthropic.quick_prompt(body.as_bytes()).is_some(), "{body}");
+            same_prompt(&Anthropic, body);
+        }
+        for body in [
+            r#"{"model":"g","instructions":"i","input":[{"role":"user","content":[{"type":"input_text","text":"t"}]},{"type":"function_call_output","output":"o"}],"text":{"format":{"type":"json_schema"}}}"#,
+            r#"{"input":"just text"}"#,
+            r#"{"input":null}"#,
+        ] {
+            assert!(Responses.quick_prompt(body.as_bytes()).is_some(), "{body}");
+            same_prompt(&Responses, body);
+        }
+        // What the tree path refuses, the fast read declines.
+        for (body, declined) in [
+            (
+                r#"{"messages":{}}"#,
+                chat.quick_prompt(br#"{"messages":{}}"#).is_none(),
+            ),
+            (
+                r#"{"model":"m"}"#,
+                chat.quick_prompt(br#"{"model":"m"}"#).is_none(),
+            ),
+            (r#"[]"#, chat.quick_prompt(b"[]").is_none()),
+            (
+                r#"{"prompt":[1,2]}"#,
+                completions.quick_prompt(br#"{"prompt":[1,2]}"#).is_none(),
+            ),
+            (
+                r#"{"prompt":true}"#,
+                completions.quick_prompt(br#"{"prompt":true}"#).is_none(),
+            ),
+            (
+                r#"{"input":5}"#,
+                Responses.quick_prompt(br#"{"input":5}"#).is_none(),
+            ),
+            (
+                r#"{"system":"s"}"#,
+                Anthropic.quick_prompt(br#"{"system":"s"}"#).is_none(),
+            ),
+        ] {
+            assert!(declined, "{body}");
+        }
+        // Tool inputs are judged as their compact JSON: the tree path reads them.
+        let tool =
+            br#"{"messages":[{"role":"assistant","content":[{"type":"tool_use","input":{}}]}]}"#;
+        assert!(Anthropic.quick_prompt(tool).is_none());
     }
 
     fn answer_like() -> impl Strategy<Value = Value> {
@@ -321,7 +461,7 @@ mod tests {
             any::<u8>().prop_map(Value::from),
             text.prop_map(Value::String),
         ];
-        let keys = "(choices|message|content|reasoning|refusal|tool_calls|function|arguments|index|text|x)";
+        let keys = "(choices|message|content|reasoning|refusal|tool_calls|function|arguments|index|text|type|output|thinking|x)";
         leaf.prop_recursive(6, 64, 5, move |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
@@ -339,23 +479,37 @@ mod tests {
             texts in prop::collection::vec("[a\u{4e2d}\"\\\\\n ]{0,4}", 0..3),
             rest in answer_like(),
             pretty in any::<bool>(),
-            chat in any::<bool>(),
             label in 0..LABELS.len(),
         ) {
-            // Mostly answer-shaped: choices with a message (chat) or a text (completions),
-            // around any shape at all.
+            // Mostly answer-shaped for each API (chat choices, completions texts, Messages
+            // blocks, Responses items), around and among any shape at all; every API reads
+            // the same body.
             let mut choices: Vec<Value> = messages
-                .into_iter()
+                .iter()
                 .map(|m| serde_json::json!({"message": m}))
                 .collect();
-            choices.extend(texts.into_iter().map(|t| serde_json::json!({"text": t, "message": {"content": t}})));
-            let v = serde_json::json!({"choices": choices, "rest": rest});
+            choices.extend(texts.iter().map(|t| serde_json::json!({"text": t, "message": {"content": t}})));
+            let mut blocks: Vec<Value> = messages.clone();
+            blocks.extend(texts.iter().map(|t| serde_json::json!({"type": "text", "text": t})));
+            let mut items: Vec<Value> = messages;
+            items.push(serde_json::json!({"type": "message", "content":
+                texts.iter().map(|t| serde_json::json!({"type": "output_text", "text": t})).collect::<Vec<_>>()}));
+            let v = serde_json::json!({"choices": choices, "content": blocks, "output": items, "rest": rest});
             let body = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }
                 .unwrap();
-            let api = OpenAi(if chat { Flavor::Chat } else { Flavor::Completions });
             let x = Extras::default();
-            if let Some(q) = quick(&api, &body, &x, LABELS[label]) {
-                prop_assert_eq!(q, tree(&api, &body, &x, LABELS[label]));
+            let l = LABELS[label];
+            if let Some(q) = quick(&OpenAi(Flavor::Chat), &body, &x, l) {
+                prop_assert_eq!(q, tree(&OpenAi(Flavor::Chat), &body, &x, l));
+            }
+            if let Some(q) = quick(&OpenAi(Flavor::Completions), &body, &x, l) {
+                prop_assert_eq!(q, tree(&OpenAi(Flavor::Completions), &body, &x, l));
+            }
+            if let Some(q) = quick(&Anthropic, &body, &x, l) {
+                prop_assert_eq!(q, tree(&Anthropic, &body, &x, l));
+            }
+            if let Some(q) = quick(&Responses, &body, &x, l) {
+                prop_assert_eq!(q, tree(&Responses, &body, &x, l));
             }
         }
     }

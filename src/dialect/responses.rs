@@ -18,11 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::capture::{capture, Leaf};
 use super::generation::{event_data, EventData};
 use super::generation::{label_slots, sse_named, TextApi};
 use super::labels::{aigc_value, TextLabels};
 use super::openai::Extras;
 use super::paths::{self, find_strings, parse_pattern, Found, Seg, StaticPatterns};
+use super::quick::{self, LabelRule, QuickAnswer, QuickPrompt};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
@@ -40,6 +42,76 @@ const PROMPT: &[&str] = &[
     "input.*.input",
     "input.*.summary.*.text",
 ];
+
+/// What the fast read of a request takes besides `PROMPT` (see `quick`).
+const REQUEST_MORE: &[&str] = &["input", "model", "text.format.type"];
+/// What the fast read of a whole answer takes: item and part types, the parts' text, the
+/// other generated fields (`ITEM_TEXT` less `content.*.text`, then `output_text`), the
+/// implicit label's slot.
+const ANSWER_READ: &[&str] = &[
+    "output.*.type",
+    "output.*.content.*.type",
+    "output.*.content.*.text",
+    "output.*.content.*.refusal",
+    "output.*.summary.*.text",
+    "output.*.arguments",
+    "output.*.input",
+    "output_text",
+    "aigc",
+];
+
+/// The fast read of a request: `None` sends it down the tree path (which also reports errors).
+fn quick_prompt(body: &[u8]) -> Option<QuickPrompt<'_>> {
+    static PATTERNS: StaticPatterns = StaticPatterns::new(PROMPT, "");
+    static MORE: StaticPatterns = StaticPatterns::new(REQUEST_MORE, "");
+    let (prompt, captures) = quick::read_request(body, &PATTERNS, &MORE)?;
+    let mut q = QuickPrompt::default();
+    for c in captures {
+        let null = &body[c.span.clone()] == b"null";
+        match (c.pattern.checked_sub(prompt), c.leaf) {
+            (None | Some(0), Leaf::Str(s)) => q.texts.push(s),
+            (Some(0), Leaf::Array) => {}
+            (Some(0), Leaf::Other) if null => {}
+            // `input` of another type: the tree path refuses the request.
+            (Some(0), _) => return None,
+            (Some(1), Leaf::Str(s)) => q.model = Some(s),
+            (Some(2), Leaf::Str(s)) => q.json_mode = matches!(&*s, "json_object" | "json_schema"),
+            _ => {}
+        }
+    }
+    Some(q)
+}
+
+/// The fast read of a whole answer: `None` for the tree path (an `aigc` member already there).
+fn quick_answer<'a>(body: &'a [u8], extras: &Extras) -> Option<QuickAnswer<'a>> {
+    static PATTERNS: StaticPatterns = StaticPatterns::new(ANSWER_READ, "");
+    let aigc = ANSWER_READ.len() - 1;
+    let patterns = quick::patterns(PATTERNS.parsed(), &extras.patterns);
+    let (mut texts, mut parts, mut messages, mut output_texts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for c in capture(body, &patterns)? {
+        let at = (c.star(0), c.star(1));
+        match (c.pattern, c.leaf) {
+            (0, Leaf::Str(t)) if t == "message" => messages.push(at.0),
+            (1, Leaf::Str(t)) if t == "output_text" => output_texts.push(at),
+            (2, Leaf::Str(s)) => parts.push((at, c.span, s)),
+            (p, _) if p == aigc => return None,
+            (p, Leaf::Str(s)) if p > 2 => texts.push(s),
+            _ => {}
+        }
+    }
+    // Every part's text is judged; those of `output_text` parts of `message` items are the
+    // visible ones.
+    let mut visible = Vec::new();
+    for (at, span, s) in parts {
+        if messages.contains(&at.0) && output_texts.contains(&at) {
+            visible.push((span, s));
+        } else {
+            texts.push(s);
+        }
+    }
+    QuickAnswer::new(body, texts, visible, LabelRule::Ends)
+}
 
 /// Text fields of one output item (below the item).
 const ITEM_TEXT: &[&str] = &[
@@ -78,6 +150,14 @@ impl TextApi for Responses {
             super::json::at(req, &["text", "format", "type"]).and_then(Value::as_str),
             Some("json_object" | "json_schema")
         )
+    }
+
+    fn quick_prompt<'a>(&self, body: &'a [u8]) -> Option<QuickPrompt<'a>> {
+        quick_prompt(body)
+    }
+
+    fn quick_answer<'a>(&self, body: &'a [u8], extras: &Extras) -> Option<QuickAnswer<'a>> {
+        quick_answer(body, extras)
     }
 
     fn codec(&self, extras: Extras, labels: Option<TextLabels>) -> ResponsesCodec {
