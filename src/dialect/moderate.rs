@@ -51,29 +51,22 @@ pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
     match ctx.dialect {
         DialectName::OpenaiChat => {
             let extras = ctx.rt.extras.openai_chat.clone();
-            return text_exchange(ctx, bytes, OpenAi(Flavor::Chat), extras).await;
+            text_exchange(ctx, bytes, OpenAi(Flavor::Chat), extras).await
         }
         DialectName::OpenaiCompletions => {
             let extras = ctx.rt.extras.openai_completions.clone();
-            return text_exchange(ctx, bytes, OpenAi(Flavor::Completions), extras).await;
+            text_exchange(ctx, bytes, OpenAi(Flavor::Completions), extras).await
         }
         DialectName::AnthropicMessages => {
             let extras = ctx.rt.extras.anthropic_messages.clone();
-            return text_exchange(ctx, bytes, super::anthropic::Anthropic, extras).await;
+            text_exchange(ctx, bytes, super::anthropic::Anthropic, extras).await
         }
         DialectName::OpenaiResponses => {
             let extras = ctx.rt.extras.openai_responses.clone();
-            return text_exchange(ctx, bytes, super::responses::Responses, extras).await;
+            text_exchange(ctx, bytes, super::responses::Responses, extras).await
         }
-        _ => {}
-    }
-    let json = match super::json::parse_strict(&bytes) {
-        Ok(v) => v,
-        Err(e) => return ctx.error(e),
-    };
-    match ctx.dialect {
-        DialectName::OpenaiImages => images_exchange(ctx, bytes, json).await,
-        DialectName::PromptOnly => prompt_only_exchange(ctx, bytes, json).await,
+        DialectName::OpenaiImages => images_exchange(ctx, bytes).await,
+        DialectName::PromptOnly => prompt_only_exchange(ctx, bytes).await,
         other => ctx.error(ApiError::new(
             ErrorKind::Internal,
             format!("the {other} dialect is not available in this build"),
@@ -695,7 +688,11 @@ fn judge_whole(
 }
 
 /// OpenAI Images: the prompt is judged; generated images are labeled (see `images`).
-async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> Response {
+async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes) -> Response {
+    let mut json = match super::json::parse_strict(&bytes) {
+        Ok(v) => v,
+        Err(e) => return ctx.error(e),
+    };
     let texts = match super::images::prompt_texts(&json) {
         Ok(t) => t,
         Err(e) => return ctx.error(e),
@@ -760,7 +757,11 @@ async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> 
 }
 
 /// Prompt-only routes: the request's text is judged, the answer passes untouched.
-async fn prompt_only_exchange(mut ctx: RequestCtx, bytes: Bytes, mut json: Value) -> Response {
+async fn prompt_only_exchange(mut ctx: RequestCtx, bytes: Bytes) -> Response {
+    let mut json = match super::json::parse_strict(&bytes) {
+        Ok(v) => v,
+        Err(e) => return ctx.error(e),
+    };
     let texts = match super::images::prompt_only_texts(&json) {
         Ok(t) => t,
         Err(e) => return ctx.error(e),

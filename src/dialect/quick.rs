@@ -419,35 +419,19 @@ mod tests {
             same_prompt(&Responses, body);
         }
         // What the tree path refuses, the fast read declines.
-        for (body, declined) in [
-            (
-                r#"{"messages":{}}"#,
-                chat.quick_prompt(br#"{"messages":{}}"#).is_none(),
-            ),
-            (
-                r#"{"model":"m"}"#,
-                chat.quick_prompt(br#"{"model":"m"}"#).is_none(),
-            ),
-            (r#"[]"#, chat.quick_prompt(b"[]").is_none()),
-            (
-                r#"{"prompt":[1,2]}"#,
-                completions.quick_prompt(br#"{"prompt":[1,2]}"#).is_none(),
-            ),
-            (
-                r#"{"prompt":true}"#,
-                completions.quick_prompt(br#"{"prompt":true}"#).is_none(),
-            ),
-            (
-                r#"{"input":5}"#,
-                Responses.quick_prompt(br#"{"input":5}"#).is_none(),
-            ),
-            (
-                r#"{"system":"s"}"#,
-                Anthropic.quick_prompt(br#"{"system":"s"}"#).is_none(),
-            ),
-        ] {
-            assert!(declined, "{body}");
+        fn declines<A: TextApi>(api: &A, body: &str) -> bool {
+            parse_strict(body.as_bytes())
+                .and_then(|v| api.prompt_texts(&v))
+                .is_err()
+                && api.quick_prompt(body.as_bytes()).is_none()
         }
+        assert!(declines(&chat, r#"{"messages":{}}"#));
+        assert!(declines(&chat, r#"{"model":"m"}"#));
+        assert!(declines(&chat, "[]"));
+        assert!(declines(&completions, r#"{"prompt":[1,2]}"#));
+        assert!(declines(&completions, r#"{"prompt":true}"#));
+        assert!(declines(&Responses, r#"{"input":5}"#));
+        assert!(declines(&Anthropic, r#"{"system":"s"}"#));
         // Tool inputs are judged as their compact JSON: the tree path reads them.
         let tool =
             br#"{"messages":[{"role":"assistant","content":[{"type":"tool_use","input":{}}]}]}"#;
