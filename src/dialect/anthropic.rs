@@ -90,7 +90,7 @@ fn quick_answer<'a>(body: &'a [u8], extras: &Extras) -> Option<QuickAnswer<'a>> 
         let block = c.star(0);
         match (c.pattern, c.leaf) {
             (0, Leaf::Str(t)) if t == "text" => text_blocks.push(block),
-            (1, Leaf::Str(s)) => blocks.push((block, c.span, s)),
+            (1, Leaf::Str(s)) => blocks.push((block, c.span?, s)),
             (3 | 4, _) => return None,
             (p, Leaf::Str(s)) if p == 2 || p >= ANSWER_READ.len() => texts.push(s),
             _ => {}

@@ -36,8 +36,10 @@ pub struct Capture<'a> {
     pub pattern: usize,
     /// The array positions the pattern's `*` steps took, in order.
     stars: [u32; MAX_STARS],
-    /// The value's bytes in the body (a string with its quotes).
-    pub span: Range<usize>,
+    /// The value's bytes in the body (a string with its quotes). Known for every value where
+    /// the pattern ends, except where another pattern also goes on below the same place: there
+    /// the value is read once, as it comes, and only a string without escapes has a span.
+    pub span: Option<Range<usize>>,
     pub leaf: Leaf<'a>,
 }
 
@@ -50,7 +52,8 @@ pub enum Leaf<'a> {
     U64(u64),
     Array,
     Object,
-    /// `null`, a boolean, or any other number.
+    Null,
+    /// A boolean, or any other number.
     Other,
 }
 
@@ -170,10 +173,6 @@ struct Node<'r, 'a, 'p, 'o> {
 }
 
 impl<'r, 'a, 'p, 'o> Node<'r, 'a, 'p, 'o> {
-    fn ends(&self) -> bool {
-        self.active.iter().any(|a| self.r.is_end(a))
-    }
-
     /// The patterns that go on below this value, stepped along `key` or an array element.
     fn below(&self, key: Option<&str>) -> Active {
         let mut next = Active::default();
@@ -205,7 +204,7 @@ impl<'r, 'a, 'p, 'o> Node<'r, 'a, 'p, 'o> {
         }
     }
 
-    fn record(&mut self, span: Range<usize>, leaf: Leaf<'a>) {
+    fn record(&mut self, span: Option<Range<usize>>, leaf: Leaf<'a>) {
         for a in self.active.iter() {
             if self.r.is_end(a) {
                 self.r.out.push(Capture {
@@ -225,80 +224,46 @@ impl<'de: 'a, 'a> DeserializeSeed<'de> for Node<'_, 'a, '_, '_> {
         if self.active.is_empty() {
             return d.deserialize_any(Skip);
         }
-        if !self.ends() {
+        if self.active.iter().any(|a| !self.r.is_end(a)) {
+            // Patterns go on below: the value is read once, as it comes (see `Visitor`).
             return d.deserialize_any(self);
         }
-        // A pattern ends here: the value's span is wanted, whatever its type.
+        // Patterns end here and only here: the value's span is wanted, whatever its type.
         let raw = <&'de RawValue as serde::Deserialize>::deserialize(d)?;
         let raw: &'a str = raw.get();
         let start = self.r.offset(raw);
-        let span = start..start + raw.len();
         let leaf = match raw.as_bytes()[0] {
             b'"' if !raw.contains('\\') => Leaf::Str(Cow::Borrowed(&raw[1..raw.len() - 1])),
             b'"' => Leaf::Str(Cow::Owned(
                 serde_json::from_str::<String>(raw).map_err(de::Error::custom)?,
             )),
+            // Still read strictly (duplicate keys) inside.
             b'[' | b'{' => {
-                let kind = if raw.starts_with('[') {
+                serde_json::from_str::<Strict>(raw).map_err(de::Error::custom)?;
+                if raw.starts_with('[') {
                     Leaf::Array
                 } else {
                     Leaf::Object
-                };
-                // The container's own captures come first (document order), then it is read
-                // again, strictly, for the patterns that go on below it.
-                self.record(span, kind);
-                let mut rest = Active::default();
-                for a in self.active.iter().filter(|&a| !self.r.is_end(a)) {
-                    rest.push(a.0, a.1);
                 }
-                let mut inner = serde_json::Deserializer::from_str(raw);
-                return Node {
-                    r: &mut *self.r,
-                    active: rest,
-                    stars: self.stars,
-                    depth: self.depth,
-                }
-                .deserialize(&mut inner)
-                .map_err(de::Error::custom);
             }
             b'0'..=b'9' => raw.parse().map_or(Leaf::Other, Leaf::U64),
+            b'n' => Leaf::Null,
             _ => Leaf::Other,
         };
-        self.record(span, leaf);
+        self.record(Some(start..start + raw.len()), leaf);
         Ok(())
     }
 }
 
-/// The scalar methods of a visitor that keeps nothing of scalars.
-macro_rules! ignore_scalars {
-    () => {
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-    };
-}
-
+/// A value below which patterns go on; those that end at it are recorded as it comes.
 impl<'de: 'a, 'a> Visitor<'de> for Node<'_, 'a, '_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        // The object's own captures come before those inside it (document order).
+        self.record(None, Leaf::Object);
         let mut keys = KeySet::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let below = self.below(Some(&key));
@@ -308,6 +273,7 @@ impl<'de: 'a, 'a> Visitor<'de> for Node<'_, 'a, '_, '_> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.record(None, Leaf::Array);
         let below = self.below(None);
         let mut i = 0u32;
         loop {
@@ -318,12 +284,52 @@ impl<'de: 'a, 'a> Visitor<'de> for Node<'_, 'a, '_, '_> {
             i = i.saturating_add(1);
         }
     }
-    // Scalars where patterns only go on below: nothing to capture.
-    ignore_scalars!();
+    fn visit_borrowed_str<E>(mut self, v: &'de str) -> Result<(), E> {
+        // Borrowed: no escapes, so the quotes sit right around it.
+        let start = self.r.offset(v) - 1;
+        self.record(
+            Some(start..start + v.len() + 2),
+            Leaf::Str(Cow::Borrowed(v)),
+        );
+        Ok(())
+    }
+    fn visit_str<E>(mut self, v: &str) -> Result<(), E> {
+        self.record(None, Leaf::Str(Cow::Owned(v.to_owned())));
+        Ok(())
+    }
+    fn visit_u64<E>(mut self, v: u64) -> Result<(), E> {
+        self.record(None, Leaf::U64(v));
+        Ok(())
+    }
+    fn visit_unit<E>(mut self) -> Result<(), E> {
+        self.record(None, Leaf::Null);
+        Ok(())
+    }
+    fn visit_bool<E>(mut self, _: bool) -> Result<(), E> {
+        self.record(None, Leaf::Other);
+        Ok(())
+    }
+    fn visit_i64<E>(mut self, _: i64) -> Result<(), E> {
+        self.record(None, Leaf::Other);
+        Ok(())
+    }
+    fn visit_f64<E>(mut self, _: f64) -> Result<(), E> {
+        self.record(None, Leaf::Other);
+        Ok(())
+    }
 }
 
 /// A subtree no pattern reaches: read for strictness only (duplicate keys), nothing kept.
 struct Skip;
+
+/// [`Skip`] as a type to deserialize a captured container with.
+struct Strict;
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(Skip).map(|()| Strict)
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for Skip {
     type Value = ();
@@ -349,7 +355,24 @@ impl<'de> Visitor<'de> for Skip {
         while seq.next_element_seed(Skip)?.is_some() {}
         Ok(())
     }
-    ignore_scalars!();
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
 }
 
 /// The keys of one object, to refuse a duplicate: a list while the object is small, a hash
@@ -418,19 +441,30 @@ mod tests {
     #[test]
     fn strings_with_their_spans_and_paths() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"a\nb"},
-            {"role":"user","content":[{"type":"text","text":"c"},{"type":"image_url"}]}]}"#;
-        let p = pats(&["messages.*.content", "messages.*.content.*.text", "model"]);
+            {"role":"user","content":[{"type":"text","text":"c"},{"type":"image_url"}]},
+            {"content":"d"}],"m2":"e\tf"}"#;
+        let p = pats(&[
+            "messages.*.content",
+            "messages.*.content.*.text",
+            "model",
+            "m2",
+        ]);
         let caps = capture(body, &p).unwrap();
         let text = std::str::from_utf8(body).unwrap();
-        let shown: Vec<(usize, &str, Option<&str>)> = caps
+        let shown: Vec<(usize, Option<&str>, Option<&str>)> = caps
             .iter()
-            .map(|c| (c.pattern, &text[c.span.clone()], c.text()))
+            .map(|c| (c.pattern, c.span.clone().map(|s| &text[s]), c.text()))
             .collect();
-        assert_eq!(shown[0], (2, "\"m\"", Some("m")));
-        assert_eq!(shown[1], (0, r#""a\nb""#, Some("a\nb")));
+        assert_eq!(shown[0], (2, Some("\"m\""), Some("m")));
+        // `content` is also a step of pattern 1: read once, as it comes, so a string with an
+        // escape has no span there, one without has its own.
+        assert_eq!(shown[1], (0, None, Some("a\nb")));
         assert_eq!(caps[2].leaf, Leaf::Array);
-        assert_eq!(shown[3], (1, "\"c\"", Some("c")));
-        assert_eq!(caps.len(), 4);
+        assert_eq!(shown[3], (1, Some("\"c\""), Some("c")));
+        assert_eq!(shown[4], (0, Some("\"d\""), Some("d")));
+        // Where patterns only end, every value has its span.
+        assert_eq!(shown[5], (3, Some(r#""e\tf""#), Some("e\tf")));
+        assert_eq!(caps.len(), 6);
         assert_eq!(
             crate::dialect::paths::display(&caps[3].path(&p[1])),
             "messages[1].content[0].text"
@@ -452,7 +486,7 @@ mod tests {
         let leaves: Vec<&Leaf> = caps.iter().map(|c| &c.leaf).collect();
         assert_eq!(
             leaves,
-            [&Leaf::U64(3), &Leaf::Other, &Leaf::Other, &Leaf::Other]
+            [&Leaf::U64(3), &Leaf::Other, &Leaf::Other, &Leaf::Null]
         );
         assert_eq!(caps[2].star(0), 1);
     }
@@ -542,8 +576,8 @@ mod tests {
             }
             prop_assert_eq!(found(&body, &p).unwrap(), want);
             for c in capture(&body, &p).unwrap() {
-                if let Some(t) = c.text() {
-                    let raw: String = serde_json::from_slice(&body[c.span.clone()]).unwrap();
+                if let (Some(t), Some(span)) = (c.text(), c.span.clone()) {
+                    let raw: String = serde_json::from_slice(&body[span]).unwrap();
                     prop_assert_eq!(raw, t);
                 }
             }

@@ -185,11 +185,9 @@ pub fn quick_prompt(flavor: Flavor, body: &[u8]) -> Option<QuickPrompt<'_>> {
         }
         Flavor::Completions => {
             for c in capture(body, COMPLETIONS.parsed())? {
-                let null = &body[c.span.clone()] == b"null";
                 match (c.pattern, c.leaf) {
                     (0 | 1, Leaf::Str(s)) => q.texts.push(s),
-                    (0, Leaf::Array) => {}
-                    (0, Leaf::Other) if null => {}
+                    (0, Leaf::Array | Leaf::Null) => {}
                     // Token ids, or a `prompt` of another type: the tree path refuses them.
                     (0 | 1, _) => return None,
                     (2, Leaf::Str(s)) => q.model = Some(s),
@@ -220,7 +218,7 @@ pub fn quick_answer<'a>(
     let (mut texts, mut visible) = (Vec::new(), Vec::new());
     for c in capture(body, &patterns)? {
         match (c.pattern, c.leaf) {
-            (0, Leaf::Str(s)) => visible.push((c.span, s)),
+            (0, Leaf::Str(s)) => visible.push((c.span?, s)),
             // Content parts are labeled and signed on the tree path.
             (0, Leaf::Array) => return None,
             (p, _) if p == aigc => return None,

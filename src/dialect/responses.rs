@@ -67,11 +67,9 @@ fn quick_prompt(body: &[u8]) -> Option<QuickPrompt<'_>> {
     let (prompt, captures) = quick::read_request(body, &PATTERNS, &MORE)?;
     let mut q = QuickPrompt::default();
     for c in captures {
-        let null = &body[c.span.clone()] == b"null";
         match (c.pattern.checked_sub(prompt), c.leaf) {
             (None | Some(0), Leaf::Str(s)) => q.texts.push(s),
-            (Some(0), Leaf::Array) => {}
-            (Some(0), Leaf::Other) if null => {}
+            (Some(0), Leaf::Array | Leaf::Null) => {}
             // `input` of another type: the tree path refuses the request.
             (Some(0), _) => return None,
             (Some(1), Leaf::Str(s)) => q.model = Some(s),
@@ -94,7 +92,7 @@ fn quick_answer<'a>(body: &'a [u8], extras: &Extras) -> Option<QuickAnswer<'a>> 
         match (c.pattern, c.leaf) {
             (0, Leaf::Str(t)) if t == "message" => messages.push(at.0),
             (1, Leaf::Str(t)) if t == "output_text" => output_texts.push(at),
-            (2, Leaf::Str(s)) => parts.push((at, c.span, s)),
+            (2, Leaf::Str(s)) => parts.push((at, c.span?, s)),
             (p, _) if p == aigc => return None,
             (p, Leaf::Str(s)) if p > 2 => texts.push(s),
             _ => {}
