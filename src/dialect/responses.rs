@@ -307,12 +307,27 @@ enum Kind {
 /// One stream event kept for re-rendering.
 pub struct Event {
     name: Option<String>,
+    /// `type`.
+    ty: String,
+    /// The data as a tree; `Null` for a text delta read without one (`raw` holds it then).
     json: Value,
+    raw: Option<Box<str>>,
+    /// `sequence_number`.
+    seq: Option<u64>,
     kind: Kind,
     paths: Vec<Vec<Seg>>,
 }
 
 impl Event {
+    /// The data as a tree, to change: a text delta read without one is read now (rarely: only
+    /// when its text was rewritten or its number must change).
+    fn tree(&self) -> Value {
+        match &self.raw {
+            Some(raw) => serde_json::from_str(raw).unwrap_or(Value::Null),
+            None => self.json.clone(),
+        }
+    }
+
     /// This event, under its own name, with `v` as its data.
     fn encode(&self, v: &Value) -> Bytes {
         match &self.name {
@@ -445,8 +460,7 @@ impl ResponsesCodec {
 
     /// The number an upstream event goes out with, if it has one.
     fn shifted(&self, event: &Event) -> Option<u64> {
-        let n = event.json.get("sequence_number").and_then(Value::as_u64)?;
-        Some(n + self.added)
+        Some(event.seq? + self.added)
     }
 
     /// The new number of an upstream event whose number must change (shenhe added events).
@@ -555,10 +569,101 @@ fn u32_of(v: &Value, k: &str) -> u32 {
     v.get(k).and_then(Value::as_u64).unwrap_or(0) as u32
 }
 
-impl EventCodec for ResponsesCodec {
-    type Event = Event;
+/// The (output, part) whose labels a repeated text at `path` of an event of type `ty` carries:
+/// the text of a part as it is repeated when the part, its item or the response is done.
+/// `None` for any other text (a delta, a summary, arguments).
+fn labeled_part(ty: &str, path: &[Seg], v: &Value) -> Option<(u32, u32)> {
+    match (ty, path) {
+        ("response.output_text.done", [Seg::Key(k)]) if k == "text" => {
+            Some((u32_of(v, "output_index"), u32_of(v, "content_index")))
+        }
+        ("response.content_part.done", [Seg::Key(a), Seg::Key(b)])
+            if a == "part" && b == "text" =>
+        {
+            Some((u32_of(v, "output_index"), u32_of(v, "content_index")))
+        }
+        ("response.output_item.done", [Seg::Key(a), Seg::Key(b), Seg::Index(i), Seg::Key(c)])
+            if a == "item" && b == "content" && c == "text" =>
+        {
+            Some((u32_of(v, "output_index"), *i as u32))
+        }
+        (
+            _,
+            [Seg::Key(r), Seg::Key(o), Seg::Index(oi), Seg::Key(c), Seg::Index(i), Seg::Key(t)],
+        ) if r == "response" && o == "output" && c == "content" && t == "text" => {
+            Some((*oi as u32, *i as u32))
+        }
+        _ => None,
+    }
+}
 
-    fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
+/// What the read of a text delta without a tree takes.
+const DELTA_READ: &[&str] = &[
+    "type",
+    "output_index",
+    "content_index",
+    "summary_index",
+    "delta",
+    "sequence_number",
+];
+
+impl ResponsesCodec {
+    /// A text delta (most events of a stream) read in one pass without a JSON tree, as `parse`
+    /// reads it on the tree. `None` for any other event, and for a delta the tree path must
+    /// read: configured extra fields, a `delta` that is not a string, data that is not strict.
+    fn quick_delta(&self, ev: &RawEvent) -> Option<Parsed<Event>> {
+        static PATTERNS: StaticPatterns = StaticPatterns::new(DELTA_READ, "");
+        if !self.extras.patterns.is_empty() {
+            return None;
+        }
+        let data = ev.data.as_deref()?;
+        if !quick::is_object(data.as_bytes()) {
+            return None;
+        }
+        let (mut ty, mut seq, mut delta) = (None, None, None);
+        let mut index = [0u32; 3];
+        for c in capture(data.as_bytes(), PATTERNS.parsed())? {
+            match (c.pattern, c.leaf) {
+                (0, Leaf::Str(t)) => ty = Some(t),
+                // As `u32_of` reads them.
+                (p @ 1..=3, Leaf::U64(n)) => index[p - 1] = n as u32,
+                (4, Leaf::Str(d)) => delta = Some(d),
+                (4, Leaf::Null) => {}
+                (4, _) => return None,
+                (5, Leaf::U64(n)) => seq = Some(n),
+                _ => {}
+            }
+        }
+        let ty = ty?;
+        let (kind, summary) = delta_kind(&ty)?;
+        let [output, content, summary_index] = index;
+        let part = if summary { summary_index } else { content };
+        let mut paths = Vec::new();
+        let mut pieces = Vec::new();
+        if let Some(d) = delta.filter(|d| !d.is_empty()) {
+            paths.push(vec![Seg::Key("delta".into())]);
+            pieces.push(TextPiece {
+                channel: (output, kind * KIND_STRIDE + part),
+                text: d.into_owned(),
+            });
+        }
+        Some(Parsed {
+            event: Some(Event {
+                name: ev.event.clone(),
+                ty: ty.into_owned(),
+                json: Value::Null,
+                raw: Some(data.into()),
+                seq,
+                kind: Kind::Delta { output, part, kind },
+                paths,
+            }),
+            pieces,
+            terminal: false,
+        })
+    }
+
+    /// Any event, read as a tree.
+    fn parse_tree(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
         let json = match event_data(ev)? {
             EventData::None => return Ok(Parsed::passthrough()),
             EventData::Done => return Ok(Parsed::terminal()),
@@ -651,13 +756,27 @@ impl EventCodec for ResponsesCodec {
         Ok(Parsed {
             event: Some(Event {
                 name: ev.event.clone(),
+                seq: json.get("sequence_number").and_then(Value::as_u64),
+                ty,
                 json,
+                raw: None,
                 kind,
                 paths,
             }),
             pieces,
             terminal,
         })
+    }
+}
+
+impl EventCodec for ResponsesCodec {
+    type Event = Event;
+
+    fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
+        match self.quick_delta(ev) {
+            Some(delta) => Ok(delta),
+            None => self.parse_tree(ev),
+        }
     }
 
     fn on_release(
@@ -757,9 +876,19 @@ impl EventCodec for ResponsesCodec {
         if self.labels.is_none() && shift.is_none() {
             return None;
         }
-        let ty = event.json["type"].as_str().unwrap_or_default().to_string();
-        let final_event = matches!(ty.as_str(), "response.completed" | "response.incomplete");
-        let mut v = event.json.clone();
+        let ty = event.ty.as_str();
+        let final_event = matches!(ty, "response.completed" | "response.incomplete");
+        // Most events (the text deltas) have nothing to amend: no copy of them is made.
+        if shift.is_none()
+            && !final_event
+            && event
+                .paths
+                .iter()
+                .all(|p| labeled_part(ty, p, &event.json).is_none())
+        {
+            return None;
+        }
+        let mut v = event.tree();
         let mut changed = false;
         if let Some(n) = shift {
             v["sequence_number"] = json!(n);
@@ -769,31 +898,9 @@ impl EventCodec for ResponsesCodec {
             return Some(event.encode(&v));
         };
         for (path, text) in event.paths.iter().zip(texts) {
-            let at = match (ty.as_str(), path.as_slice()) {
-                ("response.output_text.done", [Seg::Key(k)]) if k == "text" => {
-                    (u32_of(&v, "output_index"), u32_of(&v, "content_index"))
-                }
-                ("response.content_part.done", [Seg::Key(a), Seg::Key(b)])
-                    if a == "part" && b == "text" =>
-                {
-                    (u32_of(&v, "output_index"), u32_of(&v, "content_index"))
-                }
-                (
-                    "response.output_item.done",
-                    [Seg::Key(a), Seg::Key(b), Seg::Index(i), Seg::Key(c)],
-                ) if a == "item" && b == "content" && c == "text" => {
-                    (u32_of(&v, "output_index"), *i as u32)
-                }
-                (
-                    _,
-                    [Seg::Key(r), Seg::Key(o), Seg::Index(oi), Seg::Key(c), Seg::Index(i), Seg::Key(t)],
-                ) if r == "response" && o == "output" && c == "content" && t == "text" => {
-                    (*oi as u32, *i as u32)
-                }
-                _ => {
-                    paths::set_string(&mut v, path, text.clone());
-                    continue;
-                }
+            let Some(at) = labeled_part(ty, path, &v) else {
+                paths::set_string(&mut v, path, text.clone());
+                continue;
             };
             let labeled = l.labeled(at, text);
             changed |= labeled != *text;
@@ -818,7 +925,7 @@ impl EventCodec for ResponsesCodec {
     }
 
     fn render(&self, event: &Event, texts: &[String]) -> Bytes {
-        let mut v = event.json.clone();
+        let mut v = event.tree();
         if let Some(n) = self.renumbered(event) {
             v["sequence_number"] = json!(n);
         }
@@ -913,5 +1020,48 @@ mod tests {
         let stop = String::from_utf8(c.stop("A1d", None).concat()).unwrap();
         assert!(stop.contains("\"reason\":\"content_filter\""), "{stop}");
         assert!(stop.contains("\"sequence_number\":7"), "{stop}");
+    }
+
+    #[test]
+    fn deltas_read_without_a_tree_equal_the_tree() {
+        let mut c = ResponsesCodec::new(Extras::default());
+        let ev = |data: &str| RawEvent {
+            raw: Bytes::new(),
+            data: Some(data.to_string()),
+            event: Some("e".into()),
+        };
+        let deltas = [
+            r#"{"type":"response.output_text.delta","output_index":1,"content_index":2,"delta":"a\nb","sequence_number":5}"#,
+            r#" {"sequence_number":9,"delta":"","type":"response.output_text.delta"} "#,
+            r#"{"type":"response.reasoning_summary_text.delta","output_index":3,"summary_index":4,"content_index":7,"delta":"s"}"#,
+            r#"{"type":"response.function_call_arguments.delta","output_index":0,"delta":"{}","item_id":"x","obfuscation":"q"}"#,
+            r#"{"type":"response.refusal.delta","output_index":5000000000,"delta":null}"#,
+        ];
+        for data in deltas {
+            let quick = c.quick_delta(&ev(data)).expect(data);
+            let tree = c.parse_tree(&ev(data)).unwrap();
+            assert_eq!(quick.pieces, tree.pieces, "{data}");
+            assert_eq!(quick.terminal, tree.terminal);
+            let (q, t) = (quick.event.unwrap(), tree.event.unwrap());
+            assert_eq!(
+                (&q.ty, q.seq, &q.kind, &q.paths),
+                (&t.ty, t.seq, &t.kind, &t.paths)
+            );
+            assert_eq!(q.tree(), t.json, "{data}");
+            // Rewritten, it renders alike.
+            let texts = vec!["X".to_string(); q.paths.len()];
+            assert_eq!(c.render(&q, &texts), c.render(&t, &texts));
+        }
+        // Not deltas, not strict, or a delta that is not a string: the tree reads them.
+        for data in [
+            r#"{"type":"response.created","response":{}}"#,
+            r#"{"type":"response.output_text.delta","delta":"a","delta":"b"}"#,
+            r#"{"type":"response.output_text.delta","delta":5}"#,
+            "[DONE]",
+        ] {
+            assert!(c.quick_delta(&ev(data)).is_none(), "{data}");
+        }
+        let with_extras = ResponsesCodec::new(Extras::parse(&["x".into()]).unwrap());
+        assert!(with_extras.quick_delta(&ev(deltas[0])).is_none());
     }
 }
