@@ -13,6 +13,7 @@
 //! carrying the output as it was delivered. Labels are not added to Responses streams yet: a
 //! stream records `unlabeled` (whole answers are labeled).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
@@ -597,50 +598,50 @@ fn labeled_part(ty: &str, path: &[Seg], v: &Value) -> Option<(u32, u32)> {
     }
 }
 
-/// What the read of a text delta without a tree takes.
-const DELTA_READ: &[&str] = &[
-    "type",
-    "output_index",
-    "content_index",
-    "summary_index",
-    "delta",
-    "sequence_number",
-];
+/// A text delta as read without a tree: what `parse_tree` takes from one, nothing more.
+#[derive(serde::Deserialize)]
+struct WireDelta<'a> {
+    #[serde(borrow, rename = "type")]
+    ty: Cow<'a, str>,
+    #[serde(default)]
+    output_index: Option<u64>,
+    #[serde(default)]
+    content_index: Option<u64>,
+    #[serde(default)]
+    summary_index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(default)]
+    sequence_number: Option<u64>,
+}
 
 impl ResponsesCodec {
-    /// A text delta (most events of a stream) read in one pass without a JSON tree, as `parse`
-    /// reads it on the tree. `None` for any other event, and for a delta the tree path must
-    /// read: configured extra fields, a `delta` that is not a string, data that is not strict.
+    /// A text delta (most events of a stream) read into a small borrowed struct, without a JSON
+    /// tree, as `parse_tree` reads it. `None` for any other event, and for a delta the tree
+    /// path must read: configured extra fields, a field of another type.
     fn quick_delta(&self, ev: &RawEvent) -> Option<Parsed<Event>> {
-        static PATTERNS: StaticPatterns = StaticPatterns::new(DELTA_READ, "");
-        if !self.extras.patterns.is_empty() {
+        // A named event that is no delta (the large ones that repeat the whole text among
+        // them) goes to the tree at once, not read twice.
+        let named_delta = ev.event.as_deref().map(delta_kind);
+        if !self.extras.patterns.is_empty() || named_delta.is_some_and(|k| k.is_none()) {
             return None;
         }
         let data = ev.data.as_deref()?;
-        if !quick::is_object(data.as_bytes()) {
-            return None;
+        // Any error (a field of another type, a duplicate of one read here) is the tree's to
+        // report or to read.
+        let w: WireDelta = serde_json::from_str(data).ok()?;
+        let (kind, summary) = delta_kind(&w.ty)?;
+        // As `u32_of` reads them.
+        let output = w.output_index.unwrap_or(0) as u32;
+        let part = if summary {
+            w.summary_index
+        } else {
+            w.content_index
         }
-        let (mut ty, mut seq, mut delta) = (None, None, None);
-        let mut index = [0u32; 3];
-        for c in capture(data.as_bytes(), PATTERNS.parsed())? {
-            match (c.pattern, c.leaf) {
-                (0, Leaf::Str(t)) => ty = Some(t),
-                // As `u32_of` reads them.
-                (p @ 1..=3, Leaf::U64(n)) => index[p - 1] = n as u32,
-                (4, Leaf::Str(d)) => delta = Some(d),
-                (4, Leaf::Null) => {}
-                (4, _) => return None,
-                (5, Leaf::U64(n)) => seq = Some(n),
-                _ => {}
-            }
-        }
-        let ty = ty?;
-        let (kind, summary) = delta_kind(&ty)?;
-        let [output, content, summary_index] = index;
-        let part = if summary { summary_index } else { content };
+        .unwrap_or(0) as u32;
         let mut paths = Vec::new();
         let mut pieces = Vec::new();
-        if let Some(d) = delta.filter(|d| !d.is_empty()) {
+        if let Some(d) = w.delta.filter(|d| !d.is_empty()) {
             paths.push(vec![Seg::Key("delta".into())]);
             pieces.push(TextPiece {
                 channel: (output, kind * KIND_STRIDE + part),
@@ -650,10 +651,10 @@ impl ResponsesCodec {
         Some(Parsed {
             event: Some(Event {
                 name: ev.event.clone(),
-                ty: ty.into_owned(),
+                ty: w.ty.into_owned(),
                 json: Value::Null,
                 raw: Some(data.into()),
-                seq,
+                seq: w.sequence_number,
                 kind: Kind::Delta { output, part, kind },
                 paths,
             }),
@@ -1028,7 +1029,7 @@ mod tests {
         let ev = |data: &str| RawEvent {
             raw: Bytes::new(),
             data: Some(data.to_string()),
-            event: Some("e".into()),
+            event: None,
         };
         let deltas = [
             r#"{"type":"response.output_text.delta","output_index":1,"content_index":2,"delta":"a\nb","sequence_number":5}"#,
@@ -1063,5 +1064,14 @@ mod tests {
         }
         let with_extras = ResponsesCodec::new(Extras::parse(&["x".into()]).unwrap());
         assert!(with_extras.quick_delta(&ev(deltas[0])).is_none());
+        // Named events: a delta's name lets it through, any other name sends it to the tree.
+        let named = |name: &str| RawEvent {
+            event: Some(name.into()),
+            ..ev(deltas[0])
+        };
+        assert!(c
+            .quick_delta(&named("response.output_text.delta"))
+            .is_some());
+        assert!(c.quick_delta(&named("response.completed")).is_none());
     }
 }
