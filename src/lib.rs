@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod stream;
+pub mod utf8;

@@ -46,9 +46,16 @@ pub struct Metrics {
     pub stream_stops: IntCounterVec,
     pub stream_holdback_bytes: Histogram,
     pub scan_duration: HistogramVec,
+    /// `scan_duration` for prompts and for completions, resolved once: every moderated request
+    /// observes both, and a label lookup hashes its values each time.
+    pub scan_prompt: Histogram,
+    pub scan_completion: Histogram,
     pub stop_to_close: Histogram,
     // Labels.
     pub labels_applied: IntCounterVec,
+    /// `labels_applied{medium="text",kind="explicit",result="ok"}`, counted on nearly every
+    /// answer, resolved once.
+    pub text_labels_ok: IntCounter,
     pub unlabeled_deliveries: IntCounterVec,
     // Audit.
     pub audit_records: IntCounter,
@@ -121,6 +128,14 @@ impl Metrics {
             );
             let _ = reg.register(Box::new(pc));
         }
+        let scan_duration = histogram_vec(
+            &reg,
+            "shenhe_scan_duration_seconds",
+            "Time to scan one prompt or one streamed event, by direction.",
+            &["direction"],
+            SCAN_BUCKETS,
+        );
+        let labels_applied = counter_vec(&reg, "shenhe_labels_applied_total", "Provenance labels applied, by medium (text, image), kind (explicit, implicit, visible) and result (ok, error, skipped).", &["medium", "kind", "result"]);
         let m = Metrics {
             requests: counter_vec(&reg, "shenhe_requests_total", "Client requests answered, by route template, method and status class.", &["route", "method", "status"]),
             request_duration: histogram_vec(&reg, "shenhe_request_duration_seconds", "Time from request received to response body finished, by route template.", &["route"], LATENCY_BUCKETS),
@@ -140,9 +155,12 @@ impl Metrics {
             decisions: counter_vec(&reg, "shenhe_decisions_total", "Moderation findings acted on, by direction (prompt, completion), category and action.", &["direction", "category", "action"]),
             stream_stops: counter_vec(&reg, "shenhe_stream_stops_total", "Streams stopped mid-generation, by category.", &["category"]),
             stream_holdback_bytes: histogram(&reg, "shenhe_stream_holdback_bytes", "Bytes of channel text held back after each streamed event.", HOLDBACK_BUCKETS),
-            scan_duration: histogram_vec(&reg, "shenhe_scan_duration_seconds", "Time to scan one prompt or one streamed event, by direction.", &["direction"], SCAN_BUCKETS),
+            scan_prompt: scan_duration.with_label_values(&["prompt"]),
+            scan_completion: scan_duration.with_label_values(&["completion"]),
+            scan_duration,
             stop_to_close: histogram(&reg, "shenhe_stop_to_close_seconds", "Time from the violating event arriving to the upstream request being closed.", SCAN_BUCKETS),
-            labels_applied: counter_vec(&reg, "shenhe_labels_applied_total", "Provenance labels applied, by medium (text, image), kind (explicit, implicit, visible) and result (ok, error, skipped).", &["medium", "kind", "result"]),
+            text_labels_ok: labels_applied.with_label_values(&["text", "explicit", "ok"]),
+            labels_applied,
             unlabeled_deliveries: counter_vec(&reg, "shenhe_unlabeled_deliveries_total", "Generated content delivered without an explicit label, by medium and reason.", &["medium", "reason"]),
             audit_records: counter(&reg, "shenhe_audit_records_total", "Audit records written."),
             audit_dropped: counter(&reg, "shenhe_audit_dropped_total", "Audit records dropped because the queue stayed full past its wait bound."),
@@ -154,6 +172,14 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m
+    }
+
+    /// The scan-time histogram of one direction.
+    pub fn scan_time(&self, direction: crate::policy::Direction) -> &Histogram {
+        match direction {
+            crate::policy::Direction::Prompt => &self.scan_prompt,
+            crate::policy::Direction::Completion => &self.scan_completion,
+        }
     }
 
     /// The text exposition of every metric, for `/metrics`.

@@ -238,7 +238,8 @@ impl Record {
 /// Cuts `field` to at most `max` characters, the last of which is `…` when cut.
 fn cap(field: &mut Option<String>, max: usize) {
     if let Some(s) = field {
-        if s.chars().nth(max).is_some() {
+        // No more bytes than `max` means no more characters: most fields need no count.
+        if s.len() > max && s.chars().nth(max).is_some() {
             if max == 0 {
                 s.clear();
                 return;

@@ -101,7 +101,7 @@ pub fn capture<'a, P: AsRef<[Pat]>>(body: &'a [u8], patterns: &[P]) -> Option<Ve
     {
         return None;
     }
-    let text = std::str::from_utf8(body).ok()?;
+    let text = crate::utf8::str_of(body).ok()?;
     let mut out = Vec::new();
     let mut active = Active::default();
     for p in 0..pats.len() {

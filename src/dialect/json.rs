@@ -56,7 +56,7 @@ fn read_strict(bytes: &[u8]) -> Result<Value, String> {
         return Err("it starts with a byte-order mark; send plain UTF-8 JSON".into());
     }
     // Validated once here, so the parser need not validate each string again.
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("it is not UTF-8: {e}"))?;
+    let text = crate::utf8::str_of(bytes).map_err(|e| format!("it is not UTF-8: {e}"))?;
     let mut de = serde_json::Deserializer::from_str(text);
     StrictValue
         .deserialize(&mut de)
@@ -69,7 +69,7 @@ fn read_strict(bytes: &[u8]) -> Result<Value, String> {
 /// step with `doc`; whatever cannot be matched to it is serialized as serde_json would.
 pub fn rewrite(original: &[u8], doc: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(original.len() + 256);
-    let spliced = std::str::from_utf8(original).is_ok_and(|text| {
+    let spliced = crate::utf8::str_of(original).is_ok_and(|text| {
         let mut de = serde_json::Deserializer::from_str(text);
         Splice {
             after: doc,

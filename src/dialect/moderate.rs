@@ -210,8 +210,7 @@ fn judge_prompt(
         }
     }
     metrics()
-        .scan_duration
-        .with_label_values(&["prompt"])
+        .scan_time(Direction::Prompt)
         .observe(started.elapsed().as_secs_f64());
     if let Some((f, field)) = block {
         let top = field
@@ -548,11 +547,7 @@ fn all_clean<'t>(
         return false;
     }
     metrics()
-        .scan_duration
-        .with_label_values(&[match direction {
-            Direction::Prompt => "prompt",
-            Direction::Completion => "completion",
-        }])
+        .scan_time(direction)
         .observe(started.elapsed().as_secs_f64());
     true
 }
@@ -681,8 +676,7 @@ fn judge_whole(
         }
     }
     metrics()
-        .scan_duration
-        .with_label_values(&["completion"])
+        .scan_time(Direction::Completion)
         .observe(started.elapsed().as_secs_f64());
     (changed, blocked)
 }

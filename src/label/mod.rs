@@ -51,8 +51,12 @@ pub use xmp::{XmpError, MAX_XMP_BYTES, TC260_NS, TC260_PREFIX};
 /// `medium` is `text` or `image`, `kind` is `explicit`, `implicit` or `visible`, `result` is `ok`,
 /// `error` or `skipped`. Dialects that insert the explicit label into a stream themselves call this.
 pub fn record(medium: &str, kind: &str, result: &str) {
-    crate::metrics::metrics()
-        .labels_applied
+    let m = crate::metrics::metrics();
+    if (medium, kind, result) == ("text", "explicit", "ok") {
+        m.text_labels_ok.inc();
+        return;
+    }
+    m.labels_applied
         .with_label_values(&[medium, kind, result])
         .inc();
 }

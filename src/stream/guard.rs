@@ -175,7 +175,7 @@ impl<C: EventCodec> Guard<C> {
             notice,
             finished: false,
             ended: false,
-            scan_time: metrics().scan_duration.with_label_values(&["completion"]),
+            scan_time: metrics().scan_completion.clone(),
         }
     }
 

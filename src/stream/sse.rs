@@ -114,7 +114,7 @@ fn find_line_end(b: &[u8], at_eof: bool) -> Option<(usize, usize)> {
 }
 
 fn parse_event(raw: Bytes) -> Result<RawEvent, SseError> {
-    let text = std::str::from_utf8(&raw).map_err(|_| SseError)?;
+    let text = crate::utf8::str_of(&raw).map_err(|_| SseError)?;
     let mut data: Option<String> = None;
     let mut event = None;
     let mut rest = text;
