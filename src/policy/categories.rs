@@ -104,6 +104,10 @@ pub struct Category {
     /// Redaction text override (same shape as `redaction.keyword_mask`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
+    /// Latin terms match only as whole words (`CategoryConfig::whole_words`). Left out of the
+    /// serialized form when off, so policies without it keep their version hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub whole_words: bool,
 }
 
 impl Category {
@@ -240,6 +244,7 @@ pub(crate) fn default_category(b: &Builtin) -> Category {
         refusal_en: re.to_owned(),
         evidence: Evidence::Excerpt,
         mask: None,
+        whole_words: false,
     }
 }
 

@@ -244,6 +244,7 @@ fn build_categories(cfg: &PolicyConfig, r: &mut Report) -> (Vec<Category>, Vec<O
                 refusal_en: re.to_owned(),
                 evidence: Evidence::Excerpt,
                 mask: None,
+                whole_words: false,
             });
             cats.len() - 1
         };
@@ -274,6 +275,9 @@ fn build_categories(cfg: &PolicyConfig, r: &mut Report) -> (Vec<Category>, Vec<O
             c.evidence = e;
         }
         c.mask = cc.mask.clone();
+        if let Some(w) = cc.whole_words {
+            c.whole_words = w;
+        }
         of_cfg.push(Some(idx16));
     }
     (cats, of_cfg)
@@ -312,6 +316,7 @@ fn keyword_set(
                 TermMeta {
                     term_id: b.term_id,
                     cat: b.cat,
+                    whole_words: cats[b.cat as usize].whole_words,
                 },
             ));
         }

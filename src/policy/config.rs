@@ -143,6 +143,12 @@ pub struct CategoryConfig {
     pub name: Option<TextPair>,
     /// What the audit record keeps of the matched text. Default `excerpt`.
     pub evidence: Option<Evidence>,
+    /// Latin terms match only as whole words: a match that begins (ends) with an ASCII letter or
+    /// digit needs something other than a letter or digit before (after) it in the normalized
+    /// text, or the text's edge (`ass` then misses `class` and `assistant` but finds `ass`,
+    /// `ASS!` and `a.s.s`). A side that is a CJK character is not checked. Default `false`:
+    /// terms match inside longer words too.
+    pub whole_words: Option<bool>,
     /// Inline terms.
     pub keywords: Vec<String>,
     /// List files; rows without a TAB category belong to this category.

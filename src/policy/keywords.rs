@@ -34,6 +34,20 @@ pub(crate) struct TermMeta {
     pub term_id: u32,
     /// Index into the policy's category table.
     pub cat: u16,
+    /// The category's `whole_words`: where the term begins (ends) with an ASCII letter or
+    /// digit, a match needs a character that is not one before (after) it, or the text's edge.
+    pub whole_words: bool,
+}
+
+/// [`KeywordSet`] edge checks of a whole-word term: before its start, after its end.
+const EDGE_START: u8 = 1;
+const EDGE_END: u8 = 2;
+
+/// Whether normalized byte `b` continues a Latin word (the edges of a whole-word match must
+/// not). Non-ASCII characters, CJK included, are edges.
+#[inline]
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
 }
 
 /// One automaton over distinct normalized strings (allow phrases), plus whether each is a
@@ -871,9 +885,14 @@ fn decode(hay: &[u8], q: usize) -> (u32, usize) {
 pub(crate) struct KeywordSet {
     auto: Option<Automaton>,
     meta: Vec<TermMeta>,
-    /// By term index: whether the term occurs inside some allow phrase. A match of any other
-    /// term can never be suppressed, so it needs no allow-list check and no wait for context.
+    /// By term index: whether a match of the term can be passed over: the term occurs inside
+    /// some allow phrase, or it has edges to check (`edges`). A match of any other term can
+    /// never be suppressed, so it needs no check and no wait for context.
     allowable: Vec<bool>,
+    /// By term index: `EDGE_START | EDGE_END` bits of a whole-word term.
+    edges: Vec<u8>,
+    /// Some term has edges: one character before a match must be kept to check it.
+    any_edges: bool,
 }
 
 /// The leftmost-longest match found so far and not yet decided, in absolute normalized offsets.
@@ -937,11 +956,46 @@ impl KeywordSet {
                 a.mark_terms_in(p, &mut allowable);
             }
         }
+        let edges: Vec<u8> = sorted
+            .iter()
+            .map(|(t, m)| {
+                let (first, last) = (t.bytes().next(), t.bytes().last());
+                let start = first.is_some_and(is_word_byte) as u8 * EDGE_START;
+                let end = last.is_some_and(is_word_byte) as u8 * EDGE_END;
+                if m.whole_words {
+                    start | end
+                } else {
+                    0
+                }
+            })
+            .collect();
+        for (a, &e) in allowable.iter_mut().zip(&edges) {
+            *a |= e != 0;
+        }
         Ok(KeywordSet {
             auto,
             meta: sorted.iter().map(|(_, m)| *m).collect(),
             allowable,
+            any_edges: edges.iter().any(|&e| e != 0),
+            edges,
         })
+    }
+
+    /// Normalized bytes a stream must keep before its cursor for the checks of a match held
+    /// there: the allow list's longest phrase, and one character for a whole-word edge.
+    pub(crate) fn context(&self, allow: &AllowSet) -> usize {
+        allow.max_len().max(if self.any_edges { 4 } else { 0 })
+    }
+
+    /// Whether enough text after the held match `b` has been read (to absolute `read_to`) to
+    /// decide it: the allow list's longest phrase from its start, and one character after its
+    /// end when that is a whole-word edge.
+    #[inline]
+    fn context_seen(&self, b: &Best, amax: usize, read_to: usize) -> bool {
+        let i = b.term as usize - 1;
+        !self.allowable[i]
+            || ((amax == 0 || b.start + amax <= read_to)
+                && (self.edges[i] & EDGE_END == 0 || read_to > b.end))
     }
 
     pub(super) fn automaton(&self) -> Option<&Automaton> {
@@ -992,12 +1046,25 @@ impl KeywordSet {
         open: bool,
     ) -> Option<usize> {
         let (s, e) = (b.start - base, b.end - base);
-        let allowable = self.allowable[b.term as usize - 1];
+        let i = b.term as usize - 1;
+        let allowable = self.allowable[i];
         if allowable && allow.contains(hay, s, e) {
             return Some(base + next_char(hay, s));
         }
         if open && allowable && allow.pending(hay, s, e) {
             return None;
+        }
+        let edges = self.edges[i];
+        // `s` is 0 only at the text's start: a stream keeps `context` bytes before its cursor.
+        if edges & EDGE_START != 0 && s > 0 && is_word_byte(hay[s - 1]) {
+            return Some(base + next_char(hay, s));
+        }
+        if edges & EDGE_END != 0 {
+            match hay.get(e) {
+                Some(&x) if is_word_byte(x) => return Some(base + next_char(hay, s)),
+                None if open => return None,
+                _ => {}
+            }
         }
         out.push(Hit {
             start: b.start,
@@ -1011,8 +1078,8 @@ impl KeywordSet {
     /// from where the last call left off. With `is_final` the text is complete. Returns the
     /// absolute position before which everything is decided, or `None` when all of `text` is;
     /// `*cursor` is set to it (or to the end). Successive calls of one stream pass the same
-    /// text grown at the end (and maybe trimmed at the front, never past `*cursor` less the
-    /// allow list's longest phrase).
+    /// text grown at the end (and maybe trimmed at the front, never past `*cursor` less
+    /// [`KeywordSet::context`]).
     ///
     /// The automaton reads each character once. A match is decided when no position at or
     /// before its start is live any more (nothing earlier or longer can complete) and the allow
@@ -1071,11 +1138,7 @@ impl KeywordSet {
                 }
                 if let Some(b) = best {
                     let live_from = base + q - a.depth_live(s).1;
-                    if live_from > b.start
-                        && (amax == 0
-                            || !self.allowable[b.term as usize - 1]
-                            || b.start + amax <= base + q)
-                    {
+                    if live_from > b.start && self.context_seen(&b, amax, base + q) {
                         if let Some(r) = self.settle(allow, hay, base, b, out, false) {
                             best = None;
                             s = ROOT;
@@ -1130,6 +1193,7 @@ mod tests {
                     TermMeta {
                         term_id: i as u32,
                         cat: 0,
+                        whole_words: false,
                     },
                 )
             })
@@ -1147,6 +1211,46 @@ mod tests {
         let mut bufs = DrainBufs::default();
         let hold = ks.drain(allow, text, 0, &mut cursor, is_final, &mut bufs);
         (bufs.hits.iter().map(|h| (h.start, h.end)).collect(), hold)
+    }
+
+    #[test]
+    fn whole_word_terms_need_edges() {
+        let none = AllowSet::default();
+        let terms: Vec<String> = ["ass", "ass炸", "fo", "foo bar"]
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect();
+        let ks = build_terms_whole(&terms, &none);
+        let found = |text: &str| run(&ks, &none, text, true).0;
+        assert_eq!(found("ass"), vec![(0, 3)]);
+        assert_eq!(found("an ass."), vec![(3, 6)]);
+        assert_eq!(found("class"), vec![]);
+        assert_eq!(found("assistant"), vec![]);
+        assert_eq!(found("ass2 2ass"), vec![]);
+        // A CJK character is an edge; a term ending in one checks its start only.
+        assert_eq!(found("炸ass炸"), vec![(3, 9)]);
+        assert_eq!(found("class炸x"), vec![]);
+        assert_eq!(found("ass炸x"), vec![(0, 6)]);
+        // The longest match fails its edge and is passed over like an allowed one: the search
+        // goes on one character after its start.
+        assert_eq!(found("foo barn"), vec![]);
+        assert_eq!(found("fo foo bar!"), vec![(0, 2), (3, 10)]);
+        // Open text: a match at the end waits for the next character.
+        assert_eq!(run(&ks, &none, "an ass", false), (vec![], Some(3)));
+        // The same set without `whole_words` matches inside words.
+        let sub = build_terms(&terms);
+        assert_eq!(run(&sub, &none, "class", true).0, vec![(2, 5)]);
+        // Streamed in any cuts: the same, and the byte before a held match is kept.
+        for text in ["xx ass yy", "classy ass", "ab assistant ass"] {
+            let whole = run(&ks, &none, text, true).0;
+            for cut in 0..=text.len() {
+                assert_eq!(
+                    streamed(&ks, &none, text, &[cut]),
+                    whole,
+                    "{text:?} cut at {cut}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -1210,6 +1314,19 @@ mod tests {
         text: &str,
         is_final: bool,
     ) -> (Vec<(usize, usize)>, Option<usize>) {
+        naive_with(terms, allow, false, text, is_final)
+    }
+
+    /// [`naive`], with every term's category `whole_words` when `whole`: a match whose first
+    /// (last) byte is an ASCII letter or digit is passed over when one comes right before
+    /// (after) it, and with open text it waits for the character after it.
+    fn naive_with(
+        terms: &[String],
+        allow: &[String],
+        whole: bool,
+        text: &str,
+        is_final: bool,
+    ) -> (Vec<(usize, usize)>, Option<usize>) {
         let starts: Vec<usize> = (0..=text.len())
             .filter(|&p| text.is_char_boundary(p))
             .collect();
@@ -1251,12 +1368,10 @@ mod tests {
                         .iter()
                         .any(|w| text[a..].starts_with(w.as_str()) && a + w.len() >= me)
             });
+            // A match passed over: the search goes on one character after its start.
+            let after_start = |ms: usize| starts.iter().copied().find(|&p| p > ms);
             if contains {
-                cursor = starts
-                    .iter()
-                    .copied()
-                    .find(|&p| p > ms)
-                    .unwrap_or(text.len());
+                cursor = after_start(ms).unwrap_or(text.len());
                 continue;
             }
             let pending = starts.iter().any(|&a| {
@@ -1270,6 +1385,18 @@ mod tests {
             });
             if pending {
                 return (hits, Some(ms));
+            }
+            let b = text.as_bytes();
+            let word = |x: u8| x.is_ascii_alphanumeric();
+            let before = whole && word(b[ms]) && ms > 0 && word(b[ms - 1]);
+            let after_open = whole && word(b[me - 1]) && me == b.len() && !is_final;
+            if after_open && !before {
+                return (hits, Some(ms));
+            }
+            let after = whole && word(b[me - 1]) && b.get(me).is_some_and(|&x| word(x));
+            if before || after {
+                cursor = after_start(ms).unwrap_or(text.len());
+                continue;
             }
             hits.push((ms, me));
             cursor = me;
@@ -1307,8 +1434,8 @@ mod tests {
             let h = hold.unwrap_or(end);
             assert!(h >= last_hold, "hold went back");
             last_hold = h;
-            // Keep the allow context before the cursor, as the scanner does.
-            let mut keep = cursor.saturating_sub(allow.max_len()).max(base);
+            // Keep the context before the cursor, as the scanner does.
+            let mut keep = cursor.saturating_sub(ks.context(allow)).max(base);
             while !text.is_char_boundary(keep) {
                 keep -= 1;
             }
@@ -1321,7 +1448,16 @@ mod tests {
         build_terms_with(terms, &AllowSet::default())
     }
 
+    /// Distinct terms, all of a `whole_words` category.
+    fn build_terms_whole(terms: &[String], allow: &AllowSet) -> KeywordSet {
+        build_terms_of(terms, allow, true)
+    }
+
     fn build_terms_with(terms: &[String], allow: &AllowSet) -> KeywordSet {
+        build_terms_of(terms, allow, false)
+    }
+
+    fn build_terms_of(terms: &[String], allow: &AllowSet, whole_words: bool) -> KeywordSet {
         let mut v: Vec<&str> = terms.iter().map(String::as_str).collect();
         v.sort_unstable();
         v.dedup();
@@ -1334,6 +1470,7 @@ mod tests {
                     TermMeta {
                         term_id: i as u32,
                         cat: 0,
+                        whole_words,
                     },
                 )
             })
@@ -1450,6 +1587,29 @@ mod tests {
             cuts in prop::collection::vec(0usize..160, 0..8),
         ) {
             equals_reference(&terms, &text, &cuts)?;
+        }
+
+        /// Whole-word terms over letters, spaces and a CJK character, with allow phrases: the
+        /// matches and the position held are the naive rules', and any cuts of a stream give
+        /// the one-shot matches.
+        #[test]
+        fn whole_words_equal_naive_rules(
+            terms in prop::collection::vec(ascii_text(1..5), 1..40),
+            allow in prop::collection::vec(ascii_text(2..7), 0..3),
+            text in ascii_text(0..60),
+            cuts in prop::collection::vec(0usize..80, 0..8),
+        ) {
+            let terms: Vec<String> = terms.into_iter().filter(|t| !t.trim().is_empty()).collect();
+            prop_assume!(!terms.is_empty());
+            let allow_set = AllowSet::build(allow.clone()).expect("builds");
+            let ks = build_terms_whole(&terms, &allow_set);
+            let whole = run(&ks, &allow_set, &text, true);
+            prop_assert_eq!(&whole, &naive_with(&terms, &allow, true, &text, true));
+            prop_assert_eq!(
+                run(&ks, &allow_set, &text, false),
+                naive_with(&terms, &allow, true, &text, false)
+            );
+            prop_assert_eq!(streamed(&ks, &allow_set, &text, &cuts), whole.0);
         }
 
         /// With allow phrases, streamed findings equal one-shot findings.

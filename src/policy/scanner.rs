@@ -156,15 +156,16 @@ impl ScanCore {
         }
         debug_assert!(released >= self.released, "released went back");
         self.released = self.released.max(released);
-        self.trim(policy);
+        self.trim(policy, dir);
         out[first_new..].sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         self.released
     }
 
     /// Drop what no later step can need: normalized text before the keyword cursor (less the
-    /// allow-list context) and original text before the earliest detector cursor (less one char).
-    fn trim(&mut self, policy: &Policy) {
-        let ctx = policy.allow.max_len();
+    /// context a held match is checked with) and original text before the earliest detector
+    /// cursor (less one char).
+    fn trim(&mut self, policy: &Policy, dir: Direction) {
+        let ctx = policy.keywords_for(dir).context(&policy.allow);
         let keep_from = self.kw_cursor.saturating_sub(ctx).max(self.nbase);
         let mut k = (keep_from - self.nbase).min(self.nbuf.len());
         while !self.nbuf.text.is_char_boundary(k) {

@@ -107,6 +107,61 @@ fn whole_words_are_not_glued() {
     assert_eq!(matched(&p, "forbiddenword"), ["forbiddenword"]);
 }
 
+/// A policy with a `whole_words` category beside the sample's substring ones.
+fn whole_words_config() -> PolicyConfig {
+    let mut cfg = sample_config();
+    cfg.categories.push(CategoryConfig {
+        whole_words: Some(true),
+        ..cat("A2a", None, &["ass", "bad", "坏ass", "e"])
+    });
+    cfg
+}
+
+#[test]
+fn whole_word_categories_match_latin_terms_as_words() {
+    let p = compile(&whole_words_config());
+    assert!(matched(&p, "a class of assistants").is_empty());
+    assert_eq!(matched(&p, "what an ASS!"), ["ASS"]);
+    assert_eq!(matched(&p, "a.s.s"), ["a.s.s"], "obfuscation still folds");
+    assert_eq!(matched(&p, "ａｓｓ"), ["ａｓｓ"], "full width");
+    assert_eq!(matched(&p, "说ass话"), ["ass"], "CJK around is an edge");
+    assert_eq!(matched(&p, "坏ass"), ["坏ass"]);
+    assert!(matched(&p, "坏assx").is_empty(), "its Latin end is checked");
+    assert!(matched(&p, "badge").is_empty());
+    // Categories without the flag still match inside words.
+    assert_eq!(matched(&p, "bombastic"), ["bomb"]);
+    // The category shows in /admin/policy's form, and the flag changes the version.
+    let c = p.category("A2a").expect("category");
+    assert!(c.whole_words);
+    assert_ne!(p.version(), compile(&sample_config()).version());
+    let mut off = whole_words_config();
+    off.categories.last_mut().expect("added").whole_words = Some(false);
+    assert_ne!(p.version(), compile(&off).version());
+    // Streaming (keywords only: the e-mail detector would hold word characters too): a match
+    // at the end of what has come is held until the next character.
+    let mut kw = whole_words_config();
+    kw.categories
+        .retain(|c| c.detector.is_none() && c.patterns.is_empty());
+    let p = Arc::new(compile(&kw));
+    let mut s = p.scanner(Direction::Completion);
+    let st = s.push("you ass");
+    assert!(st.findings.is_empty());
+    assert_eq!(st.released, "you ".len());
+    let st = s.push("ist");
+    assert!(st.findings.is_empty(), "assist is a word of its own");
+    let st = s.push(" ass");
+    assert!(st.findings.is_empty());
+    // A separator stays pending in the normalizer until what follows it shows what it becomes.
+    let st = s.push(".");
+    assert!(st.findings.is_empty());
+    let st = s.push(" Yes");
+    assert_eq!(st.findings.len(), 1);
+    assert_eq!(
+        st.findings[0].span,
+        "you assist ".len().."you assist ass".len()
+    );
+}
+
 #[test]
 fn allow_phrases_suppress_contained_matches() {
     let p = sample();
@@ -544,48 +599,75 @@ fn key(f: &Finding) -> (usize, usize, String, String) {
     )
 }
 
+/// For any cuts of `text`, the streamed findings equal the one-shot scan's, `released` never
+/// goes back, and no finding is reported inside text already released.
+fn chunking_invariant(
+    p: &Arc<Policy>,
+    text: &str,
+    cuts: &[prop::sample::Index],
+) -> Result<(), TestCaseError> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(text.len() + 1)).collect();
+    points.push(0);
+    points.push(text.len());
+    points.sort_unstable();
+    points.dedup();
+    let points: Vec<usize> = points
+        .into_iter()
+        .filter(|&i| text.is_char_boundary(i))
+        .collect();
+
+    let whole: Vec<_> = p
+        .scan(text, Direction::Completion)
+        .iter()
+        .map(key)
+        .collect();
+    let mut s = p.scanner(Direction::Completion);
+    let mut streamed = Vec::new();
+    let mut released = 0;
+    let mut steps = Vec::new();
+    for w in points.windows(2) {
+        let st = s.push(&text[w[0]..w[1]]);
+        prop_assert!(st.released >= released, "released went back");
+        prop_assert!(st.released <= w[1]);
+        prop_assert!(text.is_char_boundary(st.released));
+        released = st.released;
+        steps.push((st.findings.iter().map(key).collect::<Vec<_>>(), st.released));
+    }
+    let st = s.finish();
+    prop_assert_eq!(st.released, text.len());
+    steps.push((st.findings.iter().map(key).collect(), st.released));
+    // The released contract: a finding reported after a step releasing r starts at or after r.
+    let mut r_prev = 0;
+    for (findings, r) in &steps {
+        for f in findings {
+            prop_assert!(
+                f.0 >= r_prev,
+                "finding {:?} reported after {} was released",
+                f,
+                r_prev
+            );
+        }
+        streamed.extend(findings.iter().cloned());
+        r_prev = *r;
+    }
+    streamed.sort();
+    let mut whole_sorted = whole.clone();
+    whole_sorted.sort();
+    prop_assert_eq!(streamed, whole_sorted);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
     fn chunking_invariance(text in text_strategy(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12)) {
-        let p = sample();
-        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(text.len() + 1)).collect();
-        points.push(0);
-        points.push(text.len());
-        points.sort_unstable();
-        points.dedup();
-        let points: Vec<usize> = points.into_iter().filter(|&i| text.is_char_boundary(i)).collect();
+        chunking_invariant(&sample(), &text, &cuts)?;
+    }
 
-        let whole: Vec<_> = p.scan(&text, Direction::Completion).iter().map(key).collect();
-        let mut s = p.scanner(Direction::Completion);
-        let mut streamed = Vec::new();
-        let mut released = 0;
-        let mut steps = Vec::new();
-        for w in points.windows(2) {
-            let st = s.push(&text[w[0]..w[1]]);
-            prop_assert!(st.released >= released, "released went back");
-            prop_assert!(st.released <= w[1]);
-            prop_assert!(text.is_char_boundary(st.released));
-            released = st.released;
-            steps.push((st.findings.iter().map(key).collect::<Vec<_>>(), st.released));
-        }
-        let st = s.finish();
-        prop_assert_eq!(st.released, text.len());
-        steps.push((st.findings.iter().map(key).collect(), st.released));
-        // The released contract: a finding reported after a step releasing r starts at or after r.
-        let mut r_prev = 0;
-        for (findings, r) in &steps {
-            for f in findings {
-                prop_assert!(f.0 >= r_prev, "finding {:?} reported after {} was released", f, r_prev);
-            }
-            streamed.extend(findings.iter().cloned());
-            r_prev = *r;
-        }
-        streamed.sort();
-        let mut whole_sorted = whole.clone();
-        whole_sorted.sort();
-        prop_assert_eq!(streamed, whole_sorted);
+    #[test]
+    fn chunking_invariance_with_whole_words(text in text_strategy(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12)) {
+        chunking_invariant(&Arc::new(compile(&whole_words_config())), &text, &cuts)?;
     }
 
     #[test]
