@@ -688,3 +688,50 @@ async fn evidence_full_keeps_the_whole_text_only_for_its_category() {
     assert!(flag.get("evidence").is_none(), "{flag}");
     assert!(flag["excerpt"].as_str().unwrap().chars().count() < 200);
 }
+
+#[tokio::test]
+async fn whole_word_terms_wait_for_their_edge() {
+    const WHOLE: &str = r#"
+policy:
+  categories:
+    - { id: A2a, action: block, whole_words: true, keywords: ["ass"] }
+"#;
+    let cases: [(&[&str], Option<&str>); 4] = [
+        // Inside longer words: nothing matches, the text arrives whole.
+        (&["a cl", "ass", "ic tale of an ", "ass", "istant"], None),
+        // A word of its own, split over events: stopped before it.
+        (&["you ", "as", "s", " and more"], Some("you ")),
+        // At the very end of the stream: decided when the upstream ends.
+        (&["the ", "ass"], Some("the ")),
+        // Folded by normalization first: `A.S.S` is the word.
+        (&["so A.", "S.S!"], Some("so ")),
+    ];
+    for (parts, stopped_after) in cases {
+        let mut writes: Vec<String> = parts.iter().map(|p| chat_chunk(p)).collect();
+        writes.push(chat_finish());
+        let up = Upstream::fixed(Script::sse_writes(writes)).await;
+        let p = proxy(&up.base_url(), WHOLE).await;
+        let text = post(&p, "/v1/chat/completions", &chat_req(true))
+            .await
+            .text()
+            .await
+            .unwrap();
+        let content = content_of(&text, 0, "content");
+        match stopped_after {
+            None => {
+                assert_eq!(content, parts.concat(), "{text}");
+                assert!(
+                    finish_reasons(&text)
+                        .iter()
+                        .all(|(_, r)| r != "content_filter"),
+                    "{text}"
+                );
+            }
+            Some(before) => {
+                let fr = finish_reasons(&text);
+                assert!(fr.iter().any(|(_, r)| r == "content_filter"), "{text}");
+                assert_eq!(content, before, "{text}");
+            }
+        }
+    }
+}
