@@ -63,11 +63,12 @@ pub fn policy_summary(p: &Policy, warnings: &[String]) -> String {
             .unwrap_or(0);
         let _ = writeln!(
             out,
-            "  {:<10} {:<7} {:>8} terms  {}",
+            "  {:<10} {:<7} {:>8} terms  {}{}",
             c.id,
             c.action.as_str(),
             n,
-            c.name_en
+            c.name_en,
+            if c.whole_words { " (whole words)" } else { "" }
         );
     }
     if used.len() > 12 {

@@ -52,6 +52,43 @@ fn a_bad_config_names_every_problem_with_its_path() {
 }
 
 #[test]
+fn the_summary_marks_whole_word_categories() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("whole.yaml");
+    std::fs::write(
+        &p,
+        "labels: { implicit: { enabled: false } }\npolicy:\n  categories:\n    - { id: A2a, action: block, whole_words: true, keywords: [\"ass\"] }\n    - { id: A1d, action: block, keywords: [\"bomb\"] }\n",
+    )
+    .unwrap();
+    let out = check(&p);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(id))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line("A2a").ends_with("(whole words)"), "{stdout}");
+    assert!(!line("A1d").contains("whole words"), "{stdout}");
+
+    std::fs::write(
+        &p,
+        "policy:\n  categories:\n    - { id: A2a, whole_words: yes please }\n",
+    )
+    .unwrap();
+    let out = check(&p);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("whole_words"), "{err}");
+}
+
+#[test]
 fn version_flag_prints_the_version() {
     let out = Command::new(env!("CARGO_BIN_EXE_shenhe"))
         .arg("--version")
