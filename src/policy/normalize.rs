@@ -538,6 +538,12 @@ impl NormBuf {
             .extend((os + 1..os + run.len()).map(|o| (o, o + 1)));
         let rest = &run[1..];
         match table.ascii_lower {
+            // A token-sized run: byte by byte costs less than a copy call and a lowering pass.
+            Some(_) if rest.len() <= 8 => {
+                for &b in rest.as_bytes() {
+                    self.text.push(char::from(table.run_byte(b)));
+                }
+            }
             Some(lower) => {
                 let at = self.text.len();
                 self.text.push_str(rest);

@@ -48,12 +48,15 @@ pub(crate) struct ScanCore {
     released: usize,
     kw_bufs: DrainBufs,
     spans: Vec<(usize, usize)>,
+    /// Normalized bytes kept before the keyword cursor (`KeywordSet::context`).
+    kw_context: usize,
 }
 
 impl ScanCore {
     pub fn new(policy: &Policy, dir: Direction) -> ScanCore {
         ScanCore {
             det_cursors: vec![0; policy.detectors_for(dir).len()],
+            kw_context: policy.keywords_for(dir).context(&policy.allow),
             ..ScanCore::default()
         }
     }
@@ -156,17 +159,21 @@ impl ScanCore {
         }
         debug_assert!(released >= self.released, "released went back");
         self.released = self.released.max(released);
-        self.trim(policy, dir);
-        out[first_new..].sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        self.trim();
+        if out.len() - first_new > 1 {
+            out[first_new..].sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        }
         self.released
     }
 
     /// Drop what no later step can need: normalized text before the keyword cursor (less the
     /// context a held match is checked with) and original text before the earliest detector
     /// cursor (less one char).
-    fn trim(&mut self, policy: &Policy, dir: Direction) {
-        let ctx = policy.keywords_for(dir).context(&policy.allow);
-        let keep_from = self.kw_cursor.saturating_sub(ctx).max(self.nbase);
+    fn trim(&mut self) {
+        let keep_from = self
+            .kw_cursor
+            .saturating_sub(self.kw_context)
+            .max(self.nbase);
         let mut k = (keep_from - self.nbase).min(self.nbuf.len());
         while !self.nbuf.text.is_char_boundary(k) {
             k -= 1;
