@@ -88,8 +88,13 @@ fn assert_stopped(text: &str, banned: &str) {
 }
 
 async fn run_stream(writes: Vec<String>) -> (String, Upstream) {
+    run_stream_with(POLICY, writes).await
+}
+
+/// A chat stream of `writes` through shenhe with `policy`: what the client got.
+async fn run_stream_with(policy: &str, writes: Vec<String>) -> (String, Upstream) {
     let up = Upstream::fixed(Script::sse_writes(writes)).await;
-    let p = proxy(&up.base_url(), POLICY).await;
+    let p = proxy(&up.base_url(), policy).await;
     let text = post(&p, "/v1/chat/completions", &chat_req(true))
         .await
         .text()
@@ -709,13 +714,7 @@ policy:
     for (parts, stopped_after) in cases {
         let mut writes: Vec<String> = parts.iter().map(|p| chat_chunk(p)).collect();
         writes.push(chat_finish());
-        let up = Upstream::fixed(Script::sse_writes(writes)).await;
-        let p = proxy(&up.base_url(), WHOLE).await;
-        let text = post(&p, "/v1/chat/completions", &chat_req(true))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let (text, _) = run_stream_with(WHOLE, writes).await;
         let content = content_of(&text, 0, "content");
         match stopped_after {
             None => {
