@@ -272,6 +272,7 @@ pub mod policy_view {
                     "name_en": c.name_en,
                     "action": c.action.as_str(),
                     "severity": c.severity,
+                    "whole_words": c.whole_words,
                     "terms": st.terms_per_category.get(c.id.as_ref()).copied().unwrap_or(0),
                 })
             })
@@ -285,5 +286,50 @@ pub mod policy_view {
             "warnings": st.warnings,
             "categories": categories,
         })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::policy::config::{CategoryConfig, PolicyConfig};
+        use crate::policy::Policy;
+
+        #[test]
+        fn categories_show_their_matching_mode_but_no_terms() {
+            let cfg = PolicyConfig {
+                categories: vec![
+                    CategoryConfig {
+                        id: "A2a".into(),
+                        whole_words: Some(true),
+                        keywords: vec!["secretterm".into()],
+                        ..CategoryConfig::default()
+                    },
+                    CategoryConfig {
+                        id: "A1d".into(),
+                        keywords: vec!["otherterm".into()],
+                        ..CategoryConfig::default()
+                    },
+                ],
+                ..PolicyConfig::default()
+            };
+            let p = Policy::compile(&cfg, std::path::Path::new("."))
+                .expect("compiles")
+                .policy;
+            let v = super::view(&p);
+            let cat = |id: &str| {
+                v["categories"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|c| c["id"] == id))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            assert_eq!(cat("A2a")["whole_words"], true);
+            assert_eq!(cat("A2a")["terms"], 1);
+            assert_eq!(cat("A1d")["whole_words"], false);
+            let text = v.to_string();
+            assert!(
+                !text.contains("secretterm") && !text.contains("otherterm"),
+                "{text}"
+            );
+        }
     }
 }
