@@ -10,6 +10,14 @@ fn check(path: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `shenhe check` on a config file holding `yaml`.
+fn check_yaml(yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    check(&p)
+}
+
 #[test]
 fn the_shipped_configs_are_valid() {
     for name in ["config/shenhe.yaml", "config/demo.yaml"] {
@@ -27,22 +35,16 @@ fn the_shipped_configs_are_valid() {
 
 #[test]
 fn a_bad_config_names_every_problem_with_its_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("bad.yaml");
-    std::fs::write(
-        &p,
+    let out = check_yaml(
         "upstream:\n  base_url: \"ftp://nope\"\n  timeouts: { idle: \"0\" }\nserver:\n  body_limit: 0\n",
-    )
-    .unwrap();
-    let out = check(&p);
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("upstream.base_url"), "{err}");
     assert!(err.contains("upstream.timeouts.idle"), "{err}");
     assert!(err.contains("server.body_limit"), "{err}");
 
-    std::fs::write(&p, "upstream:\n  timeouts:\n    conect: 5s\n").unwrap();
-    let out = check(&p);
+    let out = check_yaml("upstream:\n  timeouts:\n    conect: 5s\n");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -53,14 +55,9 @@ fn a_bad_config_names_every_problem_with_its_path() {
 
 #[test]
 fn the_summary_marks_whole_word_categories() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("whole.yaml");
-    std::fs::write(
-        &p,
+    let out = check_yaml(
         "labels: { implicit: { enabled: false } }\npolicy:\n  categories:\n    - { id: A2a, action: block, whole_words: true, keywords: [\"ass\"] }\n    - { id: A1d, action: block, keywords: [\"bomb\"] }\n",
-    )
-    .unwrap();
-    let out = check(&p);
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -77,12 +74,7 @@ fn the_summary_marks_whole_word_categories() {
     assert!(line("A2a").ends_with("(whole words)"), "{stdout}");
     assert!(!line("A1d").contains("whole words"), "{stdout}");
 
-    std::fs::write(
-        &p,
-        "policy:\n  categories:\n    - { id: A2a, whole_words: yes please }\n",
-    )
-    .unwrap();
-    let out = check(&p);
+    let out = check_yaml("policy:\n  categories:\n    - { id: A2a, whole_words: yes please }\n");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("whole_words"), "{err}");
