@@ -509,6 +509,11 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
             .collect()
     };
     let (det_prompt, det_completion) = (split(Direction::Prompt), split(Direction::Completion));
+    let det_pii = detectors
+        .iter()
+        .filter(|d| matches!(d.kind, DetKind::Pii(_)))
+        .cloned()
+        .collect();
 
     let mut terms_per_cat = vec![0usize; cats.len()];
     for e in &entries {
@@ -577,6 +582,7 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
             allow,
             det_prompt,
             det_completion,
+            det_pii,
             pattern_detectors: detectors.len(),
             terms: store,
             keyword_mask: cfg.redaction.keyword_mask.clone(),

@@ -99,6 +99,9 @@ pub struct Policy {
     allow: AllowSet,
     det_prompt: Vec<PatternDetector>,
     det_completion: Vec<PatternDetector>,
+    /// The built-in PII detectors of every category, whichever direction it applies to: what
+    /// masks excerpts kept in audit records.
+    det_pii: Vec<PatternDetector>,
     pattern_detectors: usize,
     terms: TermStore,
     keyword_mask: String,
@@ -238,6 +241,30 @@ impl Policy {
             (None, Detector::Pii { kind }) => kind.mask(matched),
             (None, _) => apply_mask(&self.keyword_mask, matched),
         }
+    }
+
+    /// `text` with the personal information the policy's PII detectors find masked by their
+    /// rules (or their category's `mask`), for excerpts kept in records. Every PII category
+    /// counts, whichever direction it applies to and whatever its action; keywords and custom
+    /// patterns are not looked for, so no keyword library is scanned for this.
+    pub fn mask_pii(&self, text: &str) -> String {
+        let mut findings = Vec::new();
+        let mut spans = Vec::new();
+        for det in &self.det_pii {
+            let mut cursor = 0;
+            spans.clear();
+            det.step(text, 0, &mut cursor, true, &mut spans);
+            findings.extend(spans.iter().map(|&(s, e)| {
+                let mut f = self.detector_finding(det, s..e);
+                f.action = Action::Redact;
+                f
+            }));
+        }
+        if findings.is_empty() {
+            return text.to_owned();
+        }
+        findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        self.redact(text, &findings)
     }
 
     /// `text` with every `Redact` finding replaced by its mask. Findings whose span does not fit

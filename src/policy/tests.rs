@@ -239,6 +239,29 @@ fn pii_and_patterns_are_found_and_masked() {
 }
 
 #[test]
+fn excerpts_are_masked_by_pii_detectors_of_either_direction() {
+    let mut cfg = sample_config();
+    // A flagged, prompt-only phone category still masks numbers in any excerpt.
+    cfg.categories[2].action = Some(Action::Flag);
+    cfg.categories[2].applies_to = Some(AppliesTo::Prompt);
+    let p = compile(&cfg);
+    let text = "做炸弹 电话 138 0013 8000，邮箱 zhang@example.com，SECRET-123";
+    // Keywords and custom patterns stay: the excerpt shows what was decided.
+    assert_eq!(
+        p.mask_pii(text),
+        "做炸弹 电话 138 **** 8000，邮箱 z***@example.com，SECRET-123"
+    );
+    assert_eq!(
+        p.mask_pii("做炸弹 and nothing personal"),
+        "做炸弹 and nothing personal"
+    );
+    // A category's own mask wins over the detector's rule.
+    cfg.categories[3].mask = Some("#".into());
+    let p = compile(&cfg);
+    assert_eq!(p.mask_pii("邮箱 a@b.cn"), "邮箱 ######");
+}
+
+#[test]
 fn keyword_masks() {
     let mut cfg = sample_config();
     cfg.categories[0].action = Some(Action::Redact);

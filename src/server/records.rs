@@ -107,10 +107,10 @@ impl RecordCtx {
             .category(&f.category)
             .is_some_and(|c| c.evidence == crate::policy::Evidence::Full);
         if full {
-            r.evidence = Some(mask_pii(policy, text));
+            r.evidence = Some(policy.mask_pii(text));
         }
         r.excerpt = Some(excerpt(text, span, self.records.excerpt_chars, |s| {
-            mask_pii(policy, s)
+            policy.mask_pii(s)
         }));
         self.stamp(r)
     }
@@ -132,24 +132,6 @@ impl RecordCtx {
         if let Err(e) = res {
             tracing::warn!(request_id = %self.request_id, error = %e, "Audit record not written");
         }
-    }
-}
-
-/// Mask personal information in an excerpt with the policy's own detectors.
-pub fn mask_pii(policy: &Policy, s: &str) -> String {
-    let findings: Vec<Finding> = policy
-        .scan(s, Direction::Completion)
-        .into_iter()
-        .filter(|f| matches!(f.detector, Detector::Pii { .. }))
-        .map(|mut f| {
-            f.action = Action::Redact;
-            f
-        })
-        .collect();
-    if findings.is_empty() {
-        s.to_string()
-    } else {
-        policy.redact(s, &findings)
     }
 }
 
