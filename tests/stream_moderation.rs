@@ -695,6 +695,28 @@ async fn evidence_full_keeps_the_whole_text_only_for_its_category() {
 }
 
 #[tokio::test]
+async fn excerpts_mask_phone_numbers_found_by_a_prompt_only_category() {
+    let up = Upstream::fixed(Script::json("{\"choices\":[]}")).await;
+    let policy = "policy:\n  categories:\n    - { id: A3a, action: flag, keywords: [\"watchword\"] }\n    - { id: pii-phone, action: flag, detector: cn_mobile, applies_to: prompt }\n";
+    let p = proxy(&up.base_url(), policy).await;
+    let _ = post(
+        &p,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role": "user", "content": "watchword, call 13800138000"}]}),
+    )
+    .await;
+    let recs = p.records(2).await;
+    for cat in ["A3a", "pii-phone"] {
+        let r = recs.iter().find(|r| r["category"] == cat).unwrap();
+        let excerpt = r["excerpt"].as_str().unwrap();
+        assert!(
+            excerpt.contains("138****8000") && !excerpt.contains("13800138000"),
+            "{cat}: {excerpt}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn whole_word_terms_wait_for_their_edge() {
     const WHOLE: &str = r#"
 policy:
