@@ -183,15 +183,20 @@ impl Policy {
             hits.iter()
                 .map(|h| self.keyword_finding(h.meta, h.start..h.end)),
         );
+        self.detect_whole(self.detectors_for(dir), text, &mut out);
+        out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        out
+    }
+
+    /// The findings of `dets` over the whole of `text`, appended to `out`.
+    fn detect_whole(&self, dets: &[PatternDetector], text: &str, out: &mut Vec<Finding>) {
         let mut spans = Vec::new();
-        for det in self.detectors_for(dir) {
+        for det in dets {
             let mut cursor = 0;
             spans.clear();
             det.step(text, 0, &mut cursor, true, &mut spans);
             out.extend(spans.iter().map(|&(s, e)| self.detector_finding(det, s..e)));
         }
-        out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-        out
     }
 
     /// The finding of a match of keyword `meta` at original `span`.
@@ -249,16 +254,9 @@ impl Policy {
     /// patterns are not looked for, so no keyword library is scanned for this.
     pub fn mask_pii(&self, text: &str) -> String {
         let mut findings = Vec::new();
-        let mut spans = Vec::new();
-        for det in &self.det_pii {
-            let mut cursor = 0;
-            spans.clear();
-            det.step(text, 0, &mut cursor, true, &mut spans);
-            findings.extend(spans.iter().map(|&(s, e)| {
-                let mut f = self.detector_finding(det, s..e);
-                f.action = Action::Redact;
-                f
-            }));
+        self.detect_whole(&self.det_pii, text, &mut findings);
+        for f in &mut findings {
+            f.action = Action::Redact;
         }
         if findings.is_empty() {
             return text.to_owned();
