@@ -269,6 +269,29 @@ cpu_ms() {
   echo $((sum * 1000 / hz))
 }
 
+# CPU ticks per thread of a shenhe process ("name=ticks ..."), to see where the client's
+# connections landed: each worker keeps the connections it accepted, and the kernel decides
+# which worker wakes first, so one run may put most of them on one thread and the next spread
+# them (bench/README, item 20). nginx: one line per worker process.
+thread_ticks() { # $1 kind
+  local p t
+  for p in $(proxy_pids "$1"); do
+    for t in /proc/$p/task/*; do
+      [[ -r $t/stat ]] || continue
+      printf '%s=%s ' "$(tr ' ' '_' <"$t/comm")" "$(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"
+    done
+  done
+}
+# Share of the busiest thread in the CPU between two thread_ticks snapshots, e.g. "0.71 (of 2)".
+busiest_share() { # $1 before, $2 after
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    n = split(a, x, " "); for (i = 1; i <= n; i++) { split(x[i], kv, "="); t0[i] = kv[2] }
+    m = split(b, y, " "); tot = 0; top = 0; busy = 0
+    for (i = 1; i <= m; i++) { split(y[i], kv, "="); d = kv[2] - t0[i]; tot += d; if (d > top) top = d; if (d > 0) busy++ }
+    if (tot > 0) printf "%.2f (of %d busy)", top / tot, busy; else printf "-"
+  }'
+}
+
 check_alive() { # $1 kind, $2 model pid (direct): stop the bench if what was measured is gone
   local pid
   case $1 in shenhe) pid=$SHENHE_PID ;; shenhe-terms) pid=$SHENHE_TERMS_PID ;; nginx) pid=$NGINX_PID ;; *) pid=$2 ;; esac
@@ -293,16 +316,18 @@ count_chunks() { # SSE events a client receives for one stream of body $3 on $1
 # $1 round, $2 dialect, $3 workload, $4 target label, $5 url, $6 body file,
 # $7 proxy kind (direct|nginx|shenhe|shenhe-terms)
 run_wrk() {
-  local round=$1 d=$2 w=$3 target=$4 url=$5 body=$6 kind=$7 tag cpu0 cpu1 chunks=-
+  local round=$1 d=$2 w=$3 target=$4 url=$5 body=$6 kind=$7 tag cpu0 cpu1 th0 chunks=-
   tag=$(echo "${d}_${w}_${target}_r$round" | tr -c 'A-Za-z0-9_\n' '_')
   log "round $round: $d $w / $target: warmup ${WARM}s, run ${DUR}s"
   echo "$round $d $w $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
   WRK_BODY_FILE=$body timeout $((WARM + 30)) wrk -t2 -c$CONC -d${WARM}s --timeout 30s -s bench/wrk_post.lua "$url" >"$OUT/warm_$tag.txt" 2>&1
   if [[ $w == stream && $round == 1 ]]; then chunks=$(count_chunks "$url" "$tag" "$body"); fi
   cpu0=$(cpu_ms "$kind" "$MODEL_FAST_PID")
+  th0=$(thread_ticks "$kind")
   WRK_BODY_FILE=$body timeout $((DUR + 30)) wrk -t2 -c$CONC -d${DUR}s --timeout 30s --latency -s bench/wrk_post.lua "$url" >"$OUT/wrk_$tag.txt" 2>&1
   check_alive "$kind" "$MODEL_FAST_PID"
   cpu1=$(cpu_ms "$kind" "$MODEL_FAST_PID")
+  [[ $kind == direct ]] || echo "$round $d $w $target busiest thread $(busiest_share "$th0" "$(thread_ticks "$kind")")" >>"$OUT/threads.log"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\n' "$round" "$d" "$w" "$target" "$(parse_result "$OUT/wrk_$tag.txt")" $((cpu1 - cpu0)) "$chunks" >>"$OUT/results.tsv"
 }
 

@@ -10,24 +10,24 @@
 //! The read is as strict as [`super::json::parse_strict`]: UTF-8 without a byte-order mark, no
 //! trailing data, and duplicate object keys refused at any depth, also inside subtrees no pattern
 //! reaches. Whatever it cannot do (invalid JSON, a pattern with more than [`MAX_STARS`] `*`
-//! steps, more than [`MAX_ACTIVE`] patterns live at one place) gives `None`: the caller then
-//! reads the body as a tree, which reports the error or handles the shape.
+//! steps, more than [`MAX_ACTIVE`] patterns live at one place, nesting past [`MAX_NESTING`], a
+//! number that is infinite as a float) gives `None`: the caller then reads the body as a tree,
+//! which reports the error or handles the shape. It may decline more than serde_json refuses,
+//! never less (a proptest mutates documents to hold it to that).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
-
-use super::json::KeySeed;
 use super::paths::{Pat, Seg};
 
 /// Most `*` steps a pattern may have here (the dialects' own patterns have two at most).
 pub const MAX_STARS: usize = 4;
 /// Most patterns live at one place of the document.
 pub const MAX_ACTIVE: usize = 32;
+/// Most arrays and objects nested in one another; deeper documents are declined (the tree
+/// reader, serde_json, refuses past 128).
+pub const MAX_NESTING: usize = 100;
 
 /// A value found at a pattern.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +38,7 @@ pub struct Capture<'a> {
     stars: [u32; MAX_STARS],
     /// The value's bytes in the body (a string with its quotes). Known for every value where
     /// the pattern ends, except where another pattern also goes on below the same place: there
-    /// the value is read once, as it comes, and only a string without escapes has a span.
+    /// only a string without escapes has a span.
     pub span: Option<Range<usize>>,
     pub leaf: Leaf<'a>,
 }
@@ -102,27 +102,20 @@ pub fn capture<'a, P: AsRef<[Pat]>>(body: &'a [u8], patterns: &[P]) -> Option<Ve
         return None;
     }
     let text = crate::utf8::str_of(body).ok()?;
-    let mut out = Vec::new();
     let mut active = Active::default();
     for p in 0..pats.len() {
         active.push(p, 0);
     }
-    let mut reader = Reader {
-        base: text,
+    let mut r = Reader {
+        text,
+        b: body,
+        pos: 0,
         pats: &pats,
-        out: &mut out,
+        out: Vec::new(),
     };
-    let mut de = serde_json::Deserializer::from_str(text);
-    Node {
-        r: &mut reader,
-        active,
-        stars: [0; MAX_STARS],
-        depth: 0,
-    }
-    .deserialize(&mut de)
-    .ok()?;
-    de.end().ok()?;
-    Some(out)
+    r.value(active, [0; MAX_STARS], 0, 0)?;
+    r.ws();
+    (r.pos == body.len()).then_some(r.out)
 }
 
 /// The patterns live at one place: (pattern, how many of its steps are behind).
@@ -134,7 +127,7 @@ struct Active {
 
 impl Active {
     fn push(&mut self, pattern: usize, step: usize) {
-        // `capture` checks the pattern count; a step past 255 cannot be reached (depth limit).
+        // `capture` checks the pattern count; a step past 255 cannot be reached (nesting limit).
         self.items[self.len] = (pattern as u8, step.min(255) as u8);
         self.len += 1;
     }
@@ -148,36 +141,74 @@ impl Active {
     }
 }
 
-struct Reader<'a, 'p, 'o> {
-    base: &'a str,
+/// The reader: a strict JSON (RFC 8259) recognizer over text already checked as UTF-8.
+///
+/// Written by hand: driving serde_json through `DeserializeSeed` visitors (the first version)
+/// decoded every key and number and went through a visitor call per value; this reader scans
+/// strings eight bytes at a time and decodes only keys with escapes and captured strings
+/// (bench/README, item 20). What it is unsure of it declines, and serde_json, on the tree
+/// path, has the last word.
+struct Reader<'a, 'p> {
+    text: &'a str,
+    b: &'a [u8],
+    pos: usize,
     pats: &'p [&'p [Pat]],
-    out: &'o mut Vec<Capture<'a>>,
+    out: Vec<Capture<'a>>,
 }
 
-impl<'a> Reader<'a, '_, '_> {
+impl<'a> Reader<'a, '_> {
     fn is_end(&self, (p, s): (usize, usize)) -> bool {
         s == self.pats[p].len()
     }
-    fn offset(&self, part: &str) -> usize {
-        part.as_ptr() as usize - self.base.as_ptr() as usize
+
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.pos) {
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
+            self.pos += 1;
+        }
     }
-}
 
-/// One value of the document, with the patterns live at it.
-struct Node<'r, 'a, 'p, 'o> {
-    r: &'r mut Reader<'a, 'p, 'o>,
-    active: Active,
-    stars: [u32; MAX_STARS],
-    /// How many arrays lie above this value.
-    depth: usize,
-}
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.pos).copied()
+    }
 
-impl<'r, 'a, 'p, 'o> Node<'r, 'a, 'p, 'o> {
-    /// The patterns that go on below this value, stepped along `key` or an array element.
-    fn below(&self, key: Option<&str>) -> Active {
+    /// Skip whitespace, then take `c` if it comes next.
+    fn eat(&mut self, c: u8) -> bool {
+        self.ws();
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn record(
+        &mut self,
+        active: &Active,
+        stars: [u32; MAX_STARS],
+        span: Option<Range<usize>>,
+        leaf: Leaf<'a>,
+    ) {
+        for a in active.iter() {
+            if self.is_end(a) {
+                self.out.push(Capture {
+                    pattern: a.0,
+                    stars,
+                    span: span.clone(),
+                    leaf: leaf.clone(),
+                });
+            }
+        }
+    }
+
+    /// The patterns that go on below a value, stepped along `key` or an array element.
+    fn below(&self, active: &Active, key: Option<&str>) -> Active {
         let mut next = Active::default();
-        for (p, s) in self.active.iter() {
-            match (self.r.pats[p].get(s), key) {
+        for (p, s) in active.iter() {
+            match (self.pats[p].get(s), key) {
                 (Some(Pat::Key(k)), Some(key)) if k == key => next.push(p, s + 1),
                 (Some(Pat::Any), None) => next.push(p, s + 1),
                 _ => {}
@@ -186,193 +217,388 @@ impl<'r, 'a, 'p, 'o> Node<'r, 'a, 'p, 'o> {
         next
     }
 
-    fn child(&mut self, active: Active, index: Option<u32>) -> Node<'_, 'a, 'p, 'o> {
-        let (mut stars, mut depth) = (self.stars, self.depth);
-        if let Some(i) = index {
-            // Live patterns took the same path here, so their `*` steps are the arrays passed
-            // through; a pattern has `MAX_STARS` at most, so a live one never goes deeper.
-            if depth < MAX_STARS {
-                stars[depth] = i;
-            }
-            depth += 1;
+    /// One value with the patterns live at it; `arrays` counts the arrays above it, `nesting`
+    /// the arrays and objects.
+    fn value(
+        &mut self,
+        active: Active,
+        stars: [u32; MAX_STARS],
+        arrays: usize,
+        nesting: usize,
+    ) -> Option<()> {
+        self.ws();
+        if active.is_empty() {
+            return self.skip(nesting);
         }
-        Node {
-            r: self.r,
-            active,
-            stars,
-            depth,
-        }
-    }
-
-    fn record(&mut self, span: Option<Range<usize>>, leaf: Leaf<'a>) {
-        for a in self.active.iter() {
-            if self.r.is_end(a) {
-                self.r.out.push(Capture {
-                    pattern: a.0,
-                    stars: self.stars,
-                    span: span.clone(),
-                    leaf: leaf.clone(),
-                });
-            }
-        }
-    }
-}
-
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Node<'_, 'a, '_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(mut self, d: D) -> Result<(), D::Error> {
-        if self.active.is_empty() {
-            return d.deserialize_any(Skip);
-        }
-        if self.active.iter().any(|a| !self.r.is_end(a)) {
-            // Patterns go on below: the value is read once, as it comes (see `Visitor`).
-            return d.deserialize_any(self);
-        }
-        // Patterns end here and only here: the value's span is wanted, whatever its type.
-        let raw = <&'de RawValue as serde::Deserialize>::deserialize(d)?;
-        let raw: &'a str = raw.get();
-        let start = self.r.offset(raw);
-        let leaf = match raw.as_bytes()[0] {
-            b'"' if !raw.contains('\\') => Leaf::Str(Cow::Borrowed(&raw[1..raw.len() - 1])),
-            b'"' => Leaf::Str(Cow::Owned(
-                serde_json::from_str::<String>(raw).map_err(de::Error::custom)?,
-            )),
-            // Still read strictly (duplicate keys) inside.
-            b'[' | b'{' => {
-                serde_json::from_str::<Strict>(raw).map_err(de::Error::custom)?;
-                if raw.starts_with('[') {
-                    Leaf::Array
-                } else {
-                    Leaf::Object
+        let start = self.pos;
+        if active.iter().all(|a| self.is_end(a)) {
+            // Patterns end here and only here: the value's span is wanted, whatever its type.
+            let leaf = match self.peek()? {
+                b'"' => {
+                    let (s, escaped) = self.string()?;
+                    match escaped {
+                        false => Leaf::Str(Cow::Borrowed(s)),
+                        true => Leaf::Str(Cow::Owned(unescape(s)?)),
+                    }
                 }
-            }
-            b'0'..=b'9' => raw.parse().map_or(Leaf::Other, Leaf::U64),
-            b'n' => Leaf::Null,
-            _ => Leaf::Other,
-        };
-        self.record(Some(start..start + raw.len()), leaf);
-        Ok(())
-    }
-}
-
-/// A value below which patterns go on; those that end at it are recorded as it comes.
-impl<'de: 'a, 'a> Visitor<'de> for Node<'_, 'a, '_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        // The object's own captures come before those inside it (document order).
-        self.record(None, Leaf::Object);
-        let mut keys = KeySet::default();
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            let below = self.below(Some(&key));
-            keys.insert(key)?;
-            map.next_value_seed(self.child(below, None))?;
+                b'[' | b'{' => {
+                    let open = self.b[start];
+                    self.skip(nesting)?;
+                    if open == b'[' {
+                        Leaf::Array
+                    } else {
+                        Leaf::Object
+                    }
+                }
+                b'n' => {
+                    self.skip(nesting)?;
+                    Leaf::Null
+                }
+                b'0'..=b'9' => {
+                    self.skip(nesting)?;
+                    self.text[start..self.pos]
+                        .parse()
+                        .map_or(Leaf::Other, Leaf::U64)
+                }
+                _ => {
+                    self.skip(nesting)?;
+                    Leaf::Other
+                }
+            };
+            self.record(&active, stars, Some(start..self.pos), leaf);
+            return Some(());
         }
-        Ok(())
+        // Patterns go on below: the value is read once, as it comes.
+        match self.peek()? {
+            b'{' => {
+                // The object's own captures come before those inside it (document order).
+                self.record(&active, stars, None, Leaf::Object);
+                self.object(nesting, |r, key| {
+                    let below = r.below(&active, Some(key));
+                    r.value(below, stars, arrays, nesting + 1)
+                })
+            }
+            b'[' => {
+                self.record(&active, stars, None, Leaf::Array);
+                let below = self.below(&active, None);
+                self.array(nesting, |r, i| {
+                    let mut st = stars;
+                    // Live patterns took the same path here, so their `*` steps are the arrays
+                    // passed through; a pattern has `MAX_STARS` at most, so a live one never
+                    // goes deeper.
+                    if arrays < MAX_STARS {
+                        st[arrays] = i;
+                    }
+                    r.value(below, st, arrays + 1, nesting + 1)
+                })
+            }
+            b'"' => {
+                let (s, escaped) = self.string()?;
+                if escaped {
+                    self.record(&active, stars, None, Leaf::Str(Cow::Owned(unescape(s)?)));
+                } else {
+                    self.record(
+                        &active,
+                        stars,
+                        Some(start..self.pos),
+                        Leaf::Str(Cow::Borrowed(s)),
+                    );
+                }
+                Some(())
+            }
+            c => {
+                self.skip(nesting)?;
+                let leaf = match c {
+                    b'n' => Leaf::Null,
+                    b'0'..=b'9' => self.text[start..self.pos]
+                        .parse()
+                        .map_or(Leaf::Other, Leaf::U64),
+                    _ => Leaf::Other,
+                };
+                self.record(&active, stars, None, leaf);
+                Some(())
+            }
+        }
     }
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        self.record(None, Leaf::Array);
-        let below = self.below(None);
+
+    /// Read past one value no pattern looks into, as strictly as the rest (duplicate keys).
+    fn skip(&mut self, nesting: usize) -> Option<()> {
+        self.ws();
+        match self.peek()? {
+            b'{' => self.object(nesting, |r, _| r.skip(nesting + 1)),
+            b'[' => self.array(nesting, |r, _| r.skip(nesting + 1)),
+            b'"' => {
+                let (s, escaped) = self.string()?;
+                if escaped {
+                    check_escapes(s)?;
+                }
+                Some(())
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    /// An object at the cursor: each member's key checked against the others, then
+    /// `member(reader, key)` reads its value.
+    fn object(
+        &mut self,
+        nesting: usize,
+        mut member: impl FnMut(&mut Self, &str) -> Option<()>,
+    ) -> Option<()> {
+        self.pos += 1;
+        if nesting >= MAX_NESTING {
+            return None;
+        }
+        let mut keys = KeySet::default();
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let key = self.key()?;
+            if !self.eat(b':') {
+                return None;
+            }
+            member(self, &key)?;
+            keys.insert(key)?;
+            if self.eat(b'}') {
+                return Some(());
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
+
+    /// An array at the cursor: `element(reader, index)` reads each element.
+    fn array(
+        &mut self,
+        nesting: usize,
+        mut element: impl FnMut(&mut Self, u32) -> Option<()>,
+    ) -> Option<()> {
+        self.pos += 1;
+        if nesting >= MAX_NESTING {
+            return None;
+        }
+        if self.eat(b']') {
+            return Some(());
+        }
         let mut i = 0u32;
         loop {
-            let node = self.child(below, Some(i));
-            if seq.next_element_seed(node)?.is_none() {
-                return Ok(());
+            element(self, i)?;
+            if self.eat(b']') {
+                return Some(());
+            }
+            if !self.eat(b',') {
+                return None;
             }
             i = i.saturating_add(1);
         }
     }
-    fn visit_borrowed_str<E>(mut self, v: &'de str) -> Result<(), E> {
-        // Borrowed: no escapes, so the quotes sit right around it.
-        let start = self.r.offset(v) - 1;
-        self.record(
-            Some(start..start + v.len() + 2),
-            Leaf::Str(Cow::Borrowed(v)),
-        );
-        Ok(())
-    }
-    fn visit_str<E>(mut self, v: &str) -> Result<(), E> {
-        self.record(None, Leaf::Str(Cow::Owned(v.to_owned())));
-        Ok(())
-    }
-    fn visit_u64<E>(mut self, v: u64) -> Result<(), E> {
-        self.record(None, Leaf::U64(v));
-        Ok(())
-    }
-    fn visit_unit<E>(mut self) -> Result<(), E> {
-        self.record(None, Leaf::Null);
-        Ok(())
-    }
-    fn visit_bool<E>(mut self, _: bool) -> Result<(), E> {
-        self.record(None, Leaf::Other);
-        Ok(())
-    }
-    fn visit_i64<E>(mut self, _: i64) -> Result<(), E> {
-        self.record(None, Leaf::Other);
-        Ok(())
-    }
-    fn visit_f64<E>(mut self, _: f64) -> Result<(), E> {
-        self.record(None, Leaf::Other);
-        Ok(())
-    }
-}
 
-/// A subtree no pattern reaches: read for strictness only (duplicate keys), nothing kept.
-struct Skip;
-
-/// [`Skip`] as a type to deserialize a captured container with.
-struct Strict;
-
-impl<'de> serde::Deserialize<'de> for Strict {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
-        d.deserialize_any(Skip).map(|()| Strict)
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Skip {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Skip)
-    }
-}
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys = KeySet::default();
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            keys.insert(key)?;
-            map.next_value_seed(Skip)?;
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Some(())
+        } else {
+            None
         }
-        Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
-        Ok(())
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`. A number serde_json would read as a
+    /// float is declined when it is not finite there (serde_json refuses it as out of range).
+    fn number(&mut self) -> Option<()> {
+        let start = self.pos;
+        let digits = |r: &mut Self| {
+            let from = r.pos;
+            while matches!(r.peek(), Some(b'0'..=b'9')) {
+                r.pos += 1;
+            }
+            r.pos - from
+        };
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        let first = self.peek()?;
+        let int = digits(self);
+        if int == 0 || (first == b'0' && int > 1) {
+            return None;
+        }
+        let mut integer = true;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            integer = false;
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.pos += 1;
+            integer = false;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.pos += 1;
+            }
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        let raw = &self.text[start..self.pos];
+        // Integers of up to 18 digits fit i64 and u64; longer ones, and every other number,
+        // become a float in serde_json, which must be finite.
+        if (!integer || int > 18) && !raw.parse::<f64>().ok()?.is_finite() {
+            return None;
+        }
+        Some(())
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+
+    /// A string at the cursor: its text between the quotes (raw, escapes not decoded) and
+    /// whether it has escapes. Refuses control characters.
+    fn string(&mut self) -> Option<(&'a str, bool)> {
+        debug_assert_eq!(self.peek(), Some(b'"'));
+        self.pos += 1;
+        let start = self.pos;
+        let mut escaped = false;
+        loop {
+            self.pos = special(self.b, self.pos);
+            match self.peek()? {
+                b'"' => {
+                    let s = &self.text[start..self.pos];
+                    self.pos += 1;
+                    return Some((s, escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    // The escaped character is checked when the string is decoded or checked.
+                    self.pos += 2;
+                    if self.pos > self.b.len() {
+                        return None;
+                    }
+                }
+                _ => return None, // a control character
+            }
+        }
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+
+    /// An object key, decoded.
+    fn key(&mut self) -> Option<Cow<'a, str>> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let (s, escaped) = self.string()?;
+        Some(match escaped {
+            false => Cow::Borrowed(s),
+            true => Cow::Owned(unescape(s)?),
+        })
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+}
+
+/// The position of the first `"`, `\` or control character in `b` from `pos` (or its length).
+fn special(b: &[u8], mut pos: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(pos..pos + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        // A byte below 0x20, or equal to `"` or `\`: the classic has-zero-byte test on
+        // `x - 0x20..`, `x ^ '"'..` and `x ^ '\'..`; bytes at or above 0x80 are UTF-8 and
+        // never special, so they are masked out.
+        let quote = x ^ (LO * u64::from(b'"'));
+        let slash = x ^ (LO * u64::from(b'\\'));
+        let hit = (quote.wrapping_sub(LO) & !quote & HI)
+            | (slash.wrapping_sub(LO) & !slash & HI)
+            | (x.wrapping_sub(LO * 0x20) & !x & HI);
+        if hit != 0 {
+            // The lowest flagged byte is exact (borrows only run upward).
+            return pos + (hit.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    while let Some(&c) = b.get(pos) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return pos;
+        }
+        pos += 1;
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    pos
+}
+
+/// Check the escapes of a raw string as [`unescape`] would, without building the text.
+fn check_escapes(raw: &str) -> Option<()> {
+    unescape_into(raw, None)
+}
+
+/// Decode a raw JSON string's escapes; `None` for an unknown escape or a lone surrogate.
+fn unescape(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    unescape_into(raw, Some(&mut out))?;
+    Some(out)
+}
+
+fn unescape_into(raw: &str, mut out: Option<&mut String>) -> Option<()> {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    let mut plain = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if let Some(o) = out.as_deref_mut() {
+            o.push_str(&raw[plain..i]);
+        }
+        let c = *b.get(i + 1)?;
+        i += 2;
+        let ch = match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(b, i)?;
+                i += 4;
+                match hi {
+                    0xD800..=0xDBFF => {
+                        if b.get(i..i + 2)? != b"\\u" {
+                            return None;
+                        }
+                        let lo = hex4(b, i + 2)?;
+                        if !(0xDC00..=0xDFFF).contains(&lo) {
+                            return None;
+                        }
+                        i += 6;
+                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?
+                    }
+                    0xDC00..=0xDFFF => return None,
+                    _ => char::from_u32(hi)?,
+                }
+            }
+            _ => return None,
+        };
+        if let Some(o) = out.as_deref_mut() {
+            o.push(ch);
+        }
+        plain = i;
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    if let Some(o) = out {
+        o.push_str(&raw[plain..]);
     }
+    Some(())
+}
+
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let h = b.get(at..at + 4)?;
+    let mut v = 0;
+    for &c in h {
+        v = v * 16 + char::from(c).to_digit(16)?;
+    }
+    Some(v)
 }
 
 /// The keys of one object, to refuse a duplicate: a list while the object is small, a hash
@@ -386,7 +612,8 @@ struct KeySet<'de> {
 impl<'de> KeySet<'de> {
     const FEW: usize = 16;
 
-    fn insert<E: de::Error>(&mut self, key: Cow<'de, str>) -> Result<(), E> {
+    /// `None` when the key is already there.
+    fn insert(&mut self, key: Cow<'de, str>) -> Option<()> {
         let fresh = match &mut self.many {
             Some(set) => set.insert(key),
             None if self.few.len() < Self::FEW => {
@@ -401,11 +628,7 @@ impl<'de> KeySet<'de> {
                 fresh
             }
         };
-        if fresh {
-            Ok(())
-        } else {
-            Err(E::custom("duplicate key"))
-        }
+        fresh.then_some(())
     }
 }
 
@@ -491,6 +714,13 @@ mod tests {
         assert_eq!(caps[2].star(0), 1);
     }
 
+    /// Both serde_json's strict reader and this one refuse `bad`.
+    fn refused_by_both(bad: &[u8], p: &[Vec<Pat>]) {
+        let shown = String::from_utf8_lossy(bad);
+        assert!(parse_strict(bad).is_err(), "{shown}");
+        assert!(capture(bad, p).is_none(), "{shown}");
+    }
+
     #[test]
     fn strictness_matches_the_tree_reader() {
         let p = pats(&["messages.*.content"]);
@@ -505,16 +735,7 @@ mod tests {
             br#"{"messages":[{"content":"x"}]"#,
             b"{\"messages\":[{\"content\":\"\xff\"}]}",
         ] {
-            assert!(
-                parse_strict(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-            assert!(
-                capture(bad, &p).is_none(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            refused_by_both(bad, &p);
         }
         // Escaped keys are compared decoded.
         assert!(capture(br#"{"a":1,"\u0061":2}"#, &p).is_none());
@@ -535,6 +756,82 @@ mod tests {
         assert!(capture(b"{}", &many).is_none());
     }
 
+    #[test]
+    fn the_grammar_is_read_as_serde_json_reads_it() {
+        let p = pats(&["a", "b.*"]);
+        for good in [
+            &br#"{"a":-0}"#[..],
+            br#"{"a":1.5e-3,"b":[1E+2,0.0,-12]}"#,
+            br#" { "a" : [ true , false , null ] } "#,
+            br#"{"a":123456789012345678901234567890}"#,
+            br#"{"a":"\ud83d\ude00 \u00e9 \/ \b\f\n\r\t \" \\"}"#,
+            br#"{"\u0062":["x"]}"#,
+            b"{\"a\":\"\xe4\xb8\xad\"}\n",
+        ] {
+            let shown = String::from_utf8_lossy(good);
+            assert!(parse_strict(good).is_ok(), "{shown}");
+            assert!(capture(good, &p).is_some(), "{shown}");
+        }
+        for bad in [
+            &b""[..],
+            b"   ",
+            br#"{"a":01}"#,
+            br#"{"a":-}"#,
+            br#"{"a":1.}"#,
+            br#"{"a":.5}"#,
+            br#"{"a":1e}"#,
+            br#"{"a":1e400}"#,
+            br#"{"a":+1}"#,
+            br#"{"a":tru}"#,
+            br#"{"a":nul}"#,
+            br#"{"a":[1,]}"#,
+            br#"{"a":1,}"#,
+            br#"{"a" 1}"#,
+            br#"{a:1}"#,
+            br#"{"a":1}}"#,
+            br#"{"a":"\x"}"#,
+            br#"{"a":"\u12"}"#,
+            br#"{"a":"\udc00"}"#,
+            br#"{"a":"\ud800\u0041"}"#,
+            b"{\"a\":\"line\nbreak\"}",
+            b"{\"a\":\"tab\there\"}",
+            br#"{"a":"open}"#,
+            br#"{"b":["\q"]}"#,
+            br#"{"c":{"\u0061":1,"a":2}}"#,
+        ] {
+            refused_by_both(bad, &p);
+        }
+        // Nesting past the limit is declined; serde_json refuses past 128 itself.
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_NESTING + 1),
+            "]".repeat(MAX_NESTING + 1)
+        );
+        assert!(capture(deep.as_bytes(), &p).is_none());
+        let ok = format!("{}{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING));
+        assert!(capture(ok.as_bytes(), &p).is_some());
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded_and_keys_compared_decoded() {
+        let p = pats(&["a", "b.*"]);
+        let body = br#"{"\u0061":"x\u4e2dy","b":["\ud83d\ude00",7]}"#;
+        let caps = capture(body, &p).unwrap();
+        assert_eq!(caps[0].text(), Some("x中y"));
+        assert_eq!(
+            caps[0].span.clone().map(|s| &body[s]),
+            Some(&br#""x\u4e2dy""#[..])
+        );
+        assert_eq!(caps[1].text(), Some("😀"));
+        assert_eq!(caps[2].leaf, Leaf::U64(7));
+    }
+
+    /// Bytes that JSON gives meaning to, for mutating documents.
+    fn mutation() -> impl Strategy<Value = (usize, u8, u8)> {
+        let byte = prop::sample::select(b"{}[],:\"\\ \n\t0159-+.eEtfnulrsaux\x01\xe4".to_vec());
+        (any::<usize>(), 0u8..3, byte)
+    }
+
     fn json_value() -> impl Strategy<Value = Value> {
         let text = "[a-c\u{4e2d}\u{e9}\"\\\\\n/ ]{0,6}";
         let leaf = prop_oneof![
@@ -550,6 +847,36 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    proptest! {
+        /// A document changed at a few places is taken only when serde_json's strict reader
+        /// takes it too (declining more is allowed: the tree then decides), and a valid one
+        /// without exponents is taken.
+        #[test]
+        fn never_more_lenient_than_the_tree(
+            v in json_value(),
+            edits in prop::collection::vec(mutation(), 0..4),
+        ) {
+            let mut body = serde_json::to_vec(&v).unwrap();
+            for (at, op, b) in edits {
+                let at = at % (body.len() + 1);
+                match op {
+                    0 => body.insert(at, b),
+                    1 if at < body.len() => { body.remove(at); }
+                    _ if at < body.len() => body[at] = b,
+                    _ => {}
+                }
+            }
+            let p = pats(&["messages.*.content", "content", "*.text", "a"]);
+            let strict = parse_strict(&body).is_ok();
+            let taken = capture(&body, &p).is_some();
+            prop_assert!(!taken || strict, "taken but not strict JSON: {}", String::from_utf8_lossy(&body));
+            let plain = !body
+                .windows(2)
+                .any(|w| w[0].is_ascii_digit() && matches!(w[1], b'e' | b'E'));
+            prop_assert!(!strict || taken || !plain, "strict JSON declined: {}", String::from_utf8_lossy(&body));
+        }
     }
 
     proptest! {
