@@ -247,7 +247,7 @@ proxy_pids() { # $1 kind
     shenhe) echo "$SHENHE_PID" ;;
     shenhe-terms) echo "$SHENHE_TERMS_PID" ;;
     nginx) ps -o pid= --ppid "$NGINX_PID" | tr -d ' ' ;;
-    *) echo "$2" ;;
+    *) echo "${2:-}" ;;
   esac
 }
 rss_kib() {
