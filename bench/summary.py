@@ -143,13 +143,13 @@ def verdict(ok):
     return "met" if ok else "**missed**"
 
 
-def ratio_row(name, target, w, num, den, ok):
+def ratio_row(name, target, w, num, den, ok, key="rate"):
     cells = []
     for d in dialects:
-        v = per_round(d, w, lambda a, b: a["rate"] / b["rate"], num, den)
+        v = per_round(d, w, lambda a, b: a[key] / b[key], num, den)
         if v:
             m, text = spread(v, "{:.2f}")
-            cells.append(f"{text} {verdict(ok(m))}")
+            cells.append(text if ok is None else f"{text} {verdict(ok(m))}")
         else:
             cells.append("n/a")
     p(f"| {name} | {target} | " + " | ".join(cells) + " |")
@@ -166,6 +166,13 @@ for w, label in (("json", "1 KB req/s"), ("stream", "256-token streams/s")):
                   "shenhe-moderated-10k-terms", "shenhe-passthrough", lambda v: v >= 0.85)
     ratio_row(f"shenhe moderated, no terms / passthrough, {label}", "≥ 0.85 (info)", w,
               "shenhe-moderated", "shenhe-passthrough", lambda v: v >= 0.85)
+# CPU per request does not depend on how the two cores were shared out in a round (which
+# worker took wrk's connections, what else ran): the same comparison with less of the noise.
+ratio_row("CPU per 1 KB request, shenhe passthrough / nginx (info)", "≤ 1.00", "json",
+          "shenhe-passthrough", "nginx", lambda v: v <= 1.0, key="cpu_us")
+if any(get(d, "json", "shenhe-moderated-10k-terms") for d in dialects):
+    ratio_row("CPU per 1 KB request, moderated + 10k terms / passthrough (info)", "–", "json",
+              "shenhe-moderated-10k-terms", "shenhe-passthrough", None, key="cpu_us")
 for w, label in (("json", "1 KB"), ("stream", "256-token stream")):
     for q in ("p50", "p99"):
         for route in ("passthrough", "moderated"):
