@@ -234,36 +234,8 @@ impl<'a> Reader<'a, '_> {
         if active.iter().all(|a| self.is_end(a)) {
             // Patterns end here and only here: the value's span is wanted, whatever its type.
             let leaf = match self.peek()? {
-                b'"' => {
-                    let (s, escaped) = self.string()?;
-                    match escaped {
-                        false => Leaf::Str(Cow::Borrowed(s)),
-                        true => Leaf::Str(Cow::Owned(unescape(s)?)),
-                    }
-                }
-                b'[' | b'{' => {
-                    let open = self.b[start];
-                    self.skip(nesting)?;
-                    if open == b'[' {
-                        Leaf::Array
-                    } else {
-                        Leaf::Object
-                    }
-                }
-                b'n' => {
-                    self.skip(nesting)?;
-                    Leaf::Null
-                }
-                b'0'..=b'9' => {
-                    self.skip(nesting)?;
-                    self.text[start..self.pos]
-                        .parse()
-                        .map_or(Leaf::Other, Leaf::U64)
-                }
-                _ => {
-                    self.skip(nesting)?;
-                    Leaf::Other
-                }
+                b'"' => self.string_leaf()?.0,
+                _ => self.skipped_leaf(nesting)?,
             };
             self.record(&active, stars, Some(start..self.pos), leaf);
             return Some(());
@@ -293,32 +265,44 @@ impl<'a> Reader<'a, '_> {
                 })
             }
             b'"' => {
-                let (s, escaped) = self.string()?;
-                if escaped {
-                    self.record(&active, stars, None, Leaf::Str(Cow::Owned(unescape(s)?)));
-                } else {
-                    self.record(
-                        &active,
-                        stars,
-                        Some(start..self.pos),
-                        Leaf::Str(Cow::Borrowed(s)),
-                    );
-                }
+                // With escapes, the decoded text is not what the body holds: no span.
+                let (leaf, escaped) = self.string_leaf()?;
+                self.record(&active, stars, (!escaped).then_some(start..self.pos), leaf);
                 Some(())
             }
-            c => {
-                self.skip(nesting)?;
-                let leaf = match c {
-                    b'n' => Leaf::Null,
-                    b'0'..=b'9' => self.text[start..self.pos]
-                        .parse()
-                        .map_or(Leaf::Other, Leaf::U64),
-                    _ => Leaf::Other,
-                };
+            _ => {
+                let leaf = self.skipped_leaf(nesting)?;
                 self.record(&active, stars, None, leaf);
                 Some(())
             }
         }
+    }
+
+    /// A string at the cursor, decoded (borrowed when it has no escapes), and whether it had
+    /// escapes.
+    fn string_leaf(&mut self) -> Option<(Leaf<'a>, bool)> {
+        let (s, escaped) = self.string()?;
+        let text = match escaped {
+            false => Cow::Borrowed(s),
+            true => Cow::Owned(unescape(s)?),
+        };
+        Some((Leaf::Str(text), escaped))
+    }
+
+    /// Read past a value that is not a string, and say what it was.
+    fn skipped_leaf(&mut self, nesting: usize) -> Option<Leaf<'a>> {
+        let start = self.pos;
+        let first = self.peek()?;
+        self.skip(nesting)?;
+        Some(match first {
+            b'[' => Leaf::Array,
+            b'{' => Leaf::Object,
+            b'n' => Leaf::Null,
+            b'0'..=b'9' => self.text[start..self.pos]
+                .parse()
+                .map_or(Leaf::Other, Leaf::U64),
+            _ => Leaf::Other,
+        })
     }
 
     /// Read past one value no pattern looks into, as strictly as the rest (duplicate keys).
