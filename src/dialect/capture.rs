@@ -278,15 +278,21 @@ impl<'a> Reader<'a, '_> {
         }
     }
 
+    /// A string at the cursor as a leaf, and whether it had escapes.
+    fn string_leaf(&mut self) -> Option<(Leaf<'a>, bool)> {
+        let (text, escaped) = self.decoded()?;
+        Some((Leaf::Str(text), escaped))
+    }
+
     /// A string at the cursor, decoded (borrowed when it has no escapes), and whether it had
     /// escapes.
-    fn string_leaf(&mut self) -> Option<(Leaf<'a>, bool)> {
+    fn decoded(&mut self) -> Option<(Cow<'a, str>, bool)> {
         let (s, escaped) = self.string()?;
         let text = match escaped {
             false => Cow::Borrowed(s),
             true => Cow::Owned(unescape(s)?),
         };
-        Some((Leaf::Str(text), escaped))
+        Some((text, escaped))
     }
 
     /// Read past a value that is not a string, and say what it was.
@@ -472,11 +478,7 @@ impl<'a> Reader<'a, '_> {
         if self.peek() != Some(b'"') {
             return None;
         }
-        let (s, escaped) = self.string()?;
-        Some(match escaped {
-            false => Cow::Borrowed(s),
-            true => Cow::Owned(unescape(s)?),
-        })
+        Some(self.decoded()?.0)
     }
 }
 
