@@ -68,31 +68,36 @@ impl ScanCore {
         piece: &str,
         out: &mut Vec<Finding>,
     ) -> usize {
-        let keep_orig = !self.det_cursors.is_empty();
-        // Without terms the normalized text has no reader (detectors read the original).
-        let normalize = !policy.keywords_for(dir).is_empty();
         let mut rest = piece;
-        while !rest.is_empty() {
-            let mut cut = rest.len().min(MAX_SUBPIECE);
+        // Normalized offsets must fit in `u32`: a piece over `MAX_SUBPIECE` goes in parts. A
+        // token is one part, with no cutting to pay for.
+        while rest.len() > MAX_SUBPIECE {
+            let mut cut = MAX_SUBPIECE;
             while !rest.is_char_boundary(cut) {
                 cut -= 1;
             }
             let (sub, tail) = rest.split_at(cut);
-            if normalize {
-                policy
-                    .normalizer
-                    .feed(&mut self.norm_state, sub, self.total, &mut self.nbuf);
-            }
-            if keep_orig {
-                self.orig.push_str(sub);
-            }
-            self.total += sub.len();
+            self.take(policy, dir, sub);
+            self.run(policy, dir, false, out);
             rest = tail;
-            if !rest.is_empty() {
-                self.run(policy, dir, false, out);
-            }
         }
+        self.take(policy, dir, rest);
         self.run(policy, dir, false, out)
+    }
+
+    /// Normalize `sub` onto the held text (and keep it for the detectors).
+    #[inline(always)]
+    fn take(&mut self, policy: &Policy, dir: Direction, sub: &str) {
+        // Without terms the normalized text has no reader (detectors read the original).
+        if !policy.keywords_for(dir).is_empty() {
+            policy
+                .normalizer
+                .feed(&mut self.norm_state, sub, self.total, &mut self.nbuf);
+        }
+        if !self.det_cursors.is_empty() {
+            self.orig.push_str(sub);
+        }
+        self.total += sub.len();
     }
 
     pub fn finish(&mut self, policy: &Policy, dir: Direction, out: &mut Vec<Finding>) -> usize {
