@@ -105,6 +105,8 @@ struct Entry {
     norm: Box<str>,
     cat: u16,
     term_id: u32,
+    /// A term's joined-words form (`policy.normalize.joined_words`), not a listed term.
+    joined: bool,
 }
 
 struct TermBuilder<'a> {
@@ -158,6 +160,7 @@ impl TermBuilder<'_> {
             norm: t.into(),
             cat,
             term_id: id,
+            joined: false,
         });
     }
 }
@@ -283,9 +286,38 @@ fn build_categories(cfg: &PolicyConfig, r: &mut Report) -> (Vec<Category>, Vec<O
     (cats, of_cfg)
 }
 
+/// The joined-words form of each normalized term that has spaces (`bomb recipe` →
+/// `bombrecipe`), when `on`. A joined form keeps its term's id and category, so a finding names
+/// the listed term; it is not a listed term, so it counts in no statistic and is never reported
+/// as a duplicate.
+fn joined_words(entries: &[Entry], on: bool) -> Vec<Entry> {
+    entries
+        .iter()
+        .filter(|e| on && e.norm.contains(' '))
+        .map(|e| Entry {
+            norm: e.norm.replace(' ', "").into(),
+            cat: e.cat,
+            term_id: e.term_id,
+            joined: true,
+        })
+        .collect()
+}
+
+/// `entries` and `joined` in the order [`keyword_set`] reads: by normalized term, then
+/// category, a listed term before a joined form.
+fn match_order<'a>(entries: &'a [Entry], joined: &'a [Entry]) -> Vec<&'a Entry> {
+    let mut all: Vec<&Entry> = entries.iter().chain(joined).collect();
+    if !joined.is_empty() {
+        all.sort_unstable_by(|a, b| {
+            (&a.norm, a.cat, a.joined, a.term_id).cmp(&(&b.norm, b.cat, b.joined, b.term_id))
+        });
+    }
+    all
+}
+
 /// The strictest applicable category among entries sharing one normalized term.
 fn keyword_set(
-    entries: &[Entry],
+    entries: &[&Entry],
     cats: &[Category],
     allow: &AllowSet,
     dir: Direction,
@@ -296,7 +328,7 @@ fn keyword_set(
         let mut j = i;
         let mut best: Option<&Entry> = None;
         while j < entries.len() && entries[j].norm == entries[i].norm {
-            let e = &entries[j];
+            let e = entries[j];
             let c = &cats[e.cat as usize];
             if c.applies_to.includes(dir) {
                 let better = best.is_none_or(|b| {
@@ -491,13 +523,16 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
         }
     }
 
-    // Per-direction matchers; shared when no category is limited to one side.
+    // Per-direction matchers; shared when no category is limited to one side. They match the
+    // listed terms and, with `joined_words`, each multi-word term with its spaces left out.
+    let joined = joined_words(&entries, cfg.normalize.joined_words);
+    let matched = match_order(&entries, &joined);
     let one_sided = cats.iter().any(|c| c.applies_to != AppliesTo::Both);
     let build_err = |e: String| PolicyError::Invalid(vec![format!("keyword automaton: {e}")]);
     let kw_prompt =
-        Arc::new(keyword_set(&entries, &cats, &allow, Direction::Prompt).map_err(build_err)?);
+        Arc::new(keyword_set(&matched, &cats, &allow, Direction::Prompt).map_err(build_err)?);
     let kw_completion = if one_sided {
-        Arc::new(keyword_set(&entries, &cats, &allow, Direction::Completion).map_err(build_err)?)
+        Arc::new(keyword_set(&matched, &cats, &allow, Direction::Completion).map_err(build_err)?)
     } else {
         Arc::clone(&kw_prompt)
     };

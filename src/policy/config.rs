@@ -66,6 +66,10 @@ pub struct NormalizeConfig {
     pub traditional: bool,
     /// Fold confusable letters to Latin (Cyrillic а → a, Greek ο → o) and strip diacritics.
     pub confusables: bool,
+    /// A term of several words also matches with the spaces between its words left out: `bomb
+    /// recipe` finds `bombrecipe`, `bomb_recipe` and, with `separators`, `b o m b r e c i p e`.
+    /// (The reverse does not hold: `forbiddenword` never matches `forbidden word`.)
+    pub joined_words: bool,
 }
 
 impl Default for NormalizeConfig {
@@ -77,6 +81,7 @@ impl Default for NormalizeConfig {
             separators: true,
             traditional: true,
             confusables: true,
+            joined_words: true,
         }
     }
 }

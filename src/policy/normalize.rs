@@ -1032,6 +1032,7 @@ pub(crate) mod tests {
             separators: step == "separators",
             traditional: step == "traditional",
             confusables: step == "confusables",
+            joined_words: step == "joined_words",
         }
     }
 
@@ -1168,13 +1169,14 @@ pub(crate) mod tests {
 
     /// Every combination of the normalization steps.
     pub(crate) fn flags_strategy() -> impl Strategy<Value = NormalizeConfig> {
-        prop::array::uniform6(any::<bool>()).prop_map(|b| NormalizeConfig {
+        prop::array::uniform7(any::<bool>()).prop_map(|b| NormalizeConfig {
             width: b[0],
             case: b[1],
             zero_width: b[2],
             separators: b[3],
             traditional: b[4],
             confusables: b[5],
+            joined_words: b[6],
         })
     }
 

@@ -107,6 +107,62 @@ fn whole_words_are_not_glued() {
     assert_eq!(matched(&p, "forbiddenword"), ["forbiddenword"]);
 }
 
+#[test]
+fn multi_word_terms_match_with_their_spaces_left_out() {
+    let cfg = PolicyConfig {
+        categories: vec![
+            cat("A1d", Some(Action::Block), &["bomb recipe", "make a gun"]),
+            // Listed as its own term too, in a milder category.
+            cat("A4a", Some(Action::Flag), &["makeagun"]),
+        ],
+        ..PolicyConfig::default()
+    };
+    let p = compile(&cfg);
+    let term = |f: &Finding| match f.detector {
+        Detector::Keyword { term_id } => p.term(term_id).map(str::to_owned),
+        _ => None,
+    };
+    for text in [
+        "bomb recipe",
+        "a bombrecipe!",
+        "BOMB_RECIPE",
+        "b o m b r e c i p e",
+        "b.o.m.b.r.e.c.i.p.e",
+        "bomb\u{200B}recipe",
+    ] {
+        let found = p.scan(text, Direction::Prompt);
+        assert_eq!(found.len(), 1, "{text}");
+        // The finding names the listed term, with its category.
+        assert_eq!(term(&found[0]).as_deref(), Some("bomb recipe"), "{text}");
+        assert_eq!(&*found[0].category, "A1d", "{text}");
+    }
+    // The strictest category wins where a joined form is also a listed term.
+    let found = p.scan("makeagun", Direction::Prompt);
+    assert_eq!(found.len(), 1);
+    assert_eq!(&*found[0].category, "A1d");
+    assert_eq!(term(&found[0]).as_deref(), Some("make a gun"));
+    // Listed terms are counted once; the joined form is no duplicate.
+    assert_eq!(p.stats().total_terms, 3);
+    // A term without spaces still does not match words apart.
+    assert!(matched(&p, "make agun").is_empty());
+    // A stream finds the joined form split anywhere.
+    let mut s = Arc::new(p).scanner(Direction::Completion);
+    let mut n = 0;
+    for piece in ["xx bo", "mbre", "ci", "pe yy"] {
+        n += s.push(piece).findings.len();
+    }
+    n += s.finish().findings.len();
+    assert_eq!(n, 1);
+
+    // Switched off: only the words as listed.
+    let mut off = cfg.clone();
+    off.normalize.joined_words = false;
+    let p = compile(&off);
+    assert!(matched(&p, "a bombrecipe!").is_empty());
+    assert_eq!(matched(&p, "bomb  recipe"), ["bomb  recipe"]);
+    assert_ne!(p.version(), compile(&cfg).version());
+}
+
 /// A policy with a `whole_words` category beside the sample's substring ones.
 fn whole_words_config() -> PolicyConfig {
     let mut cfg = sample_config();
