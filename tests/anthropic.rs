@@ -211,6 +211,23 @@ async fn prompt_redaction_in_text_is_forwarded_rewritten() {
     assert_eq!(sent["messages"][0]["content"], "my code is *********");
 }
 
+#[tokio::test]
+async fn a_term_split_across_blocks_or_the_system_prompt_is_refused() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let blocks = json!([{"type": "text", "text": "forbid"}, {"type": "text", "text": "denword"}]);
+    for body in [
+        json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]}),
+        json!({"model": "m", "max_tokens": 5, "system": "炸", "messages": [{"role": "user", "content": "弹"}]}),
+    ] {
+        let resp = post_json(&p, "/v1/messages", &body).await;
+        assert_eq!(resp.status(), 400, "{body}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["type"], "error");
+    }
+    assert!(up.requests().is_empty());
+}
+
 fn whole(content: Value) -> String {
     json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
         "content": content, "stop_reason": "end_turn", "stop_sequence": null,

@@ -434,6 +434,55 @@ async fn prompt_redact_forwards_the_masked_text_and_flag_forwards_as_is() {
 }
 
 #[tokio::test]
+async fn a_term_split_across_content_parts_or_messages_is_found() {
+    let up = Upstream::fixed(Script::json("{\"choices\":[]}")).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let parts =
+        |a: &str, b: &str| json!([{"type": "text", "text": a}, {"type": "text", "text": b}]);
+    for messages in [
+        json!([{"role": "user", "content": parts("how to make 炸", "弹 at home")}]),
+        json!([{"role": "user", "content": "forbidden"}, {"role": "user", "content": "word"}]),
+        json!([{"role": "system", "content": "x 炸"}, {"role": "user", "content": parts("", "弹")}]),
+        json!([{"role": "user", "content": parts("a forbid", "den")}, {"role": "user", "content": "word"}]),
+    ] {
+        let body = json!({"model": "m", "messages": messages});
+        let resp = post(&p, "/v1/chat/completions", &body).await;
+        assert_eq!(resp.status(), 400, "{messages}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "content_filter");
+        assert_eq!(err["error"]["param"], "messages");
+    }
+    assert!(up.requests().is_empty(), "nothing is forwarded");
+
+    // A redacted term across a seam: each part's share is masked, the rest is kept.
+    let body = json!({"model": "m", "messages": [
+        {"role": "user", "content": parts("my secr", "et123 and watchword")}
+    ]});
+    let resp = post(&p, "/v1/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    let fwd = up.requests()[0].json();
+    assert_eq!(
+        fwd["messages"][0]["content"],
+        parts("my ****", "***** and watchword")
+    );
+
+    // Texts that are clean together go through untouched.
+    let raw = json!({"model": "m", "messages": [
+        {"role": "user", "content": parts("炸", "鸡")}, {"role": "user", "content": "弹琴"}
+    ]})
+    .to_string();
+    let resp = client()
+        .post(p.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.requests()[1].body, raw.as_bytes());
+}
+
+#[tokio::test]
 async fn unmodified_prompts_are_forwarded_byte_identical() {
     let up = Upstream::fixed(Script::json("{\"choices\":[]}")).await;
     let p = proxy(&up.base_url(), POLICY).await;

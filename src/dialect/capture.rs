@@ -63,6 +63,11 @@ impl Capture<'_> {
         self.stars[k] as usize
     }
 
+    /// Every `*` step's index (see [`Capture::star`]).
+    pub fn stars(&self) -> [u32; MAX_STARS] {
+        self.stars
+    }
+
     /// The concrete path of the value (`pattern` is the one it was found at).
     pub fn path(&self, pattern: &[Pat]) -> Vec<Seg> {
         let mut k = 0;

@@ -7,6 +7,7 @@
 //! 3. forward: the exact bytes judged (or their rewrite) go upstream.
 //! 4. completion: a streamed answer goes through the stream guard, a whole one is judged at once.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -152,6 +153,26 @@ pub fn note_decision(
     );
 }
 
+/// Count, log and record a finding made in `text` (the judged text it was found in).
+fn record_finding(
+    ctx: &RequestCtx,
+    direction: Direction,
+    f: &Finding,
+    text: &str,
+    field: &str,
+    records: &mut Vec<Record>,
+) {
+    metrics()
+        .decisions
+        .with_label_values(&[direction.as_str(), &f.category, f.action.as_str()])
+        .inc();
+    note_decision(&ctx.log.decisions, direction, f, field);
+    records.push(
+        ctx.rec
+            .decision(&ctx.rt.policy, direction, f, text, f.span.clone()),
+    );
+}
+
 /// Count, log and record every finding made in one judged text; returns the field's display path.
 fn record_findings(
     ctx: &RequestCtx,
@@ -162,21 +183,54 @@ fn record_findings(
 ) -> String {
     let field = paths::display(&t.path);
     for f in findings {
-        metrics()
-            .decisions
-            .with_label_values(&[direction.as_str(), &f.category, f.action.as_str()])
-            .inc();
-        note_decision(&ctx.log.decisions, direction, f, &field);
-        records.push(
-            ctx.rec
-                .decision(&ctx.rt.policy, direction, f, &t.text, f.span.clone()),
-        );
+        record_finding(ctx, direction, f, &t.text, &field, records);
     }
     field
 }
 
+/// A request's prompt texts as the model reads them: in document order, with nothing between.
+/// A term split across the content parts of a message or across messages (`炸弹` | `制作`,
+/// `bomb` | `recipe`) is one text here, so it is found across the seam.
+struct Seamed<'t> {
+    text: Cow<'t, str>,
+    /// Where each text begins in `text`.
+    starts: Vec<usize>,
+}
+
+impl<'t> Seamed<'t> {
+    fn new(texts: impl ExactSizeIterator<Item = &'t str>) -> Seamed<'t> {
+        let mut starts = Vec::with_capacity(texts.len());
+        let mut text = Cow::Borrowed("");
+        for (i, t) in texts.enumerate() {
+            starts.push(text.len());
+            if i == 0 {
+                text = Cow::Borrowed(t);
+            } else {
+                text.to_mut().push_str(t);
+            }
+        }
+        Seamed { text, starts }
+    }
+
+    /// The index of the text that holds byte `pos` of the joined text.
+    fn part(&self, pos: usize) -> usize {
+        self.starts.partition_point(|&s| s <= pos).saturating_sub(1)
+    }
+
+    /// `f`'s share of text `i` (`len` bytes long), in that text's offsets.
+    fn clip(&self, f: &Finding, i: usize, len: usize) -> Finding {
+        let s = self.starts[i];
+        Finding {
+            span: f.span.start.max(s) - s..(f.span.end - s).min(len),
+            ..f.clone()
+        }
+    }
+}
+
 /// Judge the prompt texts: `Ok(true)` when redaction rewrote the body; `Err` is the refusal.
-/// Every finding becomes a record in `records`.
+/// Every finding becomes a record in `records`. The texts are scanned as the model reads them
+/// ([`Seamed`]); a finding across a seam is recorded with the field it begins in, and a
+/// redaction across one masks its share of each text.
 fn judge_prompt(
     ctx: &RequestCtx,
     json: &mut Value,
@@ -185,28 +239,41 @@ fn judge_prompt(
 ) -> Result<bool, ApiError> {
     let policy = &ctx.rt.policy;
     let started = Instant::now();
-    let mut rewritten = false;
+    let mut texts = texts;
+    if texts.len() > 1 {
+        texts.sort_by_cached_key(|t| paths::reading_key(&t.path));
+    }
+    let seamed = Seamed::new(texts.iter().map(|t| t.text.as_str()));
+    let findings = policy.scan(&seamed.text, Direction::Prompt);
     let mut block: Option<(Finding, String)> = None;
-    for t in texts {
-        let findings = policy.scan(&t.text, Direction::Prompt);
-        if findings.is_empty() {
-            continue;
-        }
-        let field = record_findings(ctx, Direction::Prompt, &findings, &t, records);
-        if block.is_none() {
-            if let Some(f) = findings.iter().find(|f| f.action == Action::Block) {
-                block = Some((f.clone(), field.clone()));
+    // Per text: the shares of redacting findings, and the field of the first.
+    let mut redact: Vec<Vec<Finding>> = vec![Vec::new(); texts.len()];
+    for f in &findings {
+        let first = seamed.part(f.span.start);
+        let field = paths::display(&texts[first].path);
+        record_finding(ctx, Direction::Prompt, f, &seamed.text, &field, records);
+        if block.is_none() && f.action == Action::Block {
+            block = Some((f.clone(), field));
+        } else if f.action == Action::Redact {
+            for i in first..=seamed.part(f.span.end - 1) {
+                let len = texts[i].text.len();
+                if len > 0 {
+                    redact[i].push(seamed.clip(f, i, len));
+                }
             }
         }
-        if let Some(f) = findings.iter().find(|f| f.action == Action::Redact) {
-            let red = policy.redact(&t.text, &findings);
-            if paths::set_string(json, &t.path, red) {
-                rewritten = true;
-            } else if block.is_none() {
-                // Not a string in the request (a tool input object): it cannot be rewritten in
-                // place, and forwarding it unredacted is not an option, so the request is refused.
-                block = Some((f.clone(), field.clone()));
-            }
+    }
+    drop(seamed);
+    let mut rewritten = false;
+    for (t, shares) in texts.iter().zip(&redact) {
+        let Some(f) = shares.first() else { continue };
+        let red = policy.redact(&t.text, shares);
+        if paths::set_string(json, &t.path, red) {
+            rewritten = true;
+        } else if block.is_none() {
+            // Not a string in the request (a tool input object): it cannot be rewritten in
+            // place, and forwarding it unredacted is not an option, so the request is refused.
+            block = Some((f.clone(), paths::display(&t.path)));
         }
     }
     metrics()
@@ -524,10 +591,11 @@ fn quick_prompt<A: super::generation::TextApi>(
     bytes: &[u8],
 ) -> Option<bool> {
     let q = api.quick_prompt(bytes)?;
+    let seamed = Seamed::new(q.in_reading_order());
     if !all_clean(
         &ctx.rt.policy,
         Direction::Prompt,
-        q.texts.iter().map(AsRef::as_ref),
+        std::iter::once(seamed.text.as_ref()),
     ) {
         return None;
     }

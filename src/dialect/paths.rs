@@ -17,6 +17,63 @@ pub enum Pat {
     Any,
 }
 
+/// Keys of the prompt fields in the order a model reads them where they are siblings: the
+/// instructions before the conversation, a message's name and text before what it calls.
+const READING_ORDER: &[&str] = &[
+    "instructions",
+    "system",
+    "prompt",
+    "input",
+    "messages",
+    "name",
+    "content",
+    "text",
+    "thinking",
+    "summary",
+    "reasoning_content",
+    "refusal",
+    "output",
+    "tool_calls",
+    "function_call",
+    "function",
+    "arguments",
+];
+
+fn reading_rank(key: &str) -> u32 {
+    READING_ORDER
+        .iter()
+        .position(|k| *k == key)
+        .map_or(u32::MAX, |i| i as u32)
+}
+
+/// A prompt text's place in reading order, from its path: texts compare by it as the model
+/// reads them (array elements in order, sibling keys by [`READING_ORDER`]), whichever way the
+/// body was read. See [`reading_key_of`] for the same key from a pattern.
+pub fn reading_key(path: &[Seg]) -> Vec<u32> {
+    path.iter()
+        .map(|s| match s {
+            Seg::Key(k) => reading_rank(k),
+            Seg::Index(i) => u32::try_from(*i).unwrap_or(u32::MAX),
+        })
+        .collect()
+}
+
+/// [`reading_key`] of the string a pattern matched, its `*` steps standing for `star(0)`,
+/// `star(1)`, ….
+pub fn reading_key_of(pattern: &[Pat], star: impl Fn(usize) -> usize) -> Vec<u32> {
+    let mut k = 0;
+    pattern
+        .iter()
+        .map(|p| match p {
+            Pat::Key(name) => reading_rank(name),
+            Pat::Any => {
+                k += 1;
+                u32::try_from(star(k - 1)).unwrap_or(u32::MAX)
+            }
+        })
+        .collect()
+}
+
 /// Parse `a.*.b` into pattern steps. Empty segments are rejected.
 pub fn parse_pattern(s: &str) -> Result<Vec<Pat>, String> {
     if s.is_empty() {

@@ -22,12 +22,34 @@ use crate::label::{explicit_affixes, Position, CHAT_AIGC_FIELD};
 /// A request read by a dialect's fast read.
 #[derive(Debug, Default)]
 pub struct QuickPrompt<'a> {
-    /// Every prompt text the policy judges.
+    /// Every prompt text the policy judges, as read (see [`QuickPrompt::push`]).
     pub texts: Vec<Cow<'a, str>>,
+    /// Each text's place in reading order ([`super::paths::reading_key`]).
+    pub order: Vec<Vec<u32>>,
     /// The `model` the request names.
     pub model: Option<Cow<'a, str>>,
     /// Whether the client asked for JSON output (no explicit label then).
     pub json_mode: bool,
+}
+
+impl<'a> QuickPrompt<'a> {
+    /// Take a prompt text that `pattern` matched, its `*` steps at indexes `stars`
+    /// ([`Capture::stars`]).
+    pub fn push(&mut self, text: Cow<'a, str>, pattern: &[Pat], stars: &[u32]) {
+        self.texts.push(text);
+        self.order.push(super::paths::reading_key_of(pattern, |k| {
+            stars.get(k).map_or(0, |&i| i as usize)
+        }));
+    }
+
+    /// The texts in reading order.
+    pub fn in_reading_order(&self) -> impl ExactSizeIterator<Item = &str> {
+        let mut at: Vec<usize> = (0..self.texts.len()).collect();
+        if at.len() > 1 {
+            at.sort_by(|&a, &b| self.order[a].cmp(&self.order[b]));
+        }
+        at.into_iter().map(|i| self.texts[i].as_ref())
+    }
 }
 
 /// Which visible texts of an answer get the explicit label.
@@ -366,21 +388,18 @@ mod tests {
 
     fn same_prompt<A: TextApi>(api: &A, body: &str) {
         let tree = parse_strict(body.as_bytes()).and_then(|v| {
-            let texts: Vec<String> = api.prompt_texts(&v)?.into_iter().map(|f| f.text).collect();
+            let mut found = api.prompt_texts(&v)?;
+            found.sort_by_cached_key(|f| crate::dialect::paths::reading_key(&f.path));
+            let texts: Vec<String> = found.into_iter().map(|f| f.text).collect();
             let model = v.get("model").and_then(Value::as_str).map(str::to_owned);
             Ok((texts, model, api.json_mode(&v)))
         });
         // Declined (`None`): the tree path either refuses the request or reads it.
         if let Some(q) = api.quick_prompt(body.as_bytes()) {
-            let mut texts: Vec<String> = q.texts.iter().map(|t| t.to_string()).collect();
+            // The same texts in the same reading order: the seams between them are scanned.
+            let texts: Vec<String> = q.in_reading_order().map(str::to_owned).collect();
             let model = q.model.map(|m| m.into_owned());
-            let mut want = tree.ok();
-            // The order of texts does not matter to a clean request.
-            texts.sort();
-            if let Some(w) = &mut want {
-                w.0.sort();
-            }
-            assert_eq!(Some((texts, model, q.json_mode)), want, "{body}");
+            assert_eq!(Some((texts, model, q.json_mode)), tree.ok(), "{body}");
         }
     }
 
@@ -392,6 +411,9 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"t"},{"type":"image_url"}],"name":"n"}],"response_format":{"type":"json_object"}}"#,
             r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":"{}"}}],"function_call":{"arguments":"a"},"reasoning_content":"r","refusal":"no"}]}"#,
             r#"{"messages":[],"response_format":{"type":"text"},"model":7}"#,
+            // Read in another order than written: parts before a later message's string, a
+            // name written after the content.
+            r#"{"messages":[{"content":[{"type":"text","text":"a"},{"text":"b"}],"role":"user"},{"content":"c","name":"n0"}]}"#,
         ] {
             assert!(chat.quick_prompt(body.as_bytes()).is_some(), "{body}");
             same_prompt(&chat, body);
@@ -406,6 +428,8 @@ mod tests {
         for body in [
             r#"{"model":"c","system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":[{"type":"text","text":"t"},{"type":"tool_result","content":[{"type":"text","text":"r"}]}]},{"role":"assistant","content":"x"}],"output_format":{"type":"json_schema"}}"#,
             r#"{"system":"s","messages":[],"output_config":{"format":{"type":"json_schema"}}}"#,
+            // The system prompt written last is read first.
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"t"}]},{"role":"user","content":"u"}],"system":[{"type":"text","text":"s"}]}"#,
         ] {
             assert!(Anthropic.quick_prompt(body.as_bytes()).is_some(), "{body}");
             same_prompt(&Anthropic, body);
@@ -413,6 +437,7 @@ mod tests {
         for body in [
             r#"{"model":"g","instructions":"i","input":[{"role":"user","content":[{"type":"input_text","text":"t"}]},{"type":"function_call_output","output":"o"}],"text":{"format":{"type":"json_schema"}}}"#,
             r#"{"input":"just text"}"#,
+            r#"{"input":[{"role":"user","content":"u"}],"instructions":"i"}"#,
             r#"{"input":null}"#,
         ] {
             assert!(Responses.quick_prompt(body.as_bytes()).is_some(), "{body}");
