@@ -4,7 +4,11 @@
 //! Run with `cargo bench --bench policy`. Goals: scan ≥ 200 MB/s, streaming ≥ 50 MB/s,
 //! 1M-term compile ≤ 5 s and ≤ 300 MB.
 //!
-//! Last figures (shared, noisy 2-core machine, 2026-12-04 20:27, in a fast state: bare
+//! Latest (2026-12-05 10:12, best of 9): realistic / worst, scan 118 / 131 MB/s (1.14 / 1.18
+//! of bare aho-corasick), streaming on 1–4-character pieces 57 / 50 MB/s, on 16–64-character
+//! pieces 101 / 94 MB/s; 1M-term compile 1.31 s, policy ≈ 185 MiB by RSS.
+//!
+//! Earlier figures (shared, noisy 2-core machine, 2026-12-04 20:27, in a fast state: bare
 //! aho-corasick ran at 113 / 106 MB/s): best of 9, realistic / worst, scan 143 / 132 MB/s
 //! (1.26 / 1.25 of bare aho-corasick; 1.18 / 1.20 at 18:03 in a slow state, the two-pass scan
 //! 1.13 / 0.97), streaming on 1–4-character pieces 67 / 52 MB/s (0.59 / 0.50). Instructions
