@@ -8,6 +8,10 @@
 //!    suppressed and the search resumes one character after `m.start` (so a suppressed match
 //!    never hides an overlapping one); otherwise `m` is reported and the search resumes at
 //!    `m.end`.
+//! 3. If `m` is a whole-word term that fails an edge (a letter or digit right before or after
+//!    it), the shorter terms starting at `m.start` are judged by 2 and 3, longest first (so
+//!    `fuck` is found in `fuck yourself` beside the term `fuck you`); where none is reported,
+//!    the search resumes one character after `m.start`.
 //!
 //! Terms live in a character-level Aho–Corasick automaton ([`Automaton`]). Its state after
 //! the text read so far stands for every position from which a term could still be matching,
@@ -790,6 +794,33 @@ impl Automaton {
         (q, s, p1, p2)
     }
 
+    /// The terms that are proper prefixes of `m` (a match's normalized bytes), as (`at` + their
+    /// length, 1 + index), shortest first: a walk of the trie from the root along `m`.
+    #[cold]
+    #[inline(never)]
+    fn prefix_terms(&self, m: &[u8], at: usize) -> Vec<(usize, u32)> {
+        let mut out = Vec::new();
+        let (mut st, mut q) = (ROOT, 0);
+        while q < m.len() {
+            let (c, n) = decode(m, q);
+            q += n;
+            let next = if st == ROOT {
+                self.root_step(c)
+            } else {
+                self.goto(st, c).unwrap_or(ROOT)
+            } & !OUT;
+            if next == ROOT {
+                break;
+            }
+            st = next;
+            let o = self.mem[st as usize + H_OUT];
+            if o & TERM != 0 && q < m.len() {
+                out.push((at + q, o & !TERM));
+            }
+        }
+        out
+    }
+
     /// Depth and live length of state `s` (flagged or not).
     #[inline(always)]
     pub(super) fn depth_live(&self, s: u32) -> (usize, usize) {
@@ -1035,7 +1066,9 @@ impl KeywordSet {
     /// Settle match `b`, returning where the search goes on: suppressed by an allow phrase
     /// that contains it (one character after its start), or reported (at its end). `None`
     /// when, with `open` (text still to come), an allow phrase that could contain it is still
-    /// incomplete.
+    /// incomplete. Where `b` fails a whole-word edge, the shorter terms that begin it are judged
+    /// the same way, longest first ([`Automaton::prefix_terms`]); where all fail, the search
+    /// goes on one character after the start.
     fn settle(
         &self,
         allow: &AllowSet,
@@ -1045,33 +1078,47 @@ impl KeywordSet {
         out: &mut Vec<Hit>,
         open: bool,
     ) -> Option<usize> {
-        let (s, e) = (b.start - base, b.end - base);
-        let i = b.term as usize - 1;
-        let allowable = self.allowable[i];
-        if allowable && allow.contains(hay, s, e) {
-            return Some(base + next_char(hay, s));
-        }
-        if open && allowable && allow.pending(hay, s, e) {
-            return None;
-        }
-        let edges = self.edges[i];
-        // `s` is 0 only at the text's start: a stream keeps `context` bytes before its cursor.
-        if edges & EDGE_START != 0 && s > 0 && is_word_byte(hay[s - 1]) {
-            return Some(base + next_char(hay, s));
-        }
-        if edges & EDGE_END != 0 {
-            match hay.get(e) {
-                Some(&x) if is_word_byte(x) => return Some(base + next_char(hay, s)),
-                None if open => return None,
-                _ => {}
+        let s = b.start - base;
+        let passed_over = Some(base + next_char(hay, s));
+        // Found only when the longest fails an edge: (end in `hay`, 1 + index), shortest first.
+        let mut shorter: Option<Vec<(usize, u32)>> = None;
+        let (mut e, mut term) = (b.end - base, b.term);
+        loop {
+            let i = term as usize - 1;
+            let allowable = self.allowable[i];
+            if allowable && allow.contains(hay, s, e) {
+                // The shorter terms lie in the same phrase.
+                return passed_over;
+            }
+            if open && allowable && allow.pending(hay, s, e) {
+                return None;
+            }
+            let edges = self.edges[i];
+            // `s` is 0 only at the text's start: a stream keeps `context` bytes before its
+            // cursor.
+            let start_fails = edges & EDGE_START != 0 && s > 0 && is_word_byte(hay[s - 1]);
+            let end_fails = match hay.get(e) {
+                Some(&x) => edges & EDGE_END != 0 && is_word_byte(x),
+                None if open && edges & EDGE_END != 0 && !start_fails => return None,
+                None => false,
+            };
+            if !(start_fails || end_fails) {
+                out.push(Hit {
+                    start: b.start,
+                    end: base + e,
+                    meta: self.meta[i],
+                });
+                return Some(base + e);
+            }
+            let list = shorter.get_or_insert_with(|| match &self.auto {
+                Some(a) => a.prefix_terms(&hay[s..b.end - base], s),
+                None => Vec::new(),
+            });
+            match list.pop() {
+                Some(c) => (e, term) = c,
+                None => return passed_over,
             }
         }
-        out.push(Hit {
-            start: b.start,
-            end: b.end,
-            meta: self.meta[b.term as usize - 1],
-        });
-        Some(b.end)
     }
 
     /// Report every decidable match in `text` (normalized, starting at absolute offset `base`)
@@ -1231,10 +1278,33 @@ mod tests {
         assert_eq!(found("炸ass炸"), vec![(3, 9)]);
         assert_eq!(found("class炸x"), vec![]);
         assert_eq!(found("ass炸x"), vec![(0, 6)]);
-        // The longest match fails its edge and is passed over like an allowed one: the search
-        // goes on one character after its start.
+        // The longest match fails its edge: the longest shorter term from its start that
+        // passes is the match; with none, the search goes on one character after its start.
         assert_eq!(found("foo barn"), vec![]);
         assert_eq!(found("fo foo bar!"), vec![(0, 2), (3, 10)]);
+        let nested: Vec<String> = ["fuck", "fuck you", "fuck you all"]
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect();
+        let ks2 = build_terms_whole(&nested, &none);
+        let found2 = |text: &str| run(&ks2, &none, text, true).0;
+        assert_eq!(found2("fuck yourself"), vec![(0, 4)]);
+        assert_eq!(found2("fuck you allx"), vec![(0, 8)]);
+        assert_eq!(found2("fuck you all!"), vec![(0, 12)]);
+        assert_eq!(found2("fuckyou all"), vec![]);
+        // Read piece by piece, the same.
+        let mut bufs = DrainBufs::default();
+        let mut held = String::new();
+        let mut cursor = 0;
+        let mut hits = Vec::new();
+        for piece in ["fu", "ck y", "ou", "rself"] {
+            held.push_str(piece);
+            ks2.drain(&none, &held, 0, &mut cursor, false, &mut bufs);
+            hits.extend(bufs.hits.iter().map(|h| (h.start, h.end)));
+        }
+        ks2.drain(&none, &held, 0, &mut cursor, true, &mut bufs);
+        hits.extend(bufs.hits.iter().map(|h| (h.start, h.end)));
+        assert_eq!(hits, vec![(0, 4)]);
         // Open text: a match at the end waits for the next character.
         assert_eq!(run(&ks, &none, "an ass", false), (vec![], Some(3)));
         // The same set without `whole_words` matches inside words.
@@ -1362,42 +1432,58 @@ mod tests {
             if live.is_some_and(|l| l <= ms) {
                 return (hits, live);
             }
-            let contains = starts.iter().any(|&a| {
-                a <= ms
-                    && allow
-                        .iter()
-                        .any(|w| text[a..].starts_with(w.as_str()) && a + w.len() >= me)
-            });
+            // Candidates at `ms`, longest first: the longest that is neither passed over for
+            // an allow phrase nor fails a whole-word edge is the match.
+            let mut ends: Vec<usize> = terms
+                .iter()
+                .filter(|t| text[ms..].starts_with(t.as_str()))
+                .map(|t| ms + t.len())
+                .collect();
+            ends.sort_unstable_by(|a, b| b.cmp(a));
+            debug_assert_eq!(ends[0], me);
             // A match passed over: the search goes on one character after its start.
             let after_start = |ms: usize| starts.iter().copied().find(|&p| p > ms);
-            if contains {
-                cursor = after_start(ms).unwrap_or(text.len());
-                continue;
-            }
-            let pending = starts.iter().any(|&a| {
-                a <= ms
-                    && allow.iter().any(|w| {
-                        let rest = &text[a..];
-                        a + w.len() >= me
-                            && grows(std::slice::from_ref(w), a)
-                            && w.starts_with(rest)
-                    })
-            });
-            if pending {
-                return (hits, Some(ms));
-            }
             let b = text.as_bytes();
             let word = |x: u8| x.is_ascii_alphanumeric();
-            let before = whole && word(b[ms]) && ms > 0 && word(b[ms - 1]);
-            let after_open = whole && word(b[me - 1]) && me == b.len() && !is_final;
-            if after_open && !before {
-                return (hits, Some(ms));
+            let mut found = None;
+            for &me in &ends {
+                let contains = starts.iter().any(|&a| {
+                    a <= ms
+                        && allow
+                            .iter()
+                            .any(|w| text[a..].starts_with(w.as_str()) && a + w.len() >= me)
+                });
+                if contains {
+                    break;
+                }
+                let pending = starts.iter().any(|&a| {
+                    a <= ms
+                        && allow.iter().any(|w| {
+                            let rest = &text[a..];
+                            a + w.len() >= me
+                                && grows(std::slice::from_ref(w), a)
+                                && w.starts_with(rest)
+                        })
+                });
+                if pending {
+                    return (hits, Some(ms));
+                }
+                let before = whole && word(b[ms]) && ms > 0 && word(b[ms - 1]);
+                let after_open = whole && word(b[me - 1]) && me == b.len() && !is_final;
+                if after_open && !before {
+                    return (hits, Some(ms));
+                }
+                let after = whole && word(b[me - 1]) && b.get(me).is_some_and(|&x| word(x));
+                if before || after {
+                    continue;
+                }
+                found = Some(me);
+                break;
             }
-            let after = whole && word(b[me - 1]) && b.get(me).is_some_and(|&x| word(x));
-            if before || after {
+            let Some(me) = found else {
                 cursor = after_start(ms).unwrap_or(text.len());
                 continue;
-            }
+            };
             hits.push((ms, me));
             cursor = me;
         }

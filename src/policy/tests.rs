@@ -174,6 +174,27 @@ fn whole_words_config() -> PolicyConfig {
 }
 
 #[test]
+fn a_whole_word_term_failing_its_edge_gives_way_to_a_shorter_one() {
+    let cfg = PolicyConfig {
+        categories: vec![CategoryConfig {
+            whole_words: Some(true),
+            ..cat("A2a", None, &["fuck", "fuck you"])
+        }],
+        ..PolicyConfig::default()
+    };
+    let p = Arc::new(compile(&cfg));
+    assert_eq!(matched(&p, "FUCK yourself"), ["FUCK"]);
+    assert_eq!(matched(&p, "f.u.c.k yourself"), ["f.u.c.k"]);
+    assert_eq!(matched(&p, "fuck you!"), ["fuck you"]);
+    assert!(matched(&p, "fucked yourself").is_empty());
+    // A stream finds it too, and holds it back until its edge is seen.
+    let mut s = p.scanner(Direction::Completion);
+    assert!(s.push("oh fuck").findings.is_empty());
+    assert!(s.push(" yo").findings.is_empty());
+    assert_eq!(s.push("urself").findings.len(), 1);
+}
+
+#[test]
 fn whole_word_categories_match_latin_terms_as_words() {
     let p = compile(&whole_words_config());
     assert!(matched(&p, "a class of assistants").is_empty());
