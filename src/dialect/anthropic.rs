@@ -71,7 +71,7 @@ fn quick_prompt(body: &[u8]) -> Option<QuickPrompt<'_>> {
     for c in captures {
         let stars = c.stars();
         match (c.pattern.checked_sub(prompt), c.leaf) {
-            (None, Leaf::Str(s)) => q.push(s, &PATTERNS.parsed()[c.pattern], &stars),
+            (None, Leaf::Str(s)) => q.push(s, &PATTERNS.parsed()[c.pattern], stars),
             (Some(0), Leaf::Array) => messages = true,
             (Some(1), _) => return None,
             (Some(2), Leaf::Str(s)) => q.model = Some(s),

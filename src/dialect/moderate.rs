@@ -234,12 +234,11 @@ impl<'t> Seamed<'t> {
 fn judge_prompt(
     ctx: &RequestCtx,
     json: &mut Value,
-    texts: Vec<Found>,
+    mut texts: Vec<Found>,
     records: &mut Vec<Record>,
 ) -> Result<bool, ApiError> {
     let policy = &ctx.rt.policy;
     let started = Instant::now();
-    let mut texts = texts;
     if texts.len() > 1 {
         texts.sort_by_cached_key(|t| paths::reading_key(&t.path));
     }

@@ -174,7 +174,7 @@ pub fn quick_prompt(flavor: Flavor, body: &[u8]) -> Option<QuickPrompt<'_>> {
             for c in capture(body, CHAT.parsed())? {
                 let stars = c.stars();
                 match (c.pattern, c.leaf) {
-                    (p, Leaf::Str(s)) if p < prompt => q.push(s, &CHAT.parsed()[p], &stars),
+                    (p, Leaf::Str(s)) if p < prompt => q.push(s, &CHAT.parsed()[p], stars),
                     (p, Leaf::Array) if p == prompt => messages = true,
                     (p, Leaf::Str(s)) if p == prompt + 1 => q.model = Some(s),
                     (p, Leaf::Str(s)) if p == prompt + 2 => q.json_mode = is_json_format(&s),
@@ -188,7 +188,7 @@ pub fn quick_prompt(flavor: Flavor, body: &[u8]) -> Option<QuickPrompt<'_>> {
             for c in capture(body, COMPLETIONS.parsed())? {
                 let stars = c.stars();
                 match (c.pattern, c.leaf) {
-                    (p @ (0 | 1), Leaf::Str(s)) => q.push(s, &COMPLETIONS.parsed()[p], &stars),
+                    (p @ (0 | 1), Leaf::Str(s)) => q.push(s, &COMPLETIONS.parsed()[p], stars),
                     (0, Leaf::Array | Leaf::Null) => {}
                     // Token ids, or a `prompt` of another type: the tree path refuses them.
                     (0 | 1, _) => return None,

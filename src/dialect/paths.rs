@@ -48,7 +48,7 @@ fn reading_rank(key: &str) -> u32 {
 
 /// A prompt text's place in reading order, from its path: texts compare by it as the model
 /// reads them (array elements in order, sibling keys by [`READING_ORDER`]), whichever way the
-/// body was read. See [`reading_key_of`] for the same key from a pattern.
+/// body was read. [`reading_steps`] gives the same key from a pattern.
 pub fn reading_key(path: &[Seg]) -> Vec<u32> {
     path.iter()
         .map(|s| match s {
@@ -58,20 +58,14 @@ pub fn reading_key(path: &[Seg]) -> Vec<u32> {
         .collect()
 }
 
-/// [`reading_key`] of the string a pattern matched, its `*` steps standing for `star(0)`,
-/// `star(1)`, ….
-pub fn reading_key_of(pattern: &[Pat], star: impl Fn(usize) -> usize) -> Vec<u32> {
-    let mut k = 0;
-    pattern
-        .iter()
-        .map(|p| match p {
-            Pat::Key(name) => reading_rank(name),
-            Pat::Any => {
-                k += 1;
-                u32::try_from(star(k - 1)).unwrap_or(u32::MAX)
-            }
-        })
-        .collect()
+/// [`reading_key`] of the string a pattern matched, its `*` steps standing for `stars[0]`,
+/// `stars[1]`, …, one step at a time (compared without collecting).
+pub fn reading_steps<'p>(pattern: &'p [Pat], stars: &'p [u32]) -> impl Iterator<Item = u32> + 'p {
+    let mut star = stars.iter();
+    pattern.iter().map(move |p| match p {
+        Pat::Key(name) => reading_rank(name),
+        Pat::Any => star.next().copied().unwrap_or(0),
+    })
 }
 
 /// Parse `a.*.b` into pattern steps. Empty segments are rejected.

@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use super::capture::{capture, Capture};
+use super::capture::{capture, Capture, MAX_STARS};
 use super::paths::{Pat, StaticPatterns};
 use crate::label::{explicit_affixes, Position, CHAT_AIGC_FIELD};
 
@@ -24,8 +24,9 @@ use crate::label::{explicit_affixes, Position, CHAT_AIGC_FIELD};
 pub struct QuickPrompt<'a> {
     /// Every prompt text the policy judges, as read (see [`QuickPrompt::push`]).
     pub texts: Vec<Cow<'a, str>>,
-    /// Each text's place in reading order ([`super::paths::reading_key`]).
-    pub order: Vec<Vec<u32>>,
+    /// Each text's pattern and `*` indexes: its place in reading order
+    /// ([`super::paths::reading_steps`]).
+    order: Vec<(&'static [Pat], [u32; MAX_STARS])>,
     /// The `model` the request names.
     pub model: Option<Cow<'a, str>>,
     /// Whether the client asked for JSON output (no explicit label then).
@@ -35,18 +36,20 @@ pub struct QuickPrompt<'a> {
 impl<'a> QuickPrompt<'a> {
     /// Take a prompt text that `pattern` matched, its `*` steps at indexes `stars`
     /// ([`Capture::stars`]).
-    pub fn push(&mut self, text: Cow<'a, str>, pattern: &[Pat], stars: &[u32]) {
+    pub fn push(&mut self, text: Cow<'a, str>, pattern: &'static [Pat], stars: [u32; MAX_STARS]) {
         self.texts.push(text);
-        self.order.push(super::paths::reading_key_of(pattern, |k| {
-            stars.get(k).map_or(0, |&i| i as usize)
-        }));
+        self.order.push((pattern, stars));
     }
 
     /// The texts in reading order.
     pub fn in_reading_order(&self) -> impl ExactSizeIterator<Item = &str> {
         let mut at: Vec<usize> = (0..self.texts.len()).collect();
         if at.len() > 1 {
-            at.sort_by(|&a, &b| self.order[a].cmp(&self.order[b]));
+            let steps = |i: usize| {
+                let (pattern, stars) = &self.order[i];
+                super::paths::reading_steps(pattern, stars)
+            };
+            at.sort_by(|&a, &b| steps(a).cmp(steps(b)));
         }
         at.into_iter().map(|i| self.texts[i].as_ref())
     }

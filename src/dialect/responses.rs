@@ -70,8 +70,8 @@ fn quick_prompt(body: &[u8]) -> Option<QuickPrompt<'_>> {
     for c in captures {
         let stars = c.stars();
         match (c.pattern.checked_sub(prompt), c.leaf) {
-            (None, Leaf::Str(s)) => q.push(s, &PATTERNS.parsed()[c.pattern], &stars),
-            (Some(0), Leaf::Str(s)) => q.push(s, &MORE.parsed()[0], &stars),
+            (None, Leaf::Str(s)) => q.push(s, &PATTERNS.parsed()[c.pattern], stars),
+            (Some(0), Leaf::Str(s)) => q.push(s, &MORE.parsed()[0], stars),
             (Some(0), Leaf::Array | Leaf::Null) => {}
             // `input` of another type: the tree path refuses the request.
             (Some(0), _) => return None,
