@@ -188,7 +188,7 @@ fn record_findings(
     field
 }
 
-/// A request's prompt texts as the model reads them: in document order, with nothing between.
+/// A request's prompt texts as the model reads them: in reading order, with nothing between.
 /// A term split across the content parts of a message or across messages (`炸弹` | `制作`,
 /// `bomb` | `recipe`) is one text here, so it is found across the seam.
 struct Seamed<'t> {
@@ -240,7 +240,7 @@ fn judge_prompt(
     let policy = &ctx.rt.policy;
     let started = Instant::now();
     if texts.len() > 1 {
-        texts.sort_by_cached_key(|t| paths::reading_key(&t.path));
+        texts.sort_by(|a, b| paths::reading_key(&a.path).cmp(paths::reading_key(&b.path)));
     }
     let seamed = Seamed::new(texts.iter().map(|t| t.text.as_str()));
     let findings = policy.scan(&seamed.text, Direction::Prompt);

@@ -46,20 +46,19 @@ fn reading_rank(key: &str) -> u32 {
         .map_or(u32::MAX, |i| i as u32)
 }
 
-/// A prompt text's place in reading order, from its path: texts compare by it as the model
-/// reads them (array elements in order, sibling keys by [`READING_ORDER`]), whichever way the
-/// body was read. [`reading_steps`] gives the same key from a pattern.
-pub fn reading_key(path: &[Seg]) -> Vec<u32> {
-    path.iter()
-        .map(|s| match s {
-            Seg::Key(k) => reading_rank(k),
-            Seg::Index(i) => u32::try_from(*i).unwrap_or(u32::MAX),
-        })
-        .collect()
+/// A prompt text's place in reading order, from its path, one step at a time: texts compare by
+/// it (`Iterator::cmp`) as the model reads them (array elements in order, sibling keys by
+/// [`READING_ORDER`]), whichever way the body was read. [`reading_steps`] gives the same key
+/// from a pattern.
+pub fn reading_key(path: &[Seg]) -> impl Iterator<Item = u32> + '_ {
+    path.iter().map(|s| match s {
+        Seg::Key(k) => reading_rank(k),
+        Seg::Index(i) => u32::try_from(*i).unwrap_or(u32::MAX),
+    })
 }
 
 /// [`reading_key`] of the string a pattern matched, its `*` steps standing for `stars[0]`,
-/// `stars[1]`, …, one step at a time (compared without collecting).
+/// `stars[1]`, ….
 pub fn reading_steps<'p>(pattern: &'p [Pat], stars: &'p [u32]) -> impl Iterator<Item = u32> + 'p {
     let mut star = stars.iter();
     pattern.iter().map(move |p| match p {

@@ -242,6 +242,7 @@ mod tests {
     use crate::dialect::generation::TextApi;
     use crate::dialect::json::{parse_answer, parse_strict, rewrite};
     use crate::dialect::openai::{Extras, Flavor, OpenAi};
+    use crate::dialect::paths::reading_key;
     use crate::dialect::responses::Responses;
     use proptest::prelude::*;
     use serde_json::Value;
@@ -392,7 +393,7 @@ mod tests {
     fn same_prompt<A: TextApi>(api: &A, body: &str) {
         let tree = parse_strict(body.as_bytes()).and_then(|v| {
             let mut found = api.prompt_texts(&v)?;
-            found.sort_by_cached_key(|f| crate::dialect::paths::reading_key(&f.path));
+            found.sort_by(|a, b| reading_key(&a.path).cmp(reading_key(&b.path)));
             let texts: Vec<String> = found.into_iter().map(|f| f.text).collect();
             let model = v.get("model").and_then(Value::as_str).map(str::to_owned);
             Ok((texts, model, api.json_mode(&v)))
