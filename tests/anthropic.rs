@@ -383,3 +383,82 @@ async fn extra_text_fields_are_moderated() {
         .unwrap();
     assert_refusal_end(&text, "forbiddenword");
 }
+
+/// A stream of one content block per `(kind, text)`, each text in one delta.
+fn blocks(blocks: &[(&str, &str)]) -> Vec<String> {
+    let mut w = vec![anthropic_start()];
+    for (i, (kind, text)) in blocks.iter().enumerate() {
+        w.push(anthropic_block_start(i as u32, kind));
+        w.push(anthropic_delta(i as u32, kind, text));
+        w.push(anthropic_block_stop(i as u32));
+    }
+    w.push(anthropic_end());
+    w
+}
+
+#[tokio::test]
+async fn a_term_the_model_splits_across_text_blocks_is_found() {
+    // Streamed: "炸" in text block 0, a tool call, "弹" in text block 2.
+    let (text, up) = run(blocks(&[
+        ("text", "safe start 炸"),
+        ("tool_use", "{\"q\": \"x\"}"),
+        ("text", "弹 after"),
+    ]))
+    .await;
+    assert_refusal_end(&text, "炸弹");
+    assert!(!text.contains('炸') && !text.contains("after"), "{text}");
+    assert_eq!(streamed(&text, "text"), "safe start ");
+    wait_disconnect(&up).await;
+
+    // Streamed redaction across two text blocks masks each block's share.
+    let (text, _) = run(blocks(&[("text", "code secr"), ("text", "et123 ok")])).await;
+    assert!(!text.contains("secr") && !text.contains("et123"), "{text}");
+    assert_eq!(streamed(&text, "text"), "code ********* ok");
+
+    // Thinking and text are two texts, and a tool input is its own: nothing joins them.
+    let writes = blocks(&[("thinking", "想想炸"), ("text", "弹性很好")]);
+    let expected = writes.concat();
+    let (text, up) = run(writes).await;
+    assert_eq!(text, expected);
+    assert_eq!(up.completed(), 1);
+
+    // Whole answers: the same rules.
+    let refused = [
+        json!([{"type": "text", "text": "这是炸"}, {"type": "text", "text": "弹"}]),
+        json!([{"type": "text", "text": "forbidden"}, {"type": "tool_use", "id": "t", "name": "f", "input": {}}, {"type": "text", "text": "word"}]),
+        json!([{"type": "thinking", "thinking": "炸", "signature": "s"}, {"type": "text", "text": "ok"}, {"type": "thinking", "thinking": "弹", "signature": "s"}]),
+    ];
+    for content in refused {
+        let up = Upstream::fixed(Script::json(&whole(content.clone()))).await;
+        let p = proxy(&up.base_url(), POLICY).await;
+        let v: Value = post_json(&p, "/v1/messages", &req(false))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["stop_reason"], "refusal", "{content} -> {v}");
+        assert!(!v.to_string().contains('炸'), "{v}");
+    }
+    let body =
+        whole(json!([{"type": "text", "text": "code secr"}, {"type": "text", "text": "et123 ok"}]));
+    let up = Upstream::fixed(Script::json(&body)).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let v: Value = post_json(&p, "/v1/messages", &req(false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["content"][0]["text"], "code ****");
+    assert_eq!(v["content"][1]["text"], "***** ok");
+    let body = whole(
+        json!([{"type": "thinking", "thinking": "想想炸", "signature": "s"}, {"type": "text", "text": "弹性很好"}]),
+    );
+    let up = Upstream::fixed(Script::json(&body)).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let got = post_json(&p, "/v1/messages", &req(false))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(got, body);
+}

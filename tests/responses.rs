@@ -430,3 +430,47 @@ async fn a_stopped_response_stream_is_labeled_too() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_term_the_model_splits_across_output_parts_is_found() {
+    // Streamed: "炸" ends part 0 (whose `.done` repeats it), "弹" starts part 1.
+    let delta = |seq, part, t: &str| {
+        ev(
+            seq,
+            json!({"type": "response.output_text.delta", "output_index": 0, "content_index": part, "item_id": "msg_1", "delta": t}),
+        )
+    };
+    let writes = vec![
+        ev(
+            1,
+            json!({"type": "response.created", "response": responses_object("in_progress", json!([]))}),
+        ),
+        delta(2, 0, "safe start 炸"),
+        ev(
+            3,
+            json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "item_id": "msg_1", "text": "safe start 炸"}),
+        ),
+        delta(4, 1, "弹 after"),
+        ev(
+            5,
+            json!({"type": "response.output_text.done", "output_index": 0, "content_index": 1, "item_id": "msg_1", "text": "弹 after"}),
+        ),
+    ];
+    let (text, up) = run(writes).await;
+    assert_incomplete(&text, "炸弹");
+    assert!(!text.contains('炸') && !text.contains("after"), "{text}");
+    assert_eq!(deltas(&text, "response.output_text.delta"), "safe start ");
+    wait_disconnect(&up).await;
+
+    // Whole: the output text of two message items, read as one.
+    let msg = |t: &str| json!({"type": "message", "id": "m", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": t, "annotations": []}]});
+    let up = Upstream::fixed(Script::json(&whole(json!([msg("这是炸"), msg("弹")])))).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let v: Value = post_json(&p, "/v1/responses", &req(false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "incomplete", "{v}");
+    assert!(!v.to_string().contains('炸'), "{v}");
+}

@@ -1,9 +1,11 @@
 //! Anthropic Messages (`/v1/messages`): where the text is, how an answer is refused, how a stream
 //! of named events (`message_start` … `message_stop`) is read, labeled and ended.
 //!
-//! Stream channels are (content block index, kind): text, thinking and tool-input JSON of each
-//! block are judged separately. A tool input is judged as its JSON text; in a prompt or a whole
-//! answer a `redact` finding inside a tool input cannot be rewritten in place, so it refuses.
+//! Stream channels: the text blocks of an answer are one channel, its thinking blocks another
+//! (a reader sees each as one text), and each tool input JSON one of its own; whole answers
+//! are judged the same way (`moderate::judge_whole`). A tool input is judged as its JSON text;
+//! in a prompt or a whole answer a `redact` finding inside a tool input cannot be rewritten in
+//! place, so it refuses.
 //!
 //! Labels on streams: the explicit label at the end is a content block of its own (a text block
 //! with `"\n" + label`) sent before `message_delta`; at the start it is a `text_delta` of its own
@@ -408,6 +410,16 @@ fn text_delta(index: u32, text: &str) -> Bytes {
     )
 }
 
+/// The guard channel a block's text is scanned on: the text blocks of an answer are read as one
+/// text, and so are its thinking blocks, so a term the model splits across two blocks (around a
+/// tool call, a citation) is found; a tool input is a JSON text of its own.
+fn scan_channel((index, kind): ChannelKey) -> ChannelKey {
+    match kind {
+        KIND_TEXT | KIND_THINKING => (0, kind),
+        _ => (index, kind),
+    }
+}
+
 fn key(k: &str) -> Seg {
     Seg::Key(k.into())
 }
@@ -436,7 +448,10 @@ impl EventCodec for AnthropicCodec {
             }
             paths.push(path);
             keys.push(channel);
-            pieces.push(TextPiece { channel, text });
+            pieces.push(TextPiece {
+                channel: scan_channel(channel),
+                text,
+            });
         };
         let kind = match ty.as_str() {
             "message_stop" => {
@@ -682,7 +697,7 @@ mod tests {
     }
 
     #[test]
-    fn channels_per_block_and_kind_and_a_clean_stop() {
+    fn channels_per_kind_of_block_and_a_clean_stop() {
         let mut c = AnthropicCodec::new(Extras::default(), None);
         let p = c
             .parse(&raw("content_block_delta", json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"a"}})))
@@ -691,7 +706,17 @@ mod tests {
         let p = c
             .parse(&raw("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "thinking_delta", "thinking": "hm"}})))
             .unwrap();
-        assert_eq!(p.pieces[0].channel, (1, KIND_THINKING));
+        assert_eq!(p.pieces[0].channel, (0, KIND_THINKING));
+        // Text blocks share one channel whatever their index; tool inputs keep their own.
+        for i in [0, 3] {
+            let p = c
+                .parse(&raw("content_block_delta", json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": "t"}})))
+                .unwrap();
+            assert_eq!(p.pieces[0].channel, (0, KIND_TEXT));
+        }
+        let p = c
+            .parse(&raw("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "thinking_delta", "thinking": "hm"}})))
+            .unwrap();
         let ev = p.event.unwrap();
         let out = c.render(&ev, &["**".into()]);
         let s = String::from_utf8(out.to_vec()).unwrap();

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::labels::{aigc_value, Delivery, TextLabels};
 use super::openai::{self, Flavor, OpenAi};
-use super::paths::{self, Found};
+use super::paths::{self, Found, Seg};
 use crate::audit::Record;
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::dialect::DialectName;
@@ -173,21 +173,6 @@ fn record_finding(
     );
 }
 
-/// Count, log and record every finding made in one judged text; returns the field's display path.
-fn record_findings(
-    ctx: &RequestCtx,
-    direction: Direction,
-    findings: &[Finding],
-    t: &Found,
-    records: &mut Vec<Record>,
-) -> String {
-    let field = paths::display(&t.path);
-    for f in findings {
-        record_finding(ctx, direction, f, &t.text, &field, records);
-    }
-    field
-}
-
 /// A request's prompt texts as the model reads them: in reading order, with nothing between.
 /// A term split across the content parts of a message or across messages (`炸弹` | `制作`,
 /// `bomb` | `recipe`) is one text here, so it is found across the seam.
@@ -227,6 +212,37 @@ impl<'t> Seamed<'t> {
     }
 }
 
+/// Judge `texts` as one text with nothing between ([`Seamed`]): every finding is recorded with
+/// the field it begins in. Returns the first blocking finding with its field, and each text's
+/// shares of the redacting findings (in that text's offsets).
+fn judge_seamed(
+    ctx: &RequestCtx,
+    direction: Direction,
+    texts: &[Found],
+    records: &mut Vec<Record>,
+) -> (Option<(Finding, String)>, Vec<Vec<Finding>>) {
+    let seamed = Seamed::new(texts.iter().map(|t| t.text.as_str()));
+    let findings = ctx.rt.policy.scan(&seamed.text, direction);
+    let mut block: Option<(Finding, String)> = None;
+    let mut redact: Vec<Vec<Finding>> = vec![Vec::new(); texts.len()];
+    for f in &findings {
+        let first = seamed.part(f.span.start);
+        let field = paths::display(&texts[first].path);
+        record_finding(ctx, direction, f, &seamed.text, &field, records);
+        if block.is_none() && f.action == Action::Block {
+            block = Some((f.clone(), field));
+        } else if f.action == Action::Redact {
+            for i in first..=seamed.part(f.span.end - 1) {
+                let len = texts[i].text.len();
+                if len > 0 {
+                    redact[i].push(seamed.clip(f, i, len));
+                }
+            }
+        }
+    }
+    (block, redact)
+}
+
 /// Judge the prompt texts: `Ok(true)` when redaction rewrote the body; `Err` is the refusal.
 /// Every finding becomes a record in `records`. The texts are scanned as the model reads them
 /// ([`Seamed`]); a finding across a seam is recorded with the field it begins in, and a
@@ -242,27 +258,7 @@ fn judge_prompt(
     if texts.len() > 1 {
         texts.sort_by(|a, b| paths::reading_key(&a.path).cmp(paths::reading_key(&b.path)));
     }
-    let seamed = Seamed::new(texts.iter().map(|t| t.text.as_str()));
-    let findings = policy.scan(&seamed.text, Direction::Prompt);
-    let mut block: Option<(Finding, String)> = None;
-    // Per text: the shares of redacting findings, and the field of the first.
-    let mut redact: Vec<Vec<Finding>> = vec![Vec::new(); texts.len()];
-    for f in &findings {
-        let first = seamed.part(f.span.start);
-        let field = paths::display(&texts[first].path);
-        record_finding(ctx, Direction::Prompt, f, &seamed.text, &field, records);
-        if block.is_none() && f.action == Action::Block {
-            block = Some((f.clone(), field));
-        } else if f.action == Action::Redact {
-            for i in first..=seamed.part(f.span.end - 1) {
-                let len = texts[i].text.len();
-                if len > 0 {
-                    redact[i].push(seamed.clip(f, i, len));
-                }
-            }
-        }
-    }
-    drop(seamed);
+    let (mut block, redact) = judge_seamed(ctx, Direction::Prompt, &texts, records);
     let mut rewritten = false;
     for (t, shares) in texts.iter().zip(&redact) {
         let Some(f) = shares.first() else { continue };
@@ -646,6 +642,20 @@ fn quick_answer<A: super::generation::TextApi>(
     if !all_clean(&ctx.rt.policy, Direction::Completion, q.all_texts()) {
         return None;
     }
+    // The tree path judges some texts joined ([`seam_shape`]); the fast read lists them side by
+    // side (the visible texts, then the others). When the texts, joined, hold something, the
+    // tree path decides.
+    if q.text_count() > 1 {
+        let all: Vec<&str> = q.all_texts().collect();
+        let seamed = Seamed::new(all.into_iter());
+        if !all_clean(
+            &ctx.rt.policy,
+            Direction::Completion,
+            std::iter::once(seamed.text.as_ref()),
+        ) {
+            return None;
+        }
+    }
     let Some(labeler) = ctx.rt.labeler.clone() else {
         return Some(body.clone());
     };
@@ -709,6 +719,11 @@ fn tree_answer<A: super::generation::TextApi>(
 /// Judge the texts of a whole answer: redactions are applied in place; a blocking finding (or a
 /// redaction that cannot be applied in place) blocks the unit (choice) it is in, and the units
 /// blocked are returned with their category. Returns whether the document changed.
+///
+/// The texts of one unit that a reader sees as one ([`seam_shape`]: the text blocks of an
+/// Anthropic answer, the output text parts of a Responses answer) are judged joined, in
+/// document order, as the guard joins them in a stream: a term the model splits across two
+/// blocks is found.
 fn judge_whole(
     ctx: &RequestCtx,
     doc: &mut Value,
@@ -719,26 +734,35 @@ fn judge_whole(
     let started = Instant::now();
     let mut changed = false;
     let mut blocked: Vec<(u32, Arc<str>)> = Vec::new();
+    // (unit, shape when joinable, texts), in document order of each group's first text.
+    let mut groups: Vec<(u32, Option<String>, Vec<Found>)> = Vec::new();
     for (unit, t) in texts {
+        let shape = seam_shape(&t.path);
+        match groups
+            .iter_mut()
+            .find(|g| shape.is_some() && g.0 == unit && g.1 == shape)
+        {
+            Some(g) => g.2.push(t),
+            None => groups.push((unit, shape, vec![t])),
+        }
+    }
+    for (unit, _, texts) in groups {
         if blocked.iter().any(|(u, _)| *u == unit) {
             continue;
         }
-        let findings = policy.scan(&t.text, Direction::Completion);
-        if findings.is_empty() {
+        let (block, redact) = judge_seamed(ctx, Direction::Completion, &texts, records);
+        if let Some((f, _)) = block {
+            blocked.push((unit, f.category.clone()));
             continue;
         }
-        record_findings(ctx, Direction::Completion, &findings, &t, records);
-        if let Some(b) = findings.iter().find(|f| f.action == Action::Block) {
-            blocked.push((unit, b.category.clone()));
-            continue;
-        }
-        if let Some(f) = findings.iter().find(|f| f.action == Action::Redact) {
-            let red = policy.redact(&t.text, &findings);
-            if paths::set_string(doc, &t.path, red) {
+        for (t, shares) in texts.iter().zip(&redact) {
+            let Some(f) = shares.first() else { continue };
+            if paths::set_string(doc, &t.path, policy.redact(&t.text, shares)) {
                 changed = true;
             } else {
                 // A tool input object cannot be rewritten in place: its unit is refused.
                 blocked.push((unit, f.category.clone()));
+                break;
             }
         }
     }
@@ -746,6 +770,27 @@ fn judge_whole(
         .scan_time(Direction::Completion)
         .observe(started.elapsed().as_secs_f64());
     (changed, blocked)
+}
+
+/// The shape of an answer text that is read joined with the others of its shape: its path with
+/// the array indices left out, when it names a `text` or `thinking` string (a tool input or its
+/// arguments are JSON texts of their own, never joined).
+fn seam_shape(path: &[Seg]) -> Option<String> {
+    match path.last() {
+        Some(Seg::Key(k)) if k == "text" || k == "thinking" => {}
+        _ => return None,
+    }
+    let mut shape = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                shape.push_str(k);
+                shape.push('.');
+            }
+            Seg::Index(_) => shape.push_str("*."),
+        }
+    }
+    Some(shape)
 }
 
 /// OpenAI Images: the prompt is judged; generated images are labeled (see `images`).

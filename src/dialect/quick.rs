@@ -108,6 +108,11 @@ impl<'a> QuickAnswer<'a> {
         })
     }
 
+    /// How many texts [`QuickAnswer::all_texts`] gives.
+    pub fn text_count(&self) -> usize {
+        self.visible.len() + self.texts.len()
+    }
+
     /// Every text to judge.
     pub fn all_texts(&self) -> impl Iterator<Item = &str> {
         self.visible

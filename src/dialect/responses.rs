@@ -135,6 +135,17 @@ const REPEAT_FIELD: u32 = u32::MAX;
 /// Configured extra fields: field id is this base plus the pattern's position.
 const EXTRA_BASE: u32 = 100_000;
 
+/// The guard channel of a delta: the output text of every message part is read as one text,
+/// and so are the reasoning text and the reasoning summaries, so a term the model splits across
+/// two parts or items is found (as `moderate::judge_whole` joins them in a whole answer); a
+/// refusal and each call's arguments are texts of their own.
+fn delta_channel(output: u32, kind: u32, part: u32) -> ChannelKey {
+    match kind {
+        K_TEXT | K_REASONING | K_SUMMARY => (0, kind * KIND_STRIDE),
+        _ => (output, kind * KIND_STRIDE + part),
+    }
+}
+
 /// The OpenAI Responses API.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Responses;
@@ -646,7 +657,7 @@ impl ResponsesCodec {
         if let Some(d) = w.delta.filter(|d| !d.is_empty()) {
             paths.push(vec![Seg::Key("delta".into())]);
             pieces.push(TextPiece {
-                channel: (output, kind * KIND_STRIDE + part),
+                channel: delta_channel(output, kind, part),
                 text: d.into_owned(),
             });
         }
@@ -692,7 +703,7 @@ impl ResponsesCodec {
                 Some(Value::String(s)) if !s.is_empty() => {
                     paths.push(vec![Seg::Key("delta".into())]);
                     pieces.push(TextPiece {
-                        channel: (output, kind * KIND_STRIDE + part),
+                        channel: delta_channel(output, kind, part),
                         text: s.clone(),
                     });
                 }
@@ -1009,7 +1020,8 @@ mod tests {
         let d = c
             .parse(&ev(json!({"type": "response.output_text.delta", "output_index": 1, "content_index": 2, "delta": "ab", "sequence_number": 5})))
             .unwrap();
-        assert_eq!(d.pieces[0].channel, (1, K_TEXT * KIND_STRIDE + 2));
+        // Output text deltas of every part and item share one channel.
+        assert_eq!(d.pieces[0].channel, (0, K_TEXT * KIND_STRIDE));
         let done = c
             .parse(&ev(json!({"type": "response.output_text.done", "output_index": 1, "content_index": 2, "text": "ab", "sequence_number": 6})))
             .unwrap();
