@@ -474,3 +474,79 @@ async fn a_term_the_model_splits_across_output_parts_is_found() {
     assert_eq!(v["status"], "incomplete", "{v}");
     assert!(!v.to_string().contains('炸'), "{v}");
 }
+
+#[tokio::test]
+async fn a_redaction_across_two_parts_is_repeated_as_sent() {
+    let delta = |seq, part, t: &str| {
+        ev(
+            seq,
+            json!({"type": "response.output_text.delta", "output_index": 0, "content_index": part, "item_id": "msg_1", "delta": t}),
+        )
+    };
+    let done = |seq, part, t: &str| {
+        ev(
+            seq,
+            json!({"type": "response.output_text.done", "output_index": 0, "content_index": part, "item_id": "msg_1", "text": t}),
+        )
+    };
+    let part = |t: &str| json!({"type": "output_text", "text": t, "annotations": []});
+    let item = json!({"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+        "content": [part("code secr"), part("et123 ok")]});
+    let writes = vec![
+        ev(
+            1,
+            json!({"type": "response.created", "response": responses_object("in_progress", json!([]))}),
+        ),
+        delta(2, 0, "code secr"),
+        done(3, 0, "code secr"),
+        delta(4, 1, "et123 ok"),
+        done(5, 1, "et123 ok"),
+        ev(
+            6,
+            json!({"type": "response.content_part.done", "output_index": 0, "content_index": 1, "item_id": "msg_1", "part": part("et123 ok")}),
+        ),
+        ev(
+            7,
+            json!({"type": "response.output_item.done", "output_index": 0, "item": item.clone()}),
+        ),
+        ev(
+            8,
+            json!({"type": "response.completed", "response": responses_object("completed", json!([item]))}),
+        ),
+    ];
+    let (text, up) = run(writes).await;
+    assert!(!text.contains("secr") && !text.contains("et123"), "{text}");
+    assert_eq!(
+        deltas(&text, "response.output_text.delta"),
+        "code ********* ok"
+    );
+    let evs = sse_events(&text);
+    let of = |ty: &str| -> Vec<Value> {
+        evs.iter()
+            .filter(|(_, v)| v["type"] == ty)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    // Each repeat holds its part as the deltas sent it (the mask went out with the first).
+    let sent: Vec<String> = (0..2)
+        .map(|i| {
+            of("response.output_text.delta")
+                .iter()
+                .filter(|v| v["content_index"] == i)
+                .map(|v| v["delta"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(sent.concat(), "code ********* ok");
+    let dones = of("response.output_text.done");
+    assert_eq!(dones[0]["text"], sent[0]);
+    assert_eq!(dones[1]["text"], sent[1]);
+    assert_eq!(of("response.content_part.done")[0]["part"]["text"], sent[1]);
+    let done_item = &of("response.output_item.done")[0]["item"];
+    assert_eq!(done_item["content"][0]["text"], sent[0]);
+    assert_eq!(done_item["content"][1]["text"], sent[1]);
+    let completed = &of("response.completed")[0]["response"];
+    assert_eq!(completed["output"][0]["content"][0]["text"], sent[0]);
+    assert_eq!(completed["output"][0]["content"][1]["text"], sent[1]);
+    assert_eq!(up.completed(), 1);
+}

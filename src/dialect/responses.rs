@@ -7,7 +7,10 @@
 //! channels the guard scans as they come. Every repeated whole text is judged on a channel of its
 //! own, in one piece: the same verdicts as its deltas (the scan does not depend on chunking), so
 //! a redaction rewrites it the same way, and a text that was blocked is never sent because its
-//! deltas stopped the stream first (the guard never sends anything after a stop).
+//! deltas stopped the stream first (the guard never sends anything after a stop). The output
+//! text deltas of all parts are one channel (a term split across two parts is found); a repeat
+//! of a part's text is sent as that part's deltas were, so a redaction across two parts reads
+//! the same in the deltas and in every repeat.
 //!
 //! Stopped streams end with `response.incomplete`, `incomplete_details.reason: content_filter`,
 //! carrying the output as it was delivered. Labels are not added to Responses streams yet: a
@@ -366,6 +369,8 @@ pub struct ResponsesCodec {
     /// higher, so that numbers keep rising by one without repeats, as the SDKs expect.
     added: u64,
     labels: Option<StreamLabels>,
+    /// Output text parts by (output, part): the text their deltas spelled as read, and as sent.
+    parts: BTreeMap<(u32, u32), (String, String)>,
 }
 
 /// Labels on a Responses stream: the explicit label as its own `output_text.delta` in each text
@@ -423,6 +428,18 @@ impl ResponsesCodec {
             last_out: 0,
             added: 0,
             labels: None,
+            parts: BTreeMap::new(),
+        }
+    }
+
+    /// The text to repeat for part `at`, whose repeat read `read` and was judged alone into
+    /// `judged`: the part as its deltas were sent when the repeat is the text they spelled.
+    /// The deltas are judged joined with the other parts (`delta_channel`), so a redaction
+    /// across two parts masks a share the repeat alone would not.
+    fn as_sent<'t>(&'t self, at: (u32, u32), read: Option<&str>, judged: &'t str) -> &'t str {
+        match (self.parts.get(&at), read) {
+            (Some((spelled, sent)), Some(r)) if spelled == r => sent,
+            _ => judged,
         }
     }
 
@@ -787,10 +804,26 @@ impl EventCodec for ResponsesCodec {
     type Event = Event;
 
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
-        match self.quick_delta(ev) {
-            Some(delta) => Ok(delta),
-            None => self.parse_tree(ev),
+        let parsed = match self.quick_delta(ev) {
+            Some(delta) => delta,
+            None => self.parse_tree(ev)?,
+        };
+        if let Some(Event {
+            kind:
+                Kind::Delta {
+                    output,
+                    part,
+                    kind: K_TEXT,
+                },
+            ..
+        }) = &parsed.event
+        {
+            if let Some(p) = parsed.pieces.first() {
+                let slot = self.parts.entry((*output, *part)).or_default();
+                slot.0.push_str(&p.text);
+            }
         }
+        Ok(parsed)
     }
 
     fn on_release(
@@ -866,6 +899,10 @@ impl EventCodec for ResponsesCodec {
                 }
                 if let Some(t) = texts.first() {
                     self.grow(*output, *part, *kind, t);
+                    if *kind == K_TEXT {
+                        let slot = self.parts.entry(at).or_default();
+                        slot.1.push_str(t);
+                    }
                 }
             }
             Kind::Other => {
@@ -887,11 +924,9 @@ impl EventCodec for ResponsesCodec {
 
     fn amend(&mut self, event: &Event, texts: &[String]) -> Option<Bytes> {
         let shift = self.renumbered(event);
-        if self.labels.is_none() && shift.is_none() {
-            return None;
-        }
         let ty = event.ty.as_str();
-        let final_event = matches!(ty, "response.completed" | "response.incomplete");
+        let final_event =
+            self.labels.is_some() && matches!(ty, "response.completed" | "response.incomplete");
         // Most events (the text deltas) have nothing to amend: no copy of them is made.
         if shift.is_none()
             && !final_event
@@ -908,18 +943,23 @@ impl EventCodec for ResponsesCodec {
             v["sequence_number"] = json!(n);
             changed = true;
         }
-        let Some(l) = self.labels.as_ref() else {
-            return Some(event.encode(&v));
-        };
         for (path, text) in event.paths.iter().zip(texts) {
             let Some(at) = labeled_part(ty, path, &v) else {
                 paths::set_string(&mut v, path, text.clone());
                 continue;
             };
-            let labeled = l.labeled(at, text);
+            let read = paths::get(&v, path).and_then(Value::as_str);
+            let sent = self.as_sent(at, read, text);
+            let labeled = match &self.labels {
+                Some(l) => l.labeled(at, sent),
+                None => sent.to_string(),
+            };
             changed |= labeled != *text;
             paths::set_string(&mut v, path, labeled);
         }
+        let Some(l) = self.labels.as_ref() else {
+            return changed.then(|| event.encode(&v));
+        };
         if final_event {
             if let Some(r) = v.get_mut("response") {
                 if r.get("output_text").is_some() {
