@@ -147,6 +147,8 @@ impl TextApi for Anthropic {
         true
     }
 
+    const JOINS_ANSWER_TEXTS: bool = true;
+
     fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
         whole_texts(doc, extras)
     }

@@ -45,6 +45,11 @@ pub trait TextApi: Send + 'static {
     /// Whether this API's streams carry labels (the implicit-label header is sent only then).
     fn stream_labels(&self) -> bool;
 
+    /// Whether some texts of one unit of a whole answer are judged joined (`moderate::seam_shape`:
+    /// text blocks, output text parts). Where none can be, the fast read of an answer is judged
+    /// per text only.
+    const JOINS_ANSWER_TEXTS: bool = false;
+
     /// Every generated text of a whole answer, configured extra fields included, with the unit
     /// it belongs to: the choice index where an answer has several, else 0. A blocking finding
     /// refuses its unit only.

@@ -645,7 +645,7 @@ fn quick_answer<A: super::generation::TextApi>(
     // The tree path judges some texts joined ([`seam_shape`]); the fast read lists them side by
     // side (the visible texts, then the others). When the texts, joined, hold something, the
     // tree path decides.
-    if q.text_count() > 1 {
+    if A::JOINS_ANSWER_TEXTS && q.text_count() > 1 {
         let all: Vec<&str> = q.all_texts().collect();
         let seamed = Seamed::new(all.into_iter());
         if !all_clean(
@@ -683,7 +683,8 @@ fn tree_answer<A: super::generation::TextApi>(
 ) -> Result<Bytes, ApiError> {
     let mut doc = parse_answer(&body)?;
     let texts = api.response_texts(&doc, extras);
-    let (mut changed, blocked) = judge_whole(ctx, &mut doc, texts, &mut o.records);
+    let joins = A::JOINS_ANSWER_TEXTS;
+    let (mut changed, blocked) = judge_whole(ctx, &mut doc, texts, joins, &mut o.records);
     for (unit, category) in &blocked {
         let text = refusal_text(&ctx.rt.policy, category, &ctx.client_headers);
         api.refuse(&mut doc, *unit, &text);
@@ -720,14 +721,15 @@ fn tree_answer<A: super::generation::TextApi>(
 /// redaction that cannot be applied in place) blocks the unit (choice) it is in, and the units
 /// blocked are returned with their category. Returns whether the document changed.
 ///
-/// The texts of one unit that a reader sees as one ([`seam_shape`]: the text blocks of an
-/// Anthropic answer, the output text parts of a Responses answer) are judged joined, in
-/// document order, as the guard joins them in a stream: a term the model splits across two
-/// blocks is found.
+/// With `joins` (the API's `JOINS_ANSWER_TEXTS`), the texts of one unit that a reader sees as
+/// one ([`seam_shape`]: the text blocks of an Anthropic answer, the output text parts of a
+/// Responses answer) are judged joined, in document order, as the guard joins them in a
+/// stream: a term the model splits across two blocks is found.
 fn judge_whole(
     ctx: &RequestCtx,
     doc: &mut Value,
     texts: Vec<(u32, Found)>,
+    joins: bool,
     records: &mut Vec<Record>,
 ) -> (bool, Vec<(u32, Arc<str>)>) {
     let policy = &ctx.rt.policy;
@@ -737,7 +739,7 @@ fn judge_whole(
     // (unit, shape when joinable, texts), in document order of each group's first text.
     let mut groups: Vec<(u32, Option<String>, Vec<Found>)> = Vec::new();
     for (unit, t) in texts {
-        let shape = seam_shape(&t.path);
+        let shape = if joins { seam_shape(&t.path) } else { None };
         match groups
             .iter_mut()
             .find(|g| shape.is_some() && g.0 == unit && g.1 == shape)

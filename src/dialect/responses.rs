@@ -185,6 +185,8 @@ impl TextApi for Responses {
         true
     }
 
+    const JOINS_ANSWER_TEXTS: bool = true;
+
     fn response_texts(&self, doc: &Value, extras: &Extras) -> Vec<(u32, Found)> {
         whole_texts(doc, extras)
     }
