@@ -275,14 +275,7 @@ async fn whole_answers_are_refused_or_redacted() {
 
     // Nothing to change: the body passes byte-identical.
     let body = whole(json!([{"type": "text", "text": "天气很好"}]));
-    let up = Upstream::fixed(Script::json(&body)).await;
-    let p = proxy(&up.base_url(), POLICY).await;
-    let got = post_json(&p, "/v1/messages", &req(false))
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(got, body);
+    assert_eq!(answered(&body).await, body);
 }
 
 async fn labeled(up: &Upstream) -> Proxy {
@@ -429,36 +422,28 @@ async fn a_term_the_model_splits_across_text_blocks_is_found() {
         json!([{"type": "thinking", "thinking": "炸", "signature": "s"}, {"type": "text", "text": "ok"}, {"type": "thinking", "thinking": "弹", "signature": "s"}]),
     ];
     for content in refused {
-        let up = Upstream::fixed(Script::json(&whole(content.clone()))).await;
-        let p = proxy(&up.base_url(), POLICY).await;
-        let v: Value = post_json(&p, "/v1/messages", &req(false))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v: Value = serde_json::from_str(&answered(&whole(content.clone())).await).unwrap();
         assert_eq!(v["stop_reason"], "refusal", "{content} -> {v}");
         assert!(!v.to_string().contains('炸'), "{v}");
     }
     let body =
         whole(json!([{"type": "text", "text": "code secr"}, {"type": "text", "text": "et123 ok"}]));
-    let up = Upstream::fixed(Script::json(&body)).await;
-    let p = proxy(&up.base_url(), POLICY).await;
-    let v: Value = post_json(&p, "/v1/messages", &req(false))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = serde_json::from_str(&answered(&body).await).unwrap();
     assert_eq!(v["content"][0]["text"], "code ****");
     assert_eq!(v["content"][1]["text"], "***** ok");
     let body = whole(
         json!([{"type": "thinking", "thinking": "想想炸", "signature": "s"}, {"type": "text", "text": "弹性很好"}]),
     );
-    let up = Upstream::fixed(Script::json(&body)).await;
+    assert_eq!(answered(&body).await, body);
+}
+
+/// What the client gets through shenhe when the model answers `body` (not streamed).
+async fn answered(body: &str) -> String {
+    let up = Upstream::fixed(Script::json(body)).await;
     let p = proxy(&up.base_url(), POLICY).await;
-    let got = post_json(&p, "/v1/messages", &req(false))
+    post_json(&p, "/v1/messages", &req(false))
         .await
         .text()
         .await
-        .unwrap();
-    assert_eq!(got, body);
+        .unwrap()
 }
