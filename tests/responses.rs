@@ -431,26 +431,28 @@ async fn a_stopped_response_stream_is_labeled_too() {
         .unwrap();
 }
 
+/// An `output_text.delta` of content part `part` of output item 0.
+fn part_delta(seq: u64, part: u32, t: &str) -> String {
+    ev(
+        seq,
+        json!({"type": "response.output_text.delta", "output_index": 0, "content_index": part, "item_id": "msg_1", "delta": t}),
+    )
+}
+
 #[tokio::test]
 async fn a_term_the_model_splits_across_output_parts_is_found() {
     // Streamed: "炸" ends part 0 (whose `.done` repeats it), "弹" starts part 1.
-    let delta = |seq, part, t: &str| {
-        ev(
-            seq,
-            json!({"type": "response.output_text.delta", "output_index": 0, "content_index": part, "item_id": "msg_1", "delta": t}),
-        )
-    };
     let writes = vec![
         ev(
             1,
             json!({"type": "response.created", "response": responses_object("in_progress", json!([]))}),
         ),
-        delta(2, 0, "safe start 炸"),
+        part_delta(2, 0, "safe start 炸"),
         ev(
             3,
             json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "item_id": "msg_1", "text": "safe start 炸"}),
         ),
-        delta(4, 1, "弹 after"),
+        part_delta(4, 1, "弹 after"),
         ev(
             5,
             json!({"type": "response.output_text.done", "output_index": 0, "content_index": 1, "item_id": "msg_1", "text": "弹 after"}),
@@ -477,12 +479,6 @@ async fn a_term_the_model_splits_across_output_parts_is_found() {
 
 #[tokio::test]
 async fn a_redaction_across_two_parts_is_repeated_as_sent() {
-    let delta = |seq, part, t: &str| {
-        ev(
-            seq,
-            json!({"type": "response.output_text.delta", "output_index": 0, "content_index": part, "item_id": "msg_1", "delta": t}),
-        )
-    };
     let done = |seq, part, t: &str| {
         ev(
             seq,
@@ -497,9 +493,9 @@ async fn a_redaction_across_two_parts_is_repeated_as_sent() {
             1,
             json!({"type": "response.created", "response": responses_object("in_progress", json!([]))}),
         ),
-        delta(2, 0, "code secr"),
+        part_delta(2, 0, "code secr"),
         done(3, 0, "code secr"),
-        delta(4, 1, "et123 ok"),
+        part_delta(4, 1, "et123 ok"),
         done(5, 1, "et123 ok"),
         ev(
             6,

@@ -586,12 +586,7 @@ fn quick_prompt<A: super::generation::TextApi>(
     bytes: &[u8],
 ) -> Option<bool> {
     let q = api.quick_prompt(bytes)?;
-    let seamed = Seamed::new(q.in_reading_order());
-    if !all_clean(
-        &ctx.rt.policy,
-        Direction::Prompt,
-        std::iter::once(seamed.text.as_ref()),
-    ) {
+    if !joined_clean(&ctx.rt.policy, Direction::Prompt, q.in_reading_order()) {
         return None;
     }
     ctx.rec.model = q.model.map(|m| m.chars().take(128).collect());
@@ -613,6 +608,16 @@ fn all_clean<'t>(
         .scan_time(direction)
         .observe(started.elapsed().as_secs_f64());
     true
+}
+
+/// Whether the policy finds nothing in `texts` joined with nothing between ([`Seamed`]).
+fn joined_clean<'t>(
+    policy: &Policy,
+    direction: Direction,
+    texts: impl ExactSizeIterator<Item = &'t str>,
+) -> bool {
+    let seamed = Seamed::new(texts);
+    all_clean(policy, direction, std::iter::once(seamed.text.as_ref()))
 }
 
 /// The prompt phase on the tree: the bytes to forward (the client's, or the redacted
@@ -647,12 +652,7 @@ fn quick_answer<A: super::generation::TextApi>(
     // tree path decides.
     if A::JOINS_ANSWER_TEXTS && q.text_count() > 1 {
         let all: Vec<&str> = q.all_texts().collect();
-        let seamed = Seamed::new(all.into_iter());
-        if !all_clean(
-            &ctx.rt.policy,
-            Direction::Completion,
-            std::iter::once(seamed.text.as_ref()),
-        ) {
+        if !joined_clean(&ctx.rt.policy, Direction::Completion, all.into_iter()) {
             return None;
         }
     }
