@@ -920,6 +920,8 @@ pub(crate) struct KeywordSet {
     /// some allow phrase, or it has edges to check (`edges`). A match of any other term can
     /// never be suppressed, so it needs no check and no wait for context.
     allowable: Vec<bool>,
+    /// Some term is `allowable`.
+    any_allowable: bool,
     /// By term index: `EDGE_START | EDGE_END` bits of a whole-word term.
     edges: Vec<u8>,
     /// Some term has edges: one character before a match must be kept to check it.
@@ -1006,6 +1008,7 @@ impl KeywordSet {
         Ok(KeywordSet {
             auto,
             meta: sorted.iter().map(|(_, m)| *m).collect(),
+            any_allowable: allowable.contains(&true),
             allowable,
             any_edges: edges.iter().any(|&e| e != 0),
             edges,
@@ -1027,6 +1030,12 @@ impl KeywordSet {
         !self.allowable[i]
             || ((amax == 0 || b.start + amax <= read_to)
                 && (self.edges[i] & EDGE_END == 0 || read_to > b.end))
+    }
+
+    /// Whether a match of some term needs the normalized text around it checked: an allow
+    /// phrase contains the term, or it has a whole-word edge.
+    pub(super) fn any_needs_context(&self) -> bool {
+        self.any_allowable
     }
 
     pub(super) fn automaton(&self) -> Option<&Automaton> {

@@ -8,8 +8,9 @@
 //!
 //! Files, in the order text meets them: `config.rs` (YAML shape), `lists.rs` (list files),
 //! `categories.rs` (the 31 TC260-003 types), `compile.rs`, `normalize.rs`, `keywords.rs`
-//! (term trie, allow list), `oneshot.rs` (a whole text: normalization and matching in one pass),
-//! `pii.rs` and `detect.rs` (regex detectors), `scanner.rs` (streaming), `finding.rs`, `stats.rs`.
+//! (term trie, allow list, the streaming machine), `onepass.rs` (normalization and matching in
+//! one pass: whole texts, and streams whose terms need no context around a match), `pii.rs` and
+//! `detect.rs` (regex detectors), `scanner.rs` (streaming), `finding.rs`, `stats.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,7 +27,7 @@ mod finding;
 mod keywords;
 mod lists;
 mod normalize;
-mod oneshot;
+mod onepass;
 mod pii;
 mod scanner;
 mod stats;
@@ -162,14 +163,14 @@ impl Policy {
 
     /// Every finding in `text` for categories that apply to `dir`, in span order.
     ///
-    /// Keywords go through the one-pass whole-text scan (`oneshot.rs`) unless it declines; then
+    /// Keywords go through the one-pass scan (`onepass.rs`) unless it declines; then
     /// the whole scan is the streaming machine fed once. Detectors read the original text.
     pub fn scan(&self, text: &str, dir: Direction) -> Vec<Finding> {
         let kws = self.keywords_for(dir);
         let hits = if kws.is_empty() {
             Some(Vec::new())
         } else {
-            oneshot::keyword_hits(&self.normalizer, kws, text)
+            onepass::keyword_hits(&self.normalizer, kws, text)
         };
         let mut out = Vec::new();
         let Some(hits) = hits else {

@@ -1,10 +1,17 @@
 //! Incremental scanning of one text stream; `Policy::scan` is the same machine fed once.
 //!
 //! Each push normalizes only the new piece (the normalizer carries its separator state), steps
-//! the keyword trie walks carried from earlier pushes over the new normalized characters only
-//! (see `keywords.rs`), and steps the pattern detectors over the held original tail plus the
-//! new text. Keyword work per push is proportional to the new piece; nothing already released
-//! is scanned again. Held text is trimmed in batches (`TRIM_MIN`), not on every push.
+//! the keyword automaton, carried from earlier pushes, over the new normalized characters only,
+//! and steps the pattern detectors over the held original tail plus the new text. Keyword work
+//! per push is proportional to the new piece; nothing already released is scanned again. Held
+//! text is trimmed in batches (`TRIM_MIN`), not on every push.
+//!
+//! The keywords take one of two ways, chosen per stream. Where no term of the direction needs
+//! the normalized text around a match checked (no allow phrase contains one, none has a
+//! whole-word edge), the normalizer hands each character straight to the automaton
+//! (`onepass.rs`): no normalized text is written out. Otherwise the normalized text and its map
+//! back to the original are kept in a `NormBuf` for `KeywordSet::drain`, which makes those
+//! checks. Both find the same matches (tested).
 //!
 //! `released` contract: after a step returns `released = r`, every finding intersecting `[0, r)`
 //! has been reported with its final span, and no later step reports a finding starting before
@@ -16,6 +23,7 @@ use std::sync::Arc;
 
 use super::keywords::DrainBufs;
 use super::normalize::{NormBuf, NormState};
+use super::onepass::OnePass;
 use super::{Direction, Finding, Policy};
 
 /// Largest piece handed to the normalizer at once, so normalized offsets fit in `u32`.
@@ -36,11 +44,15 @@ pub struct ScanStep {
 #[derive(Debug, Default)]
 pub(crate) struct ScanCore {
     norm_state: NormState,
+    /// The one-pass keyword walk, where the direction's terms allow it; else the normalized text
+    /// is written to `nbuf` for `KeywordSet::drain`.
+    walk: Option<OnePass>,
     nbuf: NormBuf,
     /// Absolute normalized offset of `nbuf.text[0]`.
     nbase: usize,
     kw_cursor: usize,
-    /// Original text kept for the detectors, starting at absolute offset `orig_base`.
+    /// Original text kept for the detectors and the one-pass walk (which reads again from it
+    /// after a decided match), starting at absolute offset `orig_base`.
     orig: String,
     orig_base: usize,
     det_cursors: Vec<usize>,
@@ -54,10 +66,21 @@ pub(crate) struct ScanCore {
 
 impl ScanCore {
     pub fn new(policy: &Policy, dir: Direction) -> ScanCore {
+        let kws = policy.keywords_for(dir);
         ScanCore {
             det_cursors: vec![0; policy.detectors_for(dir).len()],
-            kw_context: policy.keywords_for(dir).context(&policy.allow),
+            kw_context: kws.context(&policy.allow),
+            walk: OnePass::for_stream(kws),
             ..ScanCore::default()
+        }
+    }
+
+    /// A core whose keywords always go through `KeywordSet::drain`, to compare the two ways.
+    #[cfg(test)]
+    pub fn new_drain(policy: &Policy, dir: Direction) -> ScanCore {
+        ScanCore {
+            walk: None,
+            ..ScanCore::new(policy, dir)
         }
     }
 
@@ -88,22 +111,42 @@ impl ScanCore {
     /// Normalize `sub` onto the held text (and keep it for the detectors).
     #[inline(always)]
     fn take(&mut self, policy: &Policy, dir: Direction, sub: &str) {
-        // Without terms the normalized text has no reader (detectors read the original).
-        if !policy.keywords_for(dir).is_empty() {
+        if self.walk.is_some() || !self.det_cursors.is_empty() {
+            self.orig.push_str(sub);
+        }
+        let kws = policy.keywords_for(dir);
+        if let Some(walk) = &mut self.walk {
+            walk.feed(
+                &policy.normalizer,
+                kws,
+                &mut self.norm_state,
+                sub,
+                self.total,
+                &self.orig,
+                self.orig_base,
+            );
+        } else if !kws.is_empty() {
+            // Without terms the normalized text has no reader (detectors read the original).
             policy
                 .normalizer
                 .feed(&mut self.norm_state, sub, self.total, &mut self.nbuf);
-        }
-        if !self.det_cursors.is_empty() {
-            self.orig.push_str(sub);
         }
         self.total += sub.len();
     }
 
     pub fn finish(&mut self, policy: &Policy, dir: Direction, out: &mut Vec<Finding>) -> usize {
-        policy
-            .normalizer
-            .finish(&mut self.norm_state, &mut self.nbuf);
+        match &mut self.walk {
+            Some(walk) => walk.finish(
+                &policy.normalizer,
+                policy.keywords_for(dir),
+                &mut self.norm_state,
+                &self.orig,
+                self.orig_base,
+            ),
+            None => policy
+                .normalizer
+                .finish(&mut self.norm_state, &mut self.nbuf),
+        }
         self.run(policy, dir, true, out)
     }
 
@@ -116,25 +159,39 @@ impl ScanCore {
     ) -> usize {
         let first_new = out.len();
         let kws = policy.keywords_for(dir);
-        let kw_hold = kws.drain(
-            &policy.allow,
-            &self.nbuf.text,
-            self.nbase,
-            &mut self.kw_cursor,
-            is_final,
-            &mut self.kw_bufs,
-        );
-        for h in &self.kw_bufs.hits {
-            out.push(policy.keyword_finding(
-                h.meta,
-                self.nbuf.orig_start(h.start - self.nbase)
-                    ..self.nbuf.orig_end(h.end - 1 - self.nbase),
-            ));
-        }
+        let kw_hold = match &mut self.walk {
+            Some(walk) => {
+                let hits = walk.hits();
+                out.extend(
+                    hits.iter()
+                        .map(|h| policy.keyword_finding(h.meta, h.start..h.end)),
+                );
+                hits.clear();
+                walk.hold(kws)
+            }
+            None => {
+                let hold = kws.drain(
+                    &policy.allow,
+                    &self.nbuf.text,
+                    self.nbase,
+                    &mut self.kw_cursor,
+                    is_final,
+                    &mut self.kw_bufs,
+                );
+                for h in &self.kw_bufs.hits {
+                    out.push(policy.keyword_finding(
+                        h.meta,
+                        self.nbuf.orig_start(h.start - self.nbase)
+                            ..self.nbuf.orig_end(h.end - 1 - self.nbase),
+                    ));
+                }
+                hold.map(|h| self.nbuf.orig_start(h - self.nbase))
+            }
+        };
         let mut released = self.total;
         if !is_final {
             if let Some(h) = kw_hold {
-                released = released.min(self.nbuf.orig_start(h - self.nbase));
+                released = released.min(h);
             }
             if let Some(p) = self.norm_state.pending_origin() {
                 released = released.min(p);
@@ -172,9 +229,13 @@ impl ScanCore {
     }
 
     /// Drop what no later step can need: normalized text before the keyword cursor (less the
-    /// context a held match is checked with) and original text before the earliest detector
-    /// cursor (less one char).
+    /// context a held match is checked with) and original text before both the earliest
+    /// detector cursor (less one char) and, for the one-pass walk, what is released.
     fn trim(&mut self) {
+        self.trim_orig();
+        if self.walk.is_some() {
+            return;
+        }
         let keep_from = self
             .kw_cursor
             .saturating_sub(self.kw_context)
@@ -193,17 +254,22 @@ impl ScanCore {
             self.nbuf.trim_front(k, floor);
             self.nbase += k;
         }
+    }
 
-        if let Some(&min_cur) = self.det_cursors.iter().min() {
-            let keep = min_cur.saturating_sub(4).max(self.orig_base);
-            let mut k = (keep - self.orig_base).min(self.orig.len());
-            while !self.orig.is_char_boundary(k) {
-                k -= 1;
-            }
-            if k == self.orig.len() || k >= TRIM_MIN {
-                self.orig.drain(..k);
-                self.orig_base += k;
-            }
+    fn trim_orig(&mut self) {
+        // The walk reads again only after a match it holds, which is not released.
+        let walk_keep = self.walk.is_some().then_some(self.released);
+        let det_keep = self.det_cursors.iter().min().map(|&c| c.saturating_sub(4));
+        let Some(keep) = walk_keep.into_iter().chain(det_keep).min() else {
+            return;
+        };
+        let mut k = (keep.max(self.orig_base) - self.orig_base).min(self.orig.len());
+        while !self.orig.is_char_boundary(k) {
+            k -= 1;
+        }
+        if k == self.orig.len() || k >= TRIM_MIN {
+            self.orig.drain(..k);
+            self.orig_base += k;
         }
     }
 }
