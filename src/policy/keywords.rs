@@ -307,6 +307,9 @@ pub(super) struct Automaton {
     /// One bit per BMP character: whether any term contains it. Any other character leads
     /// every state back to the root at once (a space between words of a list that has none).
     used_bits: Box<[u64; 0x1_0000 / 64]>,
+    /// One bit per BMP character: whether the root's successor along it can still grow (its
+    /// live length, `depth_live`, is the character's rather than 0). See [`Automaton::live`].
+    d1_live_bits: Box<[u64; 0x1_0000 / 64]>,
     /// The state after two ASCII characters from the root, by `a << 7 | b` (`ROOT`: none): from
     /// a depth-one state, one load where English text would pass the pair filter at nearly
     /// every letter and probe a large hashed run. Fixed-size tables: indexes need no checks.
@@ -473,6 +476,7 @@ impl Automaton {
             max_len: sorted.iter().map(|t| t.len()).max().unwrap_or(0),
             root_next: table(ROOT)?,
             used_bits: table(0)?,
+            d1_live_bits: table(0)?,
             ascii2: table(ROOT)?,
             ascii3: Box::new([]),
             ascii_class: [0; 128],
@@ -525,6 +529,12 @@ impl Automaton {
             }
         }
         a.fill_root_table();
+        for c in 0..0x1_0000usize {
+            let t = a.root_next[c] & !OUT;
+            if t != ROOT && a.depth_live(t).1 != 0 {
+                a.d1_live_bits[c >> 6] |= 1 << (c & 63);
+            }
+        }
         for t in sorted {
             for c in t.chars().map(|c| c as usize).filter(|&c| c < 0x1_0000) {
                 a.used_bits[c >> 6] |= 1 << (c & 63);
@@ -821,7 +831,42 @@ impl Automaton {
         out
     }
 
-    /// Depth and live length of state `s` (flagged or not).
+    /// The live length of `depth_live(s)`, for state `s` reached by reading `p1` last: with
+    /// no look at the state when it is the root or at depth one. A stream asks after every
+    /// piece, and a depth-one state's memory is seldom read otherwise (the pair filter steps
+    /// past it), so the look would be a cache miss on most pieces.
+    #[inline]
+    pub(super) fn live(&self, s: u32, p1: u32) -> usize {
+        let t = s & !OUT;
+        let live = if t == ROOT {
+            0
+        } else if t < self.d1_end && p1 < 0x1_0000 {
+            // A depth-one state spells `p1`; lengths are in bytes.
+            let grows = self.d1_live_bits[p1 as usize >> 6] >> (p1 & 63) & 1 != 0;
+            let len = match p1 {
+                0..0x80 => 1,
+                0x80..0x800 => 2,
+                _ => 3,
+            };
+            if grows {
+                len
+            } else {
+                0
+            }
+        } else {
+            self.depth_live(s).1
+        };
+        debug_assert_eq!(
+            live,
+            self.depth_live(s).1,
+            "s={s} t={t} d1_end={} d2_end={} p1={p1}",
+            self.d1_end,
+            self.d2_end
+        );
+        live
+    }
+
+    /// Depth and live length of state `s` (flagged or not), in bytes.
     #[inline(always)]
     pub(super) fn depth_live(&self, s: u32) -> (usize, usize) {
         let dl = self.mem[(s & !OUT) as usize + H_DEPTH_LIVE];
@@ -869,6 +914,7 @@ impl Automaton {
         self.mem.capacity() * 4
             + std::mem::size_of_val(&*self.root_next)
             + std::mem::size_of_val(&*self.used_bits)
+            + std::mem::size_of_val(&*self.d1_live_bits)
             + std::mem::size_of_val(&*self.ascii2)
             + std::mem::size_of_val(&*self.ascii3)
             + self.pairs.memory_usage()
@@ -930,11 +976,11 @@ pub(crate) struct KeywordSet {
 
 /// The leftmost-longest match found so far and not yet decided, in absolute normalized offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Best {
-    start: usize,
-    end: usize,
+pub(super) struct Best {
+    pub start: usize,
+    pub end: usize,
     /// 1 + the term's index.
-    term: u32,
+    pub term: u32,
 }
 
 /// One stream's keyword search state, carried from one `drain` to the next.
@@ -1016,8 +1062,12 @@ impl KeywordSet {
     }
 
     /// Normalized bytes a stream must keep before its cursor for the checks of a match held
-    /// there: the allow list's longest phrase, and one character for a whole-word edge.
+    /// there: the allow list's longest phrase, and one character for a whole-word edge; none
+    /// when no term's match is checked.
     pub(crate) fn context(&self, allow: &AllowSet) -> usize {
+        if !self.any_allowable {
+            return 0;
+        }
         allow.max_len().max(if self.any_edges { 4 } else { 0 })
     }
 
@@ -1025,17 +1075,11 @@ impl KeywordSet {
     /// decide it: the allow list's longest phrase from its start, and one character after its
     /// end when that is a whole-word edge.
     #[inline]
-    fn context_seen(&self, b: &Best, amax: usize, read_to: usize) -> bool {
+    pub(super) fn context_seen(&self, b: &Best, amax: usize, read_to: usize) -> bool {
         let i = b.term as usize - 1;
         !self.allowable[i]
             || ((amax == 0 || b.start + amax <= read_to)
                 && (self.edges[i] & EDGE_END == 0 || read_to > b.end))
-    }
-
-    /// Whether a match of some term needs the normalized text around it checked: an allow
-    /// phrase contains the term, or it has a whole-word edge.
-    pub(super) fn any_needs_context(&self) -> bool {
-        self.any_allowable
     }
 
     pub(super) fn automaton(&self) -> Option<&Automaton> {
@@ -1078,7 +1122,7 @@ impl KeywordSet {
     /// incomplete. Where `b` fails a whole-word edge, the shorter terms that begin it are judged
     /// the same way, longest first ([`Automaton::prefix_terms`]); where all fail, the search
     /// goes on one character after the start.
-    fn settle(
+    pub(super) fn settle(
         &self,
         allow: &AllowSet,
         hay: &[u8],
@@ -1193,7 +1237,7 @@ impl KeywordSet {
                     }
                 }
                 if let Some(b) = best {
-                    let live_from = base + q - a.depth_live(s).1;
+                    let live_from = base + q - a.live(s, c1);
                     if live_from > b.start && self.context_seen(&b, amax, base + q) {
                         if let Some(r) = self.settle(allow, hay, base, b, out, false) {
                             best = None;
@@ -1203,7 +1247,7 @@ impl KeywordSet {
                     }
                 }
             }
-            let live_from = base + n - a.depth_live(s).1;
+            let live_from = base + n - a.live(s, c1);
             let Some(b) = best else {
                 break (!is_final && live_from < base + n).then_some(live_from);
             };

@@ -9,8 +9,8 @@
 //! Files, in the order text meets them: `config.rs` (YAML shape), `lists.rs` (list files),
 //! `categories.rs` (the 31 TC260-003 types), `compile.rs`, `normalize.rs`, `keywords.rs`
 //! (term trie, allow list, the streaming machine), `onepass.rs` (normalization and matching in
-//! one pass: whole texts, and streams whose terms need no context around a match), `pii.rs` and
-//! `detect.rs` (regex detectors), `scanner.rs` (streaming), `finding.rs`, `stats.rs`.
+//! one pass: whole texts and streams), `pii.rs` and `detect.rs` (regex detectors), `scanner.rs`
+//! (streaming), `finding.rs`, `stats.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -163,14 +163,15 @@ impl Policy {
 
     /// Every finding in `text` for categories that apply to `dir`, in span order.
     ///
-    /// Keywords go through the one-pass scan (`onepass.rs`) unless it declines; then
-    /// the whole scan is the streaming machine fed once. Detectors read the original text.
+    /// Keywords go through the one-pass scan (`onepass.rs`) unless it declines (a term too
+    /// long for its ring); then the whole scan is the streaming machine fed once. Detectors
+    /// read the original text.
     pub fn scan(&self, text: &str, dir: Direction) -> Vec<Finding> {
         let kws = self.keywords_for(dir);
         let hits = if kws.is_empty() {
             Some(Vec::new())
         } else {
-            onepass::keyword_hits(&self.normalizer, kws, text)
+            onepass::keyword_hits(&self.normalizer, kws, &self.allow, text)
         };
         let mut out = Vec::new();
         let Some(hits) = hits else {

@@ -1,32 +1,32 @@
 //! Normalization and keyword matching in one pass: the keyword scan of a whole text
-//! (`Policy::scan`) and, for most policies, of a stream's pieces (`scanner.rs`).
+//! (`Policy::scan`) and of a stream's pieces (`scanner.rs`).
 //!
 //! The streaming machine of `keywords.rs` (`KeywordSet::drain`) reads normalized text written
-//! out with a map back to the original, because the checks of a held match that some terms
-//! need (an allow phrase that contains it, a whole-word edge) read the normalized text around
-//! it. Here the normalizer hands each normalized character straight to the automaton (through
-//! [`Emit`]), and the only thing kept is a ring of the last stretches read ([`Seg`]: a run of
-//! text that maps byte for byte, or one character) back to where the longest term could begin:
-//! enough to find where a match starts and ends in the original, and to read again the
-//! characters after a decided match, as `KeywordSet::drain` does. A run of English or Chinese is
-//! one entry, so the automaton's step is nearly all a character costs. In a run of English
-//! words, a word read from the root that is too short for any term of letters and digits, and
-//! closed by a space no term has, is passed over without a step (`Automaton::short_word`). The
-//! matches are the same as `drain`'s over the same normalized text; the tests compare the two,
-//! whole and cut into pieces.
+//! out with a map back to the original. Here the normalizer hands each normalized character
+//! straight to the automaton (through [`Emit`]), and the only thing kept is a ring of the last
+//! stretches read ([`Seg`]: a run of text that maps byte for byte, or one character) back to
+//! where the longest term could begin, less the context its checks read: enough to find where a
+//! match starts and ends in the original, to read again the characters after a decided match,
+//! as `KeywordSet::drain` does, and to spell again the normalized text around a match that
+//! some terms need checked (an allow phrase that contains it, a whole-word edge), which then
+//! goes to the same `KeywordSet::settle` as `drain`'s. A run of English or Chinese is one
+//! entry, so the automaton's step is nearly all a character costs. In a run of English words,
+//! a word read from the root that is too short for any term of letters and digits, and closed
+//! by a space no term has, is passed over without a step (`Automaton::short_word`). The
+//! matches, and what a stream releases after each piece, are the same as `drain`'s over the
+//! same text; the tests compare the two, whole and cut into pieces.
 //!
-//! A whole text ([`keyword_hits`]) declines, and the scan goes the streaming machine's way fed
-//! once, when a term that needs those checks matches, or when the longest term exceeds
-//! [`MAX_RING_TERM`] bytes. A stream ([`OnePass`]) takes this way only when no term of its
-//! direction needs them and the ring fits the longest term: it cannot decline half-way. It
-//! keeps the original text from the first character it may read again, which is never before
-//! what it has released.
+//! The ring is sized for the longest term plus twice that context; where that exceeds
+//! [`MAX_RING_SPAN`] normalized bytes, the scan and the stream go the streaming machine's way
+//! ([`keyword_hits`] and [`OnePass::new`] decline). A stream keeps the original text from
+//! the first character it may read again: the context before what it holds.
 
-use super::keywords::{Automaton, KeywordSet, TermMeta, OUT, ROOT};
+use super::keywords::{self, AllowSet, Automaton, Best, KeywordSet, TermMeta, OUT, ROOT};
 use super::normalize::{CharTable, Emit, NormState, Normalizer};
 
-/// Longest term (normalized bytes) the stretch ring is sized for.
-const MAX_RING_TERM: usize = 1024;
+/// Longest span (normalized bytes: the longest term and twice the context of its checks) the
+/// stretch ring is sized for.
+const MAX_RING_SPAN: usize = 2048;
 
 /// A keyword match, in original byte offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +50,6 @@ struct Seg {
     oe: usize,
     /// `RUN`, or the character.
     c: u32,
-}
-
-/// The leftmost-longest match not yet decided, in normalized offsets; `term` is 1 + index.
-#[derive(Debug, Clone, Copy)]
-struct Best {
-    start: usize,
-    end: usize,
-    term: u32,
 }
 
 #[inline(always)]
@@ -87,82 +79,67 @@ pub(crate) struct OnePass {
     best: Option<Best>,
     /// Matches reported and not yet taken.
     hits: Vec<Hit>,
+    /// Normalized bytes of the context a held match needs checked with
+    /// (`KeywordSet::context`).
+    context: usize,
+    /// The normalized text around a match spelled again for its checks, and what they found:
+    /// kept to reuse their allocations.
+    win: Vec<u8>,
+    checked: Vec<keywords::Hit>,
 }
 
 impl OnePass {
-    fn start(a: &Automaton) -> OnePass {
-        let size = (a.max_len() + 8).next_power_of_two();
-        OnePass {
+    /// The walk of a text scanned with `kws`, whose matches are checked against `allow`, or
+    /// `None` when it must go the streaming machine's way (see the module documentation).
+    pub(crate) fn new(kws: &KeywordSet, allow: &AllowSet) -> Option<OnePass> {
+        let a = kws.automaton()?;
+        let context = kws.context(allow);
+        if a.max_len() + 2 * context > MAX_RING_SPAN {
+            return None;
+        }
+        // Each stretch holds one normalized byte at least.
+        let size = (a.max_len() + 2 * context + 16).next_power_of_two();
+        Some(OnePass {
             s: ROOT,
             segs: vec![Seg::default(); size].into_boxed_slice(),
             mask: size - 1,
+            context,
             ..OnePass::default()
-        }
-    }
-
-    /// The walk of a stream scanned with `kws`, or `None` when the stream must go the
-    /// streaming machine's way (see the module documentation).
-    pub(crate) fn for_stream(kws: &KeywordSet) -> Option<OnePass> {
-        let a = kws.automaton()?;
-        (a.max_len() <= MAX_RING_TERM && !kws.any_needs_context()).then(|| OnePass::start(a))
+        })
     }
 
     /// Read `piece`, whose first byte is at absolute original offset `base` and which ends
     /// `orig` (the original text from absolute offset `orig_base`), normalized with `st`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn feed(
-        &mut self,
-        normalizer: &Normalizer,
-        kws: &KeywordSet,
-        st: &mut NormState,
-        piece: &str,
-        base: usize,
-        orig: &str,
-        orig_base: usize,
-    ) {
-        self.walk(normalizer, kws, orig, orig_base, |w| {
-            normalizer.feed(st, piece, base, w)
+    pub(crate) fn feed(&mut self, on: &Text<'_>, st: &mut NormState, piece: &str, base: usize) {
+        self.walk(on, |w| {
+            on.normalizer.feed(st, piece, base, w);
+            w.end_piece();
         });
     }
 
     /// End of the stream: settle what is held.
-    pub(crate) fn finish(
-        &mut self,
-        normalizer: &Normalizer,
-        kws: &KeywordSet,
-        st: &mut NormState,
-        orig: &str,
-        orig_base: usize,
-    ) {
-        self.walk(normalizer, kws, orig, orig_base, |w| {
-            normalizer.finish(st, w);
+    pub(crate) fn finish(&mut self, on: &Text<'_>, st: &mut NormState) {
+        self.walk(on, |w| {
+            on.normalizer.finish(st, w);
             w.finish();
         });
     }
 
-    /// Run `f` on a walker holding this state (moved in and out: a few words).
+    /// Run `f` on a walker over this state.
     #[inline(always)]
-    fn walk(
-        &mut self,
-        normalizer: &Normalizer,
-        kws: &KeywordSet,
-        orig: &str,
-        orig_base: usize,
-        f: impl FnOnce(&mut Walker<'_>),
-    ) {
-        let Some(a) = kws.automaton() else { return };
+    fn walk(&mut self, on: &Text<'_>, f: impl FnOnce(&mut Walker<'_>)) {
+        let Some(a) = on.kws.automaton() else { return };
         let mut w = Walker {
             a,
-            kws,
-            table: normalizer.table(),
-            orig,
-            orig_base,
-            w: std::mem::take(self),
-            declined: false,
+            kws: on.kws,
+            allow: on.allow,
+            amax: on.allow.max_len(),
+            table: on.normalizer.table(),
+            orig: on.orig,
+            orig_base: on.orig_base,
+            w: self,
         };
         f(&mut w);
-        debug_assert!(!w.declined, "a stream's terms need no context");
-        *self = w.w;
     }
 
     /// Matches reported since they were last taken.
@@ -170,15 +147,34 @@ impl OnePass {
         &mut self.hits
     }
 
-    /// Absolute original offset of the first character that may still be part of a match
-    /// (`kws` the walk's terms), or `None` when everything read is decided.
-    pub(crate) fn hold(&self, kws: &KeywordSet) -> Option<usize> {
-        let a = kws.automaton()?;
-        let mut n = self.npos - a.depth_live(self.s).1;
+    /// Normalized offset of the first character that may still be part of a match (`kws` the
+    /// walk's terms); `npos` when everything read is decided.
+    fn held_from(&self, kws: &KeywordSet) -> usize {
+        let Some(a) = kws.automaton() else {
+            return self.npos;
+        };
+        let mut n = self.npos - a.live(self.s, self.p1);
         if let Some(b) = self.best {
             n = n.min(b.start);
         }
+        n
+    }
+
+    /// Absolute original offset of the first character that may still be part of a match
+    /// (`kws` the walk's terms), or `None` when everything read is decided.
+    pub(crate) fn hold(&self, kws: &KeywordSet) -> Option<usize> {
+        let n = self.held_from(kws);
         (n < self.npos).then(|| self.orig_start(n))
+    }
+
+    /// Absolute original offset from which the walk may read the original text again: the
+    /// context before what it holds (or, with none, `released`, what the stream released).
+    pub(crate) fn keep_from(&self, kws: &KeywordSet, released: usize) -> usize {
+        if self.context == 0 || self.head == 0 {
+            return released;
+        }
+        let n = self.held_from(kws).saturating_sub(self.context);
+        released.min(self.orig_start(n))
     }
 
     /// Start a stretch at the current normalized offset.
@@ -233,16 +229,28 @@ impl OnePass {
     }
 }
 
+/// What a walk reads with, and the original text it may read again.
+pub(crate) struct Text<'a> {
+    pub normalizer: &'a Normalizer,
+    pub kws: &'a KeywordSet,
+    pub allow: &'a AllowSet,
+    /// The original text from absolute offset `orig_base`.
+    pub orig: &'a str,
+    pub orig_base: usize,
+}
+
 /// The walk over the text of one call: the state and what it reads with.
 struct Walker<'a> {
     a: &'a Automaton,
     kws: &'a KeywordSet,
+    allow: &'a AllowSet,
+    /// The allow list's longest phrase.
+    amax: usize,
     table: &'a CharTable,
     /// The original text from absolute offset `orig_base`.
     orig: &'a str,
     orig_base: usize,
-    w: OnePass,
-    declined: bool,
+    w: &'a mut OnePass,
 }
 
 impl Walker<'_> {
@@ -287,10 +295,11 @@ impl Walker<'_> {
                 }
             }
             if let Some(b) = self.w.best {
-                let live = self.a.depth_live(self.w.s).1;
-                if pos - live > b.start {
-                    self.settle(b);
-                    pos = b.end;
+                let live = self.a.live(self.w.s, self.w.p1);
+                if pos - live > b.start && self.kws.context_seen(&b, self.amax, pos) {
+                    if let Some(r) = self.settle(b, false) {
+                        pos = r;
+                    }
                 }
             }
             if pos == limit {
@@ -302,31 +311,98 @@ impl Walker<'_> {
         }
     }
 
-    /// Report `b` and go back to the root at its end.
-    fn settle(&mut self, b: Best) {
+    /// First normalized offset of the character holding normalized offset `n`.
+    fn char_start(&self, n: usize) -> usize {
+        let g = self.w.seg_at(n);
+        if g.c != RUN {
+            return g.nstart;
+        }
+        // A run maps byte for byte: its characters start where the original's do.
+        let mut o = g.os + (n - g.nstart);
+        while o > g.os && !self.orig.is_char_boundary(o - self.orig_base) {
+            o -= 1;
+        }
+        g.nstart + (o - g.os)
+    }
+
+    /// Decide `b` (`KeywordSet::settle`): report it, or pass it over where an allow phrase
+    /// contains it or it fails a whole-word edge. Returns where reading goes on from the root,
+    /// or `None` when, with `open`, text still to come may change the decision.
+    fn settle(&mut self, b: Best, open: bool) -> Option<usize> {
         let (meta, needs_context) = self.kws.term(b.term);
-        // An allow phrase or a whole-word edge might undo it: only the streaming machine can
-        // tell.
-        self.declined |= needs_context;
-        let hit = Hit {
-            start: self.w.orig_start(b.start),
-            end: self.w.orig_end(b.end),
-            meta,
+        let on = if needs_context {
+            // The checks read the normalized text around the match, spelled again here.
+            let from = self.char_start(b.start.saturating_sub(self.w.context));
+            let mut win = std::mem::take(&mut self.w.win);
+            let mut checked = std::mem::take(&mut self.w.checked);
+            win.clear();
+            checked.clear();
+            let mut n = from;
+            while n < self.w.npos {
+                let (c, len) = self.char_at(n);
+                let ch = char::from_u32(c).unwrap_or_default();
+                win.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+                n += len;
+            }
+            let on = self
+                .kws
+                .settle(self.allow, &win, from, b, &mut checked, open);
+            for h in &checked {
+                let hit = Hit {
+                    start: self.w.orig_start(h.start),
+                    end: self.w.orig_end(h.end),
+                    meta: h.meta,
+                };
+                self.w.hits.push(hit);
+            }
+            (self.w.win, self.w.checked) = (win, checked);
+            on?
+        } else {
+            let hit = Hit {
+                start: self.w.orig_start(b.start),
+                end: self.w.orig_end(b.end),
+                meta,
+            };
+            self.w.hits.push(hit);
+            b.end
         };
-        self.w.hits.push(hit);
         self.w.best = None;
         self.w.s = ROOT;
+        Some(on)
+    }
+
+    /// After a match settled, read again from `on` (its end, or past its start) to what has
+    /// been read.
+    fn read_again(&mut self, on: usize) {
+        if on < self.w.npos {
+            let (c, n) = self.char_at(on);
+            self.w.step(self.a, c);
+            self.decide(on + n, self.w.npos);
+        }
+    }
+
+    /// End of a stream's piece: settle the match held where nothing before its start is live
+    /// any more, as far as the text so far tells (as `KeywordSet::drain` does at the end of
+    /// its text).
+    fn end_piece(&mut self) {
+        while let Some(b) = self.w.best {
+            let live = self.a.live(self.w.s, self.w.p1);
+            if self.w.npos - live <= b.start {
+                return;
+            }
+            let Some(on) = self.settle(b, true) else {
+                return;
+            };
+            self.read_again(on);
+        }
     }
 
     /// End of text: settle what is held, reading again after each match.
     fn finish(&mut self) {
         while let Some(b) = self.w.best {
-            self.settle(b);
-            if b.end < self.w.npos {
-                let (c, n) = self.char_at(b.end);
-                self.w.step(self.a, c);
-                self.decide(b.end + n, self.w.npos);
-            }
+            // With nothing to come, a match is always decided.
+            let on = self.settle(b, false).unwrap_or(b.end);
+            self.read_again(on);
         }
     }
 
@@ -465,31 +541,29 @@ impl Emit for Walker<'_> {
     }
 }
 
-/// The keyword matches in `text`, in order, or `None` when the scan must go the streaming
-/// machine's way (see the module documentation). `kws` must have terms.
+/// The keyword matches in `text`, in order, checked against `allow`, or `None` when the scan
+/// must go the streaming machine's way (see the module documentation).
 pub(crate) fn keyword_hits(
     normalizer: &Normalizer,
     kws: &KeywordSet,
+    allow: &AllowSet,
     text: &str,
 ) -> Option<Vec<Hit>> {
-    let a = kws.automaton()?;
-    if a.max_len() > MAX_RING_TERM {
-        return None;
-    }
-    let mut w = Walker {
-        a,
+    let mut walk = OnePass::new(kws, allow)?;
+    let on = Text {
+        normalizer,
         kws,
-        table: normalizer.table(),
+        allow,
         orig: text,
         orig_base: 0,
-        w: OnePass::start(a),
-        declined: false,
     };
     let mut st = NormState::default();
-    normalizer.feed(&mut st, text, 0, &mut w);
-    normalizer.finish(&mut st, &mut w);
-    w.finish();
-    (!w.declined).then_some(w.w.hits)
+    walk.walk(&on, |w| {
+        normalizer.feed(&mut st, text, 0, w);
+        normalizer.finish(&mut st, w);
+        w.finish();
+    });
+    Some(walk.hits)
 }
 
 #[cfg(test)]
@@ -574,6 +648,38 @@ mod tests {
     }
 
     #[test]
+    fn long_streams_keep_what_they_read_again() {
+        // Allow phrases and whole-word terms read the text around a match; a long stream in
+        // token-sized pieces trims the original text it keeps, and must keep that context.
+        let cfg = PolicyConfig {
+            allow: vec!["炸弹鱼".into(), "xab abc".into()],
+            categories: vec![
+                CategoryConfig {
+                    id: "A1a".into(),
+                    keywords: vec!["炸弹".into(), "ab".into(), "bab".into()],
+                    ..CategoryConfig::default()
+                },
+                CategoryConfig {
+                    id: "A1b".into(),
+                    whole_words: Some(true),
+                    keywords: vec!["abc".into(), "xa".into()],
+                    ..CategoryConfig::default()
+                },
+            ],
+            ..PolicyConfig::default()
+        };
+        let p = Policy::compile(&cfg, Path::new("."))
+            .expect("compiles")
+            .policy;
+        let text = "xab abc 炸弹鱼 炸。弹 a.b.a.b Ａbab xa abcd 鱼翅 ".repeat(300);
+        let cuts: Vec<usize> = (0..text.len()).step_by(5).collect();
+        let walked = streamed(&p, &text, &cuts, true);
+        assert_eq!(walked, streamed(&p, &text, &cuts, false));
+        assert_eq!(walked.0, p.scan(&text, Direction::Completion));
+        assert!(walked.0.len() >= 5 * 300, "{}", walked.0.len());
+    }
+
+    #[test]
     fn short_words_are_passed_over_and_long_ones_read() {
         // The automaton's shortest-word length for `terms`, and the one-pass matches in `text`
         // (checked against the streaming machine).
@@ -601,21 +707,31 @@ mod tests {
     }
 
     #[test]
-    fn declines_only_for_terms_inside_allow_phrases() {
+    fn terms_inside_allow_phrases_are_checked_in_one_pass() {
         let terms = ["炸弹".to_owned(), "鱼翅".to_owned()];
         let p =
             policy(&terms, &["炸弹鱼".to_owned()], NormalizeConfig::default()).expect("compiles");
         let kws = p.keywords_for(Direction::Completion);
-        let hits = super::keyword_hits(&p.normalizer, kws, "有鱼翅").expect("fused");
-        assert_eq!((hits[0].start, hits[0].end), (3, 9));
-        assert!(super::keyword_hits(&p.normalizer, kws, "炸弹").is_none());
-        assert!(p.scan("炸弹鱼", Direction::Completion).is_empty());
-        assert_eq!(p.scan("炸弹", Direction::Completion).len(), 1);
+        let hits = |text| super::keyword_hits(&p.normalizer, kws, &p.allow, text).expect("fits");
+        let found = hits("有鱼翅");
+        assert_eq!((found[0].start, found[0].end), (3, 9));
+        assert_eq!(hits("炸弹").len(), 1);
+        assert!(hits("炸弹鱼").is_empty());
+        assert_eq!(hits("炸弹炸弹鱼").len(), 1);
+        // A stream holds "炸弹" while "炸弹鱼" may still come (a separator such as "。" may
+        // stand between), then passes it over; "鱼" is held as the start of "鱼翅".
+        let (found, released) = streamed(&p, "有炸弹鱼。", &[6, 9], true);
+        assert!(found.is_empty());
+        assert_eq!(released, [3, 3, 9]);
+        let (found, released) = streamed(&p, "有炸弹。", &[6, 9], true);
+        assert_eq!(released, [3, 3, 3]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].span, 3..9);
     }
 
     #[test]
     fn declines_for_terms_longer_than_the_ring() {
-        let long = "长".repeat(400);
+        let long = "长".repeat(700);
         let p = policy(
             &[long.clone(), "ab".into()],
             &[],
@@ -623,7 +739,8 @@ mod tests {
         )
         .expect("compiles");
         let kws = p.keywords_for(Direction::Completion);
-        assert!(super::keyword_hits(&p.normalizer, kws, "ab").is_none());
+        assert!(super::keyword_hits(&p.normalizer, kws, &p.allow, "ab").is_none());
+        assert!(super::OnePass::new(kws, &p.allow).is_none());
         let text = format!("x{long}y ab");
         let found = p.scan(&text, Direction::Completion);
         assert_eq!(found, streaming_once(&p, &text));
@@ -652,11 +769,11 @@ mod tests {
             let whole = p.scan(&text, Direction::Completion);
             prop_assert_eq!(&whole, &streaming_once(&p, &text));
             let kws = p.keywords_for(Direction::Completion);
-            if allow.is_empty() && !kws.is_empty() {
-                // Without allow phrases the one-pass scan never declines, and a stream takes
+            if !kws.is_empty() {
+                // Terms and phrases this short fit the ring: the whole text and the stream take
                 // the walk.
-                prop_assert!(super::keyword_hits(&p.normalizer, kws, &text).is_some());
-                prop_assert!(super::OnePass::for_stream(kws).is_some());
+                prop_assert!(super::keyword_hits(&p.normalizer, kws, &p.allow, &text).is_some());
+                prop_assert!(super::OnePass::new(kws, &p.allow).is_some());
             }
             let walked = streamed(&p, &text, &cuts, true);
             prop_assert_eq!(&walked, &streamed(&p, &text, &cuts, false));

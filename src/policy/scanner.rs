@@ -6,12 +6,13 @@
 //! per push is proportional to the new piece; nothing already released is scanned again. Held
 //! text is trimmed in batches (`TRIM_MIN`), not on every push.
 //!
-//! The keywords take one of two ways, chosen per stream. Where no term of the direction needs
-//! the normalized text around a match checked (no allow phrase contains one, none has a
-//! whole-word edge), the normalizer hands each character straight to the automaton
-//! (`onepass.rs`): no normalized text is written out. Otherwise the normalized text and its map
-//! back to the original are kept in a `NormBuf` for `KeywordSet::drain`, which makes those
-//! checks. Both find the same matches (tested).
+//! The keywords take one of two ways, chosen per stream. Normally the normalizer hands each
+//! character straight to the automaton (`onepass.rs`): no normalized text is written out, and
+//! the normalized text around a match that must be checked (an allow phrase, a whole-word edge)
+//! is spelled again from a small ring. Where the longest term plus twice that context exceeds
+//! the ring's bound, the normalized text and its map back to the original are kept in a
+//! `NormBuf` for `KeywordSet::drain`. Both find the same matches and release as much after
+//! every piece (tested).
 //!
 //! `released` contract: after a step returns `released = r`, every finding intersecting `[0, r)`
 //! has been reported with its final span, and no later step reports a finding starting before
@@ -21,9 +22,9 @@
 
 use std::sync::Arc;
 
-use super::keywords::DrainBufs;
+use super::keywords::{DrainBufs, KeywordSet};
 use super::normalize::{NormBuf, NormState};
-use super::onepass::OnePass;
+use super::onepass::{OnePass, Text};
 use super::{Direction, Finding, Policy};
 
 /// Largest piece handed to the normalizer at once, so normalized offsets fit in `u32`.
@@ -70,7 +71,7 @@ impl ScanCore {
         ScanCore {
             det_cursors: vec![0; policy.detectors_for(dir).len()],
             kw_context: kws.context(&policy.allow),
-            walk: OnePass::for_stream(kws),
+            walk: OnePass::new(kws, &policy.allow),
             ..ScanCore::default()
         }
     }
@@ -116,15 +117,14 @@ impl ScanCore {
         }
         let kws = policy.keywords_for(dir);
         if let Some(walk) = &mut self.walk {
-            walk.feed(
-                &policy.normalizer,
+            let on = Text {
+                normalizer: &policy.normalizer,
                 kws,
-                &mut self.norm_state,
-                sub,
-                self.total,
-                &self.orig,
-                self.orig_base,
-            );
+                allow: &policy.allow,
+                orig: &self.orig,
+                orig_base: self.orig_base,
+            };
+            walk.feed(&on, &mut self.norm_state, sub, self.total);
         } else if !kws.is_empty() {
             // Without terms the normalized text has no reader (detectors read the original).
             policy
@@ -136,13 +136,16 @@ impl ScanCore {
 
     pub fn finish(&mut self, policy: &Policy, dir: Direction, out: &mut Vec<Finding>) -> usize {
         match &mut self.walk {
-            Some(walk) => walk.finish(
-                &policy.normalizer,
-                policy.keywords_for(dir),
-                &mut self.norm_state,
-                &self.orig,
-                self.orig_base,
-            ),
+            Some(walk) => {
+                let on = Text {
+                    normalizer: &policy.normalizer,
+                    kws: policy.keywords_for(dir),
+                    allow: &policy.allow,
+                    orig: &self.orig,
+                    orig_base: self.orig_base,
+                };
+                walk.finish(&on, &mut self.norm_state);
+            }
             None => policy
                 .normalizer
                 .finish(&mut self.norm_state, &mut self.nbuf),
@@ -221,7 +224,7 @@ impl ScanCore {
         }
         debug_assert!(released >= self.released, "released went back");
         self.released = self.released.max(released);
-        self.trim();
+        self.trim(kws);
         if out.len() - first_new > 1 {
             out[first_new..].sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         }
@@ -231,8 +234,8 @@ impl ScanCore {
     /// Drop what no later step can need: normalized text before the keyword cursor (less the
     /// context a held match is checked with) and original text before both the earliest
     /// detector cursor (less one char) and, for the one-pass walk, what is released.
-    fn trim(&mut self) {
-        self.trim_orig();
+    fn trim(&mut self, kws: &KeywordSet) {
+        self.trim_orig(kws);
         if self.walk.is_some() {
             return;
         }
@@ -256,9 +259,14 @@ impl ScanCore {
         }
     }
 
-    fn trim_orig(&mut self) {
-        // The walk reads again only after a match it holds, which is not released.
-        let walk_keep = self.walk.is_some().then_some(self.released);
+    fn trim_orig(&mut self, kws: &KeywordSet) {
+        // Nothing to trim before `released` (and what is kept is a prefix of that): the
+        // common case, which needs no look at the walk.
+        if self.released - self.orig_base < TRIM_MIN && self.released < self.total {
+            return;
+        }
+        // The walk reads again only from the context before what it holds.
+        let walk_keep = self.walk.as_ref().map(|w| w.keep_from(kws, self.released));
         let det_keep = self.det_cursors.iter().min().map(|&c| c.saturating_sub(4));
         let Some(keep) = walk_keep.into_iter().chain(det_keep).min() else {
             return;
