@@ -4,16 +4,19 @@
 //! Run with `cargo bench --bench policy`. Goals: scan ≥ 200 MB/s, streaming ≥ 50 MB/s,
 //! 1M-term compile ≤ 5 s and ≤ 300 MB.
 //!
-//! Latest (2026-12-05 10:12, best of 9): realistic / worst, scan 118 / 131 MB/s (1.14 / 1.18
-//! of bare aho-corasick), streaming on 1–4-character pieces 57 / 50 MB/s, on 16–64-character
-//! pieces 101 / 94 MB/s; 1M-term compile 1.31 s, policy ≈ 185 MiB by RSS.
+//! Latest (2026-12-06 03:00, best of 9, a slow state: bare aho-corasick at 77 / 81 MB/s):
+//! realistic / worst, scan 83 / 100 MB/s (1.07 / 1.23 of bare aho-corasick), streaming on
+//! 1–4-character pieces 45 / 46 MB/s (0.58 / 0.57; 0.55 / 0.46 before streams read in one
+//! pass), on 16–64-character pieces 81 / 96 MB/s; 1M-term compile 2.44 s, policy ≈ 185 MiB by
+//! RSS. In a fast state (2026-12-05 10:12): scan 118 / 131 MB/s (1.14 / 1.18), streaming 57 /
+//! 50 MB/s, 1M-term compile 1.31 s.
 //!
 //! Earlier figures (shared, noisy 2-core machine, 2026-12-04 20:27, in a fast state: bare
 //! aho-corasick ran at 113 / 106 MB/s): best of 9, realistic / worst, scan 143 / 132 MB/s
 //! (1.26 / 1.25 of bare aho-corasick; 1.18 / 1.20 at 18:03 in a slow state, the two-pass scan
 //! 1.13 / 0.97), streaming on 1–4-character pieces 67 / 52 MB/s (0.59 / 0.50). Instructions
 //! per 1 MiB (callgrind), scan: 85.6M → 64.2M and 113.1M → 75.0M with the one-pass scan
-//! (`oneshot.rs`). Normalization alone runs at 573 (realistic) and 259 (worst) MB/s. 1M-term
+//! (`onepass.rs`). Normalization alone runs at 573 (realistic) and 259 (worst) MB/s. 1M-term
 //! compile 1.29 s, policy ≈ 181 MiB by RSS (automaton 122 MiB). A full aho-corasick DFA of the
 //! same terms (47 MiB) runs at about the default contiguous NFA's speed, which the ratio is
 //! taken against. Wall time moves with the machine (±30 % and more).

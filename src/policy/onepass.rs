@@ -97,8 +97,10 @@ impl OnePass {
         if a.max_len() + 2 * context > MAX_RING_SPAN {
             return None;
         }
-        // Each stretch holds one normalized byte at least.
-        let size = (a.max_len() + 2 * context + 16).next_power_of_two();
+        // Each stretch holds one normalized byte at least, and what is read again lies within
+        // the longest term (or the allow context after a match's start), the context before it
+        // and a character either side: 8 bytes cover the characters.
+        let size = (a.max_len() + 2 * context + 8).next_power_of_two();
         Some(OnePass {
             s: ROOT,
             segs: vec![Seg::default(); size].into_boxed_slice(),

@@ -45,8 +45,9 @@ pub struct ScanStep {
 #[derive(Debug, Default)]
 pub(crate) struct ScanCore {
     norm_state: NormState,
-    /// The one-pass keyword walk, where the direction's terms allow it; else the normalized text
-    /// is written to `nbuf` for `KeywordSet::drain`.
+    /// The one-pass keyword walk, unless the direction's longest term plus its context is too
+    /// long for the walk's ring; then the normalized text is written to `nbuf` for
+    /// `KeywordSet::drain`.
     walk: Option<OnePass>,
     nbuf: NormBuf,
     /// Absolute normalized offset of `nbuf.text[0]`.
@@ -109,7 +110,8 @@ impl ScanCore {
         self.run(policy, dir, false, out)
     }
 
-    /// Normalize `sub` onto the held text (and keep it for the detectors).
+    /// Read `sub` into the keyword walk (or normalize it onto the held text for `drain`), and
+    /// keep the original for the detectors and the walk.
     #[inline(always)]
     fn take(&mut self, policy: &Policy, dir: Direction, sub: &str) {
         if self.walk.is_some() || !self.det_cursors.is_empty() {
@@ -233,7 +235,7 @@ impl ScanCore {
 
     /// Drop what no later step can need: normalized text before the keyword cursor (less the
     /// context a held match is checked with) and original text before both the earliest
-    /// detector cursor (less one char) and, for the one-pass walk, what is released.
+    /// detector cursor (less one char) and the context before what the one-pass walk holds.
     fn trim(&mut self, kws: &KeywordSet) {
         self.trim_orig(kws);
         if self.walk.is_some() {
