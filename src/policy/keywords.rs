@@ -843,15 +843,9 @@ impl Automaton {
         } else if t < self.d1_end && p1 < 0x1_0000 {
             // A depth-one state spells `p1`; lengths are in bytes.
             let grows = self.d1_live_bits[p1 as usize >> 6] >> (p1 & 63) & 1 != 0;
-            let len = match p1 {
-                0..0x80 => 1,
-                0x80..0x800 => 2,
-                _ => 3,
-            };
-            if grows {
-                len
-            } else {
-                0
+            match char::from_u32(p1) {
+                Some(c) if grows => c.len_utf8(),
+                _ => 0,
             }
         } else {
             self.depth_live(s).1

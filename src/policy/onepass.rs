@@ -210,6 +210,16 @@ impl OnePass {
         }
     }
 
+    /// Report a match of normalized offsets `start..end`, in original offsets.
+    fn report(&mut self, start: usize, end: usize, meta: TermMeta) {
+        let hit = Hit {
+            start: self.orig_start(start),
+            end: self.orig_end(end),
+            meta,
+        };
+        self.hits.push(hit);
+    }
+
     /// Original start of the character at normalized offset `n`.
     fn orig_start(&self, n: usize) -> usize {
         let g = self.seg_at(n);
@@ -350,22 +360,12 @@ impl Walker<'_> {
                 .kws
                 .settle(self.allow, &win, from, b, &mut checked, open);
             for h in &checked {
-                let hit = Hit {
-                    start: self.w.orig_start(h.start),
-                    end: self.w.orig_end(h.end),
-                    meta: h.meta,
-                };
-                self.w.hits.push(hit);
+                self.w.report(h.start, h.end, h.meta);
             }
             (self.w.win, self.w.checked) = (win, checked);
             on?
         } else {
-            let hit = Hit {
-                start: self.w.orig_start(b.start),
-                end: self.w.orig_end(b.end),
-                meta,
-            };
-            self.w.hits.push(hit);
+            self.w.report(b.start, b.end, meta);
             b.end
         };
         self.w.best = None;
