@@ -47,8 +47,8 @@ pub(crate) struct ScanCore {
     norm_state: NormState,
     /// The one-pass keyword walk, unless the direction's longest term plus its context is too
     /// long for the walk's ring; then the normalized text is written to `nbuf` for
-    /// `KeywordSet::drain`.
-    walk: Option<OnePass>,
+    /// `KeywordSet::drain`. Boxed: a stream without terms keeps a word, not the walk's state.
+    walk: Option<Box<OnePass>>,
     nbuf: NormBuf,
     /// Absolute normalized offset of `nbuf.text[0]`.
     nbase: usize,
@@ -72,7 +72,7 @@ impl ScanCore {
         ScanCore {
             det_cursors: vec![0; policy.detectors_for(dir).len()],
             kw_context: kws.context(&policy.allow),
-            walk: OnePass::new(kws, &policy.allow),
+            walk: OnePass::new(kws, &policy.allow).map(Box::new),
             ..ScanCore::default()
         }
     }

@@ -168,7 +168,9 @@ impl<C: EventCodec> Guard<C> {
         Self {
             codec,
             policy,
-            channels: Vec::new(),
+            // Most streams have one text channel (the answer's content): room for one, not the
+            // four a first push would make for ≈ 500-byte channels.
+            channels: Vec::with_capacity(1),
             queue: VecDeque::new(),
             findings: Vec::new(),
             stopped: None,
