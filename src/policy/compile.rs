@@ -485,6 +485,16 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
             }
         }
     }
+    // With `joined_words`, a phrase of several words is allowed with its spaces left out too,
+    // as the terms it is there to let through are matched that way.
+    if cfg.normalize.joined_words {
+        let joined: Vec<String> = allow_norm
+            .iter()
+            .filter(|p| p.contains(' '))
+            .map(|p| p.replace(' ', ""))
+            .collect();
+        allow_norm.extend(joined);
+    }
     let allow = AllowSet::build(allow_norm)
         .map_err(|e| PolicyError::Invalid(vec![format!("allow list: {e}")]))?;
 

@@ -68,7 +68,8 @@ pub struct NormalizeConfig {
     pub confusables: bool,
     /// A term of several words also matches with the spaces between its words left out: `bomb
     /// recipe` finds `bombrecipe`, `bomb_recipe` and, with `separators`, `b o m b r e c i p e`.
-    /// (The reverse does not hold: `forbiddenword` never matches `forbidden word`.)
+    /// (The reverse does not hold: `forbiddenword` never matches `forbidden word`.) Allow
+    /// phrases of several words are allowed joined the same way.
     pub joined_words: bool,
 }
 

@@ -161,6 +161,32 @@ fn multi_word_terms_match_with_their_spaces_left_out() {
     assert!(matched(&p, "a bombrecipe!").is_empty());
     assert_eq!(matched(&p, "bomb  recipe"), ["bomb  recipe"]);
     assert_ne!(p.version(), compile(&cfg).version());
+
+    // An allow phrase of several words lets the joined form through where it lets the words
+    // through, streamed or whole; the joined term alone is still found.
+    let allowed = PolicyConfig {
+        allow: vec!["bomb recipe book".into()],
+        ..cfg.clone()
+    };
+    let p = Arc::new(compile(&allowed));
+    for text in [
+        "the bomb recipe book",
+        "the bombrecipebook",
+        "the BOMB_RECIPE_BOOK",
+    ] {
+        assert!(matched(&p, text).is_empty(), "{text}");
+        let mut s = p.scanner(Direction::Completion);
+        let mut n = 0;
+        for piece in text.as_bytes().chunks(3) {
+            n += s
+                .push(std::str::from_utf8(piece).expect("ASCII"))
+                .findings
+                .len();
+        }
+        n += s.finish().findings.len();
+        assert_eq!(n, 0, "{text}");
+    }
+    assert_eq!(matched(&p, "the bombrecipe cook"), ["bombrecipe"]);
 }
 
 /// A policy with a `whole_words` category beside the sample's substring ones.
