@@ -6,7 +6,7 @@
 //! or completion: only a bounded, PII-masked [`excerpt()`] and a SHA-256 of the content.
 //!
 //! Data meets the parts in this order: [`config`] (YAML `audit:` → [`ValidAuditConfig`]),
-//! [`pseudonym`] and [`excerpt`] (what the caller puts in a record), [`record`] (the line format),
+//! [`pseudonym`] and [`excerpt`](mod@excerpt) (what the caller puts in a record), [`record`] (the line format),
 //! [`writer`] (queue, files, rotation, fsync, retention), [`query`] (find, erase, retention sweep).
 
 pub mod config;

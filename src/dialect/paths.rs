@@ -48,7 +48,7 @@ fn reading_rank(key: &str) -> u32 {
 
 /// A prompt text's place in reading order, from its path, one step at a time: texts compare by
 /// it (`Iterator::cmp`) as the model reads them (array elements in order, sibling keys by
-/// [`READING_ORDER`]), whichever way the body was read. [`reading_steps`] gives the same key
+/// `READING_ORDER`), whichever way the body was read. [`reading_steps`] gives the same key
 /// from a pattern.
 pub fn reading_key(path: &[Seg]) -> impl Iterator<Item = u32> + '_ {
     path.iter().map(|s| match s {
