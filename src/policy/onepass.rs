@@ -580,14 +580,32 @@ mod tests {
     use super::super::{Direction, Finding, Policy};
 
     fn policy(terms: &[String], allow: &[String], normalize: NormalizeConfig) -> Option<Policy> {
+        policy_with_words(terms, &[], allow, normalize)
+    }
+
+    /// `terms` in one category, `words` in a `whole_words` one.
+    fn policy_with_words(
+        terms: &[String],
+        words: &[String],
+        allow: &[String],
+        normalize: NormalizeConfig,
+    ) -> Option<Policy> {
         let cfg = PolicyConfig {
             normalize,
             allow: allow.to_vec(),
-            categories: vec![CategoryConfig {
-                id: "A1a".into(),
-                keywords: terms.to_vec(),
-                ..CategoryConfig::default()
-            }],
+            categories: vec![
+                CategoryConfig {
+                    id: "A1a".into(),
+                    keywords: terms.to_vec(),
+                    ..CategoryConfig::default()
+                },
+                CategoryConfig {
+                    id: "A1b".into(),
+                    whole_words: Some(true),
+                    keywords: words.to_vec(),
+                    ..CategoryConfig::default()
+                },
+            ],
             ..PolicyConfig::default()
         };
         // Terms or phrases that normalize to nothing are configuration errors.
@@ -754,18 +772,19 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(600))]
 
         /// The one-pass scan finds exactly what the streaming machine finds over the whole
-        /// text, under every normalization flag set, with and without allow phrases; a stream
-        /// through the one-pass walk finds the same and releases as much after every piece,
-        /// however the text is cut.
+        /// text, under every normalization flag set, with and without allow phrases and
+        /// whole-word terms; a stream through the one-pass walk finds the same and releases as
+        /// much after every piece, however the text is cut.
         #[test]
         fn one_pass_equals_streaming_machine(
             terms in prop::collection::vec(text(4), 1..8),
+            words in prop::collection::vec(text(3), 0..3),
             allow in prop::collection::vec(text(5), 0..2),
             normalize in flags_strategy(),
             text in text(40),
             cuts in prop::collection::vec(0..200usize, 0..12),
         ) {
-            let Some(p) = policy(&terms, &allow, normalize) else {
+            let Some(p) = policy_with_words(&terms, &words, &allow, normalize) else {
                 return Ok(());
             };
             let whole = p.scan(&text, Direction::Completion);
