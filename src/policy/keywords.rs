@@ -1100,7 +1100,7 @@ impl KeywordSet {
     /// A term ends at absolute `end` in flagged state `s`: make it the match so far if it starts
     /// no later than the one held (leftmost, then longest).
     #[inline(always)]
-    fn note_output(&self, a: &Automaton, s: u32, end: usize, best: &mut Option<Best>) {
+    pub(super) fn note_output(&self, a: &Automaton, s: u32, end: usize, best: &mut Option<Best>) {
         let (depth, term) = a.output(s);
         let start = end - depth;
         match best {

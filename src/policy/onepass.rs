@@ -292,19 +292,8 @@ impl Walker<'_> {
     fn decide(&mut self, mut pos: usize, limit: usize) {
         loop {
             if self.w.s & OUT != 0 {
-                let (depth, term) = self.a.output(self.w.s);
-                let start = pos - depth;
-                match &mut self.w.best {
-                    Some(b) if b.start < start => {}
-                    Some(b) if b.start == start => (b.end, b.term) = (pos, term),
-                    _ => {
-                        self.w.best = Some(Best {
-                            start,
-                            end: pos,
-                            term,
-                        })
-                    }
-                }
+                self.kws
+                    .note_output(self.a, self.w.s, pos, &mut self.w.best);
             }
             if let Some(b) = self.w.best {
                 let live = self.a.live(self.w.s, self.w.p1);
