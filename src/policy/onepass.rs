@@ -23,6 +23,7 @@
 
 use super::keywords::{self, AllowSet, Automaton, Best, KeywordSet, TermMeta, OUT, ROOT};
 use super::normalize::{CharTable, Emit, NormState, Normalizer};
+use super::{Direction, Policy};
 
 /// Longest span (normalized bytes: the longest term and twice the context of its checks) the
 /// stretch ring is sized for.
@@ -249,6 +250,20 @@ pub(crate) struct Text<'a> {
     /// The original text from absolute offset `orig_base`.
     pub orig: &'a str,
     pub orig_base: usize,
+}
+
+impl<'a> Text<'a> {
+    /// What a stream of `policy` in direction `dir` reads with; `orig` holds its original text
+    /// from absolute offset `orig_base`.
+    pub fn of(policy: &'a Policy, dir: Direction, orig: &'a str, orig_base: usize) -> Text<'a> {
+        Text {
+            normalizer: &policy.normalizer,
+            kws: policy.keywords_for(dir),
+            allow: &policy.allow,
+            orig,
+            orig_base,
+        }
+    }
 }
 
 /// The walk over the text of one call: the state and what it reads with.

@@ -119,13 +119,7 @@ impl ScanCore {
         }
         let kws = policy.keywords_for(dir);
         if let Some(walk) = &mut self.walk {
-            let on = Text {
-                normalizer: &policy.normalizer,
-                kws,
-                allow: &policy.allow,
-                orig: &self.orig,
-                orig_base: self.orig_base,
-            };
+            let on = Text::of(policy, dir, &self.orig, self.orig_base);
             walk.feed(&on, &mut self.norm_state, sub, self.total);
         } else if !kws.is_empty() {
             // Without terms the normalized text has no reader (detectors read the original).
@@ -139,13 +133,7 @@ impl ScanCore {
     pub fn finish(&mut self, policy: &Policy, dir: Direction, out: &mut Vec<Finding>) -> usize {
         match &mut self.walk {
             Some(walk) => {
-                let on = Text {
-                    normalizer: &policy.normalizer,
-                    kws: policy.keywords_for(dir),
-                    allow: &policy.allow,
-                    orig: &self.orig,
-                    orig_base: self.orig_base,
-                };
+                let on = Text::of(policy, dir, &self.orig, self.orig_base);
                 walk.finish(&on, &mut self.norm_state);
             }
             None => policy
