@@ -35,6 +35,38 @@ pub fn at_mut<'a>(v: &'a mut Value, keys: &[&str]) -> Option<&'a mut Value> {
     keys.iter().try_fold(v, |v, k| v.get_mut(k))
 }
 
+/// `deserialize_with` for an optional string field of a borrowed read: the string borrowed
+/// from the input when it has no escapes. (serde's own impl for `Option<Cow<str>>` copies
+/// every string; its `borrow` attribute reaches only a bare `Cow<str>`.) A value that is
+/// neither a string nor `null` is an error, as with `Option<Cow<str>>`.
+pub fn borrowed_text<'de, D: de::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Text;
+    impl<'de> Visitor<'de> for Text {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Text)
+}
+
 /// Parse a request body as JSON, refusing duplicate keys, trailing data and non-UTF-8 input.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, ApiError> {
     read_strict(bytes).map_err(|e| {

@@ -1,6 +1,8 @@
 //! OpenAI Chat Completions and Completions, and the many servers that speak them (vLLM, Ollama,
 //! llama.cpp, DeepSeek, Qwen): where the text is, how a choice is refused, how a stream ends.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -14,6 +16,7 @@ use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
 use crate::stream::sse::RawEvent;
+use crate::stream::template::Template;
 
 /// Chat or legacy completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,6 +537,18 @@ pub struct OpenAiCodec {
     /// Choices seen, and whether each has finished.
     choices: Vec<(u32, bool)>,
     labels: Option<StreamLabels>,
+    /// The last chunk read in full that carried one text: a chunk that repeats it but for the
+    /// text is read from it.
+    template: Option<Repeated>,
+}
+
+/// A chunk of one text kept as a [`Template`], with what its full read found besides the text.
+struct Repeated {
+    template: Template,
+    /// The text's channel.
+    key: ChannelKey,
+    /// The chunk's choices: (index, finishes here).
+    notes: Vec<(u32, bool)>,
 }
 
 impl OpenAiCodec {
@@ -547,6 +562,7 @@ impl OpenAiCodec {
             system_fingerprint: None,
             choices: Vec::new(),
             labels: None,
+            template: None,
         }
     }
 
@@ -650,32 +666,16 @@ impl OpenAiCodec {
     }
 
     /// The common chunk shape, read without a JSON tree (see `wire`).
-    fn parse_wire(&mut self, w: wire::Chunk<'_>, data: &str) -> Parsed<Chunk> {
+    fn parse_wire<'a>(&mut self, w: wire::Chunk<'a>, data: &'a str) -> Parsed<Chunk> {
         if w.error {
             return Parsed::passthrough();
         }
-        for (slot, v) in [
-            (&mut self.id, w.id),
-            (&mut self.model, w.model),
-            (&mut self.created, w.created),
-        ] {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        }
-        if let Some(fp) = w.system_fingerprint {
-            self.system_fingerprint = Some(fp);
-        }
-        let mut pieces = Vec::new();
-        let mut keys = Vec::new();
+        self.set_meta(w.id, w.model, w.created, w.system_fingerprint);
+        let mut texts = Vec::new();
         let mut notes = Vec::new();
-        let mut push = |choice: u32, field: u32, text: Option<std::borrow::Cow<'_, str>>| {
+        let mut push = |choice: u32, field: u32, text: Option<Cow<'a, str>>| {
             if let Some(t) = text.filter(|t| !t.is_empty()) {
-                keys.push((choice, field));
-                pieces.push(TextPiece {
-                    channel: (choice, field),
-                    text: t.into_owned(),
-                });
+                texts.push(((choice, field), t));
             }
         };
         for (pos, c) in w.choices.unwrap_or_default().into_iter().enumerate() {
@@ -701,7 +701,70 @@ impl OpenAiCodec {
                 }
             }
         }
+        if let [(key, Cow::Borrowed(text))] = texts.as_slice() {
+            if let Some(template) = Template::new(data, text) {
+                self.template = Some(Repeated {
+                    template,
+                    key: *key,
+                    notes: notes.clone(),
+                });
+            }
+        }
+        let keys = texts.iter().map(|(k, _)| *k).collect();
+        let pieces = texts
+            .into_iter()
+            .map(|(channel, t)| TextPiece {
+                channel,
+                text: t.into_owned(),
+            })
+            .collect();
         self.parsed(data.to_string(), pieces, keys, notes)
+    }
+
+    /// Keep the chunk fields that the stream's own chunks repeat (a stop, a label). A change
+    /// drops the template: a chunk that repeats it must leave them as the template's read did.
+    fn set_meta(
+        &mut self,
+        id: Option<Value>,
+        model: Option<Value>,
+        created: Option<Value>,
+        fingerprint: Option<Value>,
+    ) {
+        let mut changed = false;
+        for (slot, v) in [
+            (&mut self.id, id),
+            (&mut self.model, model),
+            (&mut self.created, created),
+        ] {
+            if let Some(v) = v.filter(|v| v != slot) {
+                *slot = v;
+                changed = true;
+            }
+        }
+        if let Some(fp) = fingerprint.filter(|fp| self.system_fingerprint.as_ref() != Some(fp)) {
+            self.system_fingerprint = Some(fp);
+            changed = true;
+        }
+        if changed {
+            self.template = None;
+        }
+    }
+
+    /// A chunk that repeats the template but for its text (see [`Template`]).
+    fn repeat(&mut self, data: &str) -> Option<Parsed<Chunk>> {
+        let r = self.template.as_ref()?;
+        let text = r.template.fill(data)?;
+        let (key, notes) = (r.key, r.notes.clone());
+        let (keys, pieces) = if text.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let piece = TextPiece {
+                channel: key,
+                text: text.to_owned(),
+            };
+            (vec![key], vec![piece])
+        };
+        Some(self.parsed(data.to_string(), pieces, keys, notes))
     }
 
     fn parsed(
@@ -802,6 +865,9 @@ impl EventCodec for OpenAiCodec {
         if let Some(data) = ev.data.as_deref().map(str::trim) {
             // (Only objects: serde would also read a JSON array into the struct, by position.)
             if data.starts_with('{') && self.extras.patterns.is_empty() {
+                if let Some(p) = self.repeat(data) {
+                    return Ok(p);
+                }
                 if let Ok(wire) = serde_json::from_str::<wire::Chunk>(data) {
                     return Ok(self.parse_wire(wire, data));
                 }
@@ -816,18 +882,13 @@ impl EventCodec for OpenAiCodec {
             // An upstream error event carries no generated text; it is forwarded as is.
             return Ok(Parsed::passthrough());
         }
-        for (k, slot) in [
-            ("id", &mut self.id),
-            ("model", &mut self.model),
-            ("created", &mut self.created),
-        ] {
-            if let Some(v) = json.get(k) {
-                *slot = v.clone();
-            }
-        }
-        if let Some(fp) = json.get("system_fingerprint") {
-            self.system_fingerprint = Some(fp.clone());
-        }
+        let meta = |k: &str| json.get(k).cloned();
+        self.set_meta(
+            meta("id"),
+            meta("model"),
+            meta("created"),
+            meta("system_fingerprint"),
+        );
         if !json.is_object() {
             return Err(CodecError("stream event is not a JSON object".into()));
         }
@@ -974,6 +1035,8 @@ mod wire {
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
 
+    use crate::dialect::json::borrowed_text;
+
     /// Present at all (even as `null`).
     fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         IgnoredAny::deserialize(d).map(|_| true)
@@ -1008,19 +1071,19 @@ mod wire {
         pub finish_reason: Option<IgnoredAny>,
         #[serde(borrow, default)]
         pub delta: Option<Delta<'a>>,
-        #[serde(borrow, default)]
+        #[serde(borrow, default, deserialize_with = "borrowed_text")]
         pub text: Option<Cow<'a, str>>,
     }
 
     #[derive(Deserialize)]
     pub struct Delta<'a> {
-        #[serde(borrow, default)]
+        #[serde(borrow, default, deserialize_with = "borrowed_text")]
         pub content: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
+        #[serde(borrow, default, deserialize_with = "borrowed_text")]
         pub reasoning_content: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
+        #[serde(borrow, default, deserialize_with = "borrowed_text")]
         pub reasoning: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
+        #[serde(borrow, default, deserialize_with = "borrowed_text")]
         pub refusal: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
         pub function_call: Option<Function<'a>>,
@@ -1038,7 +1101,7 @@ mod wire {
 
     #[derive(Deserialize)]
     pub struct Function<'a> {
-        #[serde(borrow, default)]
+        #[serde(borrow, default, deserialize_with = "borrowed_text")]
         pub arguments: Option<Cow<'a, str>>,
     }
 }
@@ -1070,6 +1133,89 @@ mod tests {
         assert!(prompt_texts(Flavor::Completions, &json!({"prompt": [1, 2, 3]})).is_err());
         let ok = prompt_texts(Flavor::Completions, &json!({"prompt": ["a", "b"]})).unwrap();
         assert_eq!(ok.len(), 2);
+    }
+
+    /// What a parse gave, in a form to compare.
+    type Read = (
+        Vec<TextPiece>,
+        bool,
+        Option<(String, Vec<ChannelKey>, Vec<u32>)>,
+    );
+
+    fn read(c: &mut OpenAiCodec, data: &str) -> (Read, (Value, Value, Value, Option<Value>)) {
+        let ev = RawEvent {
+            raw: Bytes::from(format!("data: {data}\n\n")),
+            data: Some(data.to_string()),
+            event: None,
+        };
+        let p = c.parse(&ev).unwrap();
+        let event = p.event.map(|e| (e.data, e.keys, e.finishes));
+        let meta = (
+            c.id.clone(),
+            c.model.clone(),
+            c.created.clone(),
+            c.system_fingerprint.clone(),
+        );
+        ((p.pieces, p.terminal, event), meta)
+    }
+
+    #[test]
+    fn repeated_chunks_are_read_from_the_template() {
+        let mut c = OpenAiCodec::new(Flavor::Chat, Extras::default());
+        let chunk = |t: &str| {
+            format!(
+                r#"{{"id":"x","choices":[{{"index":0,"delta":{{"content":"{t}"}},"finish_reason":null}}]}}"#
+            )
+        };
+        read(&mut c, &chunk("one"));
+        assert!(c.template.is_some(), "a chunk of one text is kept");
+        let (r, _) = read(&mut c, &chunk("二 two"));
+        assert_eq!(r.0[0].text, "二 two");
+        // The template still stands after a chunk of another shape.
+        read(
+            &mut c,
+            r#"{"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        );
+        assert!(c
+            .template
+            .as_ref()
+            .is_some_and(|r| r.template.fill(&chunk("three")).is_some()));
+        // A chunk with another id drops it: a repeat of the old one would set the old id back.
+        read(&mut c, r#"{"id":"y","choices":[]}"#);
+        assert!(c.template.is_none());
+    }
+
+    proptest::proptest! {
+        /// A codec that reads repeated chunks from its template reads every chunk as one that
+        /// reads each in full: the same pieces, event, and the same fields kept for its own
+        /// chunks.
+        #[test]
+        fn template_reads_equal_full_reads(
+            events in proptest::collection::vec(
+                (0usize..6, 0usize..3, 0u8..2, proptest::bool::ANY, 0u8..3, proptest::bool::ANY),
+                1..14,
+            )
+        ) {
+            const TEXTS: [&str; 6] = ["tok ", "", "你好，", "a\\nb", "q\\\"x", "\\u00e9t\\u00e9"];
+            const FIELDS: [&str; 3] = ["content", "reasoning_content", "refusal"];
+            let mut with = OpenAiCodec::new(Flavor::Chat, Extras::default());
+            let mut without = OpenAiCodec::new(Flavor::Chat, Extras::default());
+            for (text, field, index, finish, id, logprobs) in events {
+                let data = format!(
+                    r#"{{"id":"{}","choices":[{{"index":{index},"delta":{{"{}":"{}"}},"logprobs":{},"finish_reason":{}}}],"model":"m"}}"#,
+                    ["a", "b", "c"][usize::from(id)],
+                    FIELDS[field],
+                    TEXTS[text],
+                    if logprobs { r#"{"content":[]}"# } else { "null" },
+                    if finish { r#""stop""# } else { "null" },
+                );
+                without.template = None;
+                let a = read(&mut with, &data);
+                let b = read(&mut without, &data);
+                proptest::prop_assert_eq!(a, b, "{}", data);
+                proptest::prop_assert_eq!(&with.choices, &without.choices);
+            }
+        }
     }
 
     #[test]

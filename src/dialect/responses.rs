@@ -641,7 +641,7 @@ struct WireDelta<'a> {
     content_index: Option<u64>,
     #[serde(default)]
     summary_index: Option<u64>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::json::borrowed_text")]
     delta: Option<Cow<'a, str>>,
     #[serde(default)]
     sequence_number: Option<u64>,

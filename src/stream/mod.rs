@@ -3,6 +3,7 @@
 
 pub mod guard;
 pub mod sse;
+pub mod template;
 
 use std::future::Future;
 use std::pin::Pin;
