@@ -26,6 +26,7 @@ use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
 use crate::stream::sse::RawEvent;
+use crate::stream::template::Template;
 
 /// Channel kinds inside a content block.
 pub const KIND_TEXT: u32 = 0;
@@ -298,10 +299,25 @@ enum Kind {
 /// One stream event kept for re-rendering.
 pub struct Event {
     name: String,
+    /// The event as a tree; `Null` for a delta read from the template (see `repeated`).
     json: Value,
+    /// The data of a delta read from the template, parsed only if it must be rewritten.
+    repeated: Option<String>,
     kind: Kind,
     paths: Vec<Vec<Seg>>,
     keys: Vec<ChannelKey>,
+}
+
+/// The last text delta read in full, kept as a [`Template`]: a delta that repeats it but for
+/// its text is read from it.
+struct RepeatedDelta {
+    template: Template,
+    /// The `event:` field it came with (a repeat must come with the same).
+    field: Option<String>,
+    /// Its event name, text path and channel.
+    name: String,
+    path: Vec<Seg>,
+    key: ChannelKey,
 }
 
 /// Labels riding on an Anthropic stream.
@@ -326,6 +342,7 @@ pub struct AnthropicCodec {
     /// The upstream's `message_delta.delta` as released.
     final_delta: Option<Value>,
     labels: Option<Labels>,
+    template: Option<RepeatedDelta>,
 }
 
 impl AnthropicCodec {
@@ -343,7 +360,39 @@ impl AnthropicCodec {
                 started: false,
                 ended: false,
             }),
+            template: None,
         }
+    }
+
+    /// A text delta that repeats the template but for its text (see [`Template`]).
+    fn repeat(&self, ev: &RawEvent) -> Option<Parsed<Event>> {
+        let r = self.template.as_ref()?;
+        if ev.event != r.field || !self.extras.patterns.is_empty() {
+            return None;
+        }
+        let data = ev.data.as_deref()?.trim();
+        let text = r.template.fill(data)?;
+        let (paths, keys, pieces) = if text.is_empty() {
+            (Vec::new(), Vec::new(), Vec::new())
+        } else {
+            let piece = TextPiece {
+                channel: scan_channel(r.key),
+                text: text.to_owned(),
+            };
+            (vec![r.path.clone()], vec![r.key], vec![piece])
+        };
+        Some(Parsed {
+            event: Some(Event {
+                name: r.name.clone(),
+                json: Value::Null,
+                repeated: Some(data.to_owned()),
+                kind: Kind::Delta,
+                paths,
+                keys,
+            }),
+            pieces,
+            terminal: false,
+        })
     }
 
     fn next_index(&self) -> u32 {
@@ -430,6 +479,9 @@ impl EventCodec for AnthropicCodec {
     type Event = Event;
 
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
+        if let Some(p) = self.repeat(ev) {
+            return Ok(p);
+        }
         let json = match event_data(ev)? {
             EventData::None => return Ok(Parsed::passthrough()),
             EventData::Done => return Ok(Parsed::terminal()),
@@ -510,6 +562,20 @@ impl EventCodec for AnthropicCodec {
                 if !field.is_empty() {
                     match d.get(field) {
                         Some(Value::String(s)) => {
+                            if let Some(data) = ev.data.as_deref().map(str::trim) {
+                                // Kept only when the extra fields add nothing (they may differ
+                                // between deltas of the same frame).
+                                self.template = Template::of(data, s)
+                                    .filter(|_| self.extras.patterns.is_empty())
+                                    .map(|template| RepeatedDelta {
+                                        template,
+                                        field: ev.event.clone(),
+                                        name: ev.event.clone().unwrap_or_else(|| ty.clone()),
+                                        path: vec![key("delta"), key(field)],
+                                        key: (index, kind),
+                                    })
+                                    .or(self.template.take());
+                            }
                             add(vec![key("delta"), key(field)], (index, kind), s.clone())
                         }
                         Some(Value::Null) | None => {}
@@ -538,6 +604,7 @@ impl EventCodec for AnthropicCodec {
             event: Some(Event {
                 name: ev.event.clone().unwrap_or(ty),
                 json,
+                repeated: None,
                 kind,
                 paths,
                 keys,
@@ -582,14 +649,16 @@ impl EventCodec for AnthropicCodec {
             let Some(l) = self.labels.as_mut() else {
                 continue;
             };
-            if let Some((label, Position::Start | Position::Both)) = l.text.explicit.clone() {
-                if !l.started && event.kind == Kind::Delta {
-                    l.started = true;
-                    let t = format!("{label}\n");
-                    l.delivered.push_str(&t);
-                    crate::label::record("text", "explicit", "ok");
-                    before.push(text_delta(k.0, &t));
-                }
+            if l.started || event.kind != Kind::Delta {
+                l.delivered.push_str(text);
+                continue;
+            }
+            if let Some((label, Position::Start | Position::Both)) = &l.text.explicit {
+                let t = format!("{label}\n");
+                l.started = true;
+                l.delivered.push_str(&t);
+                crate::label::record("text", "explicit", "ok");
+                before.push(text_delta(k.0, &t));
             }
             l.delivered.push_str(text);
         }
@@ -607,7 +676,11 @@ impl EventCodec for AnthropicCodec {
     }
 
     fn render(&self, event: &Event, texts: &[String]) -> Bytes {
-        let mut v = event.json.clone();
+        let mut v = match &event.repeated {
+            // Read in full before (as the template), so it parses.
+            Some(data) => serde_json::from_str(data).unwrap_or(Value::Null),
+            None => event.json.clone(),
+        };
         for (path, text) in event.paths.iter().zip(texts) {
             if matches!(path.last(), Some(Seg::Key(k)) if k == "input") {
                 // A tool input is an object: put back the rewritten JSON (a mask inside a string
@@ -676,6 +749,67 @@ mod tests {
             data: Some(v.to_string()),
             event: Some(name.into()),
         }
+    }
+
+    /// What a parse gave, in a form to compare: pieces, and the event's name, paths and keys
+    /// and how it renders with its own texts.
+    type Read = (
+        Vec<TextPiece>,
+        Option<(String, Vec<Vec<Seg>>, Vec<ChannelKey>, Bytes)>,
+    );
+
+    fn read(c: &mut AnthropicCodec, ev: &RawEvent) -> Read {
+        let p = c.parse(ev).unwrap();
+        let texts: Vec<String> = p.pieces.iter().map(|p| p.text.clone()).collect();
+        let event = p.event.map(|e| {
+            let rendered = c.render(&e, &texts);
+            (e.name, e.paths, e.keys, rendered)
+        });
+        (p.pieces, event)
+    }
+
+    proptest::proptest! {
+        /// A codec that reads repeated deltas from its template reads every event as one that
+        /// reads each in full.
+        #[test]
+        fn template_reads_equal_full_reads(
+            events in proptest::collection::vec((0usize..5, 0u32..2, 0usize..3, proptest::bool::ANY), 1..14)
+        ) {
+            const TEXTS: [&str; 5] = ["tok ", "", "你好，", "a\nb", "q\"x"];
+            let mut with = AnthropicCodec::new(Extras::default(), None);
+            let mut without = AnthropicCodec::new(Extras::default(), None);
+            for (text, index, kind, named) in events {
+                let (ty, field) = [("text_delta", "text"), ("thinking_delta", "thinking"), ("input_json_delta", "partial_json")][kind];
+                let v = json!({"type": "content_block_delta", "index": index, "delta": {"type": ty, field: TEXTS[text]}});
+                let mut ev = raw("content_block_delta", v);
+                if !named {
+                    ev.event = None;
+                }
+                without.template = None;
+                let a = read(&mut with, &ev);
+                let b = read(&mut without, &ev);
+                proptest::prop_assert_eq!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_deltas_are_read_from_the_template() {
+        let mut c = AnthropicCodec::new(Extras::default(), None);
+        let delta = |t: &str| {
+            raw(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+            )
+        };
+        read(&mut c, &delta("one"));
+        assert!(c.template.is_some());
+        let p = c.parse(&delta("二 two")).unwrap();
+        assert_eq!(p.pieces[0].text, "二 two");
+        assert!(
+            p.event.is_some_and(|e| e.json.is_null()),
+            "read without a tree"
+        );
     }
 
     #[test]

@@ -701,8 +701,8 @@ impl OpenAiCodec {
                 }
             }
         }
-        if let [(key, Cow::Borrowed(text))] = texts.as_slice() {
-            if let Some(template) = Template::new(data, text) {
+        if let [(key, text)] = texts.as_slice() {
+            if let Some(template) = Template::of(data, text) {
                 self.template = Some(Repeated {
                     template,
                     key: *key,
@@ -914,19 +914,20 @@ impl EventCodec for OpenAiCodec {
         after: &mut Vec<Bytes>,
     ) {
         let content = self.content_field();
-        let mut with_content = Vec::new();
         for (key, text) in event.keys.iter().zip(texts) {
             if key.1 != content {
                 continue;
             }
             let choice = key.0;
             let start_label = self.labels.as_mut().and_then(|l| {
-                let (label, pos) = l.text.explicit.clone()?;
-                if !matches!(pos, Position::Start | Position::Both) || l.started.contains(&choice) {
+                if l.started.contains(&choice) {
                     return None;
                 }
+                let t = match &l.text.explicit {
+                    Some((label, Position::Start | Position::Both)) => format!("{label}\n"),
+                    _ => return None,
+                };
                 l.started.push(choice);
-                let t = format!("{label}\n");
                 l.push(choice, &t);
                 Some(t)
             });
@@ -937,13 +938,12 @@ impl EventCodec for OpenAiCodec {
             if let Some(l) = self.labels.as_mut() {
                 l.push(choice, text);
             }
-            with_content.push(choice);
         }
         for &choice in &event.finishes {
             if let Some(b) = self.end_label(choice) {
                 // The label follows the choice's last text: before its finish chunk, or after a
                 // chunk that carries both its last text and its finish reason.
-                if with_content.contains(&choice) {
+                if event.keys.contains(&(choice, content)) {
                     after.push(b);
                 } else {
                     before.push(b);

@@ -161,6 +161,8 @@ pub struct Guard<C: EventCodec> {
     ended: bool,
     /// `shenhe_scan_duration_seconds{direction="completion"}`, looked up once per stream.
     scan_time: prometheus::Histogram,
+    /// Room for an event's scan steps, kept from one event to the next.
+    steps: Vec<(usize, ScanStep)>,
 }
 
 impl<C: EventCodec> Guard<C> {
@@ -178,6 +180,7 @@ impl<C: EventCodec> Guard<C> {
             finished: false,
             ended: false,
             scan_time: metrics().scan_completion.clone(),
+            steps: Vec::new(),
         }
     }
 
@@ -240,7 +243,7 @@ impl<C: EventCodec> Guard<C> {
         };
         let mut pieces = Vec::with_capacity(parsed.pieces.len());
         let mut texts = Vec::with_capacity(parsed.pieces.len());
-        let mut steps = Vec::new();
+        let mut steps = std::mem::take(&mut self.steps);
         for p in parsed.pieces {
             let ci = self.channel_index(p.channel);
             let ch = &mut self.channels[ci];
@@ -259,12 +262,13 @@ impl<C: EventCodec> Guard<C> {
             pieces,
             texts,
         });
-        for (ci, step) in steps {
+        for (ci, step) in steps.drain(..) {
             if self.apply_step(ci, step, out) {
                 self.observe(started);
                 return;
             }
         }
+        self.steps = steps;
         if parsed.terminal {
             self.finish_scanners(out);
             if self.finished {

@@ -20,22 +20,23 @@ pub struct Template {
 }
 
 impl Template {
-    /// A template of `data` whose variable part is `text`, which must be a string value of
-    /// `data` borrowed from it as it stands (without escapes): `None` otherwise.
-    pub fn new(data: &str, text: &str) -> Option<Template> {
-        // Where `text` lies in `data`, from their addresses (a borrowed value points into it).
-        let start = (text.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
-        let end = start.checked_add(text.len())?;
-        let b = data.as_bytes();
-        let quoted = start >= 1
-            && end < b.len()
-            && b[start - 1] == b'"'
-            && b[end] == b'"'
-            && plain(&b[start..end]);
-        quoted.then(|| Template {
+    /// A template of `data` whose variable part is the string value `text`, which must stand
+    /// in `data` as it is (no escapes) and be the only quoted run of those bytes there (so it
+    /// is that value, not a stretch across tokens): `None` otherwise.
+    pub fn of(data: &str, text: &str) -> Option<Template> {
+        if !plain(text.as_bytes()) {
+            return None;
+        }
+        let quoted = format!("\"{text}\"");
+        let mut at = memchr::memmem::find_iter(data.as_bytes(), quoted.as_bytes());
+        let first = at.next()?;
+        if at.next().is_some() {
+            return None;
+        }
+        Some(Template {
             data: data.to_owned(),
-            start,
-            end,
+            start: first + 1,
+            end: first + 1 + text.len(),
         })
     }
 
@@ -66,8 +67,7 @@ mod tests {
     const EV: &str = r#"{"choices":[{"delta":{"content":"tok "},"index":0}],"id":"x"}"#;
 
     fn template() -> Template {
-        let i = EV.find("tok ").unwrap();
-        Template::new(EV, &EV[i..i + 4]).unwrap()
+        Template::of(EV, "tok ").unwrap()
     }
 
     #[test]
@@ -102,18 +102,18 @@ mod tests {
     }
 
     #[test]
-    fn needs_a_string_borrowed_from_the_event() {
-        assert!(Template::new(EV, "tok ").is_none(), "not inside the event");
-        let i = EV.find("choices").unwrap();
+    fn needs_the_one_string_of_those_bytes() {
+        assert!(Template::of(EV, "tik").is_none(), "not in the event");
+        assert!(Template::of(EV, "cho").is_none(), "not a whole string");
         assert!(
-            Template::new(EV, &EV[i..i + 3]).is_none(),
-            "not a whole string"
-        );
-        let esc = r#"{"a":"x\ty"}"#;
-        let i = esc.find('x').unwrap();
-        assert!(
-            Template::new(esc, &esc[i..i + 4]).is_none(),
+            Template::of(r#"{"a":"x\ty"}"#, "x\ty").is_none(),
             "an escape inside"
         );
+        // `","` is both the value and the run between the two other strings.
+        assert!(
+            Template::of(r#"{"a":"x","b":","}"#, ",").is_none(),
+            "not the only run"
+        );
+        assert!(Template::of(r#"{"a":"x","b":"y"}"#, "y").is_some());
     }
 }
