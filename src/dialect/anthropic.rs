@@ -371,7 +371,7 @@ impl AnthropicCodec {
             return None;
         }
         let data = ev.data.as_deref()?.trim();
-        let text = r.template.fill(data)?;
+        let text = r.template.fill(data)?.text;
         let (paths, keys, pieces) = if text.is_empty() {
             (Vec::new(), Vec::new(), Vec::new())
         } else {

@@ -753,7 +753,7 @@ impl OpenAiCodec {
     /// A chunk that repeats the template but for its text (see [`Template`]).
     fn repeat(&mut self, data: &str) -> Option<Parsed<Chunk>> {
         let r = self.template.as_ref()?;
-        let text = r.template.fill(data)?;
+        let text = r.template.fill(data)?.text;
         let (key, notes) = (r.key, r.notes.clone());
         let (keys, pieces) = if text.is_empty() {
             (Vec::new(), Vec::new())

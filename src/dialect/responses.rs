@@ -33,6 +33,7 @@ use crate::dialect::error::{ApiError, ErrorKind};
 use crate::label::Position;
 use crate::stream::guard::{ChannelKey, CodecError, EventCodec, Parsed, TextPiece};
 use crate::stream::sse::RawEvent;
+use crate::stream::template::Template;
 
 /// Prompt fields: instructions, and the text of every input item.
 const PROMPT: &[&str] = &[
@@ -373,6 +374,20 @@ pub struct ResponsesCodec {
     labels: Option<StreamLabels>,
     /// Output text parts by (output, part): the text their deltas spelled as read, and as sent.
     parts: BTreeMap<(u32, u32), (String, String)>,
+    /// The last text delta read in full: a delta that repeats it but for its text and
+    /// `sequence_number` is read from it.
+    template: Option<RepeatedDelta>,
+}
+
+/// A text delta kept as a [`Template`], with what its full read found besides the text.
+struct RepeatedDelta {
+    template: Template,
+    /// The `event:` field it came with (a repeat must come with the same).
+    field: Option<String>,
+    ty: String,
+    output: u32,
+    part: u32,
+    kind: u32,
 }
 
 /// Labels on a Responses stream: the explicit label as its own `output_text.delta` in each text
@@ -431,6 +446,7 @@ impl ResponsesCodec {
             added: 0,
             labels: None,
             parts: BTreeMap::new(),
+            template: None,
         }
     }
 
@@ -651,7 +667,7 @@ impl ResponsesCodec {
     /// A text delta (most events of a stream) read into a small borrowed struct, without a JSON
     /// tree, as `parse_tree` reads it. `None` for any other event, and for a delta the tree
     /// path must read: configured extra fields, a field of another type.
-    fn quick_delta(&self, ev: &RawEvent) -> Option<Parsed<Event>> {
+    fn quick_delta(&mut self, ev: &RawEvent) -> Option<Parsed<Event>> {
         // A named event that is no delta (the large ones that repeat the whole text among
         // them) goes to the tree at once, not read twice.
         let named_delta = ev.event.as_deref().map(delta_kind);
@@ -659,6 +675,9 @@ impl ResponsesCodec {
             return None;
         }
         let data = ev.data.as_deref()?;
+        if let Some(p) = self.repeat(ev, data) {
+            return Some(p);
+        }
         // Any error (a field of another type, a duplicate of one read here) is the tree's to
         // report or to read.
         let w: WireDelta = serde_json::from_str(data).ok()?;
@@ -674,6 +693,21 @@ impl ResponsesCodec {
         let mut paths = Vec::new();
         let mut pieces = Vec::new();
         if let Some(d) = w.delta.filter(|d| !d.is_empty()) {
+            // The next deltas of this part differ from this one in their text and number.
+            let template = Template::of(data, &d).and_then(|t| match w.sequence_number {
+                Some(_) => t.with_counter("sequence_number"),
+                None => Some(t),
+            });
+            if let Some(template) = template {
+                self.template = Some(RepeatedDelta {
+                    template,
+                    field: ev.event.clone(),
+                    ty: w.ty.to_string(),
+                    output,
+                    part,
+                    kind,
+                });
+            }
             paths.push(vec![Seg::Key("delta".into())]);
             pieces.push(TextPiece {
                 channel: delta_channel(output, kind, part),
@@ -688,6 +722,40 @@ impl ResponsesCodec {
                 raw: Some(data.into()),
                 seq: w.sequence_number,
                 kind: Kind::Delta { output, part, kind },
+                paths,
+            }),
+            pieces,
+            terminal: false,
+        })
+    }
+
+    /// A text delta that repeats the template but for its text and number (see [`Template`]).
+    fn repeat(&self, ev: &RawEvent, data: &str) -> Option<Parsed<Event>> {
+        let r = self.template.as_ref()?;
+        if ev.event != r.field {
+            return None;
+        }
+        let f = r.template.fill(data)?;
+        let (mut paths, mut pieces) = (Vec::new(), Vec::new());
+        if !f.text.is_empty() {
+            paths.push(vec![Seg::Key("delta".into())]);
+            pieces.push(TextPiece {
+                channel: delta_channel(r.output, r.kind, r.part),
+                text: f.text.to_owned(),
+            });
+        }
+        Some(Parsed {
+            event: Some(Event {
+                name: ev.event.clone(),
+                ty: r.ty.clone(),
+                json: Value::Null,
+                raw: Some(data.into()),
+                seq: f.counter,
+                kind: Kind::Delta {
+                    output: r.output,
+                    part: r.part,
+                    kind: r.kind,
+                },
                 paths,
             }),
             pieces,
@@ -1031,6 +1099,60 @@ impl EventCodec for ResponsesCodec {
 mod tests {
     use super::*;
 
+    type Read = (
+        Vec<TextPiece>,
+        Option<(
+            Option<String>,
+            String,
+            Option<Box<str>>,
+            Option<u64>,
+            Kind,
+            Vec<Vec<Seg>>,
+        )>,
+    );
+
+    fn read(c: &mut ResponsesCodec, ev: &RawEvent) -> Read {
+        let p = c.parse(ev).unwrap();
+        let event = p
+            .event
+            .map(|e| (e.name, e.ty, e.raw, e.seq, e.kind, e.paths));
+        (p.pieces, event)
+    }
+
+    proptest::proptest! {
+        /// A codec that reads repeated deltas from its template reads every event as one that
+        /// reads each in full.
+        #[test]
+        fn template_reads_equal_full_reads(
+            events in proptest::collection::vec(
+                (0usize..5, 0u32..2, 0usize..2, proptest::option::of(0u64..2000), proptest::bool::ANY),
+                1..14,
+            )
+        ) {
+            const TEXTS: [&str; 5] = ["tok ", "", "你好，", "a\nb", "q\"x"];
+            let mut with = ResponsesCodec::new(Extras::default());
+            let mut without = ResponsesCodec::new(Extras::default());
+            for (text, part, ty, seq, named) in events {
+                let ty = ["response.output_text.delta", "response.reasoning_text.delta"][ty];
+                let mut v = json!({"type": ty, "item_id": "m", "output_index": 0, "content_index": part, "delta": TEXTS[text]});
+                if let Some(n) = seq {
+                    v["sequence_number"] = json!(n);
+                }
+                let data = v.to_string();
+                let ev = RawEvent {
+                    raw: Bytes::from(format!("data: {data}\n\n")),
+                    data: Some(data),
+                    event: named.then(|| ty.to_string()),
+                };
+                without.template = None;
+                let a = read(&mut with, &ev);
+                let b = read(&mut without, &ev);
+                proptest::prop_assert_eq!(a, b);
+                proptest::prop_assert_eq!(&with.parts, &without.parts);
+            }
+        }
+    }
+
     #[test]
     fn prompt_covers_input_items_and_instructions() {
         let req = json!({"instructions": "ins", "input": [
@@ -1118,7 +1240,7 @@ mod tests {
         ] {
             assert!(c.quick_delta(&ev(data)).is_none(), "{data}");
         }
-        let with_extras = ResponsesCodec::new(Extras::parse(&["x".into()]).unwrap());
+        let mut with_extras = ResponsesCodec::new(Extras::parse(&["x".into()]).unwrap());
         assert!(with_extras.quick_delta(&ev(deltas[0])).is_none());
         // Named events: a delta's name lets it through, any other name sends it to the tree.
         let named = |name: &str| RawEvent {
