@@ -562,19 +562,21 @@ impl EventCodec for AnthropicCodec {
                 if !field.is_empty() {
                     match d.get(field) {
                         Some(Value::String(s)) => {
-                            if let Some(data) = ev.data.as_deref().map(str::trim) {
-                                // Kept only when the extra fields add nothing (they may differ
-                                // between deltas of the same frame).
-                                self.template = Template::of(data, s)
-                                    .filter(|_| self.extras.patterns.is_empty())
-                                    .map(|template| RepeatedDelta {
-                                        template,
-                                        field: ev.event.clone(),
-                                        name: ev.event.clone().unwrap_or_else(|| ty.clone()),
-                                        path: vec![key("delta"), key(field)],
-                                        key: (index, kind),
-                                    })
-                                    .or(self.template.take());
+                            // Kept only when the extra fields add nothing (they may differ
+                            // between deltas of the same frame).
+                            let template = ev
+                                .data
+                                .as_deref()
+                                .filter(|_| self.extras.patterns.is_empty())
+                                .and_then(|data| Template::of(data.trim(), s));
+                            if let Some(template) = template {
+                                self.template = Some(RepeatedDelta {
+                                    template,
+                                    field: ev.event.clone(),
+                                    name: ev.event.clone().unwrap_or_else(|| ty.clone()),
+                                    path: vec![key("delta"), key(field)],
+                                    key: (index, kind),
+                                });
                             }
                             add(vec![key("delta"), key(field)], (index, kind), s.clone())
                         }

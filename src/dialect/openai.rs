@@ -718,7 +718,7 @@ impl OpenAiCodec {
                 text: t.into_owned(),
             })
             .collect();
-        self.parsed(data.to_string(), pieces, keys, notes)
+        self.parsed(data.to_string(), pieces, keys, &notes)
     }
 
     /// Keep the chunk fields that the stream's own chunks repeat (a stop, a label). A change
@@ -752,9 +752,13 @@ impl OpenAiCodec {
 
     /// A chunk that repeats the template but for its text (see [`Template`]).
     fn repeat(&mut self, data: &str) -> Option<Parsed<Chunk>> {
-        let r = self.template.as_ref()?;
-        let text = r.template.fill(data)?.text;
-        let (key, notes) = (r.key, r.notes.clone());
+        // Taken out for the call below, which needs the codec, and put back after it.
+        let r = self.template.take()?;
+        let Some(text) = r.template.fill(data).map(|f| f.text) else {
+            self.template = Some(r);
+            return None;
+        };
+        let key = r.key;
         let (keys, pieces) = if text.is_empty() {
             (Vec::new(), Vec::new())
         } else {
@@ -764,7 +768,9 @@ impl OpenAiCodec {
             };
             (vec![key], vec![piece])
         };
-        Some(self.parsed(data.to_string(), pieces, keys, notes))
+        let parsed = self.parsed(data.to_string(), pieces, keys, &r.notes);
+        self.template = Some(r);
+        Some(parsed)
     }
 
     fn parsed(
@@ -772,11 +778,11 @@ impl OpenAiCodec {
         data: String,
         pieces: Vec<TextPiece>,
         keys: Vec<ChannelKey>,
-        notes: Vec<(u32, bool)>,
+        notes: &[(u32, bool)],
     ) -> Parsed<Chunk> {
         // A choice counts as finished only once its finishing chunk is released to the client.
         let finishes = notes.iter().filter(|(_, f)| *f).map(|(i, _)| *i).collect();
-        for (i, _) in notes {
+        for &(i, _) in notes {
             self.note_choice(i, false);
         }
         Parsed {
@@ -903,7 +909,7 @@ impl EventCodec for OpenAiCodec {
             });
         }
         let data = ev.data.as_deref().unwrap_or_default().trim().to_string();
-        Ok(self.parsed(data, pieces, keys, notes))
+        Ok(self.parsed(data, pieces, keys, &notes))
     }
 
     fn on_release(
