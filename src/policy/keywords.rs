@@ -310,6 +310,10 @@ pub(super) struct Automaton {
     /// One bit per BMP character: whether the root's successor along it can still grow (its
     /// live length, `depth_live`, is the character's rather than 0). See [`Automaton::live`].
     d1_live_bits: Box<[u64; 0x1_0000 / 64]>,
+    /// The live length of each depth-two state, by `(id - d1_end) / 4` (a state is four words
+    /// at least): like `d1_live_bits`, it spares a stream a load of the state itself, which the
+    /// filters step past and is seldom in cache when the stream asks after a piece.
+    d2_live: Box<[u8]>,
     /// The state after two ASCII characters from the root, by `a << 7 | b` (`ROOT`: none): from
     /// a depth-one state, one load where English text would pass the pair filter at nearly
     /// every letter and probe a large hashed run. Fixed-size tables: indexes need no checks.
@@ -477,6 +481,7 @@ impl Automaton {
             root_next: table(ROOT)?,
             used_bits: table(0)?,
             d1_live_bits: table(0)?,
+            d2_live: vec![0; (d2_end - d1_end) as usize / HEADER + 1].into_boxed_slice(),
             ascii2: table(ROOT)?,
             ascii3: Box::new([]),
             ascii_class: [0; 128],
@@ -533,6 +538,12 @@ impl Automaton {
             let t = a.root_next[c] & !OUT;
             if t != ROOT && a.depth_live(t).1 != 0 {
                 a.d1_live_bits[c >> 6] |= 1 << (c & 63);
+            }
+        }
+        for &s in &states {
+            if (d1_end..d2_end).contains(&s) {
+                // Two characters of four bytes at most: the live length fits a byte.
+                a.d2_live[(s - d1_end) as usize / HEADER] = a.depth_live(s).1 as u8;
             }
         }
         for t in sorted {
@@ -832,9 +843,9 @@ impl Automaton {
     }
 
     /// The live length of `depth_live(s)`, for state `s` reached by reading `p1` last: with
-    /// no look at the state when it is the root or at depth one. A stream asks after every
-    /// piece, and a depth-one state's memory is seldom read otherwise (the pair filter steps
-    /// past it), so the look would be a cache miss on most pieces.
+    /// no look at the state when it is at depth two or less. A stream asks after every
+    /// piece, and the memory of a state at depth one or two is seldom read otherwise (the
+    /// filters step past it), so the look would be a cache miss on most pieces.
     #[inline]
     pub(super) fn live(&self, s: u32, p1: u32) -> usize {
         let t = s & !OUT;
@@ -847,6 +858,8 @@ impl Automaton {
                 Some(c) if grows => c.len_utf8(),
                 _ => 0,
             }
+        } else if (self.d1_end..self.d2_end).contains(&t) {
+            usize::from(self.d2_live[(t - self.d1_end) as usize / HEADER])
         } else {
             self.depth_live(s).1
         };
@@ -909,6 +922,7 @@ impl Automaton {
             + std::mem::size_of_val(&*self.root_next)
             + std::mem::size_of_val(&*self.used_bits)
             + std::mem::size_of_val(&*self.d1_live_bits)
+            + self.d2_live.len()
             + std::mem::size_of_val(&*self.ascii2)
             + std::mem::size_of_val(&*self.ascii3)
             + self.pairs.memory_usage()

@@ -742,11 +742,17 @@ impl Normalizer {
     }
 
     /// Normalize one piece whose first byte is at original offset `base`, appending to `out`.
+    ///
+    /// Inlined, with the runs of common text (ASCII words, separators between them, CJK that
+    /// maps to itself) read here and any other character through [`Normalizer::slow_char`]: a
+    /// stream calls this with every token, and a loop holding every path would cost as much
+    /// to set up as a piece of a few bytes costs to read.
+    #[inline(always)]
     pub fn feed<E: Emit>(&self, st: &mut NormState, piece: &str, base: usize, out: &mut E) {
         let bytes = piece.as_bytes();
         out.reserve(bytes.len() + 4);
-        let mut i = 0;
         let mut scratch = Vec::new();
+        let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
             if b < 0x80 {
@@ -772,20 +778,7 @@ impl Normalizer {
                     i = next;
                     continue;
                 }
-                let e = self.table.bmp[b as usize];
-                let ch = (e & CHAR_MASK) as u8 as char;
-                self.step(
-                    st,
-                    ch,
-                    Class::from_bits(e >> CLASS_SHIFT),
-                    base + i,
-                    base + i + 1,
-                    out,
-                );
-                i += 1;
-                continue;
-            }
-            if self.ascii_fast && (0xE0..0xF0).contains(&b) && st.held.is_none() {
+            } else if self.ascii_fast && (0xE0..0xF0).contains(&b) && st.held.is_none() {
                 // Fast path: a run of three-byte characters (the BMP beyond U+0800: all common
                 // CJK) that normalize to themselves as CJK is copied as it is. With nothing
                 // held, each would only clear the pending separator run and emit itself.
@@ -799,29 +792,45 @@ impl Normalizer {
                     continue;
                 }
             }
-            let Some(c) = piece[i..].chars().next() else {
-                break;
-            };
-            let n = c.len_utf8();
-            let (os, oe) = (base + i, base + i + n);
-            i += n;
-            if (c as u32) < 0x1_0000 {
-                let e = self.table.bmp[c as usize];
-                if e & MULTI != 0 {
-                    for &(d, class) in self.table.multi[(e & !MULTI) as usize].iter() {
-                        self.step(st, d, class, os, oe, out);
-                    }
-                } else if e & REMOVED == 0 {
-                    let d = char::from_u32(e & CHAR_MASK).unwrap_or(c);
-                    self.step(st, d, Class::from_bits(e >> CLASS_SHIFT), os, oe, out);
-                }
-            } else {
-                map_slow(c, &self.table.flags, &mut scratch);
-                for &(d, class) in &scratch {
+            i = self.slow_char(st, piece, i, base, out, &mut scratch);
+        }
+    }
+
+    /// The character at `piece[i]`, the general way: through the table (or, beyond the BMP,
+    /// `map_slow` into `scratch`) and the separator rule one output character at a time.
+    /// Returns where the next character starts.
+    #[inline(never)]
+    fn slow_char<E: Emit>(
+        &self,
+        st: &mut NormState,
+        piece: &str,
+        i: usize,
+        base: usize,
+        out: &mut E,
+        scratch: &mut Vec<(char, Class)>,
+    ) -> usize {
+        let Some(c) = piece[i..].chars().next() else {
+            return piece.len();
+        };
+        let n = c.len_utf8();
+        let (os, oe) = (base + i, base + i + n);
+        if (c as u32) < 0x1_0000 {
+            let e = self.table.bmp[c as usize];
+            if e & MULTI != 0 {
+                for &(d, class) in self.table.multi[(e & !MULTI) as usize].iter() {
                     self.step(st, d, class, os, oe, out);
                 }
+            } else if e & REMOVED == 0 {
+                let d = char::from_u32(e & CHAR_MASK).unwrap_or(c);
+                self.step(st, d, Class::from_bits(e >> CLASS_SHIFT), os, oe, out);
+            }
+        } else {
+            map_slow(c, &self.table.flags, scratch);
+            for &(d, class) in scratch.iter() {
+                self.step(st, d, class, os, oe, out);
             }
         }
+        i + n
     }
 
     /// English-like text (`tok tok tok`): after a word of two characters at least, one space

@@ -155,11 +155,14 @@ impl ScanCore {
         let kw_hold = match &mut self.walk {
             Some(walk) => {
                 let hits = walk.hits();
-                out.extend(
-                    hits.iter()
-                        .map(|h| policy.keyword_finding(h.meta, h.start..h.end)),
-                );
-                hits.clear();
+                // Most pieces of a stream find nothing: skip the extend's set-up.
+                if !hits.is_empty() {
+                    out.extend(
+                        hits.iter()
+                            .map(|h| policy.keyword_finding(h.meta, h.start..h.end)),
+                    );
+                    hits.clear();
+                }
                 walk.hold(kws)
             }
             None => {
@@ -190,11 +193,12 @@ impl ScanCore {
                 released = released.min(p);
             }
         }
-        for (det, cursor) in policy
-            .detectors_for(dir)
-            .iter()
-            .zip(self.det_cursors.iter_mut())
-        {
+        let detectors = if self.det_cursors.is_empty() {
+            &[]
+        } else {
+            policy.detectors_for(dir)
+        };
+        for (det, cursor) in detectors.iter().zip(self.det_cursors.iter_mut()) {
             self.spans.clear();
             det.step(
                 &self.orig,
