@@ -4,7 +4,14 @@
 //! Run with `cargo bench --bench policy`. Goals: scan ≥ 200 MB/s, streaming ≥ 50 MB/s,
 //! 1M-term compile ≤ 5 s and ≤ 300 MB.
 //!
-//! Latest (2026-12-06 04:40, a fast state: bare aho-corasick at 102 / 109 MB/s): realistic /
+//! Latest (2026-12-06 21:00–21:50, six runs interleaved with the code before bench/README.md
+//! item 26, the machine's usual state): realistic / worst, scan 104–106 / 112–113 MB/s (bare
+//! aho-corasick 84–94 / 91–94), streaming on 1–4-character pieces 58–59 / 54–55 MB/s against
+//! 52–55 / 51–53 before (82 against 90 ns a realistic piece), on 16–64-character pieces 98–100 /
+//! 101–104 MB/s. Some runs of either binary fell, in one shape or both, into a slow state
+//! (streaming 34–39 MB/s).
+//!
+//! At 04:40 (a fast state: bare aho-corasick at 102 / 109 MB/s): realistic /
 //! worst, scan 113 / 129 MB/s (1.10 / 1.18), streaming on 1–4-character pieces 58 / 60 MB/s
 //! (0.57 / 0.55), on 16–64-character pieces 104 / 116 MB/s.
 //!
