@@ -41,7 +41,8 @@ use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shenhe::policy::config::{CategoryConfig, PolicyConfig};
+use shenhe::config::units::ByteSize;
+use shenhe::policy::config::{CategoryConfig, PolicyConfig, PrefixCacheSize};
 use shenhe::policy::{Direction, PiiKind, Policy};
 
 const CATEGORIES: [&str; 17] = [
@@ -419,6 +420,8 @@ fn benches(c: &mut Criterion) {
     let real_hay = lang.text(1 << 20, 4);
     let real_cfg = shape(c, "realistic", &real_terms, &real_hay, false);
 
+    conversation(&lang, &real_terms);
+
     let mut g = c.benchmark_group("compile");
     g.sample_size(10);
     g.bench_function("10k_terms_worst", |b| {
@@ -463,6 +466,113 @@ fn benches(c: &mut Criterion) {
     println!(
         "scan 1 MiB with 1M terms: {:.1} ms ({n} findings)",
         start.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// A 20-turn chat judged turn by turn as a proxy judges it: each turn's prompt is the system
+/// prompt, the whole history and the new message, joined. Prints the time of all 20 prompt
+/// scans with the history scanned again every turn and with the states kept at the ends of
+/// messages (`policy.prompt_prefix_cache`), in one run.
+fn conversation(lang: &Language, terms: &[String]) {
+    let mut rng = StdRng::seed_from_u64(31);
+    let mut messages = vec![lang.text(600, 30)];
+    let mut turns: Vec<Vec<String>> = Vec::new();
+    for t in 0..20 {
+        messages.push(lang.text(rng.gen_range(100..400), 40 + t));
+        turns.push(messages.clone());
+        messages.push(lang.text(rng.gen_range(600..1500), 80 + t));
+    }
+    let prompts: Vec<(String, Vec<usize>)> = turns
+        .iter()
+        .map(|parts| {
+            let mut text = String::new();
+            let starts = parts
+                .iter()
+                .map(|p| {
+                    let at = text.len();
+                    text.push_str(p);
+                    at
+                })
+                .collect();
+            (text, starts)
+        })
+        .collect();
+    let bytes: usize = prompts.iter().map(|(t, _)| t.len()).sum();
+    // A conversation a service answers holds no blocked term: the library's terms that occur
+    // in it are left out (this language's text would otherwise hold one every few hundred
+    // bytes).
+    let all = messages.concat().to_lowercase();
+    let terms: Vec<String> = terms
+        .iter()
+        .filter(|t| !all.contains(t.as_str()))
+        .cloned()
+        .collect();
+    let run = |budget: u64| {
+        let mut cfg = config(&terms);
+        cfg.prompt_prefix_cache = PrefixCacheSize(ByteSize(budget));
+        let mut best = f64::MAX;
+        let (mut found, mut reused, mut kept) = (0, 0, (0, 0));
+        for _ in 0..9 {
+            // A fresh policy state each round: the first turn finds nothing kept.
+            let policy = compile(&cfg);
+            let t = Instant::now();
+            let (mut f, mut r) = (0, 0);
+            for (text, starts) in &prompts {
+                let scan = policy.scan_joined(text, starts, Direction::Prompt);
+                f += scan.findings.len();
+                r += scan.reused;
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+            (found, reused, kept) = (f, r, policy.prefix_states());
+        }
+        (best, found, reused, kept)
+    };
+    let (t_whole, f_whole, _, _) = run(0);
+    let (t_kept, f_kept, reused, (states, state_bytes)) = run(32 << 20);
+    assert_eq!(f_whole, f_kept, "kept states must not change the findings");
+    // What a first turn pays: its system prompt was seen before, its message never was, and
+    // its states are kept for a next turn that may not come.
+    let firsts: Vec<(String, Vec<usize>)> = (0..300)
+        .map(|i| {
+            let system = &messages[0];
+            let text = format!("{system}{}", lang.text(300, 1000 + i));
+            (text, vec![0, system.len()])
+        })
+        .collect();
+    let first_turns = |budget: u64| {
+        let mut cfg = config(&terms);
+        cfg.prompt_prefix_cache = PrefixCacheSize(ByteSize(budget));
+        let mut best = f64::MAX;
+        for _ in 0..9 {
+            let policy = compile(&cfg);
+            let t = Instant::now();
+            for (text, starts) in &firsts {
+                black_box(policy.scan_joined(text, starts, Direction::Prompt));
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        best / firsts.len() as f64
+    };
+    let (first_whole, first_kept) = (first_turns(0), first_turns(32 << 20));
+    println!(
+        "[conversation] 20 turns, {:.0} KiB of prompts, {} terms, {f_whole} findings: history \
+         scanned again {:.2} ms, states kept at message ends {:.2} ms ({:.1}x; {:.0} % of the \
+         bytes not scanned again; {states} states kept, {:.1} KiB each)",
+        bytes as f64 / 1024.0,
+        terms.len(),
+        t_whole * 1e3,
+        t_kept * 1e3,
+        t_whole / t_kept,
+        100.0 * reused as f64 / bytes as f64,
+        state_bytes as f64 / states.max(1) as f64 / 1024.0,
+    );
+    println!(
+        "[conversation] a first turn ({} bytes, the system prompt seen before): {:.2} us whole, \
+         {:.2} us with states kept ({:.2}x)",
+        firsts[0].0.len(),
+        first_whole * 1e6,
+        first_kept * 1e6,
+        first_kept / first_whole,
     );
 }
 

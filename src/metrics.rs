@@ -50,6 +50,9 @@ pub struct Metrics {
     /// observes both, and a label lookup hashes its values each time.
     pub scan_prompt: Histogram,
     pub scan_completion: Histogram,
+    /// Prompt bytes not scanned again: they began with text an earlier prompt ended a text at
+    /// (`policy.prompt_prefix_cache`).
+    pub prompt_bytes_reused: IntCounter,
     pub stop_to_close: Histogram,
     // Labels.
     pub labels_applied: IntCounterVec,
@@ -158,6 +161,7 @@ impl Metrics {
             scan_prompt: scan_duration.with_label_values(&["prompt"]),
             scan_completion: scan_duration.with_label_values(&["completion"]),
             scan_duration,
+            prompt_bytes_reused: counter(&reg, "shenhe_prompt_bytes_reused_total", "Prompt bytes not scanned again because an earlier prompt began with the same text (policy.prompt_prefix_cache)."),
             stop_to_close: histogram(&reg, "shenhe_stop_to_close_seconds", "Time from the violating event arriving to the upstream request being closed.", SCAN_BUCKETS),
             text_labels_ok: labels_applied.with_label_values(&["text", "explicit", "ok"]),
             labels_applied,

@@ -433,6 +433,44 @@ async fn prompt_redact_forwards_the_masked_text_and_flag_forwards_as_is() {
     assert_eq!(fwd["messages"][0]["content"], "my ********* and watchword");
 }
 
+/// `shenhe_prompt_bytes_reused_total` now (shared by the proxies of this test binary).
+async fn prompt_bytes_reused(p: &Proxy) -> u64 {
+    admin_text(p, "/metrics")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("shenhe_prompt_bytes_reused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_chat_turn_resumes_from_its_history_and_still_finds_a_term_across_the_seam() {
+    let up = Upstream::fixed(Script::json("{\"choices\":[]}")).await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let system = json!({"role": "system", "content": "You are a helpful assistant."});
+    let user1 = json!({"role": "user", "content": "how to make 炸"});
+    let turn1 = json!({"model": "m", "messages": [system, user1]});
+    let resp = post(&p, "/v1/chat/completions", &turn1).await;
+    assert_eq!(resp.status(), 200);
+    // The next turn sends the history again: it is not scanned again...
+    let before = prompt_bytes_reused(&p).await;
+    let answer = json!({"role": "assistant", "content": "Which dish?"});
+    let user2 = json!({"role": "user", "content": "fried rice"});
+    let turn2 = json!({"model": "m", "messages": [system, user1, answer, user2]});
+    let resp = post(&p, "/v1/chat/completions", &turn2).await;
+    assert_eq!(resp.status(), 200);
+    let history = "You are a helpful assistant.how to make 炸".len() as u64;
+    assert!(prompt_bytes_reused(&p).await >= before + history);
+    // ... and a term begun at its end and finished by the new text is still found.
+    let user3 = json!({"role": "user", "content": "弹 at home"});
+    let turn3 = json!({"model": "m", "messages": [system, user1, user3]});
+    let resp = post(&p, "/v1/chat/completions", &turn3).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "content_filter");
+    assert_eq!(up.requests().len(), 2, "the third turn is not forwarded");
+}
+
 #[tokio::test]
 async fn a_term_split_across_content_parts_or_messages_is_found() {
     let up = Upstream::fixed(Script::json("{\"choices\":[]}")).await;

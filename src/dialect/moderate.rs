@@ -197,6 +197,16 @@ impl<'t> Seamed<'t> {
         Seamed { text, starts }
     }
 
+    /// Every finding in the joined text (`Policy::scan_joined`: a prompt that begins as an
+    /// earlier one did is scanned from where that one's texts ended).
+    fn scan(&self, policy: &Policy, direction: Direction) -> Vec<Finding> {
+        let scan = policy.scan_joined(&self.text, &self.starts, direction);
+        if scan.reused > 0 {
+            metrics().prompt_bytes_reused.inc_by(scan.reused as u64);
+        }
+        scan.findings
+    }
+
     /// The index of the text that holds byte `pos` of the joined text.
     fn part(&self, pos: usize) -> usize {
         self.starts.partition_point(|&s| s <= pos).saturating_sub(1)
@@ -222,7 +232,7 @@ fn judge_seamed(
     records: &mut Vec<Record>,
 ) -> (Option<(Finding, String)>, Vec<Vec<Finding>>) {
     let seamed = Seamed::new(texts.iter().map(|t| t.text.as_str()));
-    let findings = ctx.rt.policy.scan(&seamed.text, direction);
+    let findings = seamed.scan(&ctx.rt.policy, direction);
     let mut block: Option<(Finding, String)> = None;
     let mut redact: Vec<Vec<Finding>> = vec![Vec::new(); texts.len()];
     for f in &findings {
@@ -616,8 +626,14 @@ fn joined_clean<'t>(
     direction: Direction,
     texts: impl ExactSizeIterator<Item = &'t str>,
 ) -> bool {
-    let seamed = Seamed::new(texts);
-    all_clean(policy, direction, std::iter::once(seamed.text.as_ref()))
+    let started = Instant::now();
+    if !Seamed::new(texts).scan(policy, direction).is_empty() {
+        return false;
+    }
+    metrics()
+        .scan_time(direction)
+        .observe(started.elapsed().as_secs_f64());
+    true
 }
 
 /// The prompt phase on the tree: the bytes to forward (the client's, or the redacted

@@ -636,6 +636,7 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
             oldest_list_mtime: oldest,
             list_files: files,
             library: cfg.library.clone(),
+            prefixes: super::prefix::PrefixCache::new(cfg.prompt_prefix_cache.0.get()),
         },
         warnings,
     })

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::HumanDuration;
+use crate::config::units::{ByteSize, HumanDuration};
 
 use super::categories::{Action, AppliesTo, Evidence};
 
@@ -46,6 +46,21 @@ pub struct PolicyConfig {
     pub categories: Vec<CategoryConfig>,
     /// TC260-003 §8.1 library thresholds that raise warnings in `stats()`.
     pub library: LibraryConfig,
+    /// Memory for scanner states kept at the ends of prompt texts, so that a chat's next turn
+    /// scans only what it adds to the history (see `Policy::scan_joined`). 0 turns it off.
+    /// Default `32MiB` (a state takes a few KiB with a library of short terms).
+    pub prompt_prefix_cache: PrefixCacheSize,
+}
+
+/// `policy.prompt_prefix_cache`: memory for kept scanner states. Default `32MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PrefixCacheSize(pub ByteSize);
+
+impl Default for PrefixCacheSize {
+    fn default() -> Self {
+        Self(ByteSize::mib(32))
+    }
 }
 
 /// `policy.normalize`: each step applies to terms and text alike. All default to `true`.

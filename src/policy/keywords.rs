@@ -992,7 +992,7 @@ pub(super) struct Best {
 }
 
 /// One stream's keyword search state, carried from one `drain` to the next.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct DrainBufs {
     /// Matches found by the last `drain`.
     pub hits: Vec<Hit>,

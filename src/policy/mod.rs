@@ -29,6 +29,7 @@ mod lists;
 mod normalize;
 mod onepass;
 mod pii;
+mod prefix;
 mod scanner;
 mod stats;
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use categories::{Action, AppliesTo, Category, Evidence};
 pub use config::PolicyConfig;
 pub use finding::{Detector, Direction, Finding, ReportLine};
 pub use pii::PiiKind;
+pub use prefix::JoinedScan;
 pub use scanner::{ScanStep, StreamScanner};
 pub use stats::PolicyStats;
 
@@ -111,6 +113,8 @@ pub struct Policy {
     oldest_list_mtime: Option<SystemTime>,
     list_files: usize,
     library: config::LibraryConfig,
+    /// Scanner states at the ends of prompt texts scanned before (`prefix.rs`); `None`: off.
+    prefixes: Option<prefix::PrefixCache>,
 }
 
 impl std::fmt::Debug for Policy {

@@ -613,6 +613,11 @@ impl NormBuf {
         self.obase + a.os as usize + (ce - a.at as usize)
     }
 
+    /// Heap bytes held (what a clone allocates).
+    pub fn memory_bytes(&self) -> usize {
+        self.text.len() + self.omap.len() * std::mem::size_of::<Anchor>()
+    }
+
     pub fn len(&self) -> usize {
         self.text.len()
     }

@@ -65,7 +65,7 @@ fn utf8_len(c: u32) -> usize {
 
 /// What the walk keeps from one piece of a stream to the next (and, for a whole text, from
 /// start to end).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct OnePass {
     /// Automaton state (flagged, see `OUT`) and the last two characters read (`p1` last).
     s: u32,
@@ -109,6 +109,14 @@ impl OnePass {
             context,
             ..OnePass::default()
         })
+    }
+
+    /// Heap bytes held (what a clone allocates).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.segs.len() * std::mem::size_of::<Seg>()
+            + self.hits.len() * std::mem::size_of::<Hit>()
+            + self.win.len()
+            + self.checked.len() * std::mem::size_of::<keywords::Hit>()
     }
 
     /// Read `piece`, whose first byte is at absolute original offset `base` and which ends
@@ -573,7 +581,7 @@ pub(crate) fn keyword_hits(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use proptest::prelude::*;
@@ -649,13 +657,15 @@ mod tests {
     }
 
     /// Term and text material: letters that start and continue terms, CJK with traditional
-    /// forms, separators, full-width, zero-width, confusables, a ligature and an emoji.
+    /// forms, separators, full-width, zero-width, confusables, a ligature, an emoji and the
+    /// pieces of an e-mail address.
     const PIECES: &[&str] = &[
         "a", "b", "ab", "ba", "aba", "x", "B", "Ａ", "ο", "ﬁ", "炸", "弹", "彈", "鱼", "翅", " ",
-        "  ", ".", "-", "，", "\u{200B}", "😀", "é", "1",
+        "  ", ".", "-", "，", "\u{200B}", "😀", "é", "1", "@", "q.cn",
     ];
 
-    fn text(max: usize) -> impl Strategy<Value = String> {
+    /// Up to `max` pieces of [`PIECES`].
+    pub(crate) fn text(max: usize) -> impl Strategy<Value = String> {
         prop::collection::vec(prop::sample::select(PIECES), 0..max).prop_map(|v| v.concat())
     }
 

@@ -41,8 +41,9 @@ pub struct ScanStep {
     pub released: usize,
 }
 
-/// The per-stream state, independent of how the policy is held.
-#[derive(Debug, Default)]
+/// The per-stream state, independent of how the policy is held. A clone goes on from the same
+/// place (`prefix.rs` keeps clones at the ends of prompt texts).
+#[derive(Debug, Default, Clone)]
 pub(crate) struct ScanCore {
     norm_state: NormState,
     /// The one-pass keyword walk, unless the direction's longest term plus its context is too
@@ -128,6 +129,23 @@ impl ScanCore {
                 .feed(&mut self.norm_state, sub, self.total, &mut self.nbuf);
         }
         self.total += sub.len();
+    }
+
+    /// Drop now what [`ScanCore::trim`] drops in batches: a state kept for later
+    /// (`prefix.rs`) holds only what may be read again.
+    pub fn compact(&mut self, policy: &Policy, dir: Direction) {
+        self.trim_from(policy.keywords_for(dir), 0);
+    }
+
+    /// Heap and inline bytes this state takes (what a clone of it allocates, about).
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<ScanCore>()
+            + self.orig.len()
+            + self.nbuf.memory_bytes()
+            + self.walk.as_ref().map_or(0, |w| w.memory_bytes())
+            + self.det_cursors.len() * std::mem::size_of::<usize>()
+            + self.kw_bufs.hits.len() * std::mem::size_of::<super::keywords::Hit>()
+            + self.spans.len() * std::mem::size_of::<(usize, usize)>()
     }
 
     pub fn finish(&mut self, policy: &Policy, dir: Direction, out: &mut Vec<Finding>) -> usize {
@@ -229,7 +247,12 @@ impl ScanCore {
     /// context a held match is checked with) and original text before both the earliest
     /// detector cursor (less one char) and the context before what the one-pass walk holds.
     fn trim(&mut self, kws: &KeywordSet) {
-        self.trim_orig(kws);
+        self.trim_from(kws, TRIM_MIN);
+    }
+
+    /// [`ScanCore::trim`], dropping text once `min` bytes of it can go.
+    fn trim_from(&mut self, kws: &KeywordSet, min: usize) {
+        self.trim_orig(kws, min);
         if self.walk.is_some() {
             return;
         }
@@ -243,7 +266,7 @@ impl ScanCore {
         }
         // Trim when the whole buffer goes or enough has piled up: moving the kept tail on
         // every token-sized push costs more than keeping a little extra text.
-        if k == self.nbuf.len() || k >= TRIM_MIN {
+        if k == self.nbuf.len() || k >= min {
             let floor = self
                 .norm_state
                 .min_future_origin()
@@ -253,10 +276,10 @@ impl ScanCore {
         }
     }
 
-    fn trim_orig(&mut self, kws: &KeywordSet) {
+    fn trim_orig(&mut self, kws: &KeywordSet, min: usize) {
         // Nothing to trim before `released` (and what is kept is a prefix of that): the
         // common case, which needs no look at the walk.
-        if self.released - self.orig_base < TRIM_MIN && self.released < self.total {
+        if self.released - self.orig_base < min && self.released < self.total {
             return;
         }
         // The walk reads again only from the context before what it holds.
@@ -269,7 +292,7 @@ impl ScanCore {
         while !self.orig.is_char_boundary(k) {
             k -= 1;
         }
-        if k == self.orig.len() || k >= TRIM_MIN {
+        if k == self.orig.len() || k >= min {
             self.orig.drain(..k);
             self.orig_base += k;
         }
