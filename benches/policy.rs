@@ -518,7 +518,7 @@ fn conversation(lang: &Language, terms: &[String]) {
             let t = Instant::now();
             let (mut f, mut r) = (0, 0);
             for (text, starts) in &prompts {
-                let scan = policy.scan_joined(text, starts, Direction::Prompt);
+                let scan = policy.scan_joined(text, starts, Direction::Prompt, &[]);
                 f += scan.findings.len();
                 r += scan.reused;
             }
@@ -547,7 +547,7 @@ fn conversation(lang: &Language, terms: &[String]) {
             let policy = compile(&cfg);
             let t = Instant::now();
             for (text, starts) in &firsts {
-                black_box(policy.scan_joined(text, starts, Direction::Prompt));
+                black_box(policy.scan_joined(text, starts, Direction::Prompt, &[]));
             }
             best = best.min(t.elapsed().as_secs_f64());
         }

@@ -30,6 +30,7 @@ use crate::metrics::metrics;
 use crate::policy::{Action, Direction, Finding, Policy};
 use crate::server::body;
 use crate::server::proxy::{self, is_event_stream, RequestCtx};
+use crate::server::records::RecordCtx;
 use crate::server::upstream::{bounded_body, UpstreamBody, UpstreamResponse};
 use crate::stream::guard::{Guard, StopReason, StreamFinding};
 use crate::stream::{guarded_body, Reporter};
@@ -198,9 +199,11 @@ impl<'t> Seamed<'t> {
     }
 
     /// Every finding in the joined text (`Policy::scan_joined`: a prompt that begins as an
-    /// earlier one did is scanned from where that one's texts ended).
-    fn scan(&self, policy: &Policy, direction: Direction) -> Vec<Finding> {
-        let scan = policy.scan_joined(&self.text, &self.starts, direction);
+    /// earlier one of the same tenant and user did is scanned from where that one's texts
+    /// ended).
+    fn scan(&self, policy: &Policy, direction: Direction, rec: &RecordCtx) -> Vec<Finding> {
+        let scope = [rec.tenant.as_deref(), rec.user.as_deref()].map(Option::unwrap_or_default);
+        let scan = policy.scan_joined(&self.text, &self.starts, direction, &scope);
         if scan.reused > 0 {
             metrics().prompt_bytes_reused.inc_by(scan.reused as u64);
         }
@@ -232,7 +235,7 @@ fn judge_seamed(
     records: &mut Vec<Record>,
 ) -> (Option<(Finding, String)>, Vec<Vec<Finding>>) {
     let seamed = Seamed::new(texts.iter().map(|t| t.text.as_str()));
-    let findings = seamed.scan(&ctx.rt.policy, direction);
+    let findings = seamed.scan(&ctx.rt.policy, direction, &ctx.rec);
     let mut block: Option<(Finding, String)> = None;
     let mut redact: Vec<Vec<Finding>> = vec![Vec::new(); texts.len()];
     for f in &findings {
@@ -596,7 +599,7 @@ fn quick_prompt<A: super::generation::TextApi>(
     bytes: &[u8],
 ) -> Option<bool> {
     let q = api.quick_prompt(bytes)?;
-    if !joined_clean(&ctx.rt.policy, Direction::Prompt, q.in_reading_order()) {
+    if !joined_clean(ctx, Direction::Prompt, q.in_reading_order()) {
         return None;
     }
     ctx.rec.model = q.model.map(|m| m.chars().take(128).collect());
@@ -622,12 +625,15 @@ fn all_clean<'t>(
 
 /// Whether the policy finds nothing in `texts` joined with nothing between ([`Seamed`]).
 fn joined_clean<'t>(
-    policy: &Policy,
+    ctx: &RequestCtx,
     direction: Direction,
     texts: impl ExactSizeIterator<Item = &'t str>,
 ) -> bool {
     let started = Instant::now();
-    if !Seamed::new(texts).scan(policy, direction).is_empty() {
+    if !Seamed::new(texts)
+        .scan(&ctx.rt.policy, direction, &ctx.rec)
+        .is_empty()
+    {
         return false;
     }
     metrics()
@@ -668,7 +674,7 @@ fn quick_answer<A: super::generation::TextApi>(
     // tree path decides.
     if A::JOINS_ANSWER_TEXTS && q.text_count() > 1 {
         let all: Vec<&str> = q.all_texts().collect();
-        if !joined_clean(&ctx.rt.policy, Direction::Completion, all.into_iter()) {
+        if !joined_clean(ctx, Direction::Completion, all.into_iter()) {
             return None;
         }
     }

@@ -4,8 +4,10 @@
 //! a proxy that judges the prompt as the model reads it scans turn `n`'s history for the `n`th
 //! time. After scanning a prompt, shenhe keeps the scanner's state at the end of each of its
 //! texts (a message, a content part), with what it had found up to there, keyed by the
-//! SHA-256 of the prompt text up to there; a later prompt that begins with the same text
-//! resumes from the longest such state and scans only what follows it.
+//! SHA-256 of the prompt text up to there and of who sent it (the tenant and the pseudonymous
+//! user, so that how fast a prompt is judged tells nobody what another user sent); a later
+//! prompt of the same sender that begins with the same text resumes from the longest such
+//! state and scans only what follows it.
 //!
 //! The findings are those of a scan of the whole text, a term across the seam between the
 //! cached part and the rest included: the state is the streaming scanner's
@@ -36,7 +38,7 @@ pub const MAX_STATE_BYTES: usize = 256 * 1024;
 /// Most findings reported before a kept state.
 pub const MAX_STATE_FINDINGS: usize = 64;
 
-/// The first 16 bytes of the SHA-256 of a direction tag and a prefix of the text.
+/// The first 16 bytes of the SHA-256 of a direction tag, the scope and a prefix of the text.
 type Key = [u8; 16];
 
 /// The scanner states at the ends of prompt texts scanned before (see the module).
@@ -129,10 +131,16 @@ pub struct JoinedScan {
 impl Policy {
     /// Every finding in `text`, the texts that begin at `starts` joined with nothing between,
     /// as [`Policy::scan`] finds them. A prompt resumes from the longest prefix, ending where
-    /// one of its texts ends, that an earlier prompt left a state for, and leaves states for
-    /// the next (see `prefix.rs`); a completion, or a policy without the cache, is scanned
-    /// whole.
-    pub fn scan_joined(&self, text: &str, starts: &[usize], dir: Direction) -> JoinedScan {
+    /// one of its texts ends, that an earlier prompt of the same `scope` (who sent it) left a
+    /// state for, and leaves states for the next (see `prefix.rs`); a completion, or a policy
+    /// without the cache, is scanned whole.
+    pub fn scan_joined(
+        &self,
+        text: &str,
+        starts: &[usize],
+        dir: Direction,
+        scope: &[&str],
+    ) -> JoinedScan {
         let Some(cache) = self.prefixes.as_ref().filter(|_| dir == Direction::Prompt) else {
             return JoinedScan {
                 findings: self.scan(text, dir),
@@ -149,6 +157,10 @@ impl Policy {
         ends.dedup();
         let mut hash = Sha256::new();
         hash.update([dir as u8]);
+        for s in scope {
+            hash.update((s.len() as u64).to_le_bytes());
+            hash.update(s.as_bytes());
+        }
         let mut at = 0;
         let keys: Vec<Key> = ends
             .iter()
@@ -267,7 +279,7 @@ mod tests {
 
     fn scan(p: &Policy, parts: &[&str]) -> super::JoinedScan {
         let (text, starts) = joined(parts);
-        let got = p.scan_joined(&text, &starts, Direction::Prompt);
+        let got = p.scan_joined(&text, &starts, Direction::Prompt, &[]);
         assert_eq!(got.findings, p.scan(&text, Direction::Prompt), "{parts:?}");
         got
     }
@@ -321,10 +333,37 @@ mod tests {
         let again = scan(&p, &["炸弹", "x", "y", "z"]);
         assert_eq!(again.reused, "炸弹xy".len());
         assert_eq!(again.findings, blocked.findings);
+        // States are kept for their sender: another user's prompt that begins the same way is
+        // scanned whole.
+        let (text, starts) = joined(&turn2);
+        let mine = ["tenant", "user-1"];
+        assert_eq!(
+            p.scan_joined(&text, &starts, Direction::Prompt, &mine)
+                .reused,
+            0
+        );
+        assert!(
+            p.scan_joined(&text, &starts, Direction::Prompt, &mine)
+                .reused
+                > 0
+        );
+        let theirs = ["tenant", "user-2"];
+        assert_eq!(
+            p.scan_joined(&text, &starts, Direction::Prompt, &theirs)
+                .reused,
+            0
+        );
+        let glued = ["tenantuser-1", ""];
+        assert_eq!(
+            p.scan_joined(&text, &starts, Direction::Prompt, &glued)
+                .reused,
+            0
+        );
         // Completions are scanned whole.
         let (text, starts) = joined(&turn2);
         assert_eq!(
-            p.scan_joined(&text, &starts, Direction::Completion).reused,
+            p.scan_joined(&text, &starts, Direction::Completion, &[])
+                .reused,
             0
         );
     }
@@ -377,11 +416,11 @@ mod tests {
                 history.extend(turn.iter().cloned());
                 let parts: Vec<&str> = history.iter().map(String::as_str).collect();
                 let (text, starts) = joined(&parts);
-                let got = p.scan_joined(&text, &starts, Direction::Prompt);
+                let got = p.scan_joined(&text, &starts, Direction::Prompt, &[]);
                 prop_assert_eq!(&got.findings, &p.scan(&text, Direction::Prompt));
                 prop_assert!(got.reused <= text.len());
                 if let Some(o) = others.get(i) {
-                    let got = p.scan_joined(o, &[0], Direction::Prompt);
+                    let got = p.scan_joined(o, &[0], Direction::Prompt, &[]);
                     prop_assert_eq!(got.findings, p.scan(o, Direction::Prompt));
                 }
             }
