@@ -79,14 +79,18 @@ impl PrefixCache {
             return Some(Arc::clone(s));
         }
         let s = g.old.remove(key)?;
-        g.insert(key, Arc::clone(&s), self.half);
+        let dropped = g.insert(key, Arc::clone(&s), self.half);
+        drop(g);
+        drop(dropped);
         Some(s)
     }
 
     fn put(&self, key: Key, state: Kept) {
         let state = Arc::new(state);
         let mut g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        g.insert(&key, state, self.half);
+        let dropped = g.insert(&key, state, self.half);
+        drop(g);
+        drop(dropped);
     }
 
     /// States kept now.
@@ -103,19 +107,30 @@ impl PrefixCache {
 }
 
 impl Generations {
-    fn insert(&mut self, key: &Key, state: Arc<Kept>, half: usize) {
+    /// Keep `state`; returns the generation it pushed out, to be dropped once the lock is
+    /// released (freeing thousands of states would hold up every other prompt).
+    #[must_use]
+    fn insert(
+        &mut self,
+        key: &Key,
+        state: Arc<Kept>,
+        half: usize,
+    ) -> Option<HashMap<Key, Arc<Kept>>> {
         if state.bytes > half {
-            return;
+            return None;
         }
         if let Some(was) = self.new.remove(key) {
             self.new_bytes -= was.bytes;
         }
+        let mut dropped = None;
         if self.new_bytes + state.bytes > half {
-            self.old = std::mem::take(&mut self.new);
+            let full = std::mem::take(&mut self.new);
+            dropped = Some(std::mem::replace(&mut self.old, full));
             self.new_bytes = 0;
         }
         self.new_bytes += state.bytes;
         self.new.insert(*key, state);
+        dropped
     }
 }
 
