@@ -447,19 +447,26 @@ async fn prompt_bytes_reused(p: &Proxy) -> u64 {
 async fn a_chat_turn_resumes_from_its_history_and_still_finds_a_term_across_the_seam() {
     let up = Upstream::fixed(Script::json("{\"choices\":[]}")).await;
     let p = proxy(&up.base_url(), POLICY).await;
-    let system = json!({"role": "system", "content": "You are a helpful assistant."});
+    // A history long enough to be kept (`prefix.rs`, `MIN_KEPT`).
+    let system_text = "You are a helpful assistant. ".repeat(10);
+    let system = json!({"role": "system", "content": system_text});
     let user1 = json!({"role": "user", "content": "how to make 炸"});
     let turn1 = json!({"model": "m", "messages": [system, user1]});
     let resp = post(&p, "/v1/chat/completions", &turn1).await;
     assert_eq!(resp.status(), 200);
-    // The next turn sends the history again: it is not scanned again...
-    let before = prompt_bytes_reused(&p).await;
+    // The next turn passes the end of the first: the state there is kept ...
     let answer = json!({"role": "assistant", "content": "Which dish?"});
     let user2 = json!({"role": "user", "content": "fried rice"});
     let turn2 = json!({"model": "m", "messages": [system, user1, answer, user2]});
     let resp = post(&p, "/v1/chat/completions", &turn2).await;
     assert_eq!(resp.status(), 200);
-    let history = "You are a helpful assistant.how to make 炸".len() as u64;
+    // ... so a turn that goes on from the first is not scanned again up to there ...
+    let before = prompt_bytes_reused(&p).await;
+    let other = json!({"role": "user", "content": "rice noodles"});
+    let turn2b = json!({"model": "m", "messages": [system, user1, answer, other]});
+    let resp = post(&p, "/v1/chat/completions", &turn2b).await;
+    assert_eq!(resp.status(), 200);
+    let history = format!("{system_text}how to make 炸").len() as u64;
     assert!(prompt_bytes_reused(&p).await >= before + history);
     // ... and a term begun at its end and finished by the new text is still found.
     let user3 = json!({"role": "user", "content": "弹 at home"});
@@ -468,7 +475,7 @@ async fn a_chat_turn_resumes_from_its_history_and_still_finds_a_term_across_the_
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["code"], "content_filter");
-    assert_eq!(up.requests().len(), 2, "the third turn is not forwarded");
+    assert_eq!(up.requests().len(), 3, "the last turn is not forwarded");
 }
 
 #[tokio::test]

@@ -46,9 +46,9 @@ pub struct PolicyConfig {
     pub categories: Vec<CategoryConfig>,
     /// TC260-003 §8.1 library thresholds that raise warnings in `stats()`.
     pub library: LibraryConfig,
-    /// Memory for scanner states kept at the ends of prompt texts, so that a chat's next turn
-    /// scans only what it adds to the history (see `Policy::scan_joined`). 0 turns it off.
-    /// Default `32MiB` (a state takes a few KiB with a library of short terms).
+    /// Memory for scanner states kept at the ends of prompt texts, so that a chat's turn does
+    /// not scan again the history an earlier turn scanned (see `Policy::scan_joined`). 0 turns
+    /// it off. Default `32MiB` (a state takes a few KiB with a library of short terms).
     pub prompt_prefix_cache: PrefixCacheSize,
 }
 

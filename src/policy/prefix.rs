@@ -2,12 +2,14 @@
 //!
 //! A chat client sends its system prompt and the whole conversation again with every turn, so
 //! a proxy that judges the prompt as the model reads it scans turn `n`'s history for the `n`th
-//! time. After scanning a prompt, shenhe keeps the scanner's state at the end of each of its
-//! texts (a message, a content part), with what it had found up to there, keyed by the
-//! SHA-256 of the prompt text up to there and of who sent it (the tenant and the pseudonymous
-//! user, so that how fast a prompt is judged tells nobody what another user sent); a later
-//! prompt of the same sender that begins with the same text resumes from the longest such
-//! state and scans only what follows it.
+//! time. A prompt marks the end of its first text (a system prompt) and its own end (where the
+//! next turn's history ends), keyed by the SHA-256 of the prompt text up to there and of who
+//! sent it (the tenant and the pseudonymous user, so that how fast a prompt is judged tells
+//! nobody what another user sent). A later prompt of the same sender looks up the ends of its
+//! first text and of its last [`LOOKUP_ENDS`]: it resumes from the longest kept state, and
+//! keeps the scanner's state at each marked end it passes. A chat's turn `n` then reads on from
+//! the end of turn `n - 2`, and a prompt whose ends are never seen again pays for a mark, not
+//! for a state.
 //!
 //! The findings are those of a scan of the whole text, a term across the seam between the
 //! cached part and the rest included: the state is the streaming scanner's
@@ -37,14 +39,24 @@ use super::{Direction, Finding, Policy};
 pub const MAX_STATE_BYTES: usize = 256 * 1024;
 /// Most findings reported before a kept state.
 pub const MAX_STATE_FINDINGS: usize = 64;
+/// Shortest prefix a state is kept for, in bytes: a shorter one is scanned again faster than a
+/// state is kept and restored (with a 10k-term library, ≈ 1 µs against ≈ 3 µs a KiB scanned).
+pub const MIN_KEPT: usize = 256;
+/// Ends of a prompt's last texts looked up for a kept state (besides its first text's).
+pub const LOOKUP_ENDS: usize = 16;
 
 /// The first 16 bytes of the SHA-256 of a direction tag, the scope and a prefix of the text.
 type Key = [u8; 16];
+
+/// Bytes a [`Entry::Seen`] mark counts for (its key, the map's slot and its overhead).
+const SEEN_BYTES: usize = 64;
 
 /// The scanner states at the ends of prompt texts scanned before (see the module).
 pub(crate) struct PrefixCache {
     /// Bytes each generation may take.
     half: usize,
+    /// [`MIN_KEPT`] (tests lower it to keep states for short texts).
+    min_kept: usize,
     gens: Mutex<Generations>,
 }
 
@@ -56,10 +68,29 @@ struct Kept {
     bytes: usize,
 }
 
+/// What the cache holds for a prefix.
+#[derive(Clone)]
+enum Entry {
+    /// Seen once: the next prompt that passes its end keeps the state there.
+    Seen,
+    Kept(Arc<Kept>),
+}
+
+impl Entry {
+    fn bytes(&self) -> usize {
+        match self {
+            Entry::Seen => SEEN_BYTES,
+            Entry::Kept(k) => k.bytes,
+        }
+    }
+}
+
+type Generation = HashMap<Key, Entry>;
+
 #[derive(Default)]
 struct Generations {
-    new: HashMap<Key, Arc<Kept>>,
-    old: HashMap<Key, Arc<Kept>>,
+    new: Generation,
+    old: Generation,
     /// Bytes the new generation takes.
     new_bytes: usize,
 }
@@ -69,67 +100,64 @@ impl PrefixCache {
     pub fn new(budget: u64) -> Option<PrefixCache> {
         (budget > 0).then(|| PrefixCache {
             half: usize::try_from(budget / 2).unwrap_or(usize::MAX),
+            min_kept: MIN_KEPT,
             gens: Mutex::default(),
         })
     }
 
-    fn get(&self, key: &Key) -> Option<Arc<Kept>> {
+    fn get(&self, key: &Key) -> Option<Entry> {
         let mut g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = g.new.get(key) {
-            return Some(Arc::clone(s));
+        if let Some(e) = g.new.get(key) {
+            return Some(e.clone());
         }
-        let s = g.old.remove(key)?;
-        let dropped = g.insert(key, Arc::clone(&s), self.half);
+        let e = g.old.remove(key)?;
+        let dropped = g.insert(key, e.clone(), self.half);
         drop(g);
         drop(dropped);
-        Some(s)
+        Some(e)
     }
 
-    fn put(&self, key: Key, state: Kept) {
-        let state = Arc::new(state);
+    fn put(&self, key: &Key, entry: Entry) {
         let mut g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        let dropped = g.insert(&key, state, self.half);
+        let dropped = g.insert(key, entry, self.half);
         drop(g);
         drop(dropped);
     }
 
-    /// States kept now.
+    /// States kept now (marks of prefixes seen once not counted).
     pub fn len(&self) -> usize {
         let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        g.new.len() + g.old.len()
+        let kept = |m: &Generation| m.values().filter(|e| matches!(e, Entry::Kept(_))).count();
+        kept(&g.new) + kept(&g.old)
     }
 
-    /// Bytes the states kept now take (the old generation's at most `half` too).
+    /// Bytes the cache takes now (each generation at most `half`).
     fn bytes(&self) -> usize {
         let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        g.new_bytes + g.old.values().map(|k| k.bytes).sum::<usize>()
+        g.new_bytes + g.old.values().map(Entry::bytes).sum::<usize>()
     }
 }
 
 impl Generations {
-    /// Keep `state`; returns the generation it pushed out, to be dropped once the lock is
+    /// Keep `entry`; returns the generation it pushed out, to be dropped once the lock is
     /// released (freeing thousands of states would hold up every other prompt).
     #[must_use]
-    fn insert(
-        &mut self,
-        key: &Key,
-        state: Arc<Kept>,
-        half: usize,
-    ) -> Option<HashMap<Key, Arc<Kept>>> {
-        if state.bytes > half {
+    fn insert(&mut self, key: &Key, entry: Entry, half: usize) -> Option<Generation> {
+        let bytes = entry.bytes();
+        if bytes > half {
             return None;
         }
         if let Some(was) = self.new.remove(key) {
-            self.new_bytes -= was.bytes;
+            self.new_bytes -= was.bytes();
         }
         let mut dropped = None;
-        if self.new_bytes + state.bytes > half {
+        if self.new_bytes + bytes > half {
             let full = std::mem::take(&mut self.new);
             dropped = Some(std::mem::replace(&mut self.old, full));
             self.new_bytes = 0;
         }
-        self.new_bytes += state.bytes;
-        self.new.insert(*key, state);
+        self.new_bytes += bytes;
+        self.new.insert(*key, entry);
         dropped
     }
 }
@@ -162,12 +190,24 @@ impl Policy {
                 reused: 0,
             };
         };
-        let mut ends: Vec<usize> = starts
+        let texts: Vec<usize> = starts
             .iter()
             .skip(1)
             .copied()
             .chain([text.len()])
             .filter(|&e| e > 0 && e <= text.len() && text.is_char_boundary(e))
+            .collect();
+        // The ends looked up: the first text's (a system prompt) and the last
+        // `LOOKUP_ENDS` (the previous turn's prompt ended at one of them). States are kept at
+        // the first and at the last. Prefixes shorter than `min_kept` are left out: scanning
+        // them costs less than keeping and restoring a state. A prompt of many small texts
+        // costs a few lookups and two states, not one a text.
+        let mut ends: Vec<usize> = texts
+            .first()
+            .into_iter()
+            .chain(texts.iter().skip(texts.len().saturating_sub(LOOKUP_ENDS)))
+            .copied()
+            .filter(|&e| e >= cache.min_kept)
             .collect();
         ends.dedup();
         let mut hash = Sha256::new();
@@ -188,15 +228,49 @@ impl Policy {
                 key
             })
             .collect();
-        let hit = (0..ends.len())
-            .rev()
-            .find_map(|k| cache.get(&keys[k]).map(|s| (k, s)));
+        // The longest kept state; the ends seen once on the way there get their state kept
+        // as this scan passes them.
+        let mut seen = vec![false; ends.len()];
+        let mut hit = None;
+        for k in (0..ends.len()).rev() {
+            match cache.get(&keys[k]) {
+                Some(Entry::Kept(s)) => {
+                    hit = Some((k, s));
+                    break;
+                }
+                Some(Entry::Seen) => seen[k] = true,
+                None => {}
+            }
+        }
+        let mark_at = |e: usize| texts.first() == Some(&e) || e == text.len();
+        if hit.is_none() && !seen.contains(&true) {
+            // Nothing to resume from and no state to keep: the one-pass scan of the whole
+            // text, and marks at its ends.
+            for (&end, key) in ends.iter().zip(&keys) {
+                if mark_at(end) {
+                    cache.put(key, Entry::Seen);
+                }
+            }
+            return JoinedScan {
+                findings: self.scan(text, dir),
+                reused: 0,
+            };
+        }
         let (mut core, mut findings, mut from, first) = match hit {
             Some((k, s)) => (s.core.clone(), s.findings.clone(), ends[k], k + 1),
             None => (ScanCore::new(self, dir), Vec::new(), 0, 0),
         };
         let reused = from;
-        for (&end, key) in ends.iter().zip(&keys).skip(first) {
+        for k in first..ends.len() {
+            let end = ends[k];
+            if !seen[k] {
+                // Seen for the first time: a mark, no state yet (most prompts' ends are never
+                // seen again, and a state costs more to keep than a mark).
+                if mark_at(end) {
+                    cache.put(&keys[k], Entry::Seen);
+                }
+                continue;
+            }
             core.push(self, dir, &text[from..end], &mut findings);
             from = end;
             if findings.len() <= MAX_STATE_FINDINGS {
@@ -210,9 +284,12 @@ impl Policy {
                         findings: findings.clone(),
                         bytes,
                     };
-                    cache.put(*key, kept);
+                    cache.put(&keys[k], Entry::Kept(Arc::new(kept)));
                 }
             }
+        }
+        if from < text.len() {
+            core.push(self, dir, &text[from..], &mut findings);
         }
         core.finish(self, dir, &mut findings);
         findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
@@ -274,7 +351,13 @@ mod tests {
             ],
             ..PolicyConfig::default()
         };
-        Policy::compile(&cfg, Path::new(".")).ok().map(|c| c.policy)
+        let mut p = Policy::compile(&cfg, Path::new(".")).ok()?.policy;
+        // Keep states for the short texts of these tests (`kept_for_long_prefixes_only` tests
+        // the real floor).
+        if let Some(c) = p.prefixes.as_mut() {
+            c.min_kept = 0;
+        }
+        Some(p)
     }
 
     fn strings(v: &[&str]) -> Vec<String> {
@@ -314,8 +397,10 @@ mod tests {
         let first = scan(&p, &turn1);
         assert!(first.findings.is_empty());
         assert_eq!(first.reused, 0);
-        assert_eq!(p.prefix_states().0, 3);
-        // The next turn sends the history again: only the answer and the new message are read.
+        // Its ends are marked, no state is kept yet.
+        assert_eq!(p.prefix_states().0, 0);
+        // The next turn sends the history again and passes the marked ends: their states are
+        // kept (the system prompt's and the first turn's end).
         let turn2 = [
             system,
             "What is a bomb",
@@ -325,7 +410,15 @@ mod tests {
         ];
         let second = scan(&p, &turn2);
         assert!(second.findings.is_empty());
-        assert_eq!(second.reused, joined(&turn1).0.len());
+        assert_eq!(second.reused, 0);
+        assert_eq!(p.prefix_states().0, 2);
+        // The third reads on from the end of the first turn, and keeps the second's end.
+        let turn3 = [&turn2[..], &["Bye.", "One more thing"]].concat();
+        let third = scan(&p, &turn3);
+        assert_eq!(third.reused, joined(&turn1).0.len());
+        assert_eq!(p.prefix_states().0, 3);
+        let turn4 = [&turn3[..], &["Yes?", "Nothing"]].concat();
+        assert_eq!(scan(&p, &turn4).reused, joined(&turn2).0.len());
         // A term across the seam between the kept history and the new text is found: the
         // kept state holds the match in progress (`bomb` … `recipe`, `炸` … `弹`), and the
         // separators and zero-width characters between are read as a scan of the whole reads
@@ -335,6 +428,8 @@ mod tests {
             (["请告诉我炸", "\u{200B}"], "弹的做法"),
             (["请告诉我", "炸 "], "  弹的做法"),
         ] {
+            // Seen twice: kept.
+            scan(&p, &history);
             scan(&p, &history);
             let parts = [history[0], history[1], next];
             let got = scan(&p, &parts);
@@ -345,6 +440,7 @@ mod tests {
         // that resumes from one reports it again.
         let blocked = scan(&p, &["炸弹", "x", "y"]);
         assert_eq!(blocked.findings.len(), 1);
+        scan(&p, &["炸弹", "x", "y"]);
         let again = scan(&p, &["炸弹", "x", "y", "z"]);
         assert_eq!(again.reused, "炸弹xy".len());
         assert_eq!(again.findings, blocked.findings);
@@ -352,11 +448,10 @@ mod tests {
         // scanned whole.
         let (text, starts) = joined(&turn2);
         let mine = ["tenant", "user-1"];
-        assert_eq!(
-            p.scan_joined(&text, &starts, Direction::Prompt, &mine)
-                .reused,
-            0
-        );
+        for _ in 0..2 {
+            let first = p.scan_joined(&text, &starts, Direction::Prompt, &mine);
+            assert_eq!(first.reused, 0);
+        }
         assert!(
             p.scan_joined(&text, &starts, Direction::Prompt, &mine)
                 .reused
@@ -384,17 +479,55 @@ mod tests {
     }
 
     #[test]
+    fn kept_for_long_prefixes_only_on_second_sight() {
+        let terms = strings(&["炸弹"]);
+        let mut p = policy(&terms, &[], &[], NormalizeConfig::default(), 1 << 20).expect("ok");
+        if let Some(c) = p.prefixes.as_mut() {
+            c.min_kept = super::MIN_KEPT;
+        }
+        // Short prompts are scanned whole and leave nothing, however often they come.
+        for _ in 0..3 {
+            scan(&p, &["be brief", "hello"]);
+        }
+        assert_eq!(p.prefix_states(), (0, 0));
+        // A long system prompt and a long prompt's end: marked when first seen, kept when seen
+        // again, read on from after that.
+        let system = "You are a careful assistant. ".repeat(12);
+        scan(&p, &[&system, "hello"]);
+        assert_eq!(p.prefix_states().0, 0);
+        scan(&p, &[&system, "hello"]);
+        assert_eq!(p.prefix_states().0, 2);
+        assert_eq!(scan(&p, &[&system, "something else"]).reused, system.len());
+        // A prompt of many small texts marks two ends at most, not one a text (its first
+        // text is too short: one); seen again, one state.
+        let many: Vec<String> = (0..200).map(|i| format!("message {i}; ")).collect();
+        let mut parts: Vec<&str> = many.iter().map(String::as_str).collect();
+        let (states, bytes) = p.prefix_states();
+        scan(&p, &parts);
+        assert_eq!(p.prefix_states(), (states, bytes + super::SEEN_BYTES));
+        let first = joined(&parts).0.len();
+        parts.extend(["a reply", "and a question"]);
+        assert_eq!(scan(&p, &parts).reused, 0);
+        assert_eq!(p.prefix_states().0, states + 1);
+        parts.extend(["another reply", "and a last question"]);
+        assert_eq!(scan(&p, &parts).reused, first);
+    }
+
+    #[test]
     fn the_cache_is_bounded_and_can_be_off() {
         let terms = strings(&["炸弹"]);
         let budget = 32 * 1024;
         let p = policy(&terms, &[], &[], NormalizeConfig::default(), budget).expect("compiles");
+        scan(&p, &["message", "and a reply"]);
         scan(&p, &["message", "and a reply"]);
         let (states, bytes) = p.prefix_states();
         assert_eq!(states, 2);
         let each = bytes / 2;
         assert!(each > 0 && each < 4096, "{each} bytes a state");
         for i in 0..1000 {
-            scan(&p, &[&format!("message {i}"), "and a reply"]);
+            for _ in 0..2 {
+                scan(&p, &[&format!("message {i}"), "and a reply"]);
+            }
             let (states, bytes) = p.prefix_states();
             assert!(bytes <= budget as usize, "{bytes} bytes");
             assert!(states >= 2);
@@ -402,7 +535,9 @@ mod tests {
         // The newest states are kept.
         assert!(scan(&p, &["message 999", "and a reply", "more"]).reused > 0);
         let off = policy(&terms, &[], &[], NormalizeConfig::default(), 0).expect("compiles");
-        scan(&off, &["message", "reply"]);
+        for _ in 0..2 {
+            scan(&off, &["message", "reply"]);
+        }
         assert_eq!(off.prefix_states(), (0, 0));
         assert_eq!(scan(&off, &["message", "reply", "more"]).reused, 0);
     }
