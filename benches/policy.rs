@@ -4,6 +4,11 @@
 //! Run with `cargo bench --bench policy`. Goals: scan ≥ 200 MB/s, streaming ≥ 50 MB/s,
 //! 1M-term compile ≤ 5 s and ≤ 300 MB.
 //!
+//! Chat history (`[conversation]` lines, 2026-12-06 23:40, three runs): 20 turns, 281 KiB of
+//! prompts, all prompt scans 1.8–2.1× faster with states kept (`policy.prompt_prefix_cache`;
+//! 81 % of the bytes not scanned again); a first turn whose system prompt was seen before
+//! 0.83–0.88× a whole scan.
+//!
 //! Latest (2026-12-06 21:00–21:50, six runs interleaved with the code before bench/README.md
 //! item 26, the machine's usual state): realistic / worst, scan 104–106 / 112–113 MB/s (bare
 //! aho-corasick 84–94 / 91–94), streaming on 1–4-character pieces 58–59 / 54–55 MB/s against
