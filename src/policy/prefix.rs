@@ -198,10 +198,10 @@ impl Policy {
             .filter(|&e| e > 0 && e <= text.len() && text.is_char_boundary(e))
             .collect();
         // The ends looked up: the first text's (a system prompt) and the last
-        // `LOOKUP_ENDS` (the previous turn's prompt ended at one of them). States are kept at
-        // the first and at the last. Prefixes shorter than `min_kept` are left out: scanning
-        // them costs less than keeping and restoring a state. A prompt of many small texts
-        // costs a few lookups and two states, not one a text.
+        // `LOOKUP_ENDS` (the previous turn's prompt ended at one of them); the first and the
+        // last are marked. Prefixes shorter than `min_kept` are left out: scanning them costs
+        // less than keeping and restoring a state. A prompt of many small texts costs a few
+        // lookups and two marks, not one a text.
         let mut ends: Vec<usize> = texts
             .first()
             .into_iter()
@@ -242,35 +242,28 @@ impl Policy {
                 None => {}
             }
         }
-        let mark_at = |e: usize| texts.first() == Some(&e) || e == text.len();
-        if hit.is_none() && !seen.contains(&true) {
-            // Nothing to resume from and no state to keep: the one-pass scan of the whole
-            // text, and marks at its ends.
-            for (&end, key) in ends.iter().zip(&keys) {
-                if mark_at(end) {
-                    cache.put(key, Entry::Seen);
-                }
+        // Ends after the hit seen for the first time get a mark, no state yet: most prompts'
+        // ends are never seen again, and a state costs more to keep than a mark.
+        let first = hit.as_ref().map_or(0, |(k, _)| k + 1);
+        for k in first..ends.len() {
+            if !seen[k] && (texts.first() == Some(&ends[k]) || ends[k] == text.len()) {
+                cache.put(&keys[k], Entry::Seen);
             }
+        }
+        if hit.is_none() && !seen.contains(&true) {
+            // Nothing to resume from and no state to keep: the one-pass scan of the whole text.
             return JoinedScan {
                 findings: self.scan(text, dir),
                 reused: 0,
             };
         }
-        let (mut core, mut findings, mut from, first) = match hit {
-            Some((k, s)) => (s.core.clone(), s.findings.clone(), ends[k], k + 1),
-            None => (ScanCore::new(self, dir), Vec::new(), 0, 0),
+        let (mut core, mut findings, mut from) = match hit {
+            Some((k, s)) => (s.core.clone(), s.findings.clone(), ends[k]),
+            None => (ScanCore::new(self, dir), Vec::new(), 0),
         };
         let reused = from;
-        for k in first..ends.len() {
+        for k in (first..ends.len()).filter(|&k| seen[k]) {
             let end = ends[k];
-            if !seen[k] {
-                // Seen for the first time: a mark, no state yet (most prompts' ends are never
-                // seen again, and a state costs more to keep than a mark).
-                if mark_at(end) {
-                    cache.put(&keys[k], Entry::Seen);
-                }
-                continue;
-            }
             core.push(self, dir, &text[from..end], &mut findings);
             from = end;
             if findings.len() <= MAX_STATE_FINDINGS {
