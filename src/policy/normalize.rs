@@ -100,10 +100,14 @@ pub(crate) struct CharTable {
     /// Whether the word bytes of `ascii_word` are exactly the ASCII letters and digits (under
     /// every flag set so far): [`CharTable::word_end`] then tests eight bytes at a time.
     alnum_words: bool,
-    /// One bit per BMP code point: whether it maps to itself as CJK ([`CharTable::self_cjk`]).
+    /// One bit per BMP code point: whether it maps to itself as CJK ([`CharTable::run_cjk`]).
     /// 8 KiB instead of a load from the 256 KiB `bmp` per character of a CJK run, which
     /// missed cache between requests.
     self_cjk_bits: Box<[u64; 0x1_0000 / 64]>,
+    /// One bit per BMP code point: whether it maps to another three-byte character as CJK (a
+    /// traditional character to its simplified form, a compatibility ideograph to the unified
+    /// one): such a character also goes in a CJK run, which then keeps its length.
+    mapped_cjk_bits: Box<[u64; 0x1_0000 / 64]>,
     flags: NormalizeConfig,
 }
 
@@ -296,9 +300,16 @@ impl CharTable {
         // CJK.
         const SELF_CJK: u32 = (Class::Cjk as u32) << CLASS_SHIFT;
         let mut self_cjk_bits = Box::new([0u64; 0x1_0000 / 64]);
+        let mut mapped_cjk_bits = Box::new([0u64; 0x1_0000 / 64]);
         for (cp, &e) in bmp.iter().enumerate() {
+            let three_bytes = |c: u32| (0x800..0x1_0000).contains(&c);
             if e == cp as u32 | SELF_CJK {
                 self_cjk_bits[cp >> 6] |= 1 << (cp & 63);
+            } else if e & !CHAR_MASK == SELF_CJK
+                && three_bytes(cp as u32)
+                && three_bytes(e & CHAR_MASK)
+            {
+                mapped_cjk_bits[cp >> 6] |= 1 << (cp & 63);
             }
         }
         CharTable {
@@ -312,6 +323,7 @@ impl CharTable {
             space_is_sep,
             alnum_words,
             self_cjk_bits,
+            mapped_cjk_bits,
             flags: *flags,
         }
     }
@@ -366,9 +378,9 @@ pub(crate) trait Emit {
         base: usize,
         join_from: usize,
     ) -> usize;
-    /// The run of three-byte characters from `piece[i]` that map to themselves as CJK
-    /// ([`CharTable::self_cjk`]), `piece` at original offset `base`: output as they are.
-    /// Returns where the run ends (`i` when there is none).
+    /// The run of three-byte characters from `piece[i]` that map to one three-byte character
+    /// as CJK ([`CharTable::run_cjk`]), `piece` at original offset `base`: each output as it
+    /// maps, byte for byte in length. Returns where the run ends (`i` when there is none).
     fn cjk_run(&mut self, table: &CharTable, piece: &str, i: usize, base: usize) -> usize;
     /// Make room for about `n` more output bytes.
     fn reserve(&mut self, _n: usize) {}
@@ -396,13 +408,30 @@ impl Emit for NormBuf {
 
     #[inline]
     fn cjk_run(&mut self, table: &CharTable, piece: &str, i: usize, base: usize) -> usize {
-        let mut j = i;
-        while table.self_cjk(piece.as_bytes(), j).is_some() {
+        let bytes = piece.as_bytes();
+        let Some(first) = table.run_cjk(bytes, i) else {
+            return i;
+        };
+        // The first character carries the anchor; the others map byte for byte after it,
+        // copied as they are between the few that map to another character.
+        self.emit(
+            char::from_u32(first).unwrap_or_default(),
+            base + i,
+            base + i + 3,
+        );
+        let (mut j, mut copied) = (i + 3, i + 3);
+        while let Some(cp) = table.run_cjk(bytes, j) {
+            if piece[j..j + 3].chars().next() != char::from_u32(cp) {
+                self.text.push_str(&piece[copied..j]);
+                self.text.push(char::from_u32(cp).unwrap_or_default());
+                copied = j + 3;
+            }
+            #[cfg(test)]
+            self.dense
+                .extend(std::iter::repeat_n((base + j, base + j + 3), 3));
             j += 3;
         }
-        if j > i {
-            NormBuf::emit_verbatim(self, &piece[i..j], base + i);
-        }
+        self.text.push_str(&piece[copied..j]);
         j
     }
 
@@ -412,11 +441,12 @@ impl Emit for NormBuf {
 }
 
 impl CharTable {
-    /// The code point of the three-byte character at `bytes[j]` when it maps to itself as a
-    /// CJK character (the BMP beyond U+0800 holds all common CJK): then, with nothing held,
-    /// the separator rule only clears the pending run before it.
+    /// What the three-byte character at `bytes[j]` maps to when that is one three-byte
+    /// character of class CJK (the BMP beyond U+0800 holds all common CJK; itself, or its
+    /// simplified or unified form): then, with nothing held, the separator rule only clears
+    /// the pending run before it, and the output keeps the original's length.
     #[inline(always)]
-    pub(crate) fn self_cjk(&self, bytes: &[u8], j: usize) -> Option<u32> {
+    pub(crate) fn run_cjk(&self, bytes: &[u8], j: usize) -> Option<u32> {
         let &[b0, b1, b2] = bytes.get(j..j + 3)? else {
             return None;
         };
@@ -424,9 +454,38 @@ impl CharTable {
             return None;
         }
         let cp = u32::from(b0 & 0x0F) << 12 | u32::from(b1 & 0x3F) << 6 | u32::from(b2 & 0x3F);
-        // `cp` < 0x10000: the table needs no bounds check.
-        let word = self.self_cjk_bits[usize::from(cp as u16 >> 6)];
-        (word >> (cp & 63) & 1 != 0).then_some(cp)
+        // `cp` < 0x10000: the tables need no bounds check.
+        let k = usize::from(cp as u16 >> 6);
+        if self.self_cjk_bits[k] >> (cp & 63) & 1 != 0 {
+            return Some(cp);
+        }
+        if self.mapped_cjk_bits[k] >> (cp & 63) & 1 != 0 {
+            return Some(self.bmp[cp as usize] & CHAR_MASK);
+        }
+        None
+    }
+
+    /// Whether the character at `bytes[j]` is a three-byte separator (`，` `。` `、` …).
+    #[inline]
+    pub(crate) fn cjk_sep(&self, bytes: &[u8], j: usize) -> bool {
+        let Some(&[b0, b1, b2]) = bytes.get(j..j + 3) else {
+            return false;
+        };
+        if !(0xE0..0xF0).contains(&b0) {
+            return false;
+        }
+        let cp = u32::from(b0 & 0x0F) << 12 | u32::from(b1 & 0x3F) << 6 | u32::from(b2 & 0x3F);
+        let e = self.bmp[cp as usize];
+        e & (REMOVED | MULTI) == 0 && Class::from_bits(e >> CLASS_SHIFT) == Class::Sep
+    }
+
+    /// What a character of a CJK run ([`CharTable::run_cjk`]) maps to.
+    #[inline]
+    pub(crate) fn run_cjk_char(&self, c: char) -> u32 {
+        match self.bmp.get(c as usize) {
+            Some(&e) if e & (REMOVED | MULTI) == 0 => e & CHAR_MASK,
+            _ => c as u32,
+        }
     }
 
     /// The output byte of an ASCII word byte (letter or digit under every flag set), else 0.
@@ -554,23 +613,6 @@ impl NormBuf {
             None => self
                 .text
                 .extend(rest.bytes().map(|b| char::from(map[usize::from(b & 0x7F)]))),
-        }
-    }
-
-    /// Append `run` as it is (each character maps to itself), from original offset `os`.
-    #[inline]
-    fn emit_verbatim(&mut self, run: &str, os: usize) {
-        let Some(first) = run.chars().next() else {
-            return;
-        };
-        let n = first.len_utf8();
-        self.emit(first, os, os + n);
-        self.text.push_str(&run[n..]);
-        #[cfg(test)]
-        for (k, c) in run[n..].char_indices() {
-            let o = os + n + k;
-            self.dense
-                .extend(std::iter::repeat_n((o, o + c.len_utf8()), c.len_utf8()));
         }
     }
 
@@ -785,11 +827,20 @@ impl Normalizer {
                 }
             } else if self.ascii_fast && (0xE0..0xF0).contains(&b) && st.held.is_none() {
                 // Fast path: a run of three-byte characters (the BMP beyond U+0800: all common
-                // CJK) that normalize to themselves as CJK is copied as it is. With nothing
-                // held, each would only clear the pending separator run and emit itself.
-                let j = out.cjk_run(&self.table, piece, i, base);
+                // CJK) that normalize to one three-byte CJK character (themselves, their
+                // simplified form) goes as one stretch. With nothing held, each would only
+                // clear the pending separator run and emit what it maps to.
+                let mut j = out.cjk_run(&self.table, piece, i, base);
                 if j > i {
                     if self.separators {
+                        // A separator between two CJK characters (`，` `。` in a sentence) is
+                        // dropped: the run goes on after it, the way the general path would
+                        // keep it pending and clear it at the next character.
+                        while self.table.cjk_sep(bytes, j)
+                            && self.table.run_cjk(bytes, j + 3).is_some()
+                        {
+                            j = out.cjk_run(&self.table, piece, j + 3, base);
+                        }
                         st.pending_sep = None;
                         st.last = Last::Cjk;
                     }

@@ -41,9 +41,9 @@ pub(crate) struct Hit {
 const RUN: u32 = u32::MAX;
 
 /// A stretch of the normalized text read, from normalized offset `nstart` to the next
-/// stretch's: either a *run*, whose normalized bytes are the original bytes from `os` mapped
-/// one for one through [`CharTable::run_byte`] (ASCII words, self-mapping CJK: all common
-/// text), or one character `c` from original bytes `os..oe`. Runs cost one entry however long.
+/// stretch's: either a *run*, whose normalized bytes map one for one onto the original bytes
+/// from `os`, ASCII through [`CharTable::run_byte`] and CJK through [`CharTable::run_cjk`]
+/// (ASCII words, CJK that maps to itself or to its simplified form: all common text), or one character `c` from original bytes `os..oe`. Runs cost one entry however long.
 #[derive(Debug, Clone, Copy, Default)]
 struct Seg {
     nstart: usize,
@@ -296,7 +296,8 @@ impl Walker<'_> {
             return (g.c, utf8_len(g.c));
         }
         let o = g.os + (n - g.nstart) - self.orig_base;
-        // A run's characters map byte for byte: ASCII through the table, others to themselves.
+        // A run's characters map byte for byte: ASCII through the table, CJK to one CJK
+        // character of the same length.
         let ch = self
             .orig
             .get(o..)
@@ -305,7 +306,7 @@ impl Walker<'_> {
         if ch.is_ascii() {
             return (u32::from(self.table.run_byte(ch as u8)), 1);
         }
-        (ch as u32, ch.len_utf8())
+        (self.table.run_cjk_char(ch), ch.len_utf8())
     }
 
     /// After the character ending at normalized offset `pos` was stepped: note a term ending
@@ -547,7 +548,7 @@ impl Emit for Walker<'_> {
         let bytes = piece.as_bytes();
         let mut j = i;
         let n = self.read_run(base + i, 3, || {
-            let cp = table.self_cjk(bytes, j)?;
+            let cp = table.run_cjk(bytes, j)?;
             j += 3;
             Some(cp)
         });
@@ -667,6 +668,35 @@ pub(crate) mod tests {
     /// Up to `max` pieces of [`PIECES`].
     pub(crate) fn text(max: usize) -> impl Strategy<Value = String> {
         prop::collection::vec(prop::sample::select(PIECES), 0..max).prop_map(|v| v.concat())
+    }
+
+    /// Traditional characters and CJK punctuation go in CJK runs (`CharTable::run_cjk`, the
+    /// separator skip in `Normalizer::feed`): a term is found through both, with the span of
+    /// the original characters, whole and in pieces, as the streaming machine finds it.
+    #[test]
+    fn cjk_runs_map_traditional_forms_and_pass_over_punctuation() {
+        let terms = ["炸弹".to_owned(), "制造方法".to_owned()];
+        let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
+        for (text, found) in [
+            ("如何製造炸彈的問題", vec!["炸彈"]),
+            ("他說：炸，彈。", vec!["炸，彈"]),
+            ("製造。方法與炸、弹", vec!["製造。方法", "炸、弹"]),
+            ("炸 彈", vec!["炸 彈"]),
+            ("炸a弹", vec![]),
+        ] {
+            let one = p.scan(text, Direction::Completion);
+            let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+            assert_eq!(spans, found, "{text}");
+            assert_eq!(one, streaming_once(&p, text), "{text}");
+            let cuts: Vec<usize> = (0..=text.len())
+                .filter(|&c| text.is_char_boundary(c))
+                .collect();
+            assert_eq!(
+                streamed(&p, text, &cuts, true).0,
+                one,
+                "{text} char by char"
+            );
+        }
     }
 
     #[test]
