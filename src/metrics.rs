@@ -53,6 +53,10 @@ pub struct Metrics {
     /// Prompt bytes not scanned again: they began with text an earlier prompt ended a text at
     /// (`policy.prompt_prefix_cache`).
     pub prompt_bytes_reused: IntCounter,
+    /// The active policy's prompt prefix cache: states kept and the bytes it takes (set when
+    /// `/metrics` is read).
+    pub prompt_prefix_states: IntGauge,
+    pub prompt_prefix_bytes: IntGauge,
     pub stop_to_close: Histogram,
     // Labels.
     pub labels_applied: IntCounterVec,
@@ -162,6 +166,8 @@ impl Metrics {
             scan_completion: scan_duration.with_label_values(&["completion"]),
             scan_duration,
             prompt_bytes_reused: counter(&reg, "shenhe_prompt_bytes_reused_total", "Prompt bytes not scanned again because an earlier prompt began with the same text (policy.prompt_prefix_cache)."),
+            prompt_prefix_states: gauge(&reg, "shenhe_prompt_prefix_states", "Prompt scanner states the active policy keeps at the ends of texts it has seen (policy.prompt_prefix_cache)."),
+            prompt_prefix_bytes: gauge(&reg, "shenhe_prompt_prefix_bytes", "Bytes the prompt prefix cache of the active policy takes, at most policy.prompt_prefix_cache."),
             stop_to_close: histogram(&reg, "shenhe_stop_to_close_seconds", "Time from the violating event arriving to the upstream request being closed.", SCAN_BUCKETS),
             text_labels_ok: labels_applied.with_label_values(&["text", "explicit", "ok"]),
             labels_applied,

@@ -433,14 +433,18 @@ async fn prompt_redact_forwards_the_masked_text_and_flag_forwards_as_is() {
     assert_eq!(fwd["messages"][0]["content"], "my ********* and watchword");
 }
 
-/// `shenhe_prompt_bytes_reused_total` now (shared by the proxies of this test binary).
-async fn prompt_bytes_reused(p: &Proxy) -> u64 {
-    admin_text(p, "/metrics")
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix("shenhe_prompt_bytes_reused_total "))
+/// Metric `name` (no labels) now; counters are shared by the proxies of this test binary, and
+/// only one test here reads `/metrics`.
+async fn metric(p: &Proxy, name: &str) -> u64 {
+    let text = admin_text(p, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+async fn prompt_bytes_reused(p: &Proxy) -> u64 {
+    metric(p, "shenhe_prompt_bytes_reused_total").await
 }
 
 #[tokio::test]
@@ -454,12 +458,18 @@ async fn a_chat_turn_resumes_from_its_history_and_still_finds_a_term_across_the_
     let turn1 = json!({"model": "m", "messages": [system, user1]});
     let resp = post(&p, "/v1/chat/completions", &turn1).await;
     assert_eq!(resp.status(), 200);
+    // Seen once: marks only, no state kept yet.
+    assert_eq!(metric(&p, "shenhe_prompt_prefix_states").await, 0);
+    let marks = metric(&p, "shenhe_prompt_prefix_bytes").await;
+    assert!(marks > 0);
     // The next turn passes the end of the first: the state there is kept ...
     let answer = json!({"role": "assistant", "content": "Which dish?"});
     let user2 = json!({"role": "user", "content": "fried rice"});
     let turn2 = json!({"model": "m", "messages": [system, user1, answer, user2]});
     let resp = post(&p, "/v1/chat/completions", &turn2).await;
     assert_eq!(resp.status(), 200);
+    assert!(metric(&p, "shenhe_prompt_prefix_states").await >= 1);
+    assert!(metric(&p, "shenhe_prompt_prefix_bytes").await > marks + 256);
     // ... so a turn that goes on from the first is not scanned again up to there ...
     let before = prompt_bytes_reused(&p).await;
     let other = json!({"role": "user", "content": "rice noodles"});

@@ -67,7 +67,14 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     (StatusCode::OK, "ready\n").into_response()
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(State(s): State<AdminState>) -> Response {
+    // What the active policy keeps, read now rather than counted on every prompt.
+    let (states, bytes) = s.app.runtime().policy.prefix_states();
+    let m = metrics();
+    m.prompt_prefix_states
+        .set(i64::try_from(states).unwrap_or(i64::MAX));
+    m.prompt_prefix_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -83,6 +83,11 @@ impl Entry {
             Entry::Kept(k) => k.bytes,
         }
     }
+
+    /// 1 for a kept state, 0 for a mark.
+    fn kept(&self) -> usize {
+        usize::from(matches!(self, Entry::Kept(_)))
+    }
 }
 
 type Generation = HashMap<Key, Entry>;
@@ -91,8 +96,12 @@ type Generation = HashMap<Key, Entry>;
 struct Generations {
     new: Generation,
     old: Generation,
-    /// Bytes the new generation takes.
+    /// Bytes each generation takes, and the states it keeps: kept up to date, so the metrics
+    /// read them without walking the maps under the lock.
     new_bytes: usize,
+    old_bytes: usize,
+    new_kept: usize,
+    old_kept: usize,
 }
 
 impl PrefixCache {
@@ -111,6 +120,8 @@ impl PrefixCache {
             return Some(e.clone());
         }
         let e = g.old.remove(key)?;
+        g.old_bytes -= e.bytes();
+        g.old_kept -= e.kept();
         let dropped = g.insert(key, e.clone(), self.half);
         drop(g);
         drop(dropped);
@@ -124,17 +135,19 @@ impl PrefixCache {
         drop(dropped);
     }
 
-    /// States kept now (marks of prefixes seen once not counted).
-    pub fn len(&self) -> usize {
+    /// States kept now (marks of prefixes seen once not counted) and the bytes the cache takes
+    /// (each generation at most `half`).
+    fn tally(&self) -> (usize, usize) {
         let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        let kept = |m: &Generation| m.values().filter(|e| matches!(e, Entry::Kept(_))).count();
-        kept(&g.new) + kept(&g.old)
-    }
-
-    /// Bytes the cache takes now (each generation at most `half`).
-    fn bytes(&self) -> usize {
-        let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        g.new_bytes + g.old.values().map(Entry::bytes).sum::<usize>()
+        #[cfg(test)]
+        for (m, kept, bytes) in [
+            (&g.new, g.new_kept, g.new_bytes),
+            (&g.old, g.old_kept, g.old_bytes),
+        ] {
+            assert_eq!(kept, m.values().map(Entry::kept).sum::<usize>());
+            assert_eq!(bytes, m.values().map(Entry::bytes).sum::<usize>());
+        }
+        (g.new_kept + g.old_kept, g.new_bytes + g.old_bytes)
     }
 }
 
@@ -149,14 +162,17 @@ impl Generations {
         }
         if let Some(was) = self.new.remove(key) {
             self.new_bytes -= was.bytes();
+            self.new_kept -= was.kept();
         }
         let mut dropped = None;
         if self.new_bytes + bytes > half {
             let full = std::mem::take(&mut self.new);
             dropped = Some(std::mem::replace(&mut self.old, full));
-            self.new_bytes = 0;
+            self.old_bytes = std::mem::take(&mut self.new_bytes);
+            self.old_kept = std::mem::take(&mut self.new_kept);
         }
         self.new_bytes += bytes;
+        self.new_kept += entry.kept();
         self.new.insert(*key, entry);
         dropped
     }
@@ -291,9 +307,7 @@ impl Policy {
 
     /// Prompt states kept (see `prefix.rs`) and the bytes they take; 0 without the cache.
     pub fn prefix_states(&self) -> (usize, usize) {
-        self.prefixes
-            .as_ref()
-            .map_or((0, 0), |c| (c.len(), c.bytes()))
+        self.prefixes.as_ref().map_or((0, 0), PrefixCache::tally)
     }
 }
 
