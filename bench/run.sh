@@ -6,12 +6,12 @@
 #   bench/run.sh              # build (release, locked), then run everything (~15 min after the build)
 #   bench/run.sh --no-build   # reuse target/release/{shenhe,examples/scripted_model}
 #
-# Knobs (environment): BENCH_ROUNDS (rounds of workloads 1–2, default 3: every target once per
-# round, in forward then reverse order, and each ratio taken within a round), BENCH_DURATION
-# (s per wrk run of workloads 1–2, default 5), BENCH_SLOW_DURATION (s of the 1,000-stream run,
-# default 16), BENCH_WARMUP (s, default 1), BENCH_DIALECTS (which APIs workloads 1–2 run on, of
-# "chat messages responses", default all; workload 3 runs on chat only, once, and only when chat
-# is selected).
+# Knobs (environment): BENCH_ROUNDS (rounds of workloads 1, 2 and 4, default 3: every target
+# once per round, in forward then reverse order, and each ratio taken within a round),
+# BENCH_DURATION (s per wrk run of workloads 1, 2 and 4, default 5), BENCH_SLOW_DURATION (s of
+# the 1,000-stream run, default 16), BENCH_WARMUP (s, default 1), BENCH_DIALECTS (which APIs
+# workloads 1–2 run on, of "chat messages responses", default all; workload 3 (once) and
+# workload 4 (chat conversations turn by turn) run on chat only, when chat is selected).
 # Raw outputs go to bench/out/ (gitignored); the final Markdown tables go to stdout and
 # bench/out/summary.md. Every process started here is stopped on exit.
 set -euo pipefail
@@ -36,6 +36,8 @@ SHENHE=127.0.0.1:18080
 SHENHE_ADMIN=127.0.0.1:19090
 SHENHE_TERMS=127.0.0.1:18082 # the 10,000-term policy, running beside the other during workloads 1–2
 SHENHE_TERMS_ADMIN=127.0.0.1:19092
+SHENHE_KEPT=127.0.0.1:18083 # the 10,000-term policy with chat history kept (workload 4)
+SHENHE_KEPT_ADMIN=127.0.0.1:19093
 NGINX=127.0.0.1:18081
 
 BUILD=1
@@ -52,9 +54,9 @@ done
 [[ -n $DIALECTS ]] || { echo "BENCH_DIALECTS selects nothing" >&2; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_ROUNDS must be a whole number >= 1" >&2; exit 1; }
 # The whole run after the build: twice the expected time (10 wrk runs per dialect and round,
-# 5 slow runs); the script kills itself past this.
+# 3 more per round for workload 4, 5 slow runs); the script kills itself past this.
 N_DIALECTS=$(wc -w <<<"$DIALECTS")
-WATCHDOG_S=$((120 + 2 * (ROUNDS * N_DIALECTS * 10 * (WARM + DUR + 8) + HAS_CHAT * 5 * (SLOW_DUR + 24))))
+WATCHDOG_S=$((120 + 2 * (ROUNDS * (N_DIALECTS * 10 + HAS_CHAT * 3) * (WARM + DUR + 8) + HAS_CHAT * 5 * (SLOW_DUR + 24))))
 
 for tool in wrk nginx python3 curl ss; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx curl iproute2 python3)" >&2; exit 1; }
@@ -158,6 +160,70 @@ while len(terms) < 10000:
         terms.add(t)
 with open(f"{out}/terms.txt", "w", encoding="utf-8") as f:
     f.write("\n".join(sorted(terms)) + "\n")
+# Workload 4: chat conversations sent turn by turn. Each body is a whole chat request as a client
+# sends it (system prompt, the history so far, the new user message); one line per body, turn
+# by turn across the conversations (line t * CONVS + k is turn t of conversation k). "@@" in
+# the system prompt is replaced per pass by wrk_history.lua, so every pass is new conversations.
+CONVS, TURNS = 128, 8
+zh_chars = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下"
+            "过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两"
+            "体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线"
+            "内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并")
+en_words = ("the of and to in is that for it as with was on be by this are from or have an they which one "
+            "you were all we when there can more if will would about their other into has time what some "
+            "could them only new these two may first any like our over such how most after made also did "
+            "many before must through years where much your way well down should because each just those "
+            "people great little world still own see men work long here get both between life being under "
+            "never day same another know while last might us great old year off come since against go came "
+            "right used take three states himself few house use during without again place around however "
+            "home small found thought went say part once general high upon school every does got united "
+            "left number course war until always away something fact though water less public put think "
+            "almost hand enough far took head yet government system better set told nothing night end why "
+            "called didn eyes find going look asked later knew point next program city business give group "
+            "toward young days let room president side social given present several order national second "
+            "possible rather per face among form important often things looking early white case john become "
+            "large big need four within felt along children saw best church ever least power development light").split()
+def mixed(n_bytes, r):
+    parts, size = [], 0
+    while size < n_bytes:
+        if r.random() < 0.6:
+            t = "".join(r.choice(zh_chars) for _ in range(r.randint(6, 20))) + r.choice("，。；")
+        else:
+            t = " ".join(r.choice(en_words) for _ in range(r.randint(5, 14))).capitalize() + ". "
+        parts.append(t)
+        size += len(t.encode())
+    return "".join(parts)
+term_set = terms
+def clean(text):
+    # as shenhe reads it too: separators between two CJK characters are passed over
+    low = text.lower()
+    bare = "".join(c for c in low if c not in "，。；")
+    return not any(x[i:i + n] in term_set for x in (low, bare) for i in range(len(x)) for n in range(2, 11))
+def message(n_bytes, r):
+    while True:
+        t = mixed(n_bytes, r)
+        if clean(t):
+            return t
+hr = random.Random(20250202)
+convs = []
+for k in range(CONVS):
+    system = "Session @@. " + message(600, hr)
+    msgs = [{"role": "system", "content": system}]
+    bodies = []
+    for t in range(TURNS):
+        msgs.append({"role": "user", "content": message(hr.randint(100, 400), hr)})
+        bodies.append(json.dumps({"model": "demo", "stream": False, "max_tokens": 256, "messages": msgs},
+                                 ensure_ascii=False, separators=(",", ":")))
+        msgs = msgs + [{"role": "assistant", "content": message(hr.randint(600, 1500), hr)}]
+    convs.append(bodies)
+with open(f"{out}/history_chat.jsonl", "w", encoding="utf-8") as f:
+    for t in range(TURNS):
+        for k in range(CONVS):
+            f.write(convs[k][t] + "\n")
+with open(f"{out}/history_info.txt", "w") as f:
+    n = CONVS * TURNS
+    total = sum(len(b.encode()) for c in convs for b in c)
+    f.write(f"{CONVS} {TURNS} {total // n}\n")
 PY
 echo -e "round\tdialect\tworkload\ttarget\trequests\tduration_us\tbytes\tp50_us\tp99_us\terrors\tcpu_ms\tchunks_per_stream\trss_idle_kib\trss_loaded_kib\tconns" >"$OUT/results.tsv"
 
@@ -212,6 +278,7 @@ EOF
 
 SHENHE_PID=
 SHENHE_TERMS_PID=
+SHENHE_KEPT_PID=
 write_shenhe_config() { # $1 file, $2 upstream host:port, $3 policy yaml block (may be empty), $4 listen, $5 admin
   cat >"$1" <<EOF
 server:
@@ -251,6 +318,7 @@ proxy_pids() { # $1 kind
   case $1 in
     shenhe) echo "$SHENHE_PID" ;;
     shenhe-terms) echo "$SHENHE_TERMS_PID" ;;
+    shenhe-kept) echo "$SHENHE_KEPT_PID" ;;
     nginx) ps -o pid= --ppid "$NGINX_PID" | tr -d ' ' ;;
     *) echo "${2:-}" ;;
   esac
@@ -299,7 +367,8 @@ busiest_share() { # $1 before, $2 after
 
 check_alive() { # $1 kind, $2 model pid (direct): stop the bench if what was measured is gone
   local pid
-  case $1 in shenhe) pid=$SHENHE_PID ;; shenhe-terms) pid=$SHENHE_TERMS_PID ;; nginx) pid=$NGINX_PID ;; *) pid=$2 ;; esac
+  case $1 in shenhe) pid=$SHENHE_PID ;; shenhe-terms) pid=$SHENHE_TERMS_PID ;; shenhe-kept) pid=$SHENHE_KEPT_PID ;;
+    nginx) pid=$NGINX_PID ;; *) pid=$2 ;; esac
   kill -0 "$pid" 2>/dev/null && return 0
   echo "$1 (pid $pid) is gone after a run (something else stopped it, or it crashed: see bench/out/*.log)" >&2
   exit 1
@@ -319,17 +388,17 @@ count_chunks() { # SSE events a client receives for one stream of body $3 on $1
 }
 
 # $1 round, $2 dialect, $3 workload, $4 target label, $5 url, $6 body file,
-# $7 proxy kind (direct|nginx|shenhe|shenhe-terms)
+# $7 proxy kind (direct|nginx|shenhe|shenhe-terms|shenhe-kept), $8 wrk script (bench/wrk_post.lua)
 run_wrk() {
-  local round=$1 d=$2 w=$3 target=$4 url=$5 body=$6 kind=$7 tag cpu0 cpu1 th0 chunks=-
+  local round=$1 d=$2 w=$3 target=$4 url=$5 body=$6 kind=$7 script=${8:-bench/wrk_post.lua} tag cpu0 cpu1 th0 chunks=-
   tag=$(echo "${d}_${w}_${target}_r$round" | tr -c 'A-Za-z0-9_\n' '_')
   log "round $round: $d $w / $target: warmup ${WARM}s, run ${DUR}s"
   echo "$round $d $w $target $(cat /proc/loadavg)" >>"$OUT/loadavg.log"
-  WRK_BODY_FILE=$body timeout $((WARM + 30)) wrk -t2 -c$CONC -d${WARM}s --timeout 30s -s bench/wrk_post.lua "$url" >"$OUT/warm_$tag.txt" 2>&1
+  WRK_BODY_FILE=$body timeout $((WARM + 30)) wrk -t2 -c$CONC -d${WARM}s --timeout 30s -s "$script" "$url" >"$OUT/warm_$tag.txt" 2>&1
   if [[ $w == stream && $round == 1 ]]; then chunks=$(count_chunks "$url" "$tag" "$body"); fi
   cpu0=$(cpu_ms "$kind" "$MODEL_FAST_PID")
   th0=$(thread_ticks "$kind")
-  WRK_BODY_FILE=$body timeout $((DUR + 30)) wrk -t2 -c$CONC -d${DUR}s --timeout 30s --latency -s bench/wrk_post.lua "$url" >"$OUT/wrk_$tag.txt" 2>&1
+  WRK_BODY_FILE=$body timeout $((DUR + 30)) wrk -t2 -c$CONC -d${DUR}s --timeout 30s --latency -s "$script" "$url" >"$OUT/wrk_$tag.txt" 2>&1
   check_alive "$kind" "$MODEL_FAST_PID"
   cpu1=$(cpu_ms "$kind" "$MODEL_FAST_PID")
   [[ $kind == direct ]] || echo "$round $d $w $target busiest thread $(busiest_share "$th0" "$(thread_ticks "$kind")")" >>"$OUT/threads.log"
@@ -431,6 +500,31 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
+
+# ---------------------------------------------------------------------------------- workload 4
+# Chat conversations turn by turn (chat only, with the 10k-term policy): the prompt scanned whole
+# every turn (the process above, prompt_prefix_cache: 0) against the same policy keeping the
+# scanner's state at the ends of messages (prompt_prefix_cache: 32MiB, the default).
+if [[ $HAS_CHAT == 1 && -n $TERMS_FORM ]]; then
+  sed -e "s#$SHENHE_TERMS#$SHENHE_KEPT#" -e "s#$SHENHE_TERMS_ADMIN#$SHENHE_KEPT_ADMIN#" \
+    -e "s#prompt_prefix_cache: 0#prompt_prefix_cache: 32MiB#" "$OUT/shenhe_terms_fast.yaml" >"$OUT/shenhe_kept_fast.yaml"
+  passthrough_pid=$SHENHE_PID
+  start_shenhe "$OUT/shenhe_kept_fast.yaml" shenhe_kept_fast $SHENHE_KEPT
+  SHENHE_KEPT_PID=$SHENHE_PID SHENHE_PID=$passthrough_pid
+  read -r H_CONVS _ _ <"$OUT/history_info.txt"
+  export WRK_CONVERSATIONS=$H_CONVS WRK_THREADS=2
+  for round in $(seq 1 "$ROUNDS"); do
+    targets=("shenhe-passthrough|$S$RAW|shenhe" "shenhe-moderated-10k-terms|$ST$CHAT|shenhe-terms"
+      "shenhe-moderated-10k-terms-kept|http://$SHENHE_KEPT$CHAT|shenhe-kept")
+    if ((round % 2 == 0)); then targets=("${targets[2]}" "${targets[1]}" "${targets[0]}"); fi
+    for t in "${targets[@]}"; do
+      IFS='|' read -r label url kind <<<"$t"
+      run_wrk "$round" chat history "$label" "$url" "$OUT/history_chat.jsonl" "$kind" bench/wrk_history.lua
+    done
+  done
+  curl -s "http://$SHENHE_KEPT_ADMIN/metrics" | grep -E '^shenhe_prompt_(bytes_reused_total|prefix_states|prefix_bytes) ' >"$OUT/history_kept_metrics.txt" || true
+  stop_pid "$SHENHE_KEPT_PID"
+fi
 stop_pid "$SHENHE_PID"
 [[ -n $SHENHE_TERMS_PID ]] && stop_pid "$SHENHE_TERMS_PID"
 stop_pid "$NGINX_PID"

@@ -119,6 +119,28 @@ if slow:
           f"{added('chat', 'slow', t, 'p99')} | {r['errors']} | {r['conns']} | {idle} | {loaded} | "
           f"{'–' if k is None else f'{k:.1f}'} |")
     p("")
+history = of("chat", "history")
+if history:
+    info = open(path.rsplit("/", 1)[0] + "/history_info.txt").read().split()
+    p(f"### 4. Chat conversations turn by turn, 10k terms, concurrency 32, {each}\n")
+    p(f"{info[0]} conversations of {info[1]} turns (a 600-byte system prompt, user messages of 100–400 "
+      f"bytes, answers of 600–1,500 in the history; {int(info[2]):,} bytes a request on average), "
+      "each pass new conversations. `kept`: `policy.prompt_prefix_cache: 32MiB` (the default); "
+      "the other moderated row scans every prompt whole.\n")
+    p("| target | req/s | p50 ms | p99 ms | errors | CPU µs/req ¹ |")
+    p("|---|---:|---:|---:|---:|---:|")
+    for t, r in history:
+        p(f"| {t} | {r['rate']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {r['cpu_us']:.0f} |")
+    try:
+        kept = dict(l.split() for l in open(path.rsplit("/", 1)[0] + "/history_kept_metrics.txt"))
+        reqs = sum(int(x["requests"]) for x in by_round.get(("chat", "history", "shenhe-moderated-10k-terms-kept"), {}).values())
+        p(f"\nKept process at the end: {int(kept['shenhe_prompt_prefix_states']):,} states, "
+          f"{int(kept['shenhe_prompt_prefix_bytes']) / 2**20:.1f} MiB; "
+          f"{int(kept['shenhe_prompt_bytes_reused_total']) / max(reqs, 1):,.0f} prompt bytes a request not scanned again "
+          "(warm-ups included in the count).")
+    except (OSError, KeyError, ValueError):
+        pass
+    p("")
 p("¹ CPU time (user+sys from /proc/PID/stat) of the proxy process(es) during the run divided by "
   "requests; for `direct` it is the scripted model's own CPU.  ")
 p("² streams/s × SSE events per stream as a client receives them (counted once with curl: "
@@ -173,6 +195,15 @@ ratio_row("CPU per 1 KB request, shenhe passthrough / nginx (info)", "≤ 1.00",
 if any(get(d, "json", "shenhe-moderated-10k-terms") for d in dialects):
     ratio_row("CPU per 1 KB request, moderated + 10k terms / passthrough (info)", "–", "json",
               "shenhe-moderated-10k-terms", "shenhe-passthrough", None, key="cpu_us")
+if history:
+    # workload 4 runs on chat only: the other columns read n/a
+    ratio_row("chat history, kept / whole prompt scans, req/s (info)", "–", "history",
+              "shenhe-moderated-10k-terms-kept", "shenhe-moderated-10k-terms", None)
+    ratio_row("chat history, kept / whole prompt scans, CPU per request (info)", "–", "history",
+              "shenhe-moderated-10k-terms-kept", "shenhe-moderated-10k-terms", None, key="cpu_us")
+    for t in ("shenhe-moderated-10k-terms", "shenhe-moderated-10k-terms-kept"):
+        ratio_row(f"chat history, {t.removeprefix('shenhe-')} / passthrough, req/s (info)", "≥ 0.85 (info)",
+                  "history", t, "shenhe-passthrough", lambda v: v >= 0.85)
 for w, label in (("json", "1 KB"), ("stream", "256-token stream")):
     for q in ("p50", "p99"):
         for route in ("passthrough", "moderated"):

@@ -9,7 +9,13 @@
 //! 81 % of the bytes not scanned again); a first turn whose system prompt was seen before
 //! 0.83–0.88× a whole scan.
 //!
-//! Latest (2026-12-06 21:00–21:50, six runs interleaved with the code before bench/README.md
+//! 2026-12-07 (bench/README.md item 29: traditional characters and CJK punctuation in CJK
+//! runs), two runs in a slow machine state (bare aho-corasick 82–85 MB/s): realistic / worst
+//! scan 96 / 98 MB/s (1.16–1.17 / 1.16 of bare aho-corasick; 88 MB/s, 1.11, before it in the
+//! same state), streaming on 1–4-character pieces 47 / 44 MB/s, normalization alone 440 / 182
+//! MB/s (401 before).
+//!
+//! Earlier (2026-12-06 21:00–21:50, six runs interleaved with the code before bench/README.md
 //! item 26, the machine's usual state): realistic / worst, scan 104–106 / 112–113 MB/s (bare
 //! aho-corasick 84–94 / 91–94), streaming on 1–4-character pieces 58–59 / 54–55 MB/s against
 //! 52–55 / 51–53 before (82 against 90 ns a realistic piece), on 16–64-character pieces 98–100 /
