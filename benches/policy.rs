@@ -4,10 +4,11 @@
 //! Run with `cargo bench --bench policy`. Goals: scan ≥ 200 MB/s, streaming ≥ 50 MB/s,
 //! 1M-term compile ≤ 5 s and ≤ 300 MB.
 //!
-//! Chat history (`[conversation]` lines, 2026-12-06 23:40, three runs): 20 turns, 281 KiB of
-//! prompts, all prompt scans 1.8–2.1× faster with states kept (`policy.prompt_prefix_cache`;
-//! 81 % of the bytes not scanned again); a first turn whose system prompt was seen before
-//! 0.83–0.88× a whole scan.
+//! Chat history (`[conversation]` lines, 2026-12-07 01:15, three runs, a noisy machine): 20
+//! turns, 281 KiB of prompts, all prompt scans 2.8–3.7× faster with states kept
+//! (`policy.prompt_prefix_cache`; 90 % of the bytes not scanned again, a turn reading on from
+//! the end of the one before; 1.8–2.1× and 81 % at 2026-12-06 23:40, from two turns before); a
+//! first turn whose system prompt was seen before 0.83–0.98× a whole scan.
 //!
 //! 2026-12-07 (bench/README.md item 29: traditional characters and CJK punctuation in CJK
 //! runs), two runs in a slow machine state (bare aho-corasick 82–85 MB/s): realistic / worst

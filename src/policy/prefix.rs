@@ -7,9 +7,10 @@
 //! sent it (the tenant and the pseudonymous user, so that how fast a prompt is judged tells
 //! nobody what another user sent). A later prompt of the same sender looks up the ends of its
 //! first text and of its last [`LOOKUP_ENDS`]: it resumes from the longest kept state, and
-//! keeps the scanner's state at each marked end it passes. A chat's turn `n` then reads on from
-//! the end of turn `n - 2`, and a prompt whose ends are never seen again pays for a mark, not
-//! for a state.
+//! keeps the scanner's state at each marked end it passes, and, when it resumed (a
+//! conversation going on), at its own end. From its third turn on, a chat's turn `n` then reads
+//! on from the end of turn `n - 1`: the last answer and the new message; a prompt whose ends
+//! are never seen again pays for a mark, not for a state.
 //!
 //! The findings are those of a scan of the whole text, a term across the seam between the
 //! cached part and the rest included: the state is the streaming scanner's
@@ -259,8 +260,14 @@ impl Policy {
             }
         }
         // Ends after the hit seen for the first time get a mark, no state yet: most prompts'
-        // ends are never seen again, and a state costs more to keep than a mark.
+        // ends are never seen again, and a state costs more to keep than a mark. But a prompt
+        // that resumes from a state is a conversation going on: its own end is where its next
+        // turn's history ends, so the state there is kept at once, and the next turn reads on
+        // from it (as many states as before: one a turn, each one turn later).
         let first = hit.as_ref().map_or(0, |(k, _)| k + 1);
+        if hit.is_some() && ends.last() == Some(&text.len()) && first < ends.len() {
+            seen[ends.len() - 1] = true;
+        }
         for k in first..ends.len() {
             if !seen[k] && (texts.first() == Some(&ends[k]) || ends[k] == text.len()) {
                 cache.put(&keys[k], Entry::Seen);
@@ -419,13 +426,19 @@ mod tests {
         assert!(second.findings.is_empty());
         assert_eq!(second.reused, 0);
         assert_eq!(p.prefix_states().0, 2);
-        // The third reads on from the end of the first turn, and keeps the second's end.
+        // The third reads on from the end of the first turn, and keeps the second's end and,
+        // as it resumed, its own.
         let turn3 = [&turn2[..], &["Bye.", "One more thing"]].concat();
         let third = scan(&p, &turn3);
         assert_eq!(third.reused, joined(&turn1).0.len());
-        assert_eq!(p.prefix_states().0, 3);
+        assert_eq!(p.prefix_states().0, 4);
+        // From then on a turn reads on from the end of the one before: one state a turn.
         let turn4 = [&turn3[..], &["Yes?", "Nothing"]].concat();
-        assert_eq!(scan(&p, &turn4).reused, joined(&turn2).0.len());
+        assert_eq!(scan(&p, &turn4).reused, joined(&turn3).0.len());
+        assert_eq!(p.prefix_states().0, 5);
+        let turn5 = [&turn4[..], &["Sure.", "Good night"]].concat();
+        assert_eq!(scan(&p, &turn5).reused, joined(&turn4).0.len());
+        assert_eq!(p.prefix_states().0, 6);
         // A term across the seam between the kept history and the new text is found: the
         // kept state holds the match in progress (`bomb` … `recipe`, `炸` … `弹`), and the
         // separators and zero-width characters between are read as a scan of the whole reads
