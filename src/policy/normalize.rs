@@ -440,6 +440,18 @@ impl Emit for NormBuf {
     }
 }
 
+/// The code point of the three-byte UTF-8 character at `bytes[j]` (below U+10000), if one is
+/// there (`bytes` is valid UTF-8).
+#[inline(always)]
+fn three_byte_char(bytes: &[u8], j: usize) -> Option<u32> {
+    let &[b0, b1, b2] = bytes.get(j..j + 3)? else {
+        return None;
+    };
+    (0xE0..0xF0)
+        .contains(&b0)
+        .then(|| u32::from(b0 & 0x0F) << 12 | u32::from(b1 & 0x3F) << 6 | u32::from(b2 & 0x3F))
+}
+
 impl CharTable {
     /// What the three-byte character at `bytes[j]` maps to when that is one three-byte
     /// character of class CJK (the BMP beyond U+0800 holds all common CJK; itself, or its
@@ -447,13 +459,7 @@ impl CharTable {
     /// the pending run before it, and the output keeps the original's length.
     #[inline(always)]
     pub(crate) fn run_cjk(&self, bytes: &[u8], j: usize) -> Option<u32> {
-        let &[b0, b1, b2] = bytes.get(j..j + 3)? else {
-            return None;
-        };
-        if !(0xE0..0xF0).contains(&b0) {
-            return None;
-        }
-        let cp = u32::from(b0 & 0x0F) << 12 | u32::from(b1 & 0x3F) << 6 | u32::from(b2 & 0x3F);
+        let cp = three_byte_char(bytes, j)?;
         // `cp` < 0x10000: the tables need no bounds check.
         let k = usize::from(cp as u16 >> 6);
         if self.self_cjk_bits[k] >> (cp & 63) & 1 != 0 {
@@ -468,15 +474,10 @@ impl CharTable {
     /// Whether the character at `bytes[j]` is a three-byte separator (`，` `。` `、` …).
     #[inline]
     pub(crate) fn cjk_sep(&self, bytes: &[u8], j: usize) -> bool {
-        let Some(&[b0, b1, b2]) = bytes.get(j..j + 3) else {
-            return false;
-        };
-        if !(0xE0..0xF0).contains(&b0) {
-            return false;
-        }
-        let cp = u32::from(b0 & 0x0F) << 12 | u32::from(b1 & 0x3F) << 6 | u32::from(b2 & 0x3F);
-        let e = self.bmp[cp as usize];
-        e & (REMOVED | MULTI) == 0 && Class::from_bits(e >> CLASS_SHIFT) == Class::Sep
+        three_byte_char(bytes, j).is_some_and(|cp| {
+            let e = self.bmp[cp as usize];
+            e & (REMOVED | MULTI) == 0 && Class::from_bits(e >> CLASS_SHIFT) == Class::Sep
+        })
     }
 
     /// What a character of a CJK run ([`CharTable::run_cjk`]) maps to.

@@ -43,7 +43,8 @@ const RUN: u32 = u32::MAX;
 /// A stretch of the normalized text read, from normalized offset `nstart` to the next
 /// stretch's: either a *run*, whose normalized bytes map one for one onto the original bytes
 /// from `os`, ASCII through [`CharTable::run_byte`] and CJK through [`CharTable::run_cjk`]
-/// (ASCII words, CJK that maps to itself or to its simplified form: all common text), or one character `c` from original bytes `os..oe`. Runs cost one entry however long.
+/// (ASCII words, CJK that maps to itself or to its simplified form: all common text), or one
+/// character `c` from original bytes `os..oe`. Runs cost one entry however long.
 #[derive(Debug, Clone, Copy, Default)]
 struct Seg {
     nstart: usize,
