@@ -7,8 +7,8 @@
 //! sent it (the tenant and the pseudonymous user, so that how fast a prompt is judged tells
 //! nobody what another user sent). A later prompt of the same sender looks up the ends of its
 //! first text and of its last [`LOOKUP_ENDS`]: it resumes from the longest kept state, and
-//! keeps the scanner's state at each marked end it passes, and, when it resumed (a
-//! conversation going on), at its own end. From its third turn on, a chat's turn `n` then reads
+//! keeps the scanner's state at each marked end it passes, and, when it resumed past its
+//! first text (a conversation going on), at its own end. From its third turn on, a chat's turn `n` then reads
 //! on from the end of turn `n - 1`: the last answer and the new message; a prompt whose ends
 //! are never seen again pays for a mark, not for a state.
 //!
@@ -261,11 +261,16 @@ impl Policy {
         }
         // Ends after the hit seen for the first time get a mark, no state yet: most prompts'
         // ends are never seen again, and a state costs more to keep than a mark. But a prompt
-        // that resumes from a state is a conversation going on: its own end is where its next
-        // turn's history ends, so the state there is kept at once, and the next turn reads on
-        // from it (as many states as before: one a turn, each one turn later).
+        // that resumes from a state past its first text is a conversation going on: its own
+        // end is where its next turn's history ends, so the state there is kept at once, and
+        // the next turn reads on from it (as many states as before: one a turn, each one turn
+        // later). One that resumes from its system prompt alone may be one of many single
+        // questions under it: its end is only marked.
         let first = hit.as_ref().map_or(0, |(k, _)| k + 1);
-        if hit.is_some() && ends.last() == Some(&text.len()) && first < ends.len() {
+        let going_on = hit
+            .as_ref()
+            .is_some_and(|(k, _)| texts.first() != Some(&ends[*k]));
+        if going_on && ends.last() == Some(&text.len()) && first < ends.len() {
             seen[ends.len() - 1] = true;
         }
         for k in first..ends.len() {
@@ -518,6 +523,9 @@ mod tests {
         scan(&p, &[&system, "hello"]);
         assert_eq!(p.prefix_states().0, 2);
         assert_eq!(scan(&p, &[&system, "something else"]).reused, system.len());
+        // Resumed from its system prompt only: perhaps one of many single questions under it,
+        // so its own end is marked, not kept.
+        assert_eq!(p.prefix_states().0, 2);
         // A prompt of many small texts marks two ends at most, not one a text (its first
         // text is too short: one); seen again, one state.
         let many: Vec<String> = (0..200).map(|i| format!("message {i}; ")).collect();
