@@ -160,8 +160,10 @@ impl OnePass {
     }
 
     /// Normalized offset of the first character that may still be part of a match (`kws` the
-    /// walk's terms); `npos` when everything read is decided.
-    fn held_from(&self, kws: &KeywordSet) -> usize {
+    /// walk's terms); `npos` when everything read is decided. A stream asks once per piece and
+    /// hands the answer to [`OnePass::hold`] and [`OnePass::keep_from`].
+    #[inline]
+    pub(crate) fn held_from(&self, kws: &KeywordSet) -> usize {
         let Some(a) = kws.automaton() else {
             return self.npos;
         };
@@ -172,21 +174,20 @@ impl OnePass {
         n
     }
 
-    /// Absolute original offset of the first character that may still be part of a match
-    /// (`kws` the walk's terms), or `None` when everything read is decided.
-    pub(crate) fn hold(&self, kws: &KeywordSet) -> Option<usize> {
-        let n = self.held_from(kws);
-        (n < self.npos).then(|| self.orig_start(n))
+    /// Absolute original offset of the first character that may still be part of a match, or
+    /// `None` when everything read is decided; `held` is [`OnePass::held_from`].
+    pub(crate) fn hold(&self, held: usize) -> Option<usize> {
+        (held < self.npos).then(|| self.orig_start(held))
     }
 
     /// Absolute original offset from which the walk may read the original text again: the
-    /// context before what it holds (or, with none, `released`, what the stream released).
-    pub(crate) fn keep_from(&self, kws: &KeywordSet, released: usize) -> usize {
+    /// context before what it holds (or, with none, `released`, what the stream released);
+    /// `held` is [`OnePass::held_from`].
+    pub(crate) fn keep_from(&self, held: usize, released: usize) -> usize {
         if self.context == 0 || self.head == 0 {
             return released;
         }
-        let n = self.held_from(kws).saturating_sub(self.context);
-        released.min(self.orig_start(n))
+        released.min(self.orig_start(held.saturating_sub(self.context)))
     }
 
     /// Start a stretch at the current normalized offset.

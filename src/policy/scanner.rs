@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use super::keywords::{DrainBufs, KeywordSet};
+use super::keywords::DrainBufs;
 use super::normalize::{NormBuf, NormState};
 use super::onepass::{OnePass, Text};
 use super::{Direction, Finding, Policy};
@@ -131,10 +131,12 @@ impl ScanCore {
         self.total += sub.len();
     }
 
-    /// Drop now what [`ScanCore::trim`] drops in batches: a state kept for later
-    /// (`prefix.rs`) holds only what may be read again.
+    /// Drop now what [`ScanCore::trim_from`] drops in batches after a piece: a state kept for
+    /// later (`prefix.rs`) holds only what may be read again.
     pub fn compact(&mut self, policy: &Policy, dir: Direction) {
-        self.trim_from(policy.keywords_for(dir), 0);
+        let kws = policy.keywords_for(dir);
+        let walk_held = self.walk.as_ref().map(|w| w.held_from(kws));
+        self.trim_from(0, walk_held);
     }
 
     /// Heap and inline bytes this state takes (what a clone of it allocates, about).
@@ -170,6 +172,9 @@ impl ScanCore {
     ) -> usize {
         let first_new = out.len();
         let kws = policy.keywords_for(dir);
+        // Where the walk's held text begins (normalized), asked once: the release and the
+        // trim below both need it.
+        let mut walk_held = None;
         let kw_hold = match &mut self.walk {
             Some(walk) => {
                 let hits = walk.hits();
@@ -181,7 +186,9 @@ impl ScanCore {
                     );
                     hits.clear();
                 }
-                walk.hold(kws)
+                let held = walk.held_from(kws);
+                walk_held = Some(held);
+                walk.hold(held)
             }
             None => {
                 let hold = kws.drain(
@@ -236,23 +243,20 @@ impl ScanCore {
         }
         debug_assert!(released >= self.released, "released went back");
         self.released = self.released.max(released);
-        self.trim(kws);
+        self.trim_from(TRIM_MIN, walk_held);
         if out.len() - first_new > 1 {
             out[first_new..].sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         }
         self.released
     }
 
-    /// Drop what no later step can need: normalized text before the keyword cursor (less the
-    /// context a held match is checked with) and original text before both the earliest
-    /// detector cursor (less one char) and the context before what the one-pass walk holds.
-    fn trim(&mut self, kws: &KeywordSet) {
-        self.trim_from(kws, TRIM_MIN);
-    }
-
-    /// [`ScanCore::trim`], dropping text once `min` bytes of it can go.
-    fn trim_from(&mut self, kws: &KeywordSet, min: usize) {
-        self.trim_orig(kws, min);
+    /// Drop what no later step can need, once `min` bytes of it can go (held text is trimmed
+    /// in batches): normalized text before the keyword cursor (less the context a held match
+    /// is checked with) and original text before both the earliest detector cursor (less one
+    /// char) and the context before what the one-pass walk holds (`walk_held`: where that
+    /// begins, [`OnePass::held_from`]).
+    fn trim_from(&mut self, min: usize, walk_held: Option<usize>) {
+        self.trim_orig(min, walk_held);
         if self.walk.is_some() {
             return;
         }
@@ -276,14 +280,18 @@ impl ScanCore {
         }
     }
 
-    fn trim_orig(&mut self, kws: &KeywordSet, min: usize) {
+    fn trim_orig(&mut self, min: usize, walk_held: Option<usize>) {
         // Nothing to trim before `released` (and what is kept is a prefix of that): the
         // common case, which needs no look at the walk.
         if self.released - self.orig_base < min && self.released < self.total {
             return;
         }
         // The walk reads again only from the context before what it holds.
-        let walk_keep = self.walk.as_ref().map(|w| w.keep_from(kws, self.released));
+        let walk_keep = self
+            .walk
+            .as_ref()
+            .zip(walk_held)
+            .map(|(w, held)| w.keep_from(held, self.released));
         let det_keep = self.det_cursors.iter().min().map(|&c| c.saturating_sub(4));
         let Some(keep) = walk_keep.into_iter().chain(det_keep).min() else {
             return;
