@@ -172,6 +172,45 @@ async fn passthrough_post_body_and_sse_are_byte_identical() {
 }
 
 #[tokio::test]
+async fn passthrough_answers_keep_the_upstream_framing() {
+    // A length-framed answer reaches the client with the same Content-Length; a chunked one
+    // stays chunked, with no length made up.
+    let body = "{\"id\":\"x\",\"choices\":[]}";
+    let mut framed = Script::json(body);
+    framed.chunked = false;
+    framed
+        .headers
+        .push(("content-length".into(), body.len().to_string()));
+    let routes = "routes:\n  paths:\n    /v1/raw/chat: passthrough\n";
+    for (script, length) in [(framed, Some(body.len())), (Script::json(body), None)] {
+        let up = Upstream::fixed(script).await;
+        let p = proxy(&up.base_url(), routes).await;
+        let resp = client()
+            .post(p.url("/v1/raw/chat"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        match length {
+            Some(n) => {
+                assert_eq!(header("content-length"), Some(n.to_string()));
+                assert_eq!(header("transfer-encoding"), None);
+            }
+            None => {
+                assert_eq!(header("content-length"), None);
+                assert_eq!(header("transfer-encoding").as_deref(), Some("chunked"));
+            }
+        }
+        assert_eq!(resp.text().await.unwrap(), body);
+    }
+}
+
+#[tokio::test]
 async fn streams_are_not_buffered() {
     // The upstream will not send its last event until the client has seen the first one.
     let gate = Arc::new(Notify::new());

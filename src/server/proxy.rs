@@ -268,16 +268,39 @@ pub fn stream_back(
 ) -> Response {
     let status = resp.status();
     ctx.log.upstream_status = Some(status.as_u16());
-    let headers = ctx
+    let mut headers = ctx
         .rt
         .headers
         .client_response(resp.headers(), &ctx.request_id);
+    // The body goes as the model server framed it: a declared length stays (the client can
+    // size its buffer, and sees what the model server sent); without one, chunked. Answers
+    // that have no body (to HEAD, 204, 304) keep hyper's framing.
+    let bodiless = ctx.method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if !bodiless {
+        if let Some(len) = framing_length(resp.headers()) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
     let sse = is_event_stream(resp.headers());
     let deadline = sent + ctx.rt.upstream.total_timeout;
     let idle = ctx.rt.upstream.idle_timeout;
     let stream = super::upstream::bounded_body(resp, idle, deadline)
         .map(|r| r.map_err(|f| std::io::Error::other(f.message())));
     ctx.streaming(status, headers, stream, sse)
+}
+
+/// The length an upstream response's body is framed by: one valid `Content-Length` and no
+/// `Transfer-Encoding` (which wins over it). The upstream client reads exactly that many bytes
+/// (`client::response`), and a decoded body has had the header removed (`Upstream::send`).
+fn framing_length(h: &HeaderMap) -> Option<u64> {
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let mut values = h.get_all(header::CONTENT_LENGTH).iter();
+    let len = values.next()?.to_str().ok()?.trim().parse::<u64>().ok()?;
+    values.next().is_none().then_some(len)
 }
 
 pub fn is_event_stream(h: &HeaderMap) -> bool {
