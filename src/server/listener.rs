@@ -119,10 +119,12 @@ pub enum Service {
 }
 
 impl Service {
-    async fn call(self, req: hyper::Request<Incoming>) -> axum::response::Response {
+    /// Answer `req`, which came from `peer` (handed to the proxy directly rather than through
+    /// the request's extensions, whose map is one more allocation a request).
+    async fn call(self, req: hyper::Request<Incoming>, peer: PeerAddr) -> axum::response::Response {
         let req = req.map(axum::body::Body::new);
         match self {
-            Service::Proxy(state) => super::proxy::handle(axum::extract::State(state), req).await,
+            Service::Proxy(state) => super::proxy::handle(state, req, peer).await,
             Service::Router(router) => router
                 .oneshot(req)
                 .await
@@ -142,10 +144,9 @@ fn spawn_conn(
     let _ = stream.set_nodelay(true);
     let service = service.clone();
     let peer = PeerAddr::new(peer);
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(peer.clone());
-        let service = service.clone();
-        async move { Ok::<_, Infallible>(service.call(req).await) }
+    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let (service, peer) = (service.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(service.call(req, peer).await) }
     });
     let watcher = graceful.watcher();
     let builders = builders.clone();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -104,8 +104,8 @@ impl RequestCtx {
     }
 }
 
-/// The fallback handler of the public router.
-pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+/// The handler of every request on the public listener; `peer` is where it came from.
+pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Response {
     let rt = state.runtime();
     let (parts, body) = req.into_parts();
     let request_id = headers::request_id(&parts.headers);
@@ -148,23 +148,22 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         rec,
         rt,
         method: parts.method.clone(),
-        path: path.clone(),
+        path,
         query: parts.uri.query().map(str::to_string),
         client_headers: parts.headers,
-        peer: parts.extensions.get::<PeerAddr>().cloned(),
+        peer: Some(peer),
         request_id,
         dialect,
         log,
     };
     match route {
-        RouteMatch::Refused => ctx.error(
-            ApiError::new(
-                ErrorKind::UnknownRoute,
-                format!(
-                    "no route for POST {path}: shenhe forwards only listed generation routes (add it under routes.paths, or set routes.default: passthrough)"
-                ),
-            ),
-        ),
+        RouteMatch::Refused => {
+            let message = format!(
+                "no route for POST {}: shenhe forwards only listed generation routes (add it under routes.paths, or set routes.default: passthrough)",
+                ctx.path
+            );
+            ctx.error(ApiError::new(ErrorKind::UnknownRoute, message))
+        }
         RouteMatch::Ambiguous(why) => ctx.error(ApiError::new(
             ErrorKind::BadRequest,
             format!("refused path: {why}"),
@@ -304,13 +303,11 @@ fn framing_length(h: &HeaderMap) -> Option<u64> {
 }
 
 pub fn is_event_stream(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
+    const SSE: &[u8] = b"text/event-stream";
+    h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes().trim_ascii_start();
+        v.len() >= SSE.len() && v[..SSE.len()].eq_ignore_ascii_case(SSE)
+    })
 }
 
 /// How long a moderated request may take to arrive.
