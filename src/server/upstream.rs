@@ -344,7 +344,13 @@ pub fn bounded_body(
         if st.done {
             return None;
         }
-        let item = match st.pending.take() {
+        // A chunk that has already arrived (a whole small answer, often) is taken without
+        // reading the clock or arming a timer; only a wait is bounded.
+        let ready = match st.pending.take() {
+            Some(item) => Some(item),
+            None => st.inner.next().now_or_never(),
+        };
+        let item = match ready {
             Some(item) => Ok(item),
             None => {
                 let left = deadline.saturating_duration_since(Instant::now());
