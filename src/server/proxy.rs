@@ -31,7 +31,7 @@ pub struct RequestCtx {
     pub path: String,
     pub query: Option<String>,
     pub client_headers: HeaderMap,
-    pub peer: Option<PeerAddr>,
+    pub peer: PeerAddr,
     pub request_id: HeaderValue,
     pub dialect: DialectName,
     pub log: RequestLog,
@@ -151,7 +151,7 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
         path,
         query: parts.uri.query().map(str::to_string),
         client_headers: parts.headers,
-        peer: Some(peer),
+        peer,
         request_id,
         dialect,
         log,
@@ -239,7 +239,7 @@ pub async fn send_upstream(
     let url = ctx.rt.upstream.url(&ctx.path, ctx.query.as_deref())?;
     let up_headers = ctx.rt.headers.upstream_request(
         &ctx.client_headers,
-        ctx.peer.as_ref().map(|p| &p.ip),
+        Some(&ctx.peer.ip),
         &ctx.request_id,
         moderated,
     );
