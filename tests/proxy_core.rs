@@ -211,6 +211,33 @@ async fn passthrough_answers_keep_the_upstream_framing() {
 }
 
 #[tokio::test]
+async fn answers_to_head_keep_the_length_of_the_body_they_stand_for() {
+    // A HEAD answer has no body, but its Content-Length says how long the GET's would be: a
+    // client sizing a download reads it, so it must survive the proxy.
+    let mut script = Script::json("");
+    script.steps.clear();
+    script.chunked = false;
+    script
+        .headers
+        .push(("content-length".into(), "1234".into()));
+    let up = Upstream::fixed(script).await;
+    let p = proxy(
+        &up.base_url(),
+        "routes:\n  paths:\n    /v1/raw/files: passthrough\n",
+    )
+    .await;
+    let resp = client().head(p.url("/v1/raw/files")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()),
+        Some("1234")
+    );
+    assert!(resp.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn streams_are_not_buffered() {
     // The upstream will not send its last event until the client has seen the first one.
     let gate = Arc::new(Notify::new());

@@ -272,12 +272,10 @@ pub fn stream_back(
         .headers
         .client_response(resp.headers(), &ctx.request_id);
     // The body goes as the model server framed it: a declared length stays (the client can
-    // size its buffer, and sees what the model server sent); without one, chunked. Answers
-    // that have no body (to HEAD, 204, 304) keep hyper's framing.
-    let bodiless = ctx.method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    if !bodiless {
+    // size its buffer, and sees what the model server sent); without one, chunked. An answer
+    // to HEAD, or a 304, keeps the length of the body it stands for (it has none itself); a
+    // 204 has no length to keep.
+    if status != StatusCode::NO_CONTENT {
         if let Some(len) = framing_length(resp.headers()) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
