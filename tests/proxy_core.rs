@@ -414,6 +414,65 @@ async fn malformed_json_on_a_moderated_route_is_400() {
 }
 
 #[tokio::test]
+async fn other_methods_on_a_moderated_route_are_405_and_preflights_are_forwarded() {
+    let up = Upstream::fixed(Script::json("").with_status(204)).await;
+    let p = proxy(&up.base_url(), "").await;
+    // A GET (OpenAI lists stored completions there: model output nobody judged), a DELETE
+    // and a PUT with a prompt in it: refused in the API's shape, naming what the route takes.
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+        reqwest::Method::PUT,
+    ] {
+        let resp = client()
+            .request(method.clone(), p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["allow"], "POST, OPTIONS", "{method}");
+        let (status, v) = error_json(resp).await;
+        assert_eq!(status, 405, "{method}");
+        assert_openai_error(&v, "method_not_allowed");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(method.as_str()), "{message}");
+    }
+    // Anthropic's route answers in Anthropic's shape.
+    let resp = client().get(p.url("/v1/messages")).send().await.unwrap();
+    let (status, v) = error_json(resp).await;
+    assert_eq!(status, 405);
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let resp = client()
+        .head(p.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert!(up.requests().is_empty(), "nothing reached the upstream");
+
+    // A CORS preflight goes to the model server, without any body sent with it.
+    let resp = client()
+        .request(reqwest::Method::OPTIONS, p.url("/v1/chat/completions"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body("smuggled")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "OPTIONS");
+    assert_eq!(seen[0].header("origin"), Some("https://app.example"));
+    assert!(
+        seen[0].body.is_empty(),
+        "the preflight's body stays in shenhe"
+    );
+}
+
+#[tokio::test]
 async fn unknown_post_route_is_404_naming_it_unless_passthrough() {
     let up = Upstream::fixed(Script::json("{\"ok\":true}")).await;
     let p = proxy(&up.base_url(), "").await;

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// No route: an unlisted POST path.
     UnknownRoute,
+    /// A method other than POST (or OPTIONS) on a moderated route.
+    MethodNotAllowed,
     /// The prompt was refused by the policy.
     ContentFilter,
     /// shenhe cannot record decisions and is configured to fail closed.
@@ -54,6 +56,7 @@ impl ErrorKind {
             }
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::UnknownRoute => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +74,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::UnknownRoute => "unknown_route",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::ContentFilter => "content_filter",
             ErrorKind::Unavailable => "service_unavailable",
             ErrorKind::Internal => "internal_error",
@@ -86,6 +90,7 @@ impl ErrorKind {
             | ErrorKind::BadRequest
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::UnknownRoute
+            | ErrorKind::MethodNotAllowed
             | ErrorKind::ContentFilter => "invalid_request_error",
             _ => "api_error",
         }
@@ -101,6 +106,7 @@ impl ErrorKind {
             | ErrorKind::BadJson
             | ErrorKind::BadRequest
             | ErrorKind::UnsupportedMediaType
+            | ErrorKind::MethodNotAllowed
             | ErrorKind::ContentFilter => "invalid_request_error",
             _ => "api_error",
         }
@@ -201,6 +207,11 @@ impl IntoResponse for ApiError {
         if self.kind.retryable() {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.kind == ErrorKind::MethodNotAllowed {
+            // RFC 9110 §15.5.6: a 405 lists the methods the route takes.
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
         }
         resp
     }

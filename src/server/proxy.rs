@@ -168,16 +168,31 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
             ErrorKind::BadRequest,
             format!("refused path: {why}"),
         )),
-        RouteMatch::Listed { .. } | RouteMatch::Unlisted => {
-            // Boxed: the moderated exchange's state is several KiB, and the router moves this
-            // handler's future more than once per request (measured: 9 KiB of memcpy per
-            // request, a fifth of a passthrough request's instructions, before boxing).
-            if dialect == DialectName::Passthrough {
-                Box::pin(passthrough(ctx, body)).await
-            } else {
-                Box::pin(crate::dialect::moderate::handle(ctx, body)).await
+        RouteMatch::Listed(_) if dialect != DialectName::Passthrough => {
+            match ctx.method {
+                // Boxed, as the passthrough below: the moderated exchange's state is several
+                // KiB, and the router moves this handler's future more than once per request
+                // (measured: 9 KiB of memcpy per request, a fifth of a passthrough request's
+                // instructions, before boxing).
+                Method::POST => Box::pin(crate::dialect::moderate::handle(ctx, body)).await,
+                // A CORS preflight carries no content: the model server answers it, and
+                // whatever body came with it stays here.
+                Method::OPTIONS => forward(ctx, UpstreamBody::Empty, None, false).await,
+                // A generation route reads its text from a POST body. Another method would
+                // either fail to parse (a GET has no body) or reach the model server with
+                // nothing judged (a listing of stored completions holds model output).
+                _ => {
+                    let message = format!(
+                        "{} is not allowed on {}: shenhe moderates this route, which takes POST \
+                         (and OPTIONS)",
+                        ctx.method, ctx.path
+                    );
+                    ctx.error(ApiError::new(ErrorKind::MethodNotAllowed, message))
+                }
             }
         }
+        // Passthrough routes, listed or not.
+        RouteMatch::Listed(_) | RouteMatch::Unlisted => Box::pin(passthrough(ctx, body)).await,
     }
 }
 
