@@ -473,6 +473,44 @@ async fn other_methods_on_a_moderated_route_are_405_and_preflights_are_forwarded
 }
 
 #[tokio::test]
+async fn stored_output_under_a_moderated_route_is_not_served() {
+    // A response fetched by id (stored, or run in the background) was never judged on its way
+    // out: shenhe does not fetch it. Deleting it is fine.
+    let up = Upstream::fixed(Script::json(r#"{"id":"resp_1","output_text":"…"}"#)).await;
+    let p = proxy(&up.base_url(), "").await;
+    for path in [
+        "/v1/responses/resp_1",
+        "/v1/chat/completions/chatcmpl-1/messages",
+    ] {
+        let resp = client().get(p.url(path)).send().await.unwrap();
+        let (status, v) = error_json(resp).await;
+        assert_eq!(status, 404, "{path}");
+        assert_openai_error(&v, "unknown_route");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(path),
+            "{v}"
+        );
+    }
+    assert!(up.requests().is_empty(), "nothing reached the upstream");
+    let resp = client()
+        .delete(p.url("/v1/responses/resp_1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.requests().len(), 1);
+    // With `routes.default: passthrough` the operator forwards what shenhe does not moderate.
+    let open = proxy(&up.base_url(), "routes:\n  default: passthrough\n").await;
+    let resp = client()
+        .get(open.url("/v1/responses/resp_1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.requests().len(), 2);
+}
+
+#[tokio::test]
 async fn unknown_post_route_is_404_naming_it_unless_passthrough() {
     let up = Upstream::fixed(Script::json("{\"ok\":true}")).await;
     let p = proxy(&up.base_url(), "").await;

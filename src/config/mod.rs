@@ -163,7 +163,8 @@ impl Default for UpstreamTimeouts {
     }
 }
 
-/// What happens to a POST route the table does not list.
+/// What happens to a POST route the table does not list, and to a path under a moderated
+/// route (stored output: `/v1/responses/{id}`) that it does not list.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DefaultRoute {

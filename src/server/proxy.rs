@@ -121,9 +121,10 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
     let route = rt.routes.lookup(&parts.method, &path);
     let counted = match &route {
         RouteMatch::Listed(r) => r.clone(),
-        RouteMatch::Unlisted | RouteMatch::Refused | RouteMatch::Ambiguous(_) => {
-            rt.routes.unlisted().clone()
-        }
+        RouteMatch::Unlisted
+        | RouteMatch::Refused
+        | RouteMatch::StoredOutput(_)
+        | RouteMatch::Ambiguous(_) => rt.routes.unlisted().clone(),
     };
     let dialect = counted.dialect;
     // Only moderated routes write records: passthrough requests skip the HMAC.
@@ -161,6 +162,15 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
             let message = format!(
                 "no route for POST {}: shenhe forwards only listed generation routes (add it under routes.paths, or set routes.default: passthrough)",
                 ctx.path
+            );
+            ctx.error(ApiError::new(ErrorKind::UnknownRoute, message))
+        }
+        RouteMatch::StoredOutput(parent) => {
+            let message = format!(
+                "no route for {} {}: it sits under the moderated route {}, where a model server \
+                 serves stored output (retrieval, background runs, batch results) that shenhe \
+                 has not judged (set routes.default: passthrough to forward it)",
+                ctx.method, ctx.path, parent.template
             );
             ctx.error(ApiError::new(ErrorKind::UnknownRoute, message))
         }

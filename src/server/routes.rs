@@ -68,6 +68,12 @@ pub enum RouteMatch {
     Unlisted,
     /// Not listed and refused (a POST while `routes.default: reject`).
     Refused,
+    /// Not listed, under a moderated route (`/v1/responses/{id}`, `/v1/chat/completions/{id}`,
+    /// `/v1/messages/batches/…`), and refused while `routes.default: reject`: there a model
+    /// server serves stored output (retrieval, background runs, batch results) that was never
+    /// judged on its way out. The route is the moderated one it sits under. DELETE and OPTIONS
+    /// carry no output and pass.
+    StoredOutput(Arc<Route>),
     /// A path shenhe will not forward because the upstream could read it as another path.
     Ambiguous(&'static str),
 }
@@ -119,15 +125,40 @@ impl RouteTable {
         if let Err(why) = check_unambiguous(path) {
             return RouteMatch::Ambiguous(why);
         }
-        if let Some(route) = self.routes.get(canonical_key(path).as_ref()) {
+        let key = canonical_key(path);
+        if let Some(route) = self.routes.get(key.as_ref()) {
             return RouteMatch::Listed(route.clone());
         }
-        let carries_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
-        if carries_body && self.default == DefaultRoute::Reject {
+        if self.default == DefaultRoute::Passthrough {
+            return RouteMatch::Unlisted;
+        }
+        if !matches!(*method, Method::DELETE | Method::OPTIONS) {
+            if let Some(parent) = self.moderated_parent(&key) {
+                return RouteMatch::StoredOutput(parent);
+            }
+        }
+        if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
             RouteMatch::Refused
         } else {
             RouteMatch::Unlisted
         }
+    }
+
+    /// The moderated route that `key` (canonical, not itself listed) sits under, if any.
+    fn moderated_parent(&self, key: &str) -> Option<Arc<Route>> {
+        // The longest listed prefix that ends at a segment boundary: a passthrough route
+        // under a moderated one (`/v1/messages/count_tokens`) keeps what sits under it.
+        let mut end = key.len();
+        while let Some(slash) = key[..end].rfind('/') {
+            if slash == 0 {
+                return None;
+            }
+            if let Some(r) = self.routes.get(&key[..slash]) {
+                return (r.dialect != DialectName::Passthrough).then(|| r.clone());
+            }
+            end = slash;
+        }
+        None
     }
 }
 
@@ -242,6 +273,57 @@ mod tests {
         );
         assert_eq!(
             table(DefaultRoute::Passthrough).lookup(&Method::POST, "/v2/generate"),
+            RouteMatch::Unlisted
+        );
+    }
+
+    #[test]
+    fn stored_output_under_a_moderated_route_is_refused_unless_default_passthrough() {
+        let t = table(DefaultRoute::Reject);
+        for (method, path, parent) in [
+            (Method::GET, "/v1/responses/resp_1", "/v1/responses"),
+            (
+                Method::GET,
+                "/V1/Responses/resp_1/input_items/",
+                "/v1/responses",
+            ),
+            (
+                Method::GET,
+                "/v1/chat/completions/chatcmpl-1",
+                "/v1/chat/completions",
+            ),
+            (Method::POST, "/v1/messages/batches", "/v1/messages"),
+            (
+                Method::GET,
+                "/v1/messages/batches/b1/results",
+                "/v1/messages",
+            ),
+        ] {
+            assert!(
+                matches!(
+                    t.lookup(&method, path),
+                    RouteMatch::StoredOutput(r) if r.template == parent
+                ),
+                "{method} {path}"
+            );
+        }
+        // Deleting stored output, a preflight, a passthrough route under a moderated one
+        // and what sits under it, and paths that only share a prefix, are not stored output.
+        for (method, path) in [
+            (Method::DELETE, "/v1/responses/resp_1"),
+            (Method::OPTIONS, "/v1/responses/resp_1"),
+            (Method::POST, "/v1/messages/count_tokens"),
+            (Method::GET, "/v1/messages/count_tokens/x"),
+            (Method::GET, "/v1/responsesx/1"),
+            (Method::GET, "/v1/models/m1"),
+        ] {
+            assert!(
+                !matches!(t.lookup(&method, path), RouteMatch::StoredOutput(_)),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(
+            table(DefaultRoute::Passthrough).lookup(&Method::GET, "/v1/responses/resp_1"),
             RouteMatch::Unlisted
         );
     }
