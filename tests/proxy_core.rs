@@ -491,6 +491,15 @@ async fn stored_output_under_a_moderated_route_is_not_served() {
             "{v}"
         );
     }
+    // Under Anthropic's route, in Anthropic's shape.
+    let resp = client()
+        .get(p.url("/v1/messages/batches/b1/results"))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = error_json(resp).await;
+    assert_eq!(status, 404);
+    assert_eq!(v["error"]["type"], "not_found_error", "{v}");
     assert!(up.requests().is_empty(), "nothing reached the upstream");
     let resp = client()
         .delete(p.url("/v1/responses/resp_1"))

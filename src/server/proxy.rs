@@ -166,6 +166,9 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
             ctx.error(ApiError::new(ErrorKind::UnknownRoute, message))
         }
         RouteMatch::StoredOutput(parent) => {
+            // Refused in the shape of the API it sits under.
+            let mut ctx = ctx;
+            ctx.dialect = parent.dialect;
             let message = format!(
                 "no route for {} {}: it sits under the moderated route {}, where a model server \
                  serves stored output (retrieval, background runs, batch results) that shenhe \
