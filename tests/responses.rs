@@ -269,6 +269,46 @@ async fn prompt_refusal_never_reaches_the_upstream() {
     assert!(up.requests().is_empty());
 }
 
+#[tokio::test]
+async fn a_background_run_is_served_only_streamed() {
+    // Unstreamed, a background run's output would be fetched later by id, past the guard.
+    let up = Upstream::fixed(Script::json(
+        r#"{"id":"resp_1","status":"queued","output":[]}"#,
+    ))
+    .await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let body = json!({"model": "m", "background": true, "input": "hello"});
+    let resp = post_json(&p, "/v1/responses", &body).await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    assert_eq!(v["error"]["param"], "background", "{v}");
+    assert!(up.requests().is_empty());
+    // `background: false`, or a streamed background run (its output comes through here),
+    // go on as any request.
+    for body in [
+        json!({"model": "m", "background": false, "input": "hello"}),
+        json!({"model": "m", "background": null, "input": "hello"}),
+    ] {
+        let resp = post_json(&p, "/v1/responses", &body).await;
+        assert_eq!(resp.status(), 200, "{body}");
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(up.requests().len(), 2);
+    let up = Upstream::fixed(Script::sse_writes(vec![ev(
+        0,
+        json!({"type": "response.completed", "response": {"id": "r", "status": "completed", "output": []}}),
+    )]))
+    .await;
+    let p = proxy(&up.base_url(), POLICY).await;
+    let body = json!({"model": "m", "background": true, "stream": true, "input": "hello"});
+    let resp = post_json(&p, "/v1/responses", &body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("response.completed"), "{text}");
+    assert_eq!(up.requests().len(), 1);
+}
+
 fn whole(output: Value) -> String {
     responses_object("completed", output).to_string()
 }

@@ -49,7 +49,7 @@ const PROMPT: &[&str] = &[
 ];
 
 /// What the fast read of a request takes besides `PROMPT` (see `quick`).
-const REQUEST_MORE: &[&str] = &["input", "model", "text.format.type"];
+const REQUEST_MORE: &[&str] = &["input", "model", "text.format.type", "background"];
 /// What the fast read of a whole answer takes: item and part types, the parts' text, the
 /// other generated fields (`ITEM_TEXT` less `content.*.text`, then `output_text`), the
 /// implicit label's slot.
@@ -81,6 +81,10 @@ fn quick_prompt(body: &[u8]) -> Option<QuickPrompt<'_>> {
             (Some(0), _) => return None,
             (Some(1), Leaf::Str(s)) => q.model = Some(s),
             (Some(2), Leaf::Str(s)) => q.json_mode = matches!(&*s, "json_object" | "json_schema"),
+            // `true` or `false`: the tree path tells them apart (and refuses a background run
+            // whose output would be fetched later, unjudged).
+            (Some(3), Leaf::Null) => {}
+            (Some(3), _) => return None,
             _ => {}
         }
     }
@@ -279,6 +283,17 @@ pub fn prompt_texts(req: &Value) -> Result<Vec<Found>, ApiError> {
             ErrorKind::BadJson,
             "the request body must be a JSON object",
         ));
+    }
+    // A background run answers "queued" and leaves its output to be fetched by id, a path that
+    // never passes the guard (and that shenhe refuses): only a streamed one delivers its output
+    // here, judged.
+    if req["background"] == Value::Bool(true) && req["stream"] != Value::Bool(true) {
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
+            "`background: true` is served only with `stream: true`: the output of a background \
+             run is fetched later by id, which shenhe does not serve unjudged",
+        )
+        .with_param("background"));
     }
     let mut out = Vec::new();
     match &req["input"] {
