@@ -136,12 +136,12 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
     let rec = super::records::RecordCtx {
         records: state.records.clone(),
         request_id: rid.clone(),
-        route: counted.template.clone(),
+        route: counted.clone(),
         dialect: dialect.as_str(),
         model: None,
         user: user.clone(),
         tenant,
-        policy_version: rt.policy.version().to_string(),
+        policy: rt.policy.clone(),
     };
     let mut log = RequestLog::new(rid, counted, parts.method.clone());
     log.user = user;

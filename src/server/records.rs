@@ -9,6 +9,7 @@ use http::{header, HeaderMap};
 
 use crate::audit::{self, excerpt, Auditor, Pseudonymizer, Record, ValidAuditConfig};
 use crate::policy::{Action, Detector, Direction, Finding, Policy};
+use crate::server::routes::Route;
 
 /// Process-wide audit state.
 pub struct Records {
@@ -62,22 +63,25 @@ impl Records {
 pub struct RecordCtx {
     pub records: Arc<Records>,
     pub request_id: String,
-    pub route: String,
+    /// The route the request is counted under (its template goes in the records).
+    pub route: Arc<Route>,
     pub dialect: &'static str,
     pub model: Option<String>,
     pub user: Option<String>,
     pub tenant: Option<String>,
-    pub policy_version: String,
+    /// The policy that judged the request (its version goes in the records). Shared, not
+    /// copied: most requests write no record.
+    pub policy: Arc<Policy>,
 }
 
 impl RecordCtx {
     fn stamp(&self, mut r: Record) -> Record {
-        r.route = Some(self.route.clone());
+        r.route = Some(self.route.template.clone());
         r.dialect = Some(self.dialect.to_string());
         r.model = self.model.clone();
         r.user = self.user.clone();
         r.tenant = self.tenant.clone();
-        r.policy_version = Some(self.policy_version.clone());
+        r.policy_version = Some(self.policy.version().to_string());
         r
     }
 
