@@ -29,6 +29,8 @@
 //! incomplete. Everything before the first live position is final.
 
 use aho_corasick::automaton::{Automaton as _, OverlappingState, StateID};
+
+use super::ascii_dfa::AsciiDfa;
 use aho_corasick::nfa::contiguous::NFA;
 use aho_corasick::{Anchored, Input, MatchKind};
 
@@ -340,11 +342,14 @@ pub(super) struct Automaton {
     /// and digits alone are this long at least (`usize::MAX` when there are none; 0 when a
     /// term has a space). Short words of English text are then passed over unread.
     short_word: usize,
+    /// Every step over ASCII text as one table lookup, for the one-pass walk's runs of
+    /// English words (`None`: no term has an ASCII character).
+    ascii_dfa: Option<AsciiDfa>,
 }
 
 impl Automaton {
     /// `sorted` must be sorted, distinct and non-empty strings; term indexes refer to it.
-    fn build(sorted: &[&str]) -> Result<Automaton, String> {
+    pub(super) fn build(sorted: &[&str]) -> Result<Automaton, String> {
         let too_big = || "keyword automaton exceeds 2^31 words".to_owned();
         if let Some(t) = sorted.iter().find(|t| t.len() > MAX_TERM_BYTES) {
             return Err(format!(
@@ -491,6 +496,7 @@ impl Automaton {
             pairs,
             triples,
             short_word: 0,
+            ascii_dfa: None,
         };
         a.fill_root_table();
         // Failure links, outputs and live lengths, breadth first: everything a state's values
@@ -572,12 +578,40 @@ impl Automaton {
                 .min()
                 .unwrap_or(usize::MAX);
         }
+        a.ascii_dfa = AsciiDfa::build(&a);
         Ok(a)
+    }
+
+    /// See the field.
+    #[inline(always)]
+    pub(super) fn ascii_dfa(&self) -> Option<&AsciiDfa> {
+        self.ascii_dfa.as_ref()
+    }
+
+    /// Words in the state array (state ids are below).
+    pub(super) fn words(&self) -> usize {
+        self.mem.len()
+    }
+
+    /// State `s` flagged (`OUT`) when a term ends there, as the edges into it are (the root
+    /// never is: no step leads to it flagged, whatever its own entry says).
+    pub(super) fn flagged(&self, s: u32) -> u32 {
+        if s & !OUT != ROOT && self.mem[(s & !OUT) as usize + H_OUT] != 0 {
+            s | OUT
+        } else {
+            s & !OUT
+        }
+    }
+
+    /// The failure link of state `s` (flagged or not): the state of its longest proper suffix
+    /// that is a term prefix.
+    pub(super) fn fail(&self, s: u32) -> u32 {
+        self.mem[(s & !OUT) as usize + H_FAIL]
     }
 
     /// Whether some term has BMP character `c`.
     #[inline(always)]
-    fn uses(&self, c: u32) -> bool {
+    pub(super) fn uses(&self, c: u32) -> bool {
         c < 0x1_0000 && self.used_bits[c as usize >> 6] & (1 << (c & 63)) != 0
     }
 
@@ -589,7 +623,7 @@ impl Automaton {
 
     /// The edges of state `s`, empty hash slots left out: (index of the target's word in
     /// `mem`, char, target).
-    fn edges(&self, s: usize) -> impl Iterator<Item = (usize, u32, u32)> + '_ {
+    pub(super) fn edges(&self, s: usize) -> impl Iterator<Item = (usize, u32, u32)> + '_ {
         let len = self.mem[s + H_LEN] as usize;
         (0..len)
             .map(move |j| s + HEADER + 2 * j)
@@ -679,7 +713,7 @@ impl Automaton {
     /// The state after reading `c` in state `s` (flagged or not; the result is flagged): goto
     /// if there is an edge, else the failure chain's first state that has one. Without the
     /// filters (used while building, when the characters before are not at hand).
-    fn step(&self, mut s: u32, c: u32) -> u32 {
+    pub(super) fn step(&self, mut s: u32, c: u32) -> u32 {
         loop {
             s &= !OUT;
             if s == ROOT {
@@ -927,6 +961,7 @@ impl Automaton {
             + std::mem::size_of_val(&*self.ascii3)
             + self.pairs.memory_usage()
             + self.triples.memory_usage()
+            + self.ascii_dfa.as_ref().map_or(0, AsciiDfa::memory_usage)
     }
 }
 

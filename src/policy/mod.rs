@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+mod ascii_dfa;
 mod categories;
 mod compile;
 pub mod config;

@@ -21,6 +21,7 @@
 //! ([`keyword_hits`] and [`OnePass::new`] decline). A stream keeps the original text from
 //! the first character it may read again: the context before what it holds.
 
+use super::ascii_dfa::{AsciiDfa, FAR, NO_ROW};
 use super::keywords::{self, AllowSet, Automaton, Best, KeywordSet, TermMeta, OUT, ROOT};
 use super::normalize::{CharTable, Emit, NormState, Normalizer};
 use super::{Direction, Policy};
@@ -74,6 +75,11 @@ pub(crate) struct OnePass {
     p2: u32,
     /// Normalized bytes read so far.
     npos: usize,
+    /// The row of the automaton's ASCII table (`AsciiDfa`) of state `row_state`, as the
+    /// last run of English words ended there: a stream's next piece that goes on from the
+    /// same state finds its row without a lookup.
+    row_state: u32,
+    row: u32,
     /// Stretch `k` of the text is at `segs[k & mask]`; `head` were started.
     segs: Box<[Seg]>,
     mask: usize,
@@ -105,6 +111,8 @@ impl OnePass {
         let size = (a.max_len() + 2 * context + 8).next_power_of_two();
         Some(OnePass {
             s: ROOT,
+            row_state: ROOT,
+            row: 0,
             segs: vec![Seg::default(); size].into_boxed_slice(),
             mask: size - 1,
             context,
@@ -202,9 +210,21 @@ impl OnePass {
         self.head += 1;
     }
 
+    /// Read character `c`: through the automaton's ASCII table when the walk knows its row
+    /// there (a stream's pieces: the space before a word, then the word's run, each go on
+    /// from the row where the other ended), else the automaton's step.
     #[inline(always)]
     fn step(&mut self, a: &Automaton, c: u32) {
-        self.s = a.advance(self.s, c, self.p1, self.p2);
+        match a.ascii_dfa() {
+            Some(d) if c < 0x80 && self.s == self.row_state => {
+                let cell = d.entry(self.row, c as u8);
+                self.s = d.resolve(cell);
+                if cell & FAR == 0 {
+                    (self.row_state, self.row) = (self.s, cell & !OUT);
+                }
+            }
+            _ => self.s = a.advance(self.s, c, self.p1, self.p2),
+        }
         (self.p1, self.p2) = (c, self.p1);
     }
 
@@ -451,6 +471,7 @@ impl Walker<'_> {
             start: self.w.npos,
             npos: self.w.npos,
             holding: self.w.best.is_some(),
+            off: NO_ROW,
         }
     }
 
@@ -461,16 +482,69 @@ impl Walker<'_> {
         r.s = self.a.advance(r.s, c, r.p1, r.p2);
         (r.p1, r.p2) = (c, r.p1);
         if r.s & OUT != 0 || r.holding {
-            (self.w.s, self.w.p1, self.w.p2, self.w.npos) = (r.s, r.p1, r.p2, r.npos);
-            self.decide(r.npos, r.npos);
-            (r.s, r.p1, r.p2) = (self.w.s, self.w.p1, self.w.p2);
-            r.holding = self.w.best.is_some();
+            self.run_decide(r);
+        }
+    }
+
+    /// [`Walker::decide`] after a step of a run, with the run's state written back around it.
+    #[inline(always)]
+    fn run_decide(&mut self, r: &mut Run) {
+        (self.w.s, self.w.p1, self.w.p2, self.w.npos) = (r.s, r.p1, r.p2, r.npos);
+        self.decide(r.npos, r.npos);
+        (r.s, r.p1, r.p2) = (self.w.s, self.w.p1, self.w.p2);
+        r.holding = self.w.best.is_some();
+    }
+
+    /// One ASCII character `c` of a run of English words: a lookup in the automaton's ASCII
+    /// table while the walk is on one of its rows (`r.off`; `r.s` is then out of date) and no
+    /// term ends, else [`Walker::run_read`], finding the row again after it.
+    #[inline(always)]
+    fn ascii_read(&mut self, r: &mut Run, c: u8, dfa: Option<&AsciiDfa>) {
+        let Some(d) = dfa else {
+            return self.run_read(r, u32::from(c), 1);
+        };
+        if r.off != NO_ROW {
+            let cell = d.entry(r.off, c);
+            if cell & (OUT | FAR) == 0 {
+                r.off = cell;
+                r.npos += 1;
+                (r.p1, r.p2) = (u32::from(c), r.p1);
+                return;
+            }
+            r.off = NO_ROW;
+            r.s = d.resolve(cell);
+            r.npos += 1;
+            (r.p1, r.p2) = (u32::from(c), r.p1);
+            if r.s & OUT != 0 {
+                self.run_decide(r);
+            }
+        } else {
+            self.run_read(r, u32::from(c), 1);
+        }
+        if !r.holding {
+            r.off = d.row_of(r.s);
+        }
+    }
+
+    /// Whether a run is at the root.
+    #[inline(always)]
+    fn at_root(r: &Run) -> bool {
+        if r.off != NO_ROW {
+            r.off == 0
+        } else {
+            r.s == ROOT
         }
     }
 
     /// End a run; returns how many bytes it read.
     #[inline(always)]
-    fn run_end(&mut self, r: Run) -> usize {
+    fn run_end(&mut self, mut r: Run) -> usize {
+        if r.off != NO_ROW {
+            if let Some(d) = self.a.ascii_dfa() {
+                r.s = d.state(r.off);
+                (self.w.row_state, self.w.row) = (r.s, r.off);
+            }
+        }
         (self.w.s, self.w.p1, self.w.p2, self.w.npos) = (r.s, r.p1, r.p2, r.npos);
         if r.npos == r.start {
             // Nothing read: the stretch is not there.
@@ -490,6 +564,9 @@ struct Run {
     npos: usize,
     /// A match is held (`OnePass::best`): every step must be decided.
     holding: bool,
+    /// The row of the automaton's ASCII table the run is on (`Walker::ascii_read`), or
+    /// `NO_ROW` when `s` is the state. Never a row while `holding`.
+    off: u32,
 }
 
 impl Emit for Walker<'_> {
@@ -517,13 +594,21 @@ impl Emit for Walker<'_> {
         // words too short for any term passed over (`Automaton::short_word`).
         let bytes = piece.as_bytes();
         let short = self.a.short_word();
+        let dfa = self.a.ascii_dfa();
         let mut r = self.run_begin(base + i);
+        if let (Some(d), false) = (dfa, r.holding) {
+            r.off = if r.s == self.w.row_state {
+                self.w.row
+            } else {
+                d.row_of(r.s)
+            };
+        }
         let mut j = i;
         // Word by word: `bytes[j]` is a word byte, the first of the run or after a joining gap.
         loop {
             let we = table.word_end(bytes, j);
             let joined = we >= join_from && table.joins(bytes, we);
-            if joined && r.s == ROOT && !r.holding && we - j < short {
+            if joined && Self::at_root(&r) && !r.holding && we - j < short {
                 // Read from the root, a word closed by a space that no term has holds a match
                 // only if it is as long as some term of letters and digits.
                 r.npos += we + 1 - j;
@@ -531,14 +616,14 @@ impl Emit for Walker<'_> {
                 j = we + 1;
                 continue;
             }
-            let word = bytes[j..we].iter().map(|&b| table.word_byte(b));
-            for c in word.chain(joined.then_some(b' ')) {
-                self.run_read(&mut r, u32::from(c), 1);
+            for &b in &bytes[j..we] {
+                self.ascii_read(&mut r, table.word_byte(b), dfa);
             }
             if !joined {
                 j = we;
                 break;
             }
+            self.ascii_read(&mut r, b' ', dfa);
             j = we + 1;
         }
         self.run_end(r);
@@ -589,6 +674,7 @@ pub(crate) mod tests {
 
     use proptest::prelude::*;
 
+    use super::super::ascii_dfa::CellBudget;
     use super::super::config::{CategoryConfig, NormalizeConfig, PolicyConfig};
     use super::super::normalize::tests::flags_strategy;
     use super::super::scanner::ScanCore;
@@ -745,6 +831,61 @@ pub(crate) mod tests {
         assert!(walked.0.len() >= 5 * 300, "{}", walked.0.len());
     }
 
+    /// English terms of several words in English text: the walk reads it through the
+    /// automaton's ASCII table, whole and in pieces, also with the table cut short (steps that
+    /// leave its rows and find them again), and finds what the streaming machine finds.
+    #[test]
+    fn english_read_through_the_ascii_table_finds_what_the_machine_finds() {
+        let terms: Vec<String> = [
+            "the quick fox",
+            "quick brown",
+            "brown fox jumps",
+            "ox",
+            "jump",
+            "lazy dog",
+            "dog days",
+            "炸弹",
+            "a炸",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let text = "The quick brown fox jumps over the lazy dog. The quick, brown fox; dog \
+                    days are here a炸弹. Jumping foxes, ox-carts and lazy   dogs. "
+            .repeat(20);
+        let cuts: Vec<usize> = (0..text.len()).step_by(3).collect();
+        let mut all = Vec::new();
+        for cells in [usize::MAX, 1, 40, 200] {
+            let budget = CellBudget::set(cells);
+            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
+            drop(budget);
+            let one = p.scan(&text, Direction::Completion);
+            assert_eq!(one, streaming_once(&p, &text), "{cells} cells");
+            assert_eq!(streamed(&p, &text, &cuts, true).0, one, "{cells} cells");
+            all.push(one);
+        }
+        let found: Vec<&str> = all[0]
+            .iter()
+            .take(9)
+            .map(|f| &text[f.span.clone()])
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "quick brown",
+                "ox",
+                "jump",
+                "lazy dog",
+                "quick, brown",
+                "ox",
+                "dog days",
+                "a炸",
+                "Jump"
+            ]
+        );
+        assert!(all.iter().all(|f| f == &all[0]));
+    }
+
     #[test]
     fn short_words_are_passed_over_and_long_ones_read() {
         // The automaton's shortest-word length for `terms`, and the one-pass matches in `text`
@@ -829,8 +970,13 @@ pub(crate) mod tests {
             normalize in flags_strategy(),
             text in text(40),
             cuts in prop::collection::vec(0..200usize, 0..12),
+            cells in prop_oneof![Just(usize::MAX), 1usize..60],
         ) {
-            let Some(p) = policy_with_words(&terms, &words, &allow, normalize) else {
+            // The automaton's ASCII table whole, or cut short so that walks leave its rows.
+            let budget = CellBudget::set(cells);
+            let p = policy_with_words(&terms, &words, &allow, normalize);
+            drop(budget);
+            let Some(p) = p else {
                 return Ok(());
             };
             let whole = p.scan(&text, Direction::Completion);

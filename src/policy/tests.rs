@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::config::{CategoryConfig, PolicyConfig, TextPair};
+use super::config::{CategoryConfig, NormalizeConfig, PolicyConfig, TextPair};
 use super::*;
 
 fn cat(id: &str, action: Option<Action>, keywords: &[&str]) -> CategoryConfig {
@@ -803,5 +803,49 @@ proptest! {
             prop_assert!(f.span.start < f.span.end && f.span.end <= text.len());
             prop_assert!(text.is_char_boundary(f.span.start) && text.is_char_boundary(f.span.end));
         }
+    }
+}
+
+/// A term of spaces alone, with separators kept: left out of its spaces it spells nothing, and
+/// nothing else than its spaces matches it (a walk through the automaton's ASCII table once
+/// read the empty spelling as a match at every character).
+#[test]
+fn a_term_of_spaces_matches_only_spaces() {
+    let cfg = PolicyConfig {
+        normalize: NormalizeConfig {
+            separators: false,
+            ..NormalizeConfig::default()
+        },
+        categories: vec![CategoryConfig {
+            id: "A1a".into(),
+            keywords: vec!["  ".into()],
+            ..CategoryConfig::default()
+        }],
+        ..PolicyConfig::default()
+    };
+    let p = Arc::new(
+        Policy::compile(&cfg, Path::new("."))
+            .expect("compiles")
+            .policy,
+    );
+    let spaces: Vec<std::ops::Range<usize>> = std::iter::once(1..3).collect();
+    for (text, spans) in [(".", vec![]), ("ab.", vec![]), ("a  b", spaces)] {
+        let found: Vec<_> = p
+            .scan(text, Direction::Completion)
+            .into_iter()
+            .map(|f| f.span)
+            .collect();
+        assert_eq!(found, spans, "{text}");
+        let mut s = p.scanner(Direction::Completion);
+        let mut streamed: Vec<_> = text
+            .char_indices()
+            .flat_map(|(i, c)| s.push(&text[i..i + c.len_utf8()]).findings)
+            .collect();
+        streamed.extend(s.finish().findings);
+        assert_eq!(
+            streamed.into_iter().map(|f| f.span).collect::<Vec<_>>(),
+            spans,
+            "{text}"
+        );
     }
 }

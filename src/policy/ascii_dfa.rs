@@ -1,0 +1,303 @@
+//! The keyword automaton's steps over ASCII text as one table: a row per state whose string
+//! is all ASCII, a column per ASCII character some term uses, each cell the state that reading
+//! the character leads to, failure links already followed.
+//!
+//! English runs through the automaton of `keywords.rs` cost a filter test or a table index
+//! at shallow states and, deeper, a probe of the state's edges and often its failure chain:
+//! the words of a text are prefixes of many multi-word terms (`the …`), so most letters step
+//! from a deep state. Here every ASCII step is one load from the current row, whatever the
+//! depth. The one-pass walk (`onepass.rs`) reads runs of English words through it
+//! ([`AsciiDfa::entry`]), carrying a row offset instead of a state, and goes back to the
+//! automaton's own step when a cell says a term ends (the match decision needs the state) or
+//! when the text leaves the rows (a state beyond the table's budget, or not all ASCII).
+//!
+//! Hand-written: the aho-corasick crate's DFA runs over raw bytes and does not share state
+//! ids with the character-level automaton the rest of the walk uses.
+
+use super::keywords::{Automaton, OUT, ROOT};
+
+/// A row offset that stands for no row: the walk steps through the automaton.
+pub(super) const NO_ROW: u32 = u32::MAX;
+/// Set in a cell whose target state has no row; the rest of the cell is that state, flagged
+/// (`OUT`) as the automaton's edges are.
+pub(super) const FAR: u32 = 1 << 30;
+/// Most cells the table may hold (4 MiB): every ASCII state of a 10,000-term library (the load
+/// bench's 5,000 English terms: 27,459 states of 28 cells). Rows are taken breadth first, so a
+/// library too large for all of its ASCII states keeps its shallow ones, where most steps are;
+/// a larger table made the 1M-term library's scan slower (75 against 67 ms a MiB with 16 MiB).
+const MAX_CELLS: usize = 1 << 20;
+/// Class of an ASCII character no term uses: every state goes back to the root along it.
+const UNUSED: u8 = 1;
+
+/// See the module documentation. A row is `stride` cells: the row's own state (flagged), the
+/// root's offset (the `UNUSED` column), then one cell per used character; a cell holds the
+/// target row's offset, with `OUT` when a term ends there, or `FAR | state`.
+pub(super) struct AsciiDfa {
+    class: [u8; 128],
+    cells: Box<[u32]>,
+    /// (automaton state, row offset), open addressing (`EMPTY_KEY`: free), for the walk to
+    /// find its row where it comes back to ASCII text or from a step the table did not take.
+    slots: Box<[(u32, u32)]>,
+    shift: u32,
+    /// The largest state with a row: any state beyond has none (most deep ones).
+    last_state: u32,
+}
+
+const EMPTY_KEY: u32 = u32::MAX;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests shrink the cell budget to run the walk through rows that end (`FAR` cells).
+    pub(super) static TEST_MAX_CELLS: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_CELLS) };
+}
+
+fn max_cells() -> usize {
+    #[cfg(test)]
+    return TEST_MAX_CELLS.with(|c| c.get());
+    #[cfg(not(test))]
+    MAX_CELLS
+}
+
+impl AsciiDfa {
+    /// The table of `a`; `None` when no term has an ASCII character or the automaton is too
+    /// large for `FAR` cells.
+    pub(super) fn build(a: &Automaton) -> Option<AsciiDfa> {
+        let used: Vec<u8> = (0..0x80u8).filter(|&c| a.uses(u32::from(c))).collect();
+        if used.is_empty() || a.words() >= FAR as usize {
+            return None;
+        }
+        let stride = used.len() + 2;
+        let mut class = [UNUSED; 128];
+        for (k, &c) in used.iter().enumerate() {
+            class[usize::from(c)] = (k + 2) as u8;
+        }
+        let max_rows = (max_cells() / stride).max(1);
+        // The rows: states reached from the root along ASCII characters only, breadth first,
+        // as many as the budget holds. A state's failure link spells a shorter suffix of its
+        // string: ASCII too, and shallower, so it has a row (filled before) when the state has
+        // one.
+        let mut rows: Vec<u32> = vec![ROOT];
+        let mut k = 0;
+        while k < rows.len() && rows.len() < max_rows {
+            let s = rows[k] as usize;
+            for (_, c, t) in a.edges(s) {
+                if c < 0x80 && rows.len() < max_rows {
+                    rows.push(t & !OUT);
+                }
+            }
+            k += 1;
+        }
+        let size = (2 * rows.len()).next_power_of_two().max(2);
+        let mut dfa = AsciiDfa {
+            class,
+            cells: vec![0; rows.len() * stride].into_boxed_slice(),
+            slots: vec![(EMPTY_KEY, NO_ROW); size].into_boxed_slice(),
+            shift: 32 - size.trailing_zeros(),
+            last_state: rows.iter().copied().max().unwrap_or(ROOT),
+        };
+        for (r, &s) in rows.iter().enumerate() {
+            let mut i = dfa.slot(s);
+            while dfa.slots[i].0 != EMPTY_KEY {
+                i = (i + 1) & (size - 1);
+            }
+            dfa.slots[i] = (s, (r * stride) as u32);
+        }
+        let mut goto = Vec::new();
+        for (r, &s) in rows.iter().enumerate() {
+            let row = r * stride;
+            dfa.cells[row] = a.flagged(s);
+            dfa.cells[row + 1] = 0;
+            goto.clear();
+            goto.extend(a.edges(s as usize).filter(|&(_, c, _)| c < 0x80));
+            let fail = (s != ROOT).then(|| dfa.row_of(a.fail(s)));
+            for (k, &c) in used.iter().enumerate() {
+                let col = k + 2;
+                let cell = match goto.iter().find(|&&(_, gc, _)| gc == u32::from(c)) {
+                    Some(&(_, _, t)) => match dfa.row_of(t & !OUT) {
+                        NO_ROW => FAR | t,
+                        off => off | (t & OUT),
+                    },
+                    // The failure link's row is earlier (see above): its cell is done.
+                    None => match fail {
+                        Some(f) => dfa.cells[f as usize + col],
+                        None => 0,
+                    },
+                };
+                dfa.cells[row + col] = cell;
+            }
+        }
+        Some(dfa)
+    }
+
+    #[inline(always)]
+    fn slot(&self, s: u32) -> usize {
+        (s.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
+    }
+
+    /// The row offset of state `s` (flagged or not), or `NO_ROW`.
+    #[inline]
+    pub(super) fn row_of(&self, s: u32) -> u32 {
+        let s = s & !OUT;
+        if s == ROOT {
+            return 0;
+        }
+        if s > self.last_state {
+            return NO_ROW;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(s);
+        loop {
+            match self.slots[i] {
+                (k, off) if k == s => return off,
+                (EMPTY_KEY, _) => return NO_ROW,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// The cell of row offset `off` for ASCII character `c`: the next row's offset when it
+    /// has neither `OUT` nor `FAR` set, else see [`AsciiDfa::resolve`].
+    #[inline(always)]
+    pub(super) fn entry(&self, off: u32, c: u8) -> u32 {
+        self.cells[off as usize + usize::from(self.class[usize::from(c & 0x7F)])]
+    }
+
+    /// The automaton state (flagged) a cell leads to.
+    #[inline(always)]
+    pub(super) fn resolve(&self, cell: u32) -> u32 {
+        if cell & FAR != 0 {
+            cell & !FAR
+        } else {
+            self.cells[(cell & !OUT) as usize]
+        }
+    }
+
+    /// The automaton state (flagged) of row offset `off`.
+    #[inline(always)]
+    pub(super) fn state(&self, off: u32) -> u32 {
+        self.cells[off as usize]
+    }
+
+    pub(super) fn memory_usage(&self) -> usize {
+        4 * self.cells.len() + 8 * self.slots.len() + 128
+    }
+
+    /// Rows in the table.
+    #[cfg(test)]
+    pub(super) fn rows(&self) -> usize {
+        let stride = self
+            .class
+            .iter()
+            .copied()
+            .max()
+            .map_or(2, |m| usize::from(m) + 1);
+        self.cells.len() / stride
+    }
+}
+
+/// Sets the cell budget of the tables built on this thread until dropped.
+#[cfg(test)]
+pub(super) struct CellBudget;
+
+#[cfg(test)]
+impl CellBudget {
+    pub(super) fn set(cells: usize) -> CellBudget {
+        TEST_MAX_CELLS.with(|c| c.set(cells));
+        CellBudget
+    }
+}
+
+#[cfg(test)]
+impl Drop for CellBudget {
+    fn drop(&mut self) {
+        TEST_MAX_CELLS.with(|c| c.set(MAX_CELLS));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::keywords::{Automaton, OUT, ROOT};
+    use super::*;
+
+    fn automaton(terms: &[String], cells: usize) -> Automaton {
+        let mut v: Vec<&str> = terms.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v.dedup();
+        let _budget = CellBudget::set(cells);
+        Automaton::build(&v).expect("builds")
+    }
+
+    /// Reading `text` through the table (back to the automaton where a cell leaves the rows,
+    /// onto a row again where the state has one) gives the automaton's state at every step.
+    fn table_walk_equals_steps(a: &Automaton, text: &str) -> Result<(), TestCaseError> {
+        let d = a.ascii_dfa().expect("terms have ASCII characters");
+        let (mut s, mut off) = (ROOT, 0);
+        for c in text.bytes() {
+            s = a.step(s, u32::from(c));
+            if off != NO_ROW {
+                let cell = d.entry(off, c);
+                prop_assert_eq!(d.resolve(cell), s, "cell {:#x}", cell);
+                off = if cell & (OUT | FAR) == 0 {
+                    cell
+                } else {
+                    d.row_of(s)
+                };
+                if cell & FAR == 0 {
+                    prop_assert_ne!(off, NO_ROW);
+                }
+            } else {
+                off = d.row_of(s);
+            }
+            if off != NO_ROW {
+                prop_assert_eq!(d.state(off), s);
+            }
+        }
+        Ok(())
+    }
+
+    fn term() -> impl Strategy<Value = String> {
+        "[abc ]{1,6}".prop_filter("not blank", |t| !t.trim().is_empty())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn cells_are_the_automaton_steps(
+            terms in prop::collection::vec(term(), 1..12),
+            text in "[abcdZ ]{0,60}",
+            cells in prop_oneof![Just(MAX_CELLS), 1usize..40],
+        ) {
+            let a = automaton(&terms, cells);
+            table_walk_equals_steps(&a, &text)?;
+        }
+    }
+
+    #[test]
+    fn rows_are_the_ascii_states_the_budget_holds() {
+        let terms: Vec<String> = ["ab", "abc", "b c", "炸弹", "a炸"]
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        // ASCII states: the root, a, ab, abc, b, "b ", "b c"; "a炸" and the CJK ones are not.
+        let a = automaton(&terms, MAX_CELLS);
+        let d = a.ascii_dfa().expect("table");
+        assert_eq!(d.rows(), 7);
+        // Three rows' worth of cells (a row: its state, the unused column, `a b c` and the
+        // space): the root, a, b (breadth first).
+        let a = automaton(&terms, 3 * 6);
+        let d = a.ascii_dfa().expect("table");
+        assert_eq!(d.rows(), 3);
+        let ab = a.step(a.step(ROOT, u32::from(b'a')), u32::from(b'b'));
+        assert_eq!(d.row_of(ab), NO_ROW);
+        let cell = d.entry(d.row_of(a.step(ROOT, u32::from(b'a'))), b'b');
+        assert_ne!(cell & FAR, 0);
+        assert_eq!(d.resolve(cell), ab);
+        // No ASCII in any term: no table.
+        assert!(automaton(&["炸弹".to_owned()], MAX_CELLS)
+            .ascii_dfa()
+            .is_none());
+    }
+}
