@@ -12,6 +12,12 @@
 //! double array's speed plus normalizing apart would come to about 150 MB/s: the 200 MB/s goal
 //! needs normalization folded into the automaton's character map, not only faster transitions.
 //!
+//! 2026-12-07 07:07 (bench/README.md item 33: English runs through a table of the automaton's
+//! ASCII states; a usual state, bare aho-corasick 96–97 MB/s): realistic / worst scan 131 / 132
+//! MB/s (1.37 / 1.36 of bare aho-corasick; 116–120 / 115–132 before it at 05:45), streaming on
+//! 1–4-character pieces 60 / 55 MB/s, daachorse 201–207 MB/s; 1M-term compile 1.93 s, policy ≈
+//! 190 MiB by RSS (the 1M library's English is too large for the table, which it goes without).
+//!
 //! Chat history (`[conversation]` lines, 2026-12-07 01:15, three runs, a noisy machine): 20
 //! turns, 281 KiB of prompts, all prompt scans 2.8–3.7× faster with states kept
 //! (`policy.prompt_prefix_cache`; 90 % of the bytes not scanned again, a turn reading on from

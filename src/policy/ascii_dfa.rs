@@ -9,7 +9,12 @@
 //! depth. The one-pass walk (`onepass.rs`) reads runs of English words through it
 //! ([`AsciiDfa::entry`]), carrying a row offset instead of a state, and goes back to the
 //! automaton's own step when a cell says a term ends (the match decision needs the state) or
-//! when the text leaves the rows (a state beyond the table's budget, or not all ASCII).
+//! when the text is not ASCII.
+//!
+//! The table holds every ASCII state or does not exist: a library whose ASCII states need more
+//! than [`MAX_CELLS`] (the 1M-term bench's 300,000 English words) reads English through the
+//! automaton's own shallow tables, which stay in cache where a table cut to its shallow rows
+//! did not (its 1 MiB scan took 67 against 54 ms with one of 4 MiB).
 //!
 //! Hand-written: the aho-corasick crate's DFA runs over raw bytes and does not share state
 //! ids with the character-level automaton the rest of the walk uses.
@@ -18,20 +23,15 @@ use super::keywords::{Automaton, OUT, ROOT};
 
 /// A row offset that stands for no row: the walk steps through the automaton.
 pub(super) const NO_ROW: u32 = u32::MAX;
-/// Set in a cell whose target state has no row; the rest of the cell is that state, flagged
-/// (`OUT`) as the automaton's edges are.
-pub(super) const FAR: u32 = 1 << 30;
 /// Most cells the table may hold (4 MiB): every ASCII state of a 10,000-term library (the load
-/// bench's 5,000 English terms: 27,459 states of 28 cells). Rows are taken breadth first, so a
-/// library too large for all of its ASCII states keeps its shallow ones, where most steps are;
-/// a larger table made the 1M-term library's scan slower (75 against 67 ms a MiB with 16 MiB).
+/// bench's 5,000 English terms: 27,459 states of 28 cells).
 const MAX_CELLS: usize = 1 << 20;
 /// Class of an ASCII character no term uses: every state goes back to the root along it.
 const UNUSED: u8 = 1;
 
 /// See the module documentation. A row is `stride` cells: the row's own state (flagged), the
 /// root's offset (the `UNUSED` column), then one cell per used character; a cell holds the
-/// target row's offset, with `OUT` when a term ends there, or `FAR | state`.
+/// target row's offset, with `OUT` when a term ends there.
 pub(super) struct AsciiDfa {
     class: [u8; 128],
     cells: Box<[u32]>,
@@ -39,7 +39,7 @@ pub(super) struct AsciiDfa {
     /// find its row where it comes back to ASCII text or from a step the table did not take.
     slots: Box<[(u32, u32)]>,
     shift: u32,
-    /// The largest state with a row: any state beyond has none (most deep ones).
+    /// The largest state with a row: any state beyond has none.
     last_state: u32,
 }
 
@@ -47,7 +47,7 @@ const EMPTY_KEY: u32 = u32::MAX;
 
 #[cfg(test)]
 thread_local! {
-    /// Tests shrink the cell budget to run the walk through rows that end (`FAR` cells).
+    /// Tests shrink the cell budget to compile libraries without the table.
     pub(super) static TEST_MAX_CELLS: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_CELLS) };
 }
 
@@ -59,11 +59,11 @@ fn max_cells() -> usize {
 }
 
 impl AsciiDfa {
-    /// The table of `a`; `None` when no term has an ASCII character or the automaton is too
-    /// large for `FAR` cells.
+    /// The table of `a`; `None` when no term has an ASCII character or the table would hold
+    /// more than the budget's cells.
     pub(super) fn build(a: &Automaton) -> Option<AsciiDfa> {
         let used: Vec<u8> = (0..0x80u8).filter(|&c| a.uses(u32::from(c))).collect();
-        if used.is_empty() || a.words() >= FAR as usize {
+        if used.is_empty() {
             return None;
         }
         let stride = used.len() + 2;
@@ -71,23 +71,24 @@ impl AsciiDfa {
         for (k, &c) in used.iter().enumerate() {
             class[usize::from(c)] = (k + 2) as u8;
         }
-        let max_rows = (max_cells() / stride).max(1);
-        // The rows: states reached from the root along ASCII characters only, breadth first,
-        // as many as the budget holds. A state's failure link spells a shorter suffix of its
-        // string: ASCII too, and shallower, so it has a row (filled before) when the state has
-        // one.
+        let max_rows = max_cells() / stride;
+        // The rows: states reached from the root along ASCII characters only, breadth first.
+        // A state's failure link spells a shorter suffix of its string: ASCII too, and
+        // shallower, so its row is filled before the state's.
         let mut rows: Vec<u32> = vec![ROOT];
         let mut k = 0;
-        while k < rows.len() && rows.len() < max_rows {
-            let s = rows[k] as usize;
-            for (_, c, t) in a.edges(s) {
-                if c < 0x80 && rows.len() < max_rows {
+        while k < rows.len() {
+            for (_, c, t) in a.edges(rows[k] as usize) {
+                if c < 0x80 {
                     rows.push(t & !OUT);
                 }
             }
+            if rows.len() > max_rows {
+                return None;
+            }
             k += 1;
         }
-        let size = (2 * rows.len()).next_power_of_two().max(2);
+        let size = (2 * rows.len()).next_power_of_two();
         let mut dfa = AsciiDfa {
             class,
             cells: vec![0; rows.len() * stride].into_boxed_slice(),
@@ -112,18 +113,12 @@ impl AsciiDfa {
             let fail = (s != ROOT).then(|| dfa.row_of(a.fail(s)));
             for (k, &c) in used.iter().enumerate() {
                 let col = k + 2;
-                let cell = match goto.iter().find(|&&(_, gc, _)| gc == u32::from(c)) {
-                    Some(&(_, _, t)) => match dfa.row_of(t & !OUT) {
-                        NO_ROW => FAR | t,
-                        off => off | (t & OUT),
-                    },
-                    // The failure link's row is earlier (see above): its cell is done.
-                    None => match fail {
-                        Some(f) => dfa.cells[f as usize + col],
-                        None => 0,
-                    },
+                dfa.cells[row + col] = match goto.iter().find(|&&(_, gc, _)| gc == u32::from(c)) {
+                    // Every ASCII state has a row.
+                    Some(&(_, _, t)) => dfa.row_of(t) | (t & OUT),
+                    // The failure link's row is filled (see above): its cell is the step.
+                    None => fail.map_or(0, |f| dfa.cells[f as usize + col]),
                 };
-                dfa.cells[row + col] = cell;
             }
         }
         Some(dfa)
@@ -134,7 +129,7 @@ impl AsciiDfa {
         (s.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
     }
 
-    /// The row offset of state `s` (flagged or not), or `NO_ROW`.
+    /// The row offset of state `s` (flagged or not), or `NO_ROW` (not all ASCII).
     #[inline]
     pub(super) fn row_of(&self, s: u32) -> u32 {
         let s = s & !OUT;
@@ -155,27 +150,17 @@ impl AsciiDfa {
         }
     }
 
-    /// The cell of row offset `off` for ASCII character `c`: the next row's offset when it
-    /// has neither `OUT` nor `FAR` set, else see [`AsciiDfa::resolve`].
+    /// The cell of row offset `off` for ASCII character `c`: the next row's offset, with `OUT`
+    /// set when a term ends there.
     #[inline(always)]
     pub(super) fn entry(&self, off: u32, c: u8) -> u32 {
         self.cells[off as usize + usize::from(self.class[usize::from(c & 0x7F)])]
     }
 
-    /// The automaton state (flagged) a cell leads to.
-    #[inline(always)]
-    pub(super) fn resolve(&self, cell: u32) -> u32 {
-        if cell & FAR != 0 {
-            cell & !FAR
-        } else {
-            self.cells[(cell & !OUT) as usize]
-        }
-    }
-
-    /// The automaton state (flagged) of row offset `off`.
+    /// The automaton state (flagged) of row offset `off` (`OUT` ignored).
     #[inline(always)]
     pub(super) fn state(&self, off: u32) -> u32 {
-        self.cells[off as usize]
+        self.cells[(off & !OUT) as usize]
     }
 
     pub(super) fn memory_usage(&self) -> usize {
@@ -229,36 +214,32 @@ mod tests {
         Automaton::build(&v).expect("builds")
     }
 
-    /// Reading `text` through the table (back to the automaton where a cell leaves the rows,
-    /// onto a row again where the state has one) gives the automaton's state at every step.
+    /// Reading `text` through the table (back to the automaton where the state is not all
+    /// ASCII, onto a row again where it is) gives the automaton's state at every step.
     fn table_walk_equals_steps(a: &Automaton, text: &str) -> Result<(), TestCaseError> {
         let d = a.ascii_dfa().expect("terms have ASCII characters");
         let (mut s, mut off) = (ROOT, 0);
-        for c in text.bytes() {
-            s = a.step(s, u32::from(c));
-            if off != NO_ROW {
-                let cell = d.entry(off, c);
-                prop_assert_eq!(d.resolve(cell), s, "cell {:#x}", cell);
-                off = if cell & (OUT | FAR) == 0 {
-                    cell
-                } else {
-                    d.row_of(s)
-                };
-                if cell & FAR == 0 {
-                    prop_assert_ne!(off, NO_ROW);
-                }
+        for c in text.chars() {
+            s = a.step(s, c as u32);
+            off = if off != NO_ROW && c.is_ascii() {
+                let cell = d.entry(off, c as u8);
+                prop_assert_eq!(d.state(cell), s, "cell {:#x}", cell);
+                cell & !OUT
             } else {
-                off = d.row_of(s);
-            }
+                d.row_of(s)
+            };
             if off != NO_ROW {
                 prop_assert_eq!(d.state(off), s);
+            } else {
+                // Only a state that is not all ASCII has no row.
+                prop_assert!(!c.is_ascii() || s != ROOT);
             }
         }
         Ok(())
     }
 
     fn term() -> impl Strategy<Value = String> {
-        "[abc ]{1,6}".prop_filter("not blank", |t| !t.trim().is_empty())
+        "[abc 炸]{1,6}".prop_filter("not blank", |t| !t.trim().is_empty())
     }
 
     proptest! {
@@ -267,16 +248,17 @@ mod tests {
         #[test]
         fn cells_are_the_automaton_steps(
             terms in prop::collection::vec(term(), 1..12),
-            text in "[abcdZ ]{0,60}",
-            cells in prop_oneof![Just(MAX_CELLS), 1usize..40],
+            text in "[abcdZ 炸]{0,60}",
         ) {
-            let a = automaton(&terms, cells);
-            table_walk_equals_steps(&a, &text)?;
+            let a = automaton(&terms, MAX_CELLS);
+            if a.ascii_dfa().is_some() {
+                table_walk_equals_steps(&a, &text)?;
+            }
         }
     }
 
     #[test]
-    fn rows_are_the_ascii_states_the_budget_holds() {
+    fn rows_are_every_ascii_state_or_none() {
         let terms: Vec<String> = ["ab", "abc", "b c", "炸弹", "a炸"]
             .iter()
             .map(|t| t.to_string())
@@ -285,16 +267,12 @@ mod tests {
         let a = automaton(&terms, MAX_CELLS);
         let d = a.ascii_dfa().expect("table");
         assert_eq!(d.rows(), 7);
-        // Three rows' worth of cells (a row: its state, the unused column, `a b c` and the
-        // space): the root, a, b (breadth first).
-        let a = automaton(&terms, 3 * 6);
-        let d = a.ascii_dfa().expect("table");
-        assert_eq!(d.rows(), 3);
-        let ab = a.step(a.step(ROOT, u32::from(b'a')), u32::from(b'b'));
-        assert_eq!(d.row_of(ab), NO_ROW);
-        let cell = d.entry(d.row_of(a.step(ROOT, u32::from(b'a'))), b'b');
-        assert_ne!(cell & FAR, 0);
-        assert_eq!(d.resolve(cell), ab);
+        let a炸 = a.step(a.step(ROOT, u32::from(b'a')), '炸' as u32);
+        assert_eq!(d.row_of(a炸), NO_ROW);
+        // A row is its state, the unused column, `a b c` and the space: six cells. Seven rows
+        // fit in 42 cells, not in 41.
+        assert!(automaton(&terms, 42).ascii_dfa().is_some());
+        assert!(automaton(&terms, 41).ascii_dfa().is_none());
         // No ASCII in any term: no table.
         assert!(automaton(&["炸弹".to_owned()], MAX_CELLS)
             .ascii_dfa()

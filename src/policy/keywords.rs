@@ -588,11 +588,6 @@ impl Automaton {
         self.ascii_dfa.as_ref()
     }
 
-    /// Words in the state array (state ids are below).
-    pub(super) fn words(&self) -> usize {
-        self.mem.len()
-    }
-
     /// State `s` flagged (`OUT`) when a term ends there, as the edges into it are (the root
     /// never is: no step leads to it flagged, whatever its own entry says).
     pub(super) fn flagged(&self, s: u32) -> u32 {

@@ -21,7 +21,7 @@
 //! ([`keyword_hits`] and [`OnePass::new`] decline). A stream keeps the original text from
 //! the first character it may read again: the context before what it holds.
 
-use super::ascii_dfa::{AsciiDfa, FAR, NO_ROW};
+use super::ascii_dfa::{AsciiDfa, NO_ROW};
 use super::keywords::{self, AllowSet, Automaton, Best, KeywordSet, TermMeta, OUT, ROOT};
 use super::normalize::{CharTable, Emit, NormState, Normalizer};
 use super::{Direction, Policy};
@@ -218,10 +218,8 @@ impl OnePass {
         match a.ascii_dfa() {
             Some(d) if c < 0x80 && self.s == self.row_state => {
                 let cell = d.entry(self.row, c as u8);
-                self.s = d.resolve(cell);
-                if cell & FAR == 0 {
-                    (self.row_state, self.row) = (self.s, cell & !OUT);
-                }
+                self.s = d.state(cell);
+                (self.row_state, self.row) = (self.s, cell & !OUT);
             }
             _ => self.s = a.advance(self.s, c, self.p1, self.p2),
         }
@@ -505,25 +503,18 @@ impl Walker<'_> {
         };
         if r.off != NO_ROW {
             let cell = d.entry(r.off, c);
-            if cell & (OUT | FAR) == 0 {
-                r.off = cell;
-                r.npos += 1;
-                (r.p1, r.p2) = (u32::from(c), r.p1);
-                return;
-            }
-            r.off = NO_ROW;
-            r.s = d.resolve(cell);
             r.npos += 1;
             (r.p1, r.p2) = (u32::from(c), r.p1);
-            if r.s & OUT != 0 {
-                self.run_decide(r);
+            if cell & OUT == 0 {
+                r.off = cell;
+                return;
             }
+            r.s = d.state(cell);
+            self.run_decide(r);
         } else {
             self.run_read(r, u32::from(c), 1);
         }
-        if !r.holding {
-            r.off = d.row_of(r.s);
-        }
+        r.off = if r.holding { NO_ROW } else { d.row_of(r.s) };
     }
 
     /// Whether a run is at the root.
@@ -832,8 +823,8 @@ pub(crate) mod tests {
     }
 
     /// English terms of several words in English text: the walk reads it through the
-    /// automaton's ASCII table, whole and in pieces, also with the table cut short (steps that
-    /// leave its rows and find them again), and finds what the streaming machine finds.
+    /// automaton's ASCII table (and, with a budget too small for the table, without it), whole
+    /// and in pieces, and finds what the streaming machine finds.
     #[test]
     fn english_read_through_the_ascii_table_finds_what_the_machine_finds() {
         let terms: Vec<String> = [
@@ -855,10 +846,16 @@ pub(crate) mod tests {
             .repeat(20);
         let cuts: Vec<usize> = (0..text.len()).step_by(3).collect();
         let mut all = Vec::new();
-        for cells in [usize::MAX, 1, 40, 200] {
+        for cells in [usize::MAX, 40] {
             let budget = CellBudget::set(cells);
             let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
             drop(budget);
+            let table = p
+                .keywords_for(Direction::Completion)
+                .automaton()
+                .and_then(|a| a.ascii_dfa())
+                .is_some();
+            assert_eq!(table, cells == usize::MAX);
             let one = p.scan(&text, Direction::Completion);
             assert_eq!(one, streaming_once(&p, &text), "{cells} cells");
             assert_eq!(streamed(&p, &text, &cuts, true).0, one, "{cells} cells");
@@ -972,7 +969,7 @@ pub(crate) mod tests {
             cuts in prop::collection::vec(0..200usize, 0..12),
             cells in prop_oneof![Just(usize::MAX), 1usize..60],
         ) {
-            // The automaton's ASCII table whole, or cut short so that walks leave its rows.
+            // With the automaton's ASCII table, or without it (a budget too small for it).
             let budget = CellBudget::set(cells);
             let p = policy_with_words(&terms, &words, &allow, normalize);
             drop(budget);
