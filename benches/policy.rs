@@ -12,6 +12,12 @@
 //! double array's speed plus normalizing apart would come to about 150 MB/s: the 200 MB/s goal
 //! needs normalization folded into the automaton's character map, not only faster transitions.
 //!
+//! 2026-12-07 11:09–11:13 (bench/README.md item 34: the ASCII table's budget holds the
+//! realistic library; three runs, a fast state, bare aho-corasick 103–114 MB/s, daachorse
+//! 191–230): realistic / worst scan 134–140 / 138–152 MB/s (1.28–1.31 / 1.33–1.34 of bare
+//! aho-corasick), streaming on 1–4-character pieces 66–67 / 60–66 MB/s; 1M-term compile
+//! 1.26–1.31 s, policy 185–190 MiB by RSS.
+//!
 //! 2026-12-07 07:07 (bench/README.md item 33: English runs through a table of the automaton's
 //! ASCII states; a usual state, bare aho-corasick 96–97 MB/s): realistic / worst scan 131 / 132
 //! MB/s (1.37 / 1.36 of bare aho-corasick; 116–120 / 115–132 before it at 05:45), streaming on
