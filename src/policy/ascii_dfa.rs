@@ -26,8 +26,8 @@ pub(super) const NO_ROW: u32 = u32::MAX;
 /// Most cells the table may hold (8 MiB): every ASCII state of a 10,000-term library whose
 /// 3,000 English terms are phrases of one to three words (the policy bench's realistic
 /// library: 45,029 states of 29 cells, 5.2 MiB; the load bench's 5,000 English words: 27,459
-/// of 28). With 4 MiB the realistic library had no table and its English read at 118 against
-/// 203–221 MB/s.
+/// of 28). With 4 MiB the realistic library had no table and its English read at 109–118
+/// against 199–221 MB/s (bench/README.md item 34).
 const MAX_CELLS: usize = 1 << 21;
 /// Class of an ASCII character no term uses: every state goes back to the root along it.
 const UNUSED: u8 = 1;
@@ -283,8 +283,8 @@ mod tests {
     }
 
     /// The budget holds the English of a 10,000-term library: 3,000 phrases of two to four
-    /// words of three to nine letters (more ASCII states than the policy bench's 45,029, and
-    /// more than a 4 MiB table holds).
+    /// words of three to nine letters, more ASCII states than a table of 2^20 cells (4 MiB)
+    /// holds.
     #[test]
     fn a_ten_thousand_term_library_has_its_table() {
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
