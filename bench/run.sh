@@ -103,7 +103,7 @@ if [[ $BUILD == 1 ]]; then
   cargo build --release --locked >"$OUT/build.log" 2>&1
   cargo build --release --locked --examples >>"$OUT/build.log" 2>&1
 fi
-SHENHE_BIN=$ROOT/target/release/shenhe
+SHENHE_BIN=${SHENHE_BIN:-$ROOT/target/release/shenhe} # another build of shenhe may be benched with --no-build
 MODEL_BIN=$ROOT/target/release/examples/scripted_model
 [[ -x $SHENHE_BIN && -x $MODEL_BIN ]] || { echo "build first (cargo build --release --locked && cargo build --release --locked --examples)" >&2; exit 1; }
 

@@ -156,13 +156,13 @@ impl Auditor {
     /// (counted in `shenhe_audit_dropped_total`) means the record will not be written; with
     /// `fail_closed` the caller refuses the request. `Ok` means queued, not yet on disk.
     pub async fn record(&self, rec: Record) -> Result<(), AuditError> {
-        let line = self.line(rec)?;
+        let line = self.line(rec);
         self.enqueue(Msg::Line { line, ack: None }).await
     }
 
     /// Queues `rec` without waiting (for `Drop` and other sync code): a full queue drops it.
     pub fn try_record(&self, rec: Record) -> Result<(), AuditError> {
-        let line = self.line(rec)?;
+        let line = self.line(rec);
         let res = match self.tx.try_send(Msg::Line { line, ack: None }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(AuditError::Dropped),
@@ -176,7 +176,7 @@ impl Auditor {
     /// synced it to disk with `fsync: always`; with `fsync: interval` the sync follows within
     /// `fsync_interval`). `Ok` means the record is in the file.
     pub async fn record_durable(&self, rec: Record) -> Result<(), AuditError> {
-        let line = self.line(rec)?;
+        let line = self.line(rec);
         let (ack, done) = oneshot::channel();
         self.enqueue(Msg::Line {
             line,
@@ -249,11 +249,8 @@ impl Auditor {
         Arc::clone(&self.shared.gate).write_owned().await
     }
 
-    fn line(&self, rec: Record) -> Result<String, AuditError> {
-        rec.bounded(self.shared.excerpt_max).to_line().map_err(|e| {
-            self.count_enqueue(&Err(AuditError::Dropped));
-            AuditError::WriteFailed(format!("cannot serialise record: {e}"))
-        })
+    fn line(&self, rec: Record) -> String {
+        rec.bounded(self.shared.excerpt_max).to_line()
     }
 
     async fn enqueue(&self, msg: Msg) -> Result<(), AuditError> {
@@ -891,7 +888,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let day1 = NaiveDate::from_ymd_opt(2025, 7, 1).unwrap();
         let day2 = NaiveDate::from_ymd_opt(2025, 7, 2).unwrap();
-        let line = |i: usize| decision(i, USER_A).to_line().unwrap();
+        let line = |i: usize| decision(i, USER_A).to_line();
         let mut sink = FileSink::new(dir.path().to_path_buf(), 1 << 20);
         sink.write(&[line(0), line(1)], day1).unwrap();
         sink.write(&[line(2)], day2).unwrap();
@@ -930,7 +927,7 @@ mod tests {
         let kept = today().checked_sub_days(Days::new(180)).unwrap();
         let old_file = dir.path().join(FileKey { day: old, seq: 0 }.file_name());
         let kept_file = dir.path().join(FileKey { day: kept, seq: 0 }.file_name());
-        let line = decision(0, USER_A).to_line().unwrap();
+        let line = decision(0, USER_A).to_line();
         std::fs::write(&old_file, &line).unwrap();
         std::fs::write(&kept_file, &line).unwrap();
         // A fresh mtime does not save an old-named file; a foreign file is never touched.

@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use super::paths::{Pat, Seg};
+use crate::json_str::special;
 
 /// Most `*` steps a pattern may have here (the dialects' own patterns have two at most).
 pub const MAX_STARS: usize = 4;
@@ -117,6 +118,7 @@ pub fn capture<'a, P: AsRef<[Pat]>>(body: &'a [u8], patterns: &[P]) -> Option<Ve
         pos: 0,
         pats: &pats,
         out: Vec::new(),
+        keys: Vec::new(),
     };
     r.value(active, [0; MAX_STARS], 0, 0)?;
     r.ws();
@@ -159,6 +161,9 @@ struct Reader<'a, 'p> {
     pos: usize,
     pats: &'p [&'p [Pat]],
     out: Vec<Capture<'a>>,
+    /// The keys of the objects being read, outermost first: one list for the whole body, so
+    /// that an object costs no allocation of its own ([`Keys`] says whose they are).
+    keys: Vec<Cow<'a, str>>,
 }
 
 impl<'a> Reader<'a, '_> {
@@ -348,7 +353,7 @@ impl<'a> Reader<'a, '_> {
         if nesting >= MAX_NESTING {
             return None;
         }
-        let mut keys = KeySet::default();
+        let mut keys = Keys::new(self.keys.len());
         if self.eat(b'}') {
             return Some(());
         }
@@ -359,8 +364,9 @@ impl<'a> Reader<'a, '_> {
                 return None;
             }
             member(self, &key)?;
-            keys.insert(key)?;
+            keys.insert(&mut self.keys, key)?;
             if self.eat(b'}') {
+                self.keys.truncate(keys.from);
                 return Some(());
             }
             if !self.eat(b',') {
@@ -487,35 +493,6 @@ impl<'a> Reader<'a, '_> {
     }
 }
 
-/// The position of the first `"`, `\` or control character in `b` from `pos` (or its length).
-fn special(b: &[u8], mut pos: usize) -> usize {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    while let Some(chunk) = b.get(pos..pos + 8) {
-        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        // A byte below 0x20, or equal to `"` or `\`: the classic has-zero-byte test on
-        // `x - 0x20..`, `x ^ '"'..` and `x ^ '\'..`; bytes at or above 0x80 are UTF-8 and
-        // never special, so they are masked out.
-        let quote = x ^ (LO * u64::from(b'"'));
-        let slash = x ^ (LO * u64::from(b'\\'));
-        let hit = (quote.wrapping_sub(LO) & !quote & HI)
-            | (slash.wrapping_sub(LO) & !slash & HI)
-            | (x.wrapping_sub(LO * 0x20) & !x & HI);
-        if hit != 0 {
-            // The lowest flagged byte is exact (borrows only run upward).
-            return pos + (hit.trailing_zeros() / 8) as usize;
-        }
-        pos += 8;
-    }
-    while let Some(&c) = b.get(pos) {
-        if c == b'"' || c == b'\\' || c < 0x20 {
-            return pos;
-        }
-        pos += 1;
-    }
-    pos
-}
-
 /// Check the escapes of a raw string as [`unescape`] would, without building the text.
 fn check_escapes(raw: &str) -> Option<()> {
     unescape_into(raw, None)
@@ -592,28 +569,32 @@ fn hex4(b: &[u8], at: usize) -> Option<u32> {
     Some(v)
 }
 
-/// The keys of one object, to refuse a duplicate: a list while the object is small, a hash
-/// set past that (an object of many keys must not cost a quadratic compare).
-#[derive(Default)]
-struct KeySet<'de> {
-    few: Vec<Cow<'de, str>>,
+/// The keys of one object, to refuse a duplicate: those of the reader's list from `from` on
+/// while the object is small (the objects inside it have left theirs by the time its next key
+/// comes), a hash set past that (an object of many keys must not cost a quadratic compare).
+struct Keys<'de> {
+    from: usize,
     many: Option<HashSet<Cow<'de, str>>>,
 }
 
-impl<'de> KeySet<'de> {
+impl<'de> Keys<'de> {
     const FEW: usize = 16;
 
+    fn new(from: usize) -> Self {
+        Keys { from, many: None }
+    }
+
     /// `None` when the key is already there.
-    fn insert(&mut self, key: Cow<'de, str>) -> Option<()> {
+    fn insert(&mut self, list: &mut Vec<Cow<'de, str>>, key: Cow<'de, str>) -> Option<()> {
         let fresh = match &mut self.many {
             Some(set) => set.insert(key),
-            None if self.few.len() < Self::FEW => {
-                let fresh = !self.few.contains(&key);
-                self.few.push(key);
+            None if list.len() - self.from < Self::FEW => {
+                let fresh = !list[self.from..].contains(&key);
+                list.push(key);
                 fresh
             }
             None => {
-                let mut set: HashSet<Cow<'de, str>> = self.few.drain(..).collect();
+                let mut set: HashSet<Cow<'de, str>> = list.drain(self.from..).collect();
                 let fresh = set.insert(key);
                 self.many = Some(set);
                 fresh
@@ -735,6 +716,31 @@ mod tests {
         many.push_str("\"k7\":0");
         assert!(capture(format!("{{{many}}}").as_bytes(), &p).is_none());
         assert!(parse_strict(format!("{{{many}}}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn keys_are_compared_within_their_own_object_only() {
+        let p = pats(&["messages.*.content"]);
+        // The same key in a parent, a child and siblings is no duplicate.
+        let mut many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        many.pop();
+        for good in [
+            r#"{"k":{"k":{"k":1}},"j":{"k":2},"messages":[{"content":"x","k":{"content":1}}]}"#
+                .to_string(),
+            format!(r#"{{"k0":{{{many}}},"k1":{{{many}}},"messages":[]}}"#),
+            format!(r#"{{{many},"in":{{{many}}},"messages":[]}}"#),
+        ] {
+            assert!(capture(good.as_bytes(), &p).is_some(), "{good}");
+            assert!(parse_strict(good.as_bytes()).is_ok());
+        }
+        // A duplicate after a child that held the same keys, and after a child of many keys.
+        for bad in [
+            r#"{"k":{"k":1,"j":2},"j":1,"j":2}"#.to_string(),
+            format!(r#"{{"in":{{{many}}},"k3":1,"in":2}}"#),
+            format!(r#"{{{many},"in":{{{many}}},"k39":0}}"#),
+        ] {
+            refused_by_both(bad.as_bytes(), &p);
+        }
     }
 
     #[test]

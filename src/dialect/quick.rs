@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use super::capture::{capture, Capture, MAX_STARS};
 use super::paths::{Pat, StaticPatterns};
+use crate::json_str::push_escaped;
 use crate::label::{explicit_affixes, Position, CHAT_AIGC_FIELD};
 
 /// A request read by a dialect's fast read.
@@ -229,15 +230,6 @@ pub fn read_request<'a>(
 /// Whether a strict JSON body is an object.
 pub fn is_object(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-}
-
-/// `s` as the inside of a JSON string.
-fn push_escaped(out: &mut Vec<u8>, s: &str) {
-    if s.is_empty() {
-        return;
-    }
-    let quoted = serde_json::to_string(s).unwrap_or_default();
-    out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
 }
 
 #[cfg(test)]
