@@ -1,10 +1,10 @@
-//! JSON strings read and written by hand, eight bytes at a time: where the next byte that a
+//! JSON strings read and written by hand, many bytes at a time: where the next byte that a
 //! JSON string cannot hold as it is (`"`, `\` or a control character) lies, and text escaped
 //! exactly as `serde_json` escapes it.
 //!
 //! Written by hand because the hot paths that use it cannot afford serde_json's pace:
-//! serde_json looks each byte up in a table, where these functions pass over clean runs a
-//! word at a time (the strict body reader's strings; an audit line on every request and a
+//! serde_json looks each byte up in a table, where these functions pass over clean runs 32
+//! bytes at a time (the strict body reader's strings; an audit line on every request and a
 //! label written into an answer, `bench/README.md` item 38). The tests hold the escaping equal
 //! to serde_json's byte for byte.
 

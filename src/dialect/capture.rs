@@ -152,8 +152,8 @@ impl Active {
 ///
 /// Written by hand: driving serde_json through `DeserializeSeed` visitors (the first version)
 /// decoded every key and number and went through a visitor call per value; this reader scans
-/// strings eight bytes at a time and decodes only keys with escapes and captured strings
-/// (bench/README, item 20). What it is unsure of it declines, and serde_json, on the tree
+/// strings many bytes at a time (`json_str::special`) and decodes only keys with escapes and
+/// captured strings (bench/README, items 20 and 38). What it is unsure of it declines, and serde_json, on the tree
 /// path, has the last word.
 struct Reader<'a, 'p> {
     text: &'a str,
