@@ -80,28 +80,25 @@ pub fn push_escaped(out: &mut impl JsonOut, s: &str) {
         let Some(&c) = b.get(at) else {
             return;
         };
-        let short = match c {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            _ => "",
-        };
-        if short.is_empty() {
-            let code = [
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(c >> 4)],
-                HEX[usize::from(c & 15)],
-            ];
-            out.put(std::str::from_utf8(&code).expect("ASCII"));
-        } else {
-            out.put(short);
+        match c {
+            b'"' => out.put("\\\""),
+            b'\\' => out.put("\\\\"),
+            b'\n' => out.put("\\n"),
+            b'\r' => out.put("\\r"),
+            b'\t' => out.put("\\t"),
+            0x08 => out.put("\\b"),
+            0x0c => out.put("\\f"),
+            _ => {
+                let code = [
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(c >> 4)],
+                    HEX[usize::from(c & 15)],
+                ];
+                out.put(std::str::from_utf8(&code).expect("ASCII"));
+            }
         }
         from = at + 1;
     }

@@ -272,19 +272,20 @@ impl Record {
         line.push_str("\",\"kind\":\"");
         line.push_str(self.kind.as_str());
         line.push('"');
-        let text = |line: &mut String, key: &str, value: Option<&str>| {
+        let key = |line: &mut String, key: &str| {
+            line.push_str(",\"");
+            line.push_str(key);
+            line.push_str("\":");
+        };
+        let text = |line: &mut String, name: &str, value: Option<&str>| {
             if let Some(v) = value {
-                line.push_str(",\"");
-                line.push_str(key);
-                line.push_str("\":");
+                key(line, name);
                 push_quoted(line, v);
             }
         };
-        let number = |line: &mut String, key: &str, value: Option<u64>| {
+        let number = |line: &mut String, name: &str, value: Option<u64>| {
             if let Some(n) = value {
-                line.push_str(",\"");
-                line.push_str(key);
-                line.push_str("\":");
+                key(line, name);
                 line.push_str(itoa::Buffer::new().format(n));
             }
         };
