@@ -20,6 +20,7 @@
 //! ids with the character-level automaton the rest of the walk uses.
 
 use super::keywords::{Automaton, OUT, ROOT};
+use super::state_map::StateMap;
 
 /// A row offset that stands for no row: the walk steps through the automaton.
 pub(super) const NO_ROW: u32 = u32::MAX;
@@ -38,15 +39,9 @@ const UNUSED: u8 = 1;
 pub(super) struct AsciiDfa {
     class: [u8; 128],
     cells: Box<[u32]>,
-    /// (automaton state, row offset), open addressing (`EMPTY_KEY`: free), for the walk to
-    /// find its row where it comes back to ASCII text or from a step the table did not take.
-    slots: Box<[(u32, u32)]>,
-    shift: u32,
-    /// The largest state with a row: any state beyond has none.
-    last_state: u32,
+    /// The row offset of each state that has a row.
+    rows: StateMap,
 }
-
-const EMPTY_KEY: u32 = u32::MAX;
 
 #[cfg(test)]
 thread_local! {
@@ -54,7 +49,7 @@ thread_local! {
     pub(super) static TEST_MAX_CELLS: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_CELLS) };
 }
 
-fn max_cells() -> usize {
+pub(super) fn max_cells() -> usize {
     #[cfg(test)]
     return TEST_MAX_CELLS.with(|c| c.get());
     #[cfg(not(test))]
@@ -91,21 +86,16 @@ impl AsciiDfa {
             }
             k += 1;
         }
-        let size = (2 * rows.len()).next_power_of_two();
         let mut dfa = AsciiDfa {
             class,
             cells: vec![0; rows.len() * stride].into_boxed_slice(),
-            slots: vec![(EMPTY_KEY, NO_ROW); size].into_boxed_slice(),
-            shift: 32 - size.trailing_zeros(),
-            last_state: rows.iter().copied().max().unwrap_or(ROOT),
+            rows: StateMap::new(
+                rows.len(),
+                rows.iter()
+                    .enumerate()
+                    .map(|(r, &s)| (s, (r * stride) as u32)),
+            ),
         };
-        for (r, &s) in rows.iter().enumerate() {
-            let mut i = dfa.slot(s);
-            while dfa.slots[i].0 != EMPTY_KEY {
-                i = (i + 1) & (size - 1);
-            }
-            dfa.slots[i] = (s, (r * stride) as u32);
-        }
         let mut goto = Vec::new();
         for (r, &s) in rows.iter().enumerate() {
             let row = r * stride;
@@ -127,30 +117,35 @@ impl AsciiDfa {
         Some(dfa)
     }
 
-    #[inline(always)]
-    fn slot(&self, s: u32) -> usize {
-        (s.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
-    }
-
     /// The row offset of state `s` (flagged or not), or `NO_ROW` (not all ASCII).
     #[inline]
     pub(super) fn row_of(&self, s: u32) -> u32 {
+        self.rows.get(s)
+    }
+
+    /// [`AsciiDfa::row_of`] for state `s`, reached by a step along ASCII character `c`: the
+    /// root, or the root's successor along `c`, without the map's lookup.
+    #[inline]
+    pub(super) fn row_after(&self, s: u32, c: u8) -> u32 {
         let s = s & !OUT;
         if s == ROOT {
             return 0;
         }
-        if s > self.last_state {
+        let d1 = self.entry(0, c) & !OUT;
+        if d1 != 0 && self.state(d1) & !OUT == s {
+            return d1;
+        }
+        self.rows.get(s)
+    }
+
+    /// [`AsciiDfa::row_of`] for state `s`, which spells text ending in `p1`: none without the
+    /// map's lookup when that is not ASCII.
+    #[inline]
+    pub(super) fn row_at(&self, s: u32, p1: u32) -> u32 {
+        if s & !OUT != ROOT && p1 >= 0x80 {
             return NO_ROW;
         }
-        let mask = self.slots.len() - 1;
-        let mut i = self.slot(s);
-        loop {
-            match self.slots[i] {
-                (k, off) if k == s => return off,
-                (EMPTY_KEY, _) => return NO_ROW,
-                _ => i = (i + 1) & mask,
-            }
-        }
+        self.rows.get(s)
     }
 
     /// The cell of row offset `off` for ASCII character `c`: the next row's offset, with `OUT`
@@ -167,7 +162,7 @@ impl AsciiDfa {
     }
 
     pub(super) fn memory_usage(&self) -> usize {
-        4 * self.cells.len() + 8 * self.slots.len() + 128
+        4 * self.cells.len() + self.rows.memory_usage() + 128
     }
 
     /// Rows in the table.
@@ -203,13 +198,14 @@ impl Drop for CellBudget {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use proptest::prelude::*;
 
     use super::super::keywords::{Automaton, OUT, ROOT};
     use super::*;
 
-    fn automaton(terms: &[String], cells: usize) -> Automaton {
+    /// The automaton of `terms`, its tables built under a budget of `cells`.
+    pub(in super::super) fn automaton(terms: &[String], cells: usize) -> Automaton {
         let mut v: Vec<&str> = terms.iter().map(String::as_str).collect();
         v.sort_unstable();
         v.dedup();

@@ -321,6 +321,7 @@ fn keyword_set(
     cats: &[Category],
     allow: &AllowSet,
     dir: Direction,
+    normalizer: &Normalizer,
 ) -> Result<KeywordSet, String> {
     let mut list: Vec<(&str, TermMeta)> = Vec::with_capacity(entries.len());
     let mut i = 0;
@@ -354,7 +355,9 @@ fn keyword_set(
         }
         i = j;
     }
-    KeywordSet::build(&list, allow)
+    let mut set = KeywordSet::build(&list, allow)?;
+    set.fold_runs(normalizer.table());
+    Ok(set)
 }
 
 fn hash_field(h: &mut Sha256, bytes: &[u8]) {
@@ -539,10 +542,10 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
     let matched = match_order(&entries, &joined);
     let one_sided = cats.iter().any(|c| c.applies_to != AppliesTo::Both);
     let build_err = |e: String| PolicyError::Invalid(vec![format!("keyword automaton: {e}")]);
-    let kw_prompt =
-        Arc::new(keyword_set(&matched, &cats, &allow, Direction::Prompt).map_err(build_err)?);
+    let set = |dir: Direction| keyword_set(&matched, &cats, &allow, dir, &normalizer);
+    let kw_prompt = Arc::new(set(Direction::Prompt).map_err(build_err)?);
     let kw_completion = if one_sided {
-        Arc::new(keyword_set(&matched, &cats, &allow, Direction::Completion).map_err(build_err)?)
+        Arc::new(set(Direction::Completion).map_err(build_err)?)
     } else {
         Arc::clone(&kw_prompt)
     };

@@ -31,6 +31,8 @@
 use aho_corasick::automaton::{Automaton as _, OverlappingState, StateID};
 
 use super::ascii_dfa::AsciiDfa;
+use super::cjk_da::CjkDa;
+use super::normalize::CharTable;
 use aho_corasick::nfa::contiguous::NFA;
 use aho_corasick::{Anchored, Input, MatchKind};
 
@@ -342,9 +344,19 @@ pub(super) struct Automaton {
     /// and digits alone are this long at least (`usize::MAX` when there are none; 0 when a
     /// term has a space). Short words of English text are then passed over unread.
     short_word: usize,
+    /// Whether some term has an ASCII character followed by one beyond ASCII, and the other
+    /// way round. Without the first, a step along a character beyond ASCII from a state that
+    /// spells text ending in ASCII goes where the same step from the root goes (no state
+    /// spells both), so a CJK run after English enters the double array at its root; without
+    /// the second, an English word after Chinese enters the ASCII table at its first row.
+    ascii_to_wide: bool,
+    wide_to_ascii: bool,
     /// Every step over ASCII text as one table lookup, for the one-pass walk's runs of
     /// English words (`None`: no term has an ASCII character).
     ascii_dfa: Option<AsciiDfa>,
+    /// Every step over CJK runs as a double array, for the one-pass walk's runs of CJK
+    /// (`None`: no term has such a character, or too many states do).
+    cjk_da: Option<CjkDa>,
 }
 
 impl Automaton {
@@ -496,7 +508,10 @@ impl Automaton {
             pairs,
             triples,
             short_word: 0,
+            ascii_to_wide: false,
+            wide_to_ascii: false,
             ascii_dfa: None,
+            cjk_da: None,
         };
         a.fill_root_table();
         // Failure links, outputs and live lengths, breadth first: everything a state's values
@@ -570,6 +585,15 @@ impl Automaton {
             a.ascii2[k as usize] = t2;
         }
         a.fill_ascii3();
+        for t in sorted {
+            let b = t.as_bytes();
+            // A character beyond ASCII begins with a byte of its own range (0xC0..): the
+            // pairs of scripts are where such a byte and an ASCII one meet.
+            for w in b.windows(2) {
+                a.ascii_to_wide |= w[0] < 0x80 && w[1] >= 0x80;
+                a.wide_to_ascii |= w[0] >= 0x80 && w[1] < 0x80;
+            }
+        }
         if !a.uses(u32::from(b' ')) {
             a.short_word = sorted
                 .iter()
@@ -579,6 +603,7 @@ impl Automaton {
                 .unwrap_or(usize::MAX);
         }
         a.ascii_dfa = AsciiDfa::build(&a);
+        a.cjk_da = CjkDa::build(&a);
         Ok(a)
     }
 
@@ -586,6 +611,17 @@ impl Automaton {
     #[inline(always)]
     pub(super) fn ascii_dfa(&self) -> Option<&AsciiDfa> {
         self.ascii_dfa.as_ref()
+    }
+
+    pub(super) fn cjk_da(&self) -> Option<&CjkDa> {
+        self.cjk_da.as_ref()
+    }
+
+    /// Fold the normalizer's CJK-run test into the double array (`CjkDa::fold_runs`).
+    pub(super) fn fold_runs(&mut self, table: &CharTable) {
+        if let Some(d) = self.cjk_da.as_mut() {
+            d.fold_runs(|cp| table.run_cjk_of(cp));
+        }
     }
 
     /// State `s` flagged (`OUT`) when a term ends there, as the edges into it are (the root
@@ -608,6 +644,18 @@ impl Automaton {
     #[inline(always)]
     pub(super) fn uses(&self, c: u32) -> bool {
         c < 0x1_0000 && self.used_bits[c as usize >> 6] & (1 << (c & 63)) != 0
+    }
+
+    /// See the field.
+    #[inline(always)]
+    pub(super) fn ascii_to_wide(&self) -> bool {
+        self.ascii_to_wide
+    }
+
+    /// See [`Automaton::ascii_to_wide`].
+    #[inline(always)]
+    pub(super) fn wide_to_ascii(&self) -> bool {
+        self.wide_to_ascii
     }
 
     /// See the field: words shorter than this, between spaces, hold no term.
@@ -957,6 +1005,7 @@ impl Automaton {
             + self.pairs.memory_usage()
             + self.triples.memory_usage()
             + self.ascii_dfa.as_ref().map_or(0, AsciiDfa::memory_usage)
+            + self.cjk_da.as_ref().map_or(0, CjkDa::memory_usage)
     }
 }
 
@@ -1122,6 +1171,14 @@ impl KeywordSet {
 
     pub(super) fn automaton(&self) -> Option<&Automaton> {
         self.auto.as_ref()
+    }
+
+    /// Let CJK runs of `table`'s normalizer take the automaton's double array in one load a
+    /// character (`Automaton::fold_runs`). The one-pass walk reads them through it only then.
+    pub(super) fn fold_runs(&mut self, table: &CharTable) {
+        if let Some(a) = self.auto.as_mut() {
+            a.fold_runs(table);
+        }
     }
 
     /// The meaning of term `1 + index` and whether an allow phrase contains it.

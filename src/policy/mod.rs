@@ -8,9 +8,11 @@
 //!
 //! Files, in the order text meets them: `config.rs` (YAML shape), `lists.rs` (list files),
 //! `categories.rs` (the 31 TC260-003 types), `compile.rs`, `normalize.rs`, `keywords.rs`
-//! (term trie, allow list, the streaming machine), `onepass.rs` (normalization and matching in
-//! one pass: whole texts and streams), `pii.rs` and `detect.rs` (regex detectors), `scanner.rs`
-//! (streaming), `finding.rs`, `stats.rs`.
+//! (term trie, allow list, the streaming machine), `ascii_dfa.rs` and `cjk_da.rs` (the
+//! automaton's steps over English and over CJK runs as tables; `state_map.rs` finds a state's
+//! place in them), `onepass.rs` (normalization and matching in one pass: whole texts and
+//! streams), `pii.rs` and `detect.rs` (regex detectors), `scanner.rs` (streaming),
+//! `finding.rs`, `stats.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +23,7 @@ use arc_swap::ArcSwap;
 
 mod ascii_dfa;
 mod categories;
+mod cjk_da;
 mod compile;
 pub mod config;
 mod detect;
@@ -32,6 +35,7 @@ mod onepass;
 mod pii;
 mod prefix;
 mod scanner;
+mod state_map;
 mod stats;
 #[cfg(test)]
 mod tests;

@@ -443,7 +443,7 @@ impl Emit for NormBuf {
 /// The code point of the three-byte UTF-8 character at `bytes[j]` (below U+10000), if one is
 /// there (`bytes` is valid UTF-8).
 #[inline(always)]
-fn three_byte_char(bytes: &[u8], j: usize) -> Option<u32> {
+pub(super) fn three_byte_char(bytes: &[u8], j: usize) -> Option<u32> {
     let &[b0, b1, b2] = bytes.get(j..j + 3)? else {
         return None;
     };
@@ -459,7 +459,12 @@ impl CharTable {
     /// the pending run before it, and the output keeps the original's length.
     #[inline(always)]
     pub(crate) fn run_cjk(&self, bytes: &[u8], j: usize) -> Option<u32> {
-        let cp = three_byte_char(bytes, j)?;
+        self.run_cjk_of(three_byte_char(bytes, j)?)
+    }
+
+    /// [`CharTable::run_cjk`] for the BMP character `cp` beyond U+0800.
+    #[inline(always)]
+    pub(crate) fn run_cjk_of(&self, cp: u32) -> Option<u32> {
         // `cp` < 0x10000: the tables need no bounds check.
         let k = usize::from(cp as u16 >> 6);
         if self.self_cjk_bits[k] >> (cp & 63) & 1 != 0 {

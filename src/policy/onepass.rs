@@ -10,9 +10,11 @@
 //! as `KeywordSet::drain` does, and to spell again the normalized text around a match that
 //! some terms need checked (an allow phrase that contains it, a whole-word edge), which then
 //! goes to the same `KeywordSet::settle` as `drain`'s. A run of English or Chinese is one
-//! entry, so the automaton's step is nearly all a character costs. In a run of English words,
-//! a word read from the root that is too short for any term of letters and digits, and closed
-//! by a space no term has, is passed over without a step (`Automaton::short_word`). The
+//! entry, so the automaton's step is nearly all a character costs: a lookup in the automaton's
+//! ASCII table for English (`AsciiDfa`), two in its double array for Chinese (`CjkDa`), back
+//! to the automaton's own step where a term ends or the text leaves them. In a run of English
+//! words, a word read from the root that is too short for any term of letters and digits, and
+//! closed by a space no term has, is passed over without a step (`Automaton::short_word`). The
 //! matches, and what a stream releases after each piece, are the same as `drain`'s over the
 //! same text; the tests compare the two, whole and cut into pieces.
 //!
@@ -22,8 +24,9 @@
 //! the first character it may read again: the context before what it holds.
 
 use super::ascii_dfa::{AsciiDfa, NO_ROW};
+use super::cjk_da::{MAPPED, NOT_RUN};
 use super::keywords::{self, AllowSet, Automaton, Best, KeywordSet, TermMeta, OUT, ROOT};
-use super::normalize::{CharTable, Emit, NormState, Normalizer};
+use super::normalize::{three_byte_char, CharTable, Emit, NormState, Normalizer};
 use super::{Direction, Policy};
 
 /// Longest span (normalized bytes: the longest term and twice the context of its checks) the
@@ -80,6 +83,10 @@ pub(crate) struct OnePass {
     /// same state finds its row without a lookup.
     row_state: u32,
     row: u32,
+    /// The node of the automaton's double array (`CjkDa`) of state `node_state`, as the last
+    /// CJK run ended there.
+    node_state: u32,
+    node: u32,
     /// Stretch `k` of the text is at `segs[k & mask]`; `head` were started.
     segs: Box<[Seg]>,
     mask: usize,
@@ -112,6 +119,7 @@ impl OnePass {
         Some(OnePass {
             s: ROOT,
             row_state: ROOT,
+            node_state: ROOT,
             row: 0,
             segs: vec![Seg::default(); size].into_boxed_slice(),
             mask: size - 1,
@@ -501,6 +509,10 @@ impl Walker<'_> {
         let Some(d) = dfa else {
             return self.run_read(r, u32::from(c), 1);
         };
+        if r.off == NO_ROW && !r.holding && r.p1 >= 0x80 && !self.a.wide_to_ascii() {
+            // After text beyond ASCII: the step is the root's.
+            r.off = 0;
+        }
         if r.off != NO_ROW {
             let cell = d.entry(r.off, c);
             r.npos += 1;
@@ -514,7 +526,11 @@ impl Walker<'_> {
         } else {
             self.run_read(r, u32::from(c), 1);
         }
-        r.off = if r.holding { NO_ROW } else { d.row_of(r.s) };
+        r.off = if r.holding {
+            NO_ROW
+        } else {
+            d.row_after(r.s, c)
+        };
     }
 
     /// Whether a run is at the root.
@@ -591,7 +607,7 @@ impl Emit for Walker<'_> {
             r.off = if r.s == self.w.row_state {
                 self.w.row
             } else {
-                d.row_of(r.s)
+                d.row_at(r.s, r.p1)
             };
         }
         let mut j = i;
@@ -624,6 +640,65 @@ impl Emit for Walker<'_> {
     #[inline(always)]
     fn cjk_run(&mut self, table: &CharTable, piece: &str, i: usize, base: usize) -> usize {
         let bytes = piece.as_bytes();
+        if let Some((da, runs)) = self.a.cjk_da().and_then(|d| Some((d, d.runs()?))) {
+            // `read_run` through the automaton's double array (`CjkDa`): the walk carries a
+            // node (`n`; `r.s` is then out of date) and reads the state from it where a term
+            // ends or a match is held (the decision needs it). Off the array (a state whose
+            // string has other characters), `Walker::run_read` until a step comes back to a
+            // node. One load (`runs`) says whether the character goes on the run and gives
+            // its code.
+            let mut r = self.run_begin(base + i);
+            // The node of the state the run begins in: the one the last run left, else a
+            // lookup (none for a state whose string has other characters).
+            let mut n = if r.s == self.w.node_state {
+                self.w.node
+            } else {
+                da.row_at(r.s, r.p1)
+            };
+            let mut j = i;
+            while let Some(cp) = three_byte_char(bytes, j) {
+                let (c, k) = match runs[usize::from(cp as u16)] {
+                    NOT_RUN => break,
+                    MAPPED => match table.run_cjk_of(cp) {
+                        Some(m) => (m, da.code(m)),
+                        None => break,
+                    },
+                    k => (cp, u32::from(k)),
+                };
+                j += 3;
+                if n == NO_ROW {
+                    if r.p1 < 0x80 && !self.a.ascii_to_wide() {
+                        // After English: the step is the root's.
+                        n = 0;
+                    } else {
+                        // Off the array: the automaton's own step, then the node of where it
+                        // went (at the root or depth one without a lookup).
+                        self.run_read(&mut r, c, 3);
+                        n = da.node_after(r.s, k);
+                        continue;
+                    }
+                }
+                let (t, ends) = da.step(n, k);
+                r.npos += 3;
+                (r.p1, r.p2) = (c, r.p1);
+                n = t;
+                if ends || r.holding {
+                    // The decision needs the state; it stays the node's unless a match
+                    // settled and the walk read on from the root.
+                    let st = da.state(t);
+                    r.s = st;
+                    self.run_decide(&mut r);
+                    if r.s != st {
+                        n = da.row_of(r.s);
+                    }
+                }
+            }
+            if n != NO_ROW {
+                r.s = da.state(n);
+                (self.w.node_state, self.w.node) = (r.s, n);
+            }
+            return i + self.run_end(r);
+        }
         let mut j = i;
         let n = self.read_run(base + i, 3, || {
             let cp = table.run_cjk(bytes, j)?;
@@ -775,6 +850,80 @@ pub(crate) mod tests {
                 one,
                 "{text} char by char"
             );
+        }
+    }
+
+    /// A CJK run through the automaton's double array follows failure links: `炸弹鱼` is
+    /// begun and left for `弹药`, which starts inside it; with the array and without it.
+    #[test]
+    fn cjk_runs_follow_failure_links() {
+        let terms = ["炸弹鱼".to_owned(), "弹药".to_owned(), "药品".to_owned()];
+        for nodes in [usize::MAX, 1] {
+            let budget = CellBudget::set(nodes);
+            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
+            drop(budget);
+            let a = p
+                .keywords_for(Direction::Completion)
+                .automaton()
+                .expect("automaton");
+            // The compile folds the normalizer's run test into the array.
+            assert_eq!(
+                a.cjk_da().and_then(|d| d.runs()).is_some(),
+                nodes == usize::MAX
+            );
+            for (text, found) in [
+                ("买炸弹药品", vec!["弹药"]),
+                ("炸弹鱼药品", vec!["炸弹鱼", "药品"]),
+                ("炸弹炸弹鱼", vec!["炸弹鱼"]),
+            ] {
+                let one = p.scan(text, Direction::Completion);
+                let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+                assert_eq!(spans, found, "{text}");
+                assert_eq!(one, streaming_once(&p, text), "{text}");
+            }
+        }
+    }
+
+    /// Where a run begins in a state that spells other text before it (`ωa`, `a炸`), the walk
+    /// steps through the automaton and must not take the table's row or the array's node of
+    /// the shorter state the same character leads to from the root (`a`, `炸`).
+    #[test]
+    fn runs_begun_in_the_other_scripts_state_keep_it() {
+        let terms = ["ωabc", "ab", "a炸弹鱼", "炸弹"].map(str::to_owned);
+        for cells in [usize::MAX, 1] {
+            let budget = CellBudget::set(cells);
+            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
+            drop(budget);
+            for (text, found) in [
+                ("ωabc", vec!["ωabc"]),
+                ("a炸弹鱼", vec!["a炸弹鱼"]),
+                (
+                    "ωab ωabc a炸弹 a炸弹鱼",
+                    vec!["ab", "ωabc", "炸弹", "a炸弹鱼"],
+                ),
+            ] {
+                let one = p.scan(text, Direction::Completion);
+                let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+                assert_eq!(spans, found, "{text}, cells {cells}");
+                assert_eq!(one, streaming_once(&p, text), "{text}");
+            }
+            // No term joins the scripts: a run after the other script's text starts from the
+            // root of the table or the array.
+            let terms = ["abc", "ab", "炸弹鱼", "炸弹"].map(str::to_owned);
+            let budget = CellBudget::set(cells);
+            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
+            drop(budget);
+            let a = p.keywords_for(Direction::Completion).automaton();
+            assert!(a.is_some_and(|a| !a.ascii_to_wide() && !a.wide_to_ascii()));
+            for (text, found) in [
+                ("ab炸弹鱼abc", vec!["ab", "炸弹鱼", "abc"]),
+                ("xab炸弹炸abcab", vec!["ab", "炸弹", "abc", "ab"]),
+            ] {
+                let one = p.scan(text, Direction::Completion);
+                let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+                assert_eq!(spans, found, "{text}, cells {cells}");
+                assert_eq!(one, streaming_once(&p, text), "{text}");
+            }
         }
     }
 
