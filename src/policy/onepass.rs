@@ -889,40 +889,46 @@ pub(crate) mod tests {
     /// the shorter state the same character leads to from the root (`a`, `炸`).
     #[test]
     fn runs_begun_in_the_other_scripts_state_keep_it() {
-        let terms = ["ωabc", "ab", "a炸弹鱼", "炸弹"].map(str::to_owned);
-        for cells in [usize::MAX, 1] {
-            let budget = CellBudget::set(cells);
-            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
-            drop(budget);
-            for (text, found) in [
-                ("ωabc", vec!["ωabc"]),
-                ("a炸弹鱼", vec!["a炸弹鱼"]),
-                (
-                    "ωab ωabc a炸弹 a炸弹鱼",
-                    vec!["ab", "ωabc", "炸弹", "a炸弹鱼"],
-                ),
-            ] {
-                let one = p.scan(text, Direction::Completion);
-                let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
-                assert_eq!(spans, found, "{text}, cells {cells}");
-                assert_eq!(one, streaming_once(&p, text), "{text}");
-            }
-            // No term joins the scripts: a run after the other script's text starts from the
-            // root of the table or the array.
-            let terms = ["abc", "ab", "炸弹鱼", "炸弹"].map(str::to_owned);
-            let budget = CellBudget::set(cells);
-            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
-            drop(budget);
-            let a = p.keywords_for(Direction::Completion).automaton();
-            assert!(a.is_some_and(|a| !a.ascii_to_wide() && !a.wide_to_ascii()));
-            for (text, found) in [
-                ("ab炸弹鱼abc", vec!["ab", "炸弹鱼", "abc"]),
-                ("xab炸弹炸abcab", vec!["ab", "炸弹", "abc", "ab"]),
-            ] {
-                let one = p.scan(text, Direction::Completion);
-                let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
-                assert_eq!(spans, found, "{text}, cells {cells}");
-                assert_eq!(one, streaming_once(&p, text), "{text}");
+        // Each library with the automaton's tables and without them; each text's matches as
+        // the streaming machine finds them. The second joins no scripts: a run after the other
+        // script's text starts from the root of the table or the array.
+        /// Terms, whether they join the scripts, (text, matches).
+        type Library<'a> = (&'a [&'a str], bool, &'a [(&'a str, &'a [&'a str])]);
+        let libraries: [Library<'_>; 2] = [
+            (
+                &["ωabc", "ab", "a炸弹鱼", "炸弹"],
+                true,
+                &[
+                    ("ωabc", &["ωabc"]),
+                    ("a炸弹鱼", &["a炸弹鱼"]),
+                    ("ωab ωabc a炸弹 a炸弹鱼", &["ab", "ωabc", "炸弹", "a炸弹鱼"]),
+                ],
+            ),
+            (
+                &["abc", "ab", "炸弹鱼", "炸弹"],
+                false,
+                &[
+                    ("ab炸弹鱼abc", &["ab", "炸弹鱼", "abc"]),
+                    ("xab炸弹炸abcab", &["ab", "炸弹", "abc", "ab"]),
+                ],
+            ),
+        ];
+        for (terms, joined, cases) in libraries {
+            let terms: Vec<String> = terms.iter().map(|t| (*t).to_owned()).collect();
+            for cells in [usize::MAX, 1] {
+                let budget = CellBudget::set(cells);
+                let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
+                drop(budget);
+                let a = p.keywords_for(Direction::Completion).automaton();
+                assert!(
+                    a.is_some_and(|a| a.ascii_to_wide() == joined && a.wide_to_ascii() == joined)
+                );
+                for &(text, found) in cases {
+                    let one = p.scan(text, Direction::Completion);
+                    let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+                    assert_eq!(spans, found, "{text}, cells {cells}");
+                    assert_eq!(one, streaming_once(&p, text), "{text}");
+                }
             }
         }
     }
