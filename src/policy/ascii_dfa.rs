@@ -127,15 +127,8 @@ impl AsciiDfa {
     /// root, or the root's successor along `c`, without the map's lookup.
     #[inline]
     pub(super) fn row_after(&self, s: u32, c: u8) -> u32 {
-        let s = s & !OUT;
-        if s == ROOT {
-            return 0;
-        }
-        let d1 = self.entry(0, c) & !OUT;
-        if d1 != 0 && self.state(d1) & !OUT == s {
-            return d1;
-        }
-        self.rows.get(s)
+        self.rows
+            .after(s, self.entry(0, c) & !OUT, |d1| self.state(d1))
     }
 
     /// [`AsciiDfa::row_of`] for state `s`, which spells text ending in `p1`: none without the

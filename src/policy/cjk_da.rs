@@ -228,15 +228,8 @@ impl CjkDa {
     /// of code `k`: at the root or the root's successor along `k` without the map's lookup.
     #[inline]
     pub(super) fn node_after(&self, s: u32, k: u32) -> u32 {
-        let s = s & !OUT;
-        if s == ROOT {
-            return 0;
-        }
         let d1 = self.root_next.get(k as usize).map_or(0, |&t| t & !OUT);
-        if d1 != 0 && self.states[d1 as usize] & !OUT == s {
-            return d1;
-        }
-        self.rows.get(s)
+        self.rows.after(s, d1, |d1| self.states[d1 as usize])
     }
 
     /// [`CjkDa::row_of`] for state `s`, which spells text ending in `p1`: none without the

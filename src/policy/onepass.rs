@@ -784,6 +784,16 @@ pub(crate) mod tests {
         streamed(p, text, &[], false).0
     }
 
+    /// The one-pass scan of `text` finds the spans `found`, as the streaming machine does;
+    /// returns its findings.
+    fn assert_finds(p: &Policy, text: &str, found: &[&str], what: &str) -> Vec<Finding> {
+        let one = p.scan(text, Direction::Completion);
+        let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
+        assert_eq!(spans, found, "{text} {what}");
+        assert_eq!(one, streaming_once(p, text), "{text} {what}");
+        one
+    }
+
     /// A stream of `text` cut at `cuts` (those on char boundaries), through the one-pass walk
     /// where the policy allows it (`walk`) or through `KeywordSet::drain`: its findings in
     /// span order, and what each push released.
@@ -838,10 +848,7 @@ pub(crate) mod tests {
             ("炸 彈", vec!["炸 彈"]),
             ("炸a弹", vec![]),
         ] {
-            let one = p.scan(text, Direction::Completion);
-            let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
-            assert_eq!(spans, found, "{text}");
-            assert_eq!(one, streaming_once(&p, text), "{text}");
+            let one = assert_finds(&p, text, &found, "");
             let cuts: Vec<usize> = (0..=text.len())
                 .filter(|&c| text.is_char_boundary(c))
                 .collect();
@@ -876,10 +883,7 @@ pub(crate) mod tests {
                 ("炸弹鱼药品", vec!["炸弹鱼", "药品"]),
                 ("炸弹炸弹鱼", vec!["炸弹鱼"]),
             ] {
-                let one = p.scan(text, Direction::Completion);
-                let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
-                assert_eq!(spans, found, "{text}");
-                assert_eq!(one, streaming_once(&p, text), "{text}");
+                assert_finds(&p, text, &found, "");
             }
         }
     }
@@ -924,10 +928,7 @@ pub(crate) mod tests {
                     a.is_some_and(|a| a.ascii_to_wide() == joined && a.wide_to_ascii() == joined)
                 );
                 for &(text, found) in cases {
-                    let one = p.scan(text, Direction::Completion);
-                    let spans: Vec<&str> = one.iter().map(|f| &text[f.span.clone()]).collect();
-                    assert_eq!(spans, found, "{text}, cells {cells}");
-                    assert_eq!(one, streaming_once(&p, text), "{text}");
+                    assert_finds(&p, text, found, &format!("cells {cells}"));
                 }
             }
         }

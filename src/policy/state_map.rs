@@ -65,6 +65,21 @@ impl StateMap {
         }
     }
 
+    /// [`StateMap::get`] for state `s`, just reached by one step along a character whose
+    /// successor of the root has place `d1` (0: none) and automaton state `d1_state`: the root
+    /// and that successor found without a lookup.
+    #[inline(always)]
+    pub(super) fn after(&self, s: u32, d1: u32, d1_state: impl FnOnce(u32) -> u32) -> u32 {
+        let s = s & !OUT;
+        if s == ROOT {
+            return 0;
+        }
+        if d1 != 0 && d1_state(d1) & !OUT == s {
+            return d1;
+        }
+        self.get(s)
+    }
+
     pub(super) fn memory_usage(&self) -> usize {
         std::mem::size_of_val(&*self.slots)
     }
