@@ -533,6 +533,48 @@ impl Walker<'_> {
         };
     }
 
+    /// The word bytes `word` of a run (output bytes by `table`): while the walk is on a row of
+    /// the ASCII table and no term ends, a tight loop of table lookups (the last characters and
+    /// the offset are brought up to date once, after it); each other step by
+    /// [`Walker::ascii_read`].
+    #[inline(always)]
+    fn ascii_word(&mut self, r: &mut Run, table: &CharTable, word: &[u8], dfa: Option<&AsciiDfa>) {
+        let Some(d) = dfa else {
+            for &b in word {
+                self.run_read(r, u32::from(table.word_byte(b)), 1);
+            }
+            return;
+        };
+        let mut k = 0;
+        while k < word.len() {
+            // Never on a row while a match is held (`Run::off`).
+            if r.off != NO_ROW {
+                let from = k;
+                while let Some(&b) = word.get(k) {
+                    let cell = d.entry(r.off, table.word_byte(b));
+                    if cell & OUT != 0 {
+                        break;
+                    }
+                    r.off = cell;
+                    k += 1;
+                }
+                if k > from {
+                    r.npos += k - from;
+                    r.p2 = match k - from {
+                        1 => r.p1,
+                        _ => u32::from(table.word_byte(word[k - 2])),
+                    };
+                    r.p1 = u32::from(table.word_byte(word[k - 1]));
+                }
+                if k == word.len() {
+                    break;
+                }
+            }
+            self.ascii_read(r, table.word_byte(word[k]), dfa);
+            k += 1;
+        }
+    }
+
     /// Whether a run is at the root.
     #[inline(always)]
     fn at_root(r: &Run) -> bool {
@@ -623,9 +665,7 @@ impl Emit for Walker<'_> {
                 j = we + 1;
                 continue;
             }
-            for &b in &bytes[j..we] {
-                self.ascii_read(&mut r, table.word_byte(b), dfa);
-            }
+            self.ascii_word(&mut r, table, &bytes[j..we], dfa);
             if !joined {
                 j = we;
                 break;
