@@ -444,7 +444,14 @@ impl Emit for NormBuf {
 /// there (`bytes` is valid UTF-8).
 #[inline(always)]
 pub(super) fn three_byte_char(bytes: &[u8], j: usize) -> Option<u32> {
-    let &[b0, b1, b2] = bytes.get(j..j + 3)? else {
+    char_of_three(bytes.get(j..j + 3)?)
+}
+
+/// The code point of the three-byte UTF-8 character that `b` (three bytes of valid UTF-8
+/// text) begins with, if it is one.
+#[inline(always)]
+pub(super) fn char_of_three(b: &[u8]) -> Option<u32> {
+    let &[b0, b1, b2] = b else {
         return None;
     };
     (0xE0..0xF0)

@@ -26,7 +26,7 @@
 use super::ascii_dfa::{AsciiDfa, NO_ROW};
 use super::cjk_da::{MAPPED, NOT_RUN};
 use super::keywords::{self, AllowSet, Automaton, Best, KeywordSet, TermMeta, OUT, ROOT};
-use super::normalize::{three_byte_char, CharTable, Emit, NormState, Normalizer};
+use super::normalize::{char_of_three, CharTable, Emit, NormState, Normalizer};
 use super::{Direction, Policy};
 
 /// Longest span (normalized bytes: the longest term and twice the context of its checks) the
@@ -695,8 +695,11 @@ impl Emit for Walker<'_> {
             } else {
                 da.row_at(r.s, r.p1)
             };
-            let mut j = i;
-            while let Some(cp) = three_byte_char(bytes, j) {
+            // Character by character: a run holds three-byte characters only.
+            for ch in bytes[i..].chunks_exact(3) {
+                let Some(cp) = char_of_three(ch) else {
+                    break;
+                };
                 let (c, k) = match runs[usize::from(cp as u16)] {
                     NOT_RUN => break,
                     MAPPED => match table.run_cjk_of(cp) {
@@ -705,7 +708,6 @@ impl Emit for Walker<'_> {
                     },
                     k => (cp, u32::from(k)),
                 };
-                j += 3;
                 if n == NO_ROW {
                     if r.p1 < 0x80 && !self.a.ascii_to_wide() {
                         // After English: the step is the root's.
