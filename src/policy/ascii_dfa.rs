@@ -38,6 +38,11 @@ const UNUSED: u8 = 1;
 /// target row's offset, with `OUT` when a term ends there.
 pub(super) struct AsciiDfa {
     class: [u8; 128],
+    /// The class of each byte as the policy's normalizer writes it in a word, once
+    /// [`AsciiDfa::fold_words`] has filled it (`folded`): the case fold and the class in one
+    /// load.
+    word_class: [u8; 256],
+    folded: bool,
     cells: Box<[u32]>,
     /// The row offset of each state that has a row.
     rows: StateMap,
@@ -88,6 +93,8 @@ impl AsciiDfa {
         }
         let mut dfa = AsciiDfa {
             class,
+            word_class: [0; 256],
+            folded: false,
             cells: vec![0; rows.len() * stride].into_boxed_slice(),
             rows: StateMap::new(
                 rows.len(),
@@ -145,7 +152,38 @@ impl AsciiDfa {
     /// set when a term ends there.
     #[inline(always)]
     pub(super) fn entry(&self, off: u32, c: u8) -> u32 {
-        self.cells[off as usize + usize::from(self.class[usize::from(c & 0x7F)])]
+        self.cell(off, self.class[usize::from(c & 0x7F)])
+    }
+
+    /// Fill [`AsciiDfa::word_class`] from the normalizer's word bytes (`CharTable::word_byte`:
+    /// the byte a word byte is written as, 0 for any other byte).
+    pub(super) fn fold_words(&mut self, word_byte: impl Fn(u8) -> u8) {
+        for (b, class) in (0..=u8::MAX).zip(self.word_class.iter_mut()) {
+            let w = word_byte(b);
+            *class = if w == 0 {
+                0
+            } else {
+                self.class[usize::from(w & 0x7F)]
+            };
+        }
+        self.folded = true;
+    }
+
+    /// Whether [`AsciiDfa::fold_words`] has filled the word bytes' classes.
+    pub(super) fn folded(&self) -> bool {
+        self.folded
+    }
+
+    /// The column of word byte `b` ([`AsciiDfa::fold_words`]).
+    #[inline(always)]
+    pub(super) fn word_class(&self, b: u8) -> u8 {
+        self.word_class[usize::from(b)]
+    }
+
+    /// The cell of row offset `off` in column `class`.
+    #[inline(always)]
+    pub(super) fn cell(&self, off: u32, class: u8) -> u32 {
+        self.cells[off as usize + usize::from(class)]
     }
 
     /// The automaton state (flagged) of row offset `off` (`OUT` ignored).

@@ -617,10 +617,14 @@ impl Automaton {
         self.cjk_da.as_ref()
     }
 
-    /// Fold the normalizer's CJK-run test into the double array (`CjkDa::fold_runs`).
+    /// Fold the normalizer's CJK-run test into the double array (`CjkDa::fold_runs`) and its
+    /// word bytes into the ASCII table's classes (`AsciiDfa::fold_words`).
     pub(super) fn fold_runs(&mut self, table: &CharTable) {
         if let Some(d) = self.cjk_da.as_mut() {
             d.fold_runs(|cp| table.run_cjk_of(cp));
+        }
+        if let Some(d) = self.ascii_dfa.as_mut() {
+            d.fold_words(|b| table.word_byte(b));
         }
     }
 
@@ -1174,7 +1178,9 @@ impl KeywordSet {
     }
 
     /// Let CJK runs of `table`'s normalizer take the automaton's double array in one load a
-    /// character (`Automaton::fold_runs`). The one-pass walk reads them through it only then.
+    /// character, and its words the ASCII table in one load a letter (`Automaton::fold_runs`).
+    /// The one-pass walk reads CJK runs through the array only then, and declines a set whose
+    /// ASCII table is not folded.
     pub(super) fn fold_runs(&mut self, table: &CharTable) {
         if let Some(a) = self.auto.as_mut() {
             a.fold_runs(table);

@@ -19,8 +19,9 @@
 //! same text; the tests compare the two, whole and cut into pieces.
 //!
 //! The ring is sized for the longest term plus twice that context; where that exceeds
-//! [`MAX_RING_SPAN`] normalized bytes, the scan and the stream go the streaming machine's way
-//! ([`keyword_hits`] and [`OnePass::new`] decline). A stream keeps the original text from
+//! [`MAX_RING_SPAN`] normalized bytes, or the ASCII table lacks the normalizer's word classes
+//! (`AsciiDfa::fold_words`, done when a policy compiles), the scan and the stream go the
+//! streaming machine's way ([`keyword_hits`] and [`OnePass::new`] decline). A stream keeps the original text from
 //! the first character it may read again: the context before what it holds.
 
 use super::ascii_dfa::{AsciiDfa, NO_ROW};
@@ -108,6 +109,10 @@ impl OnePass {
     /// `None` when it must go the streaming machine's way (see the module documentation).
     pub(crate) fn new(kws: &KeywordSet, allow: &AllowSet) -> Option<OnePass> {
         let a = kws.automaton()?;
+        // The walk reads words through the ASCII table's word classes.
+        if a.ascii_dfa().is_some_and(|d| !d.folded()) {
+            return None;
+        }
         let context = kws.context(allow);
         if a.max_len() + 2 * context > MAX_RING_SPAN {
             return None;
@@ -551,7 +556,8 @@ impl Walker<'_> {
             if r.off != NO_ROW {
                 let from = k;
                 while let Some(&b) = word.get(k) {
-                    let cell = d.entry(r.off, table.word_byte(b));
+                    // The walk has the table's word classes (`OnePass::new`).
+                    let cell = d.cell(r.off, d.word_class(b));
                     if cell & OUT != 0 {
                         break;
                     }
