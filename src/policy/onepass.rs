@@ -21,8 +21,9 @@
 //! The ring is sized for the longest term plus twice that context; where that exceeds
 //! [`MAX_RING_SPAN`] normalized bytes, or the ASCII table lacks the normalizer's word classes
 //! (`AsciiDfa::fold_words`, done when a policy compiles), the scan and the stream go the
-//! streaming machine's way ([`keyword_hits`] and [`OnePass::new`] decline). A stream keeps the original text from
-//! the first character it may read again: the context before what it holds.
+//! streaming machine's way ([`keyword_hits`] and [`OnePass::new`] decline). A stream keeps
+//! the original text from the first character it may read again: the context before what it
+//! holds.
 
 use super::ascii_dfa::{AsciiDfa, NO_ROW};
 use super::cjk_da::{MAPPED, NOT_RUN};
