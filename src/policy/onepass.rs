@@ -799,6 +799,13 @@ pub(crate) mod tests {
         policy_with_words(terms, &[], allow, normalize)
     }
 
+    /// `terms` in one category under the default normalization, the automaton's tables built
+    /// under a budget of `cells`.
+    fn policy_in_budget(terms: &[String], cells: usize) -> Policy {
+        let _budget = CellBudget::set(cells);
+        policy(terms, &[], NormalizeConfig::default()).expect("compiles")
+    }
+
     /// `terms` in one category, `words` in a `whole_words` one.
     fn policy_with_words(
         terms: &[String],
@@ -915,9 +922,7 @@ pub(crate) mod tests {
     fn cjk_runs_follow_failure_links() {
         let terms = ["炸弹鱼".to_owned(), "弹药".to_owned(), "药品".to_owned()];
         for nodes in [usize::MAX, 1] {
-            let budget = CellBudget::set(nodes);
-            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
-            drop(budget);
+            let p = policy_in_budget(&terms, nodes);
             let a = p
                 .keywords_for(Direction::Completion)
                 .automaton()
@@ -969,9 +974,7 @@ pub(crate) mod tests {
         for (terms, joined, cases) in libraries {
             let terms: Vec<String> = terms.iter().map(|t| (*t).to_owned()).collect();
             for cells in [usize::MAX, 1] {
-                let budget = CellBudget::set(cells);
-                let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
-                drop(budget);
+                let p = policy_in_budget(&terms, cells);
                 let a = p.keywords_for(Direction::Completion).automaton();
                 assert!(
                     a.is_some_and(|a| a.ascii_to_wide() == joined && a.wide_to_ascii() == joined)
@@ -1052,9 +1055,7 @@ pub(crate) mod tests {
         let cuts: Vec<usize> = (0..text.len()).step_by(3).collect();
         let mut all = Vec::new();
         for cells in [usize::MAX, 40] {
-            let budget = CellBudget::set(cells);
-            let p = policy(&terms, &[], NormalizeConfig::default()).expect("compiles");
-            drop(budget);
+            let p = policy_in_budget(&terms, cells);
             let table = p
                 .keywords_for(Direction::Completion)
                 .automaton()
