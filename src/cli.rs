@@ -149,6 +149,7 @@ pub fn summary(loaded: &LoadedConfig) -> String {
             DefaultRoute::Passthrough => "passthrough (unmoderated)",
         }
     );
+    let _ = writeln!(out, "enforce     {}", crate::enforce::summary(&c.enforce));
     out
 }
 

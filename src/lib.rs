@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dialect;
+pub mod enforce;
 pub mod json_str;
 pub mod label;
 pub mod metrics;

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     pub audit_write_failures: IntCounter,
     pub audit_queue_depth: IntGauge,
+    // Actions on users.
+    pub enforce_verdicts: IntCounterVec,
+    pub enforce_strikes: IntCounterVec,
+    pub enforce_store_errors: IntCounterVec,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -161,6 +165,9 @@ impl Metrics {
             config_reloads: counter_vec(&reg, "shenhe_config_reload_total", "Config reload attempts by result (ok, error).", &["result"]),
             decisions: counter_vec(&reg, "shenhe_decisions_total", "Moderation findings acted on, by direction (prompt, completion), category and action.", &["direction", "category", "action"]),
             stream_stops: counter_vec(&reg, "shenhe_stream_stops_total", "Streams stopped mid-generation, by category.", &["category"]),
+            enforce_verdicts: counter_vec(&reg, "shenhe_enforce_verdicts_total", "Requests on moderated routes judged by the user's standing (enforce): served, warned, restricted, or refused and why.", &["verdict"]),
+            enforce_strikes: counter_vec(&reg, "shenhe_enforce_strikes_total", "Strikes counted against users (a request with a block decision), by what followed: counted, suspended (the strike began a suspension), store_error.", &["outcome"]),
+            enforce_store_errors: counter_vec(&reg, "shenhe_enforce_store_errors_total", "Enforcement store operations that failed or timed out, by operation.", &["op"]),
             stream_holdback_bytes: histogram(&reg, "shenhe_stream_holdback_bytes", "Bytes of channel text held back after each streamed event.", HOLDBACK_BUCKETS),
             scan_prompt: scan_duration.with_label_values(&["prompt"]),
             scan_completion: scan_duration.with_label_values(&["completion"]),

@@ -36,6 +36,8 @@ pub fn router(app: Arc<AppState>, shutdown: Shutdown) -> Router {
         .route("/admin/reload", post(reload))
         .route("/admin/records", get(records))
         .route("/admin/records/erase", post(erase))
+        .route("/admin/users", get(user_standing))
+        .route("/admin/users/lift", post(lift_user))
         .with_state(AdminState { app, shutdown })
 }
 
@@ -250,6 +252,72 @@ async fn erase(
             Json(json!({"user": id, "report": detail})).into_response()
         }
         Err(e) => admin_error(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct UserQuery {
+    user: String,
+}
+
+/// The enforcer, for a caller with the admin token; else the answer that says why not.
+fn enforcer<'a>(
+    app: &'a AppState,
+    headers: &HeaderMap,
+) -> Result<&'a crate::enforce::Enforcer, Box<Response>> {
+    authorize(app, headers)?;
+    app.records.enforcer.as_ref().ok_or_else(|| {
+        Box::new(admin_error(
+            StatusCode::NOT_FOUND,
+            "actions on users are off (enforce.enabled is false)",
+        ))
+    })
+}
+
+/// A user's standing (`enforce`): strikes in the window and any suspension in force.
+async fn user_standing(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<UserQuery>,
+) -> Response {
+    let e = match enforcer(&s.app, &headers) {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let id = pseudonym(&s.app, &q.user);
+    match e.standing(&id).await {
+        Ok(st) => {
+            let until = st.suspended_until.and_then(|ms| {
+                chrono::DateTime::from_timestamp_millis(ms as i64).map(|t| t.to_rfc3339())
+            });
+            Json(json!({"user": id, "strikes": st.strikes, "suspended_until": until}))
+                .into_response()
+        }
+        Err(err) => admin_error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    }
+}
+
+/// Lift a user's strikes and suspension (an operator's decision, e.g. on a complaint upheld);
+/// itself recorded.
+async fn lift_user(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Json(b): Json<UserQuery>,
+) -> Response {
+    let e = match enforcer(&s.app, &headers) {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let id = pseudonym(&s.app, &b.user);
+    match e.lift(&id).await {
+        Ok(()) => {
+            let mut r = crate::audit::Record::new(crate::audit::RecordKind::Admin);
+            r.user = Some(id.clone());
+            r.detail = Some("strikes and suspension lifted".into());
+            let _ = s.app.records.auditor.record(r).await;
+            Json(json!({"user": id, "lifted": true})).into_response()
+        }
+        Err(err) => admin_error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
 }
 

@@ -25,6 +25,9 @@ pub enum RecordKind {
     Erasure,
     /// An administrative action (export, legal hold, policy reload, ...).
     Admin,
+    /// An action on a user (Interim Measures Art. 14 para 2, Art. 10): a suspension begun, a
+    /// request refused or limited for the user's standing; `detail` says which.
+    Sanction,
 }
 
 impl RecordKind {
@@ -35,6 +38,7 @@ impl RecordKind {
             Self::Delivery => "delivery",
             Self::Erasure => "erasure",
             Self::Admin => "admin",
+            Self::Sanction => "sanction",
         }
     }
 }

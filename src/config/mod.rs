@@ -49,6 +49,7 @@ pub struct Config {
     pub moderation: ModerationConfig,
     pub labels: LabelsConfig,
     pub audit: AuditConfig,
+    pub enforce: crate::enforce::EnforceConfig,
     pub log: LogConfig,
 }
 
@@ -522,6 +523,7 @@ impl Config {
         if let Err(audit_issues) = self.audit.validate() {
             issues.extend(audit_issues);
         }
+        issues.extend(self.enforce.validate());
         if let Some(k) = &self.upstream.api_key {
             if http::HeaderValue::from_str(k).is_err() {
                 issues.push(ConfigIssue::new(

@@ -38,6 +38,12 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The prompt was refused by the policy.
     ContentFilter,
+    /// The user is suspended (`enforce`).
+    UserSuspended,
+    /// A minor, outside the hours minors are served (`enforce.minors.hours`).
+    MinorHours,
+    /// The user is over a request limit: restricted, or a minor's daily cap (`enforce`).
+    UserLimit,
     /// shenhe cannot record decisions and is configured to fail closed.
     Unavailable,
     /// A bug or resource failure inside shenhe.
@@ -57,6 +63,8 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::UnknownRoute => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::UserSuspended | ErrorKind::MinorHours => StatusCode::FORBIDDEN,
+            ErrorKind::UserLimit => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -76,6 +84,9 @@ impl ErrorKind {
             ErrorKind::UnknownRoute => "unknown_route",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::ContentFilter => "content_filter",
+            ErrorKind::UserSuspended => "user_suspended",
+            ErrorKind::MinorHours => "minor_hours",
+            ErrorKind::UserLimit => "rate_limit_exceeded",
             ErrorKind::Unavailable => "service_unavailable",
             ErrorKind::Internal => "internal_error",
         }
@@ -92,6 +103,8 @@ impl ErrorKind {
             | ErrorKind::UnknownRoute
             | ErrorKind::MethodNotAllowed
             | ErrorKind::ContentFilter => "invalid_request_error",
+            ErrorKind::UserSuspended | ErrorKind::MinorHours => "permission_error",
+            ErrorKind::UserLimit => "rate_limit_error",
             _ => "api_error",
         }
     }
@@ -108,6 +121,8 @@ impl ErrorKind {
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::MethodNotAllowed
             | ErrorKind::ContentFilter => "invalid_request_error",
+            ErrorKind::UserSuspended | ErrorKind::MinorHours => "permission_error",
+            ErrorKind::UserLimit => "rate_limit_error",
             _ => "api_error",
         }
     }

@@ -35,8 +35,51 @@ use crate::server::upstream::{bounded_body, UpstreamBody, UpstreamResponse};
 use crate::stream::guard::{Guard, StopReason, StreamFinding};
 use crate::stream::{guarded_body, Reporter};
 
-/// Handle a request on a moderated route.
+/// Handle a request on a moderated route: the user's standing first (`enforce`), then the
+/// exchange.
 pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
+    let verdict = match &ctx.rec.records.enforcer {
+        Some(e) => {
+            let now = crate::enforce::Enforcer::now_ms();
+            Some(
+                e.check(ctx.rec.user.as_deref(), &ctx.client_headers, now)
+                    .await,
+            )
+        }
+        None => None,
+    };
+    let Some(verdict) = verdict else {
+        return exchange(ctx, client_body).await;
+    };
+    match verdict {
+        crate::enforce::Verdict::Serve { notice } => {
+            let mut resp = exchange(ctx, client_body).await;
+            if let Some(n) = notice {
+                resp.headers_mut().insert(
+                    crate::enforce::NOTICE_HEADER,
+                    http::HeaderValue::from_static(n),
+                );
+            }
+            resp
+        }
+        crate::enforce::Verdict::Refuse {
+            error,
+            retry_after,
+            detail,
+        } => {
+            ctx.rec.sanction(detail).await;
+            let mut resp = ctx.error(error);
+            if let Some(secs) = retry_after {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, crate::enforce::retry_after(secs));
+            }
+            resp
+        }
+    }
+}
+
+/// The exchange of a moderated route.
+async fn exchange(ctx: RequestCtx, client_body: Body) -> Response {
     if let Err(e) = check_request_headers(&ctx) {
         return ctx.error(e);
     }

@@ -207,11 +207,19 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
     }
     let (auditor, audit_task) = crate::audit::Auditor::start(&audit_cfg)
         .map_err(|e| StartError::Runtime(format!("audit: {e}")))?;
-    let state = AppState::new(
-        runtime,
-        records::Records::new(auditor, &audit_cfg),
-        Some(loaded.path.clone()),
-    );
+    if cfg.enforce.enabled
+        && cfg.enforce.store == crate::enforce::config::StoreKind::Redis
+        && audit_cfg.pseudonym_is_ephemeral()
+    {
+        return Err(StartError::Runtime(
+            "enforce.store: redis shares users among replicas, which needs the same user ids on \
+             each: set audit.pseudonym_secret_env or audit.pseudonym_secret_file"
+                .into(),
+        ));
+    }
+    let mut records = records::Records::new(auditor, &audit_cfg);
+    records.enforcer = crate::enforce::Enforcer::new(&cfg.enforce).map_err(StartError::Runtime)?;
+    let state = AppState::new(runtime, records, Some(loaded.path.clone()));
     let shutdown = Shutdown::new();
     let public_service = listener::Service::Proxy(state.clone());
     let admin_service =

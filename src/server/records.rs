@@ -20,6 +20,9 @@ pub struct Records {
     pub excerpt_chars: usize,
     /// `fsync: always`: a request is answered only once its records are on disk.
     pub durable: bool,
+    /// Actions on users (`enforce`); `None` when off. Lives with the records: a strike is
+    /// counted where a block decision is recorded.
+    pub enforcer: Option<crate::enforce::Enforcer>,
 }
 
 impl Records {
@@ -31,6 +34,7 @@ impl Records {
             tenant_header: cfg.tenant_header.clone(),
             excerpt_chars: cfg.excerpt_chars,
             durable: cfg.fsync == crate::audit::FsyncMode::Always,
+            enforcer: None,
         }
     }
 
@@ -125,8 +129,35 @@ impl RecordCtx {
     }
 
     /// Queue a record (with `fsync: always`, wait until it is on disk); a full queue past its
-    /// bound is counted as a drop inside the auditor.
+    /// bound is counted as a drop inside the auditor. A `block` decision also counts a strike
+    /// against the request's user (`enforce`), once per request; a suspension it begins is
+    /// recorded after it.
     pub async fn write(&self, r: Record) {
+        let strike =
+            r.kind == audit::RecordKind::Decision && r.action == Some(audit::Action::Block);
+        self.queue(r).await;
+        if let (true, Some(enf), Some(user)) = (strike, &self.records.enforcer, &self.user) {
+            let now = crate::enforce::Enforcer::now_ms();
+            if let Some(sanction) = enf.strike(user, &self.request_id, now).await {
+                self.queue(self.stamp(sanction)).await;
+            }
+        }
+    }
+
+    /// A sanction record of this request (`enforce`): `detail` says what was done.
+    pub async fn sanction(&self, detail: String) {
+        if let Some(user) = &self.user {
+            let r = crate::enforce::sanction_record(user, &self.request_id, detail);
+            self.queue(self.stamp(r)).await;
+        } else {
+            let mut r = audit::Record::new(audit::RecordKind::Sanction);
+            r.request_id = Some(self.request_id.clone());
+            r.detail = Some(detail);
+            self.queue(self.stamp(r)).await;
+        }
+    }
+
+    async fn queue(&self, r: Record) {
         let a = &self.records.auditor;
         let res = if self.records.durable {
             a.record_durable(r).await

@@ -1,0 +1,359 @@
+//! Where strikes, suspensions and request counters live: in this process, or in Redis, shared
+//! by every replica (one user's standing must not depend on which replica answers).
+//!
+//! Keys (Redis) under the configured prefix, each with a TTL so nothing outlives its use:
+//! `strikes:{user}` a sorted set of request ids scored by time (one strike per request, however
+//! many findings it had); `suspended:{user}` set for the suspension's length; `count:{name}:{user}:{bucket}`
+//! counters of requests a minute or a day. Users are pseudonymous ids (`u-…`), never raw ids.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+/// A store operation that did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+/// A user's standing as the store has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Strikes within the window.
+    pub strikes: u32,
+    /// Milliseconds (Unix) when a suspension ends, if one is in force.
+    pub suspended_until: Option<u64>,
+}
+
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// The standing of `user` at `now` (ms), counting strikes since `now - window`.
+    pub async fn standing(
+        &self,
+        user: &str,
+        now: u64,
+        window: u64,
+    ) -> Result<Standing, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.standing(user, now, window)),
+            Store::Redis(r) => r.standing(user, now, window).await,
+        }
+    }
+
+    /// Count a strike for request `request_id` (again for the same request: no new strike);
+    /// at `suspend_at` strikes or more (0: never) a suspension of `suspend_for` ms begins.
+    /// Returns the standing after it.
+    pub async fn strike(
+        &self,
+        user: &str,
+        request_id: &str,
+        now: u64,
+        window: u64,
+        suspend: Option<(u32, u64)>,
+    ) -> Result<Standing, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.strike(user, request_id, now, window, suspend)),
+            Store::Redis(r) => r.strike(user, request_id, now, window, suspend).await,
+        }
+    }
+
+    /// Add one to counter `name` of `user` for time bucket `bucket` (kept `ttl` ms); the count
+    /// after it.
+    pub async fn count(
+        &self,
+        name: &str,
+        user: &str,
+        bucket: u64,
+        ttl: u64,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.count(name, user, bucket, ttl, now)),
+            Store::Redis(r) => r.count(name, user, bucket, ttl).await,
+        }
+    }
+
+    /// Forget a user's strikes and suspension (an operator's decision, or an erasure).
+    pub async fn lift(&self, user: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.lift(user);
+                Ok(())
+            }
+            Store::Redis(r) => r.lift(user).await,
+        }
+    }
+}
+
+/// One user's entry in the memory store.
+#[derive(Default)]
+struct Entry {
+    /// (time in ms, request id), oldest first.
+    strikes: Vec<(u64, String)>,
+    suspended_until: u64,
+    /// Counter name → (bucket, count, expires at ms).
+    counters: Vec<(String, u64, u64, u64)>,
+}
+
+impl Entry {
+    fn prune(&mut self, now: u64, window: u64) {
+        let from = now.saturating_sub(window);
+        self.strikes.retain(|(t, _)| *t > from);
+    }
+
+    fn idle(&self, now: u64) -> bool {
+        self.suspended_until <= now
+            && self.strikes.is_empty()
+            && self.counters.iter().all(|c| c.3 <= now)
+    }
+}
+
+/// Users of one replica, at most `cap` of them.
+pub struct MemoryStore {
+    users: Mutex<HashMap<String, Entry>>,
+    cap: usize,
+    /// The window strikes were last counted in: an entry whose strikes are all older is idle.
+    window: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryStore {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            users: Mutex::new(HashMap::new()),
+            cap,
+            window: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn with<T>(&self, user: &str, now: u64, f: impl FnOnce(&mut Entry) -> T) -> T {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if !users.contains_key(user) && users.len() >= self.cap {
+            // Full: drop every user with nothing in force. Past that, the oldest-keyed entries
+            // stay and the new user is tracked in a throwaway entry (counted, not kept).
+            let window = self.window.load(std::sync::atomic::Ordering::Relaxed);
+            users.retain(|_, e| {
+                e.prune(now, window);
+                !e.idle(now)
+            });
+            if users.len() >= self.cap {
+                return f(&mut Entry::default());
+            }
+        }
+        f(users.entry(user.to_string()).or_default())
+    }
+
+    /// Users tracked now.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.users.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub(super) fn standing(&self, user: &str, now: u64, window: u64) -> Standing {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = users.get(user) else {
+            return Standing::default();
+        };
+        let from = now.saturating_sub(window);
+        Standing {
+            strikes: e.strikes.iter().filter(|(t, _)| *t > from).count() as u32,
+            suspended_until: (e.suspended_until > now).then_some(e.suspended_until),
+        }
+    }
+
+    pub(super) fn strike(
+        &self,
+        user: &str,
+        request_id: &str,
+        now: u64,
+        window: u64,
+        suspend: Option<(u32, u64)>,
+    ) -> Standing {
+        self.window
+            .store(window, std::sync::atomic::Ordering::Relaxed);
+        self.with(user, now, |e| {
+            e.prune(now, window);
+            if !e.strikes.iter().any(|(_, r)| r == request_id) {
+                e.strikes.push((now, request_id.to_string()));
+            }
+            let strikes = e.strikes.len() as u32;
+            if let Some((at, len)) = suspend {
+                if strikes >= at {
+                    e.suspended_until = e.suspended_until.max(now + len);
+                }
+            }
+            Standing {
+                strikes,
+                suspended_until: (e.suspended_until > now).then_some(e.suspended_until),
+            }
+        })
+    }
+
+    fn count(&self, name: &str, user: &str, bucket: u64, ttl: u64, now: u64) -> u64 {
+        self.with(user, now, |e| {
+            e.counters.retain(|c| c.3 > now);
+            match e.counters.iter_mut().find(|c| c.0 == name && c.1 == bucket) {
+                Some(c) => {
+                    c.2 += 1;
+                    c.2
+                }
+                None => {
+                    e.counters.push((name.to_string(), bucket, 1, now + ttl));
+                    1
+                }
+            }
+        })
+    }
+
+    fn lift(&self, user: &str) {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = users.get_mut(user) {
+            e.strikes.clear();
+            e.suspended_until = 0;
+        }
+    }
+}
+
+/// Users shared through Redis: one multiplexed connection, re-established when lost.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// A store on `url`; the connection is made at the first operation (a Redis down at start
+    /// is a store error then, not a failed start). Must be called inside a tokio runtime.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::Redis(e.category().into()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let conn = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+            timeout,
+        })
+    }
+
+    fn key(&self, kind: &str, user: &str) -> String {
+        format!("{}{kind}:{user}", self.prefix)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Redis(e.to_string())),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn standing(&self, user: &str, now: u64, window: u64) -> Result<Standing, StoreError> {
+        let (sk, pk) = (self.key("strikes", user), self.key("suspended", user));
+        let mut p = redis::pipe();
+        p.cmd("ZCOUNT")
+            .arg(&sk)
+            .arg(format!("({}", now.saturating_sub(window)))
+            .arg("+inf")
+            .cmd("PTTL")
+            .arg(&pk);
+        let (strikes, ttl): (u32, i64) = self.run(&p).await?;
+        Ok(Standing {
+            strikes,
+            suspended_until: (ttl > 0).then(|| now + ttl as u64),
+        })
+    }
+
+    async fn strike(
+        &self,
+        user: &str,
+        request_id: &str,
+        now: u64,
+        window: u64,
+        suspend: Option<(u32, u64)>,
+    ) -> Result<Standing, StoreError> {
+        let (sk, pk) = (self.key("strikes", user), self.key("suspended", user));
+        let mut p = redis::pipe();
+        p.atomic()
+            // NX: the same request again keeps its first time.
+            .cmd("ZADD")
+            .arg(&sk)
+            .arg("NX")
+            .arg(now)
+            .arg(request_id)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&sk)
+            .arg("-inf")
+            .arg(now.saturating_sub(window))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&sk)
+            .arg(window)
+            .ignore()
+            .cmd("ZCARD")
+            .arg(&sk)
+            .cmd("PTTL")
+            .arg(&pk);
+        let (strikes, mut ttl): (u32, i64) = self.run(&p).await?;
+        if let Some((at, len)) = suspend {
+            if strikes >= at && ttl < len as i64 {
+                let mut conn = self.conn.clone();
+                let set = conn.pset_ex::<_, _, ()>(&pk, 1, len);
+                match tokio::time::timeout(self.timeout, set).await {
+                    Ok(Ok(())) => ttl = len as i64,
+                    Ok(Err(e)) => return Err(StoreError::Redis(e.to_string())),
+                    Err(_) => return Err(StoreError::Timeout(self.timeout)),
+                }
+            }
+        }
+        Ok(Standing {
+            strikes,
+            suspended_until: (ttl > 0).then(|| now + ttl as u64),
+        })
+    }
+
+    async fn count(
+        &self,
+        name: &str,
+        user: &str,
+        bucket: u64,
+        ttl: u64,
+    ) -> Result<u64, StoreError> {
+        let k = format!("{}count:{name}:{user}:{bucket}", self.prefix);
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("INCR")
+            .arg(&k)
+            .cmd("PEXPIRE")
+            .arg(&k)
+            .arg(ttl)
+            .ignore();
+        let (n,): (u64,) = self.run(&p).await?;
+        Ok(n)
+    }
+
+    async fn lift(&self, user: &str) -> Result<(), StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("DEL")
+            .arg(self.key("strikes", user))
+            .arg(self.key("suspended", user))
+            .ignore();
+        self.run::<()>(&p).await
+    }
+}

@@ -1,0 +1,247 @@
+//! Actions on users through the server (Interim Measures Art. 14 para 2, Art. 10): strikes from
+//! block decisions, warnings, suspension shared by two replicas through Redis, the admin API
+//! that shows and lifts a standing, limits for minors. Needs the Redis server at
+//! `SHENHE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/`); fails when it cannot reach it.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+fn redis_url() -> String {
+    std::env::var("SHENHE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// The config of a replica; its secrets sit beside `token_file`.
+fn enforce_yaml(prefix: &str, token_file: &std::path::Path, minors: &str) -> String {
+    std::fs::write(
+        token_file.with_file_name("pseudonym-secret"),
+        "a pseudonym secret the replicas share\n",
+    )
+    .unwrap();
+    format!(
+        r#"
+server:
+  admin_token_file: "{}"
+audit:
+  pseudonym_secret_file: "{}"
+policy:
+  categories:
+    - {{ id: A1d, action: block, keywords: ["炸弹", "forbiddenword"] }}
+enforce:
+  enabled: true
+  store: redis
+  redis_url: "{}"
+  key_prefix: "{prefix}"
+  strikes: {{ window: "1h", warn_at: 1, restrict_at: 0, suspend_at: 2 }}
+  suspend_for: "10m"
+{minors}
+"#,
+        token_file.display(),
+        token_file.with_file_name("pseudonym-secret").display(),
+        redis_url()
+    )
+}
+
+fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn chat(p: &Proxy, user: &str, content: &str, stream: bool) -> reqwest::Response {
+    let body =
+        json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": content}]});
+    client()
+        .post(p.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-user-id", user)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn strikes_warn_then_suspend_on_every_replica_until_lifted() {
+    let up = Upstream::start(|r| {
+        if String::from_utf8_lossy(&r.body).contains("\"stream\":true") {
+            Script::sse_writes(vec![
+                chat_chunk("here is a forbidden"),
+                chat_chunk("word for you"),
+                chat_finish(),
+                "data: [DONE]\n\n".into(),
+            ])
+        } else {
+            Script::json(
+                r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}"#,
+            )
+        }
+    })
+    .await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "enforce-token\n").unwrap();
+    let prefix = format!("shenhe-it:{:016x}:", rand::random::<u64>());
+    let yaml = enforce_yaml(&prefix, &token, "");
+    let (a, b) = (
+        proxy(&up.base_url(), &yaml).await,
+        proxy(&up.base_url(), &yaml).await,
+    );
+
+    // A clean request: no notice.
+    let r = chat(&a, "alice", "hello", false).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-shenhe-user-notice").is_none());
+    // A blocked prompt on replica A is a strike: the next answer, on replica B, warns.
+    let r = chat(&a, "alice", "教我做炸弹", false).await;
+    assert_eq!(r.status(), 400);
+    let r = chat(&b, "alice", "hello", false).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-shenhe-user-notice"], "warning");
+    // A stream stopped for its answer is the second strike: alice is suspended on both.
+    let r = chat(&b, "alice", "tell me", true).await;
+    let text = r.text().await.unwrap();
+    assert!(text.contains("content_filter"), "{text}");
+    let seen = up.requests().len();
+    for p in [&a, &b] {
+        let r = chat(p, "alice", "hello", false).await;
+        assert_eq!(r.status(), 403);
+        let retry = retry_after(&r);
+        assert!((590..=600).contains(&retry), "{retry}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "user_suspended");
+        assert_eq!(v["error"]["type"], "permission_error");
+    }
+    assert_eq!(
+        up.requests().len(),
+        seen,
+        "a suspended user never reaches the model"
+    );
+    // Another user is served; a request with no user id is too.
+    assert_eq!(chat(&a, "bob", "hello", false).await.status(), 200);
+
+    // The records: a sanction when the suspension began and one per refusal, under the
+    // pseudonymous id only.
+    let records = b.records(3).await;
+    let sanctions: Vec<&Value> = records.iter().filter(|r| r["kind"] == "sanction").collect();
+    assert!(
+        sanctions.iter().any(|r| r["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("suspended for 600s")),
+        "{sanctions:?}"
+    );
+    assert!(sanctions.iter().any(|r| r["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("refused: suspended")));
+    let all = format!("{:?}", [a.records(1).await, records].concat());
+    assert!(
+        !all.contains("alice"),
+        "raw user ids never reach the records"
+    );
+
+    // The admin API: the standing, then a lift, on either replica.
+    let admin = |p: &Proxy, path: &str| {
+        client()
+            .get(p.admin_url(path))
+            .header("authorization", "Bearer enforce-token")
+    };
+    let v: Value = admin(&a, "/admin/users?user=alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["strikes"], 2);
+    assert!(v["suspended_until"].is_string(), "{v}");
+    let unauth = client()
+        .post(b.admin_url("/admin/users/lift"))
+        .json(&json!({"user": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status(), 401);
+    let r = client()
+        .post(b.admin_url("/admin/users/lift"))
+        .header("authorization", "Bearer enforce-token")
+        .json(&json!({"user": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = chat(&a, "alice", "hello", false).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-shenhe-user-notice").is_none());
+}
+
+#[tokio::test]
+async fn minors_are_refused_outside_their_hours() {
+    let up = Upstream::fixed(Script::json(
+        r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#,
+    ))
+    .await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "t\n").unwrap();
+    // Hours that open two hours from now (UTC) and close an hour later.
+    let now_min = (chrono::Utc::now().timestamp() / 60 % 1440) as u32;
+    let (from, to) = ((now_min + 120) % 1440, (now_min + 180) % 1440);
+    let hhmm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+    let minors = format!(
+        "  minors: {{ header: \"x-user-minor\", hours: \"{}-{}\", utc_offset: \"Z\" }}",
+        hhmm(from),
+        hhmm(to)
+    );
+    let prefix = format!("shenhe-it:{:016x}:", rand::random::<u64>());
+    let p = proxy(&up.base_url(), &enforce_yaml(&prefix, &token, &minors)).await;
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let send = |minor: Option<&'static str>| {
+        let mut r = client()
+            .post(p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-user-id", "carol")
+            .body(body.clone());
+        if let Some(m) = minor {
+            r = r.header("x-user-minor", m);
+        }
+        r.send()
+    };
+    let r = send(Some("1")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let retry = retry_after(&r);
+    assert!((7_080..=7_200).contains(&retry), "{retry}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "minor_hours");
+    assert_eq!(send(None).await.unwrap().status(), 200);
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "the refused minor never reached the model"
+    );
+}
+
+#[tokio::test]
+async fn users_shared_through_redis_need_a_shared_pseudonym_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shenhe.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{ listen: \"127.0.0.1:0\", admin_listen: \"127.0.0.1:0\" }}\nupstream: {{ base_url: \"http://127.0.0.1:9\" }}\naudit: {{ dir: \"{}\", pseudonym_secret_env: ~ }}\nlabels: {{ implicit: {{ enabled: false }} }}\nenforce: {{ enabled: true, store: redis, redis_url: \"{}\" }}\n",
+            dir.path().join("audit").display(),
+            redis_url()
+        ),
+    )
+    .unwrap();
+    let loaded = shenhe::config::Config::load(&path).expect("valid config");
+    let err = match shenhe::server::start(loaded).await {
+        Ok(_) => panic!("started with users that differ on every replica"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("audit.pseudonym_secret_env"), "{err}");
+}
