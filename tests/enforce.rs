@@ -35,6 +35,7 @@ enforce:
   key_prefix: "{prefix}"
   strikes: {{ window: "1h", warn_at: 1, restrict_at: 0, suspend_at: 2 }}
   suspend_for: "10m"
+  sync_interval: "20ms"
 {minors}
 "#,
         token_file.display(),
@@ -98,6 +99,8 @@ async fn strikes_warn_then_suspend_on_every_replica_until_lifted() {
     // A blocked prompt on replica A is a strike: the next answer, on replica B, warns.
     let r = chat(&a, "alice", "教我做炸弹", false).await;
     assert_eq!(r.status(), 400);
+    // B reads the list of flagged users every 20 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     let r = chat(&b, "alice", "hello", false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-shenhe-user-notice"], "warning");
@@ -105,6 +108,7 @@ async fn strikes_warn_then_suspend_on_every_replica_until_lifted() {
     let r = chat(&b, "alice", "tell me", true).await;
     let text = r.text().await.unwrap();
     assert!(text.contains("content_filter"), "{text}");
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     let seen = up.requests().len();
     for p in [&a, &b] {
         let r = chat(p, "alice", "hello", false).await;

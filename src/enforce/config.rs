@@ -35,6 +35,11 @@ pub struct EnforceConfig {
     pub key_prefix: String,
     /// Longest wait for the store on a request. Default `250ms`.
     pub store_timeout: HumanDuration,
+    /// With `store: redis`, how often a replica reads the list of users with strikes or a
+    /// suspension in force (few, next to all users): a user on none of them is served without a
+    /// call to Redis, so a first strike made on another replica takes effect here within this
+    /// time. Default `500ms`.
+    pub sync_interval: HumanDuration,
     /// When the store cannot answer: `open` serves the request unsanctioned (moderation still
     /// applies; counted in `shenhe_enforce_store_errors_total`), `closed` refuses it with 503.
     /// Default `open`: an outage of the store must not take the service down with it.
@@ -57,6 +62,7 @@ impl Default for EnforceConfig {
             redis_url: "redis://127.0.0.1:6379/".into(),
             key_prefix: "shenhe:".into(),
             store_timeout: HumanDuration::from_millis(250),
+            sync_interval: HumanDuration::from_millis(500),
             on_store_error: StoreFailure::Open,
             memory_users: DEFAULT_MEMORY_USERS,
             strikes: StrikesConfig::default(),
@@ -191,6 +197,13 @@ impl EnforceConfig {
         let t = self.store_timeout.get();
         if t.is_zero() || t > std::time::Duration::from_secs(10) {
             out.push(issue("store_timeout", "must be between 1ms and 10s".into()));
+        }
+        let t = self.sync_interval.get();
+        if t < std::time::Duration::from_millis(10) || t > std::time::Duration::from_secs(60) {
+            out.push(issue(
+                "sync_interval",
+                "must be between 10ms and 60s".into(),
+            ));
         }
         if self.memory_users == 0 {
             out.push(issue("memory_users", "must be greater than zero".into()));

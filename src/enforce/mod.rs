@@ -91,8 +91,13 @@ impl Enforcer {
         let store = match cfg.store {
             StoreKind::Memory => Store::Memory(MemoryStore::new(cfg.memory_users)),
             StoreKind::Redis => Store::Redis(
-                RedisStore::new(&cfg.redis_url, &cfg.key_prefix, cfg.store_timeout.get())
-                    .map_err(|e| format!("enforce.redis_url: {e}"))?,
+                RedisStore::new(
+                    &cfg.redis_url,
+                    &cfg.key_prefix,
+                    cfg.store_timeout.get(),
+                    cfg.sync_interval.get(),
+                )
+                .map_err(|e| format!("enforce.redis_url: {e}"))?,
             ),
         };
         let hours = cfg.minors.hours.as_deref().map(parse_hours).transpose()?;
@@ -346,7 +351,7 @@ pub fn summary(cfg: &EnforceConfig) -> String {
         if n == 0 {
             "off".to_string()
         } else {
-            format!("{n} strikes")
+            format!("{n} strike{}", if n == 1 { "" } else { "s" })
         }
     };
     let store = match cfg.store {

@@ -4,14 +4,23 @@
 //! Keys (Redis) under the configured prefix, each with a TTL so nothing outlives its use:
 //! `strikes:{user}` a sorted set of request ids scored by time (one strike per request, however
 //! many findings it had); `suspended:{user}` set for the suspension's length; `count:{name}:{user}:{bucket}`
-//! counters of requests a minute or a day. Users are pseudonymous ids (`u-…`), never raw ids.
+//! counters of requests a minute or a day; `flagged`, a sorted set of the users with strikes or a
+//! suspension, scored by when that ends, and `flagged-version`, raised at each change. Users are
+//! pseudonymous ids (`u-…`), never raw ids.
+//!
+//! Users with strikes are few next to all users, so each replica keeps the flagged ones in
+//! memory, read again every `sync_interval` when the version moved: a user not among them is
+//! served without a call to Redis. A strike made here counts here at once; one made on another
+//! replica, from the next read. Until the first read, and after a read fails, every user is
+//! asked of Redis.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+
 use redis::aio::ConnectionManager;
-use redis::AsyncCommands;
 
 /// A store operation that did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -228,12 +237,19 @@ pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
+    /// The flagged users as last read (see the module documentation); `None`: unknown.
+    flagged: Arc<ArcSwapOption<HashSet<String>>>,
 }
 
 impl RedisStore {
     /// A store on `url`; the connection is made at the first operation (a Redis down at start
     /// is a store error then, not a failed start). Must be called inside a tokio runtime.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        sync: Duration,
+    ) -> Result<Self, StoreError> {
         let client =
             redis::Client::open(url).map_err(|e| StoreError::Redis(e.category().into()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -243,11 +259,43 @@ impl RedisStore {
         let conn = client
             .get_connection_manager_lazy(config)
             .map_err(|e| StoreError::Redis(e.to_string()))?;
-        Ok(Self {
+        let store = Self {
             conn,
             prefix: prefix.to_string(),
             timeout,
-        })
+            flagged: Arc::new(ArcSwapOption::empty()),
+        };
+        tokio::spawn(sync_flagged(
+            store.conn.clone(),
+            format!("{prefix}flagged"),
+            Arc::downgrade(&store.flagged),
+            timeout,
+            sync,
+        ));
+        Ok(store)
+    }
+
+    /// Whether `user` may have strikes or a suspension (unknown counts as may).
+    pub(super) fn may_be_flagged(&self, user: &str) -> bool {
+        self.flagged
+            .load()
+            .as_ref()
+            .is_none_or(|set| set.contains(user))
+    }
+
+    /// Add `user` to this replica's flagged users now (its own strike).
+    fn flag_here(&self, user: &str) {
+        self.flagged.rcu(|cur| {
+            cur.as_ref().map(|set| {
+                let mut set = HashSet::clone(set);
+                set.insert(user.to_string());
+                Arc::new(set)
+            })
+        });
+    }
+
+    fn flagged_key(&self) -> String {
+        format!("{}flagged", self.prefix)
     }
 
     fn key(&self, kind: &str, user: &str) -> String {
@@ -264,6 +312,9 @@ impl RedisStore {
     }
 
     async fn standing(&self, user: &str, now: u64, window: u64) -> Result<Standing, StoreError> {
+        if !self.may_be_flagged(user) {
+            return Ok(Standing::default());
+        }
         let (sk, pk) = (self.key("strikes", user), self.key("suspended", user));
         let mut p = redis::pipe();
         p.cmd("ZCOUNT")
@@ -288,6 +339,7 @@ impl RedisStore {
         suspend: Option<(u32, u64)>,
     ) -> Result<Standing, StoreError> {
         let (sk, pk) = (self.key("strikes", user), self.key("suspended", user));
+        let keep = window.max(suspend.map_or(0, |(_, len)| len));
         let mut p = redis::pipe();
         p.atomic()
             // NX: the same request again keeps its first time.
@@ -306,15 +358,51 @@ impl RedisStore {
             .arg(&sk)
             .arg(window)
             .ignore()
+            // Flagged until the window ends (a suspension below may extend it).
+            .cmd("ZADD")
+            .arg(self.flagged_key())
+            .arg("GT")
+            .arg(now + window)
+            .arg(user)
+            .ignore()
+            .cmd("INCR")
+            .arg(format!("{}-version", self.flagged_key()))
+            .ignore()
+            // Both outlive every entry: none is scored past now + keep.
+            .cmd("PEXPIRE")
+            .arg(self.flagged_key())
+            .arg(keep)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(format!("{}-version", self.flagged_key()))
+            .arg(keep)
+            .ignore()
             .cmd("ZCARD")
             .arg(&sk)
             .cmd("PTTL")
             .arg(&pk);
         let (strikes, mut ttl): (u32, i64) = self.run(&p).await?;
+        self.flag_here(user);
         if let Some((at, len)) = suspend {
             if strikes >= at && ttl < len as i64 {
                 let mut conn = self.conn.clone();
-                let set = conn.pset_ex::<_, _, ()>(&pk, 1, len);
+                let mut p = redis::pipe();
+                p.atomic()
+                    .cmd("PSETEX")
+                    .arg(&pk)
+                    .arg(len)
+                    .arg(1)
+                    .ignore()
+                    .cmd("ZADD")
+                    .arg(self.flagged_key())
+                    .arg("GT")
+                    .arg(now + len)
+                    .arg(user)
+                    .ignore()
+                    .cmd("INCR")
+                    .arg(format!("{}-version", self.flagged_key()))
+                    .ignore();
+                let set = p.query_async::<()>(&mut conn);
                 match tokio::time::timeout(self.timeout, set).await {
                     Ok(Ok(())) => ttl = len as i64,
                     Ok(Err(e)) => return Err(StoreError::Redis(e.to_string())),
@@ -350,10 +438,78 @@ impl RedisStore {
 
     async fn lift(&self, user: &str) -> Result<(), StoreError> {
         let mut p = redis::pipe();
-        p.cmd("DEL")
+        p.atomic()
+            .cmd("DEL")
             .arg(self.key("strikes", user))
             .arg(self.key("suspended", user))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.flagged_key())
+            .arg(user)
+            .ignore()
+            .cmd("INCR")
+            .arg(format!("{}-version", self.flagged_key()))
             .ignore();
         self.run::<()>(&p).await
+    }
+}
+
+/// Read the flagged users into `flagged` every `every` while the store lives: the whole set when
+/// `{key}-version` moved, nothing else otherwise; the ones whose time has passed are dropped
+/// from Redis first. A failed read makes every user unknown until the next one succeeds.
+async fn sync_flagged(
+    mut conn: ConnectionManager,
+    key: String,
+    flagged: std::sync::Weak<ArcSwapOption<HashSet<String>>>,
+    timeout: Duration,
+    every: Duration,
+) {
+    let version_key = format!("{key}-version");
+    let mut seen: Option<i64> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(flagged) = flagged.upgrade() else {
+            return;
+        };
+        let now = super::Enforcer::now_ms();
+        let read = async {
+            let mut p = redis::pipe();
+            p.cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now)
+                .ignore()
+                .cmd("GET")
+                .arg(&version_key);
+            let (version,): (Option<i64>,) = p.query_async(&mut conn).await?;
+            let version = version.unwrap_or(0);
+            if seen == Some(version) && flagged.load().is_some() {
+                return Ok(None);
+            }
+            let users: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await?;
+            Ok::<_, redis::RedisError>(Some((version, users)))
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(Some((version, users)))) => {
+                seen = Some(version);
+                flagged.store(Some(Arc::new(users.into_iter().collect())));
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(_)) | Err(_) => {
+                seen = None;
+                flagged.store(None);
+                crate::metrics::metrics()
+                    .enforce_store_errors
+                    .with_label_values(&["sync"])
+                    .inc();
+            }
+        }
     }
 }

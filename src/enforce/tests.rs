@@ -27,6 +27,16 @@ fn cfg(store: StoreKind) -> EnforceConfig {
     }
 }
 
+impl Enforcer {
+    /// Whether the store would ask Redis about `user` (always true in memory).
+    fn store_may_flag(&self, user: &str) -> bool {
+        match &self.store {
+            Store::Redis(r) => r.may_be_flagged(user),
+            Store::Memory(_) => true,
+        }
+    }
+}
+
 async fn enforcer(c: &EnforceConfig) -> Enforcer {
     let e = Enforcer::new(c).expect("valid").expect("enabled");
     if let Store::Redis(_) = e.store {
@@ -136,11 +146,30 @@ async fn standing_rises_with_strikes_in_redis() {
 
 #[tokio::test]
 async fn replicas_on_one_redis_share_a_users_standing() {
-    let c = cfg(StoreKind::Redis);
+    let mut c = cfg(StoreKind::Redis);
+    c.sync_interval = crate::config::HumanDuration::from_millis(20);
     let (a, b) = (enforcer(&c).await, enforcer(&c).await);
     let (h, now) = (HeaderMap::new(), Enforcer::now_ms());
-    for (i, e) in [&a, &b, &a].into_iter().enumerate() {
-        e.strike("u-shared", &format!("req-{i}"), now + i as u64)
+    // Both have read the (empty) list of flagged users: b answers for a clean user alone.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!b.store_may_flag("u-shared"));
+    a.strike("u-shared", "req-0", now).await;
+    assert!(
+        a.store_may_flag("u-shared"),
+        "a strike counts at once where it is made"
+    );
+    // b learns of a's strike at its next read of the list.
+    assert_eq!(
+        kind(&b.check(Some("u-shared"), &h, now + 1).await),
+        Ok(None)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        kind(&b.check(Some("u-shared"), &h, now + 2).await),
+        Ok(Some("warning"))
+    );
+    for (i, e) in [&b, &a].into_iter().enumerate() {
+        e.strike("u-shared", &format!("req-{}", i + 1), now + 3 + i as u64)
             .await;
     }
     assert_eq!(
