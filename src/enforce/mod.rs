@@ -26,7 +26,6 @@ use config::{parse_hours, parse_offset, StoreFailure, StoreKind};
 use store::{MemoryStore, RedisStore, Store};
 pub use store::{Standing, StoreError};
 
-use crate::audit::{Record, RecordKind};
 use crate::dialect::error::{ApiError, ErrorKind};
 use crate::metrics::metrics;
 
@@ -274,9 +273,9 @@ impl Enforcer {
         }
     }
 
-    /// Count a strike against `user` for request `request_id`; the sanction record when the
-    /// strike began a suspension.
-    pub async fn strike(&self, user: &str, request_id: &str, now: u64) -> Option<Record> {
+    /// Count a strike against `user` for request `request_id`; the sanction record's detail
+    /// when the strike began a suspension.
+    pub async fn strike(&self, user: &str, request_id: &str, now: u64) -> Option<String> {
         let s = &self.cfg.strikes;
         let suspend = (s.suspend_at > 0).then(|| (s.suspend_at, self.cfg.suspend_for.get()));
         let before = self.store.standing(user, now, self.window_ms()).await;
@@ -296,11 +295,7 @@ impl Enforcer {
                     .inc();
                 began.then(|| {
                     let secs = suspend.map_or(Duration::ZERO, |(_, d)| d).as_secs();
-                    sanction_record(
-                        user,
-                        request_id,
-                        format!("suspended for {secs}s: {} strikes", after.strikes),
-                    )
+                    format!("suspended for {secs}s: {} strikes", after.strikes)
                 })
             }
             Err(e) => {
@@ -329,15 +324,6 @@ impl Enforcer {
     pub async fn lift(&self, user: &str) -> Result<(), StoreError> {
         self.store.lift(user).await
     }
-}
-
-/// A sanction record for `user` (pseudonymous), stamped by the request's record context.
-pub fn sanction_record(user: &str, request_id: &str, detail: String) -> Record {
-    let mut r = Record::new(RecordKind::Sanction);
-    r.user = Some(user.to_string());
-    r.request_id = Some(request_id.to_string());
-    r.detail = Some(detail);
-    r
 }
 
 /// One line for `shenhe check`: what is acted on, from how many strikes, where it is kept (the

@@ -104,7 +104,7 @@ async fn standing_rises_with_strikes(store: StoreKind) {
     );
     // The third strike suspends, and says so once.
     let sanction = e.strike("u-a", "req-3", minute + 70_000).await;
-    let detail = sanction.and_then(|r| r.detail).unwrap_or_default();
+    let detail = sanction.unwrap_or_default();
     assert!(detail.starts_with("suspended for 600s"), "{detail}");
     assert!(e.strike("u-a", "req-4", minute + 70_001).await.is_none());
     match e.check(Some("u-a"), &h, minute + 71_000).await {

@@ -138,23 +138,18 @@ impl RecordCtx {
         self.queue(r).await;
         if let (true, Some(enf), Some(user)) = (strike, &self.records.enforcer, &self.user) {
             let now = crate::enforce::Enforcer::now_ms();
-            if let Some(sanction) = enf.strike(user, &self.request_id, now).await {
-                self.queue(self.stamp(sanction)).await;
+            if let Some(detail) = enf.strike(user, &self.request_id, now).await {
+                self.sanction(detail).await;
             }
         }
     }
 
     /// A sanction record of this request (`enforce`): `detail` says what was done.
     pub async fn sanction(&self, detail: String) {
-        if let Some(user) = &self.user {
-            let r = crate::enforce::sanction_record(user, &self.request_id, detail);
-            self.queue(self.stamp(r)).await;
-        } else {
-            let mut r = audit::Record::new(audit::RecordKind::Sanction);
-            r.request_id = Some(self.request_id.clone());
-            r.detail = Some(detail);
-            self.queue(self.stamp(r)).await;
-        }
+        let mut r = audit::Record::new(audit::RecordKind::Sanction);
+        r.request_id = Some(self.request_id.clone());
+        r.detail = Some(detail);
+        self.queue(self.stamp(r)).await;
     }
 
     async fn queue(&self, r: Record) {
