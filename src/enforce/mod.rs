@@ -278,16 +278,13 @@ impl Enforcer {
     pub async fn strike(&self, user: &str, request_id: &str, now: u64) -> Option<String> {
         let s = &self.cfg.strikes;
         let suspend = (s.suspend_at > 0).then(|| (s.suspend_at, self.cfg.suspend_for.get()));
-        let before = self.store.standing(user, now, self.window_ms()).await;
         let suspend_ms = suspend.map(|(at, d)| (at, d.as_millis() as u64));
         match self
             .store
             .strike(user, request_id, now, self.window_ms(), suspend_ms)
             .await
         {
-            Ok(after) => {
-                let began = after.suspended_until.is_some()
-                    && before.is_ok_and(|b| b.suspended_until.is_none());
+            Ok((after, began)) => {
                 let outcome = if began { "suspended" } else { "counted" };
                 metrics()
                     .enforce_strikes

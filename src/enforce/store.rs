@@ -61,7 +61,7 @@ impl Store {
 
     /// Count a strike for request `request_id` (again for the same request: no new strike);
     /// at `suspend_at` strikes or more (0: never) a suspension of `suspend_for` ms begins.
-    /// Returns the standing after it.
+    /// Returns the standing after it, and whether it began a suspension.
     pub async fn strike(
         &self,
         user: &str,
@@ -69,7 +69,7 @@ impl Store {
         now: u64,
         window: u64,
         suspend: Option<(u32, u64)>,
-    ) -> Result<Standing, StoreError> {
+    ) -> Result<(Standing, bool), StoreError> {
         match self {
             Store::Memory(m) => Ok(m.strike(user, request_id, now, window, suspend)),
             Store::Redis(r) => r.strike(user, request_id, now, window, suspend).await,
@@ -186,7 +186,7 @@ impl MemoryStore {
         now: u64,
         window: u64,
         suspend: Option<(u32, u64)>,
-    ) -> Standing {
+    ) -> (Standing, bool) {
         self.window
             .store(window, std::sync::atomic::Ordering::Relaxed);
         self.with(user, now, |e| {
@@ -195,15 +195,20 @@ impl MemoryStore {
                 e.strikes.push((now, request_id.to_string()));
             }
             let strikes = e.strikes.len() as u32;
+            let was_suspended = e.suspended_until > now;
             if let Some((at, len)) = suspend {
                 if strikes >= at {
                     e.suspended_until = e.suspended_until.max(now + len);
                 }
             }
-            Standing {
+            let standing = Standing {
                 strikes,
                 suspended_until: (e.suspended_until > now).then_some(e.suspended_until),
-            }
+            };
+            (
+                standing,
+                !was_suspended && standing.suspended_until.is_some(),
+            )
         })
     }
 
@@ -337,7 +342,7 @@ impl RedisStore {
         now: u64,
         window: u64,
         suspend: Option<(u32, u64)>,
-    ) -> Result<Standing, StoreError> {
+    ) -> Result<(Standing, bool), StoreError> {
         let (sk, pk) = (self.key("strikes", user), self.key("suspended", user));
         let keep = window.max(suspend.map_or(0, |(_, len)| len));
         let mut p = redis::pipe();
@@ -382,6 +387,7 @@ impl RedisStore {
             .cmd("PTTL")
             .arg(&pk);
         let (strikes, mut ttl): (u32, i64) = self.run(&p).await?;
+        let was_suspended = ttl > 0;
         self.flag_here(user);
         if let Some((at, len)) = suspend {
             if strikes >= at && ttl < len as i64 {
@@ -410,10 +416,11 @@ impl RedisStore {
                 }
             }
         }
-        Ok(Standing {
+        let standing = Standing {
             strikes,
             suspended_until: (ttl > 0).then(|| now + ttl as u64),
-        })
+        };
+        Ok((standing, !was_suspended && ttl > 0))
     }
 
     async fn count(

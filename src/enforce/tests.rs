@@ -268,11 +268,11 @@ fn the_memory_store_keeps_at_most_its_cap_of_users() {
         m.strike(u, "r", 1_000 + i as u64, 100, None);
     }
     // Full of users with strikes in force: a fourth is counted but not kept.
-    assert_eq!(m.strike("u-4", "r", 1_050, 100, None).strikes, 1);
+    assert_eq!(m.strike("u-4", "r", 1_050, 100, None).0.strikes, 1);
     assert_eq!(m.standing("u-4", 1_050, 100).strikes, 0);
     assert_eq!(m.len(), 3);
     // Once their strikes are past the window, they make room.
-    assert_eq!(m.strike("u-4", "r", 5_000, 100, None).strikes, 1);
+    assert_eq!(m.strike("u-4", "r", 5_000, 100, None).0.strikes, 1);
     assert_eq!(m.standing("u-4", 5_000, 100).strikes, 1);
     assert_eq!(m.len(), 1);
 }
