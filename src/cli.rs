@@ -150,6 +150,11 @@ pub fn summary(loaded: &LoadedConfig) -> String {
         }
     );
     let _ = writeln!(out, "enforce     {}", crate::enforce::summary(&c.enforce));
+    let _ = writeln!(
+        out,
+        "complaints  {}",
+        crate::complaints::summary(&c.complaints)
+    );
     out
 }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod cli;
+pub mod complaints;
 pub mod config;
 pub mod demo;
 pub mod dialect;

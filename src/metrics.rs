@@ -73,6 +73,12 @@ pub struct Metrics {
     pub enforce_verdicts: IntCounterVec,
     pub enforce_strikes: IntCounterVec,
     pub enforce_store_errors: IntCounterVec,
+    // Complaints.
+    pub complaints_filed: IntCounterVec,
+    pub complaints_resolved: IntCounterVec,
+    pub complaints_open: IntGaugeVec,
+    pub complaints_overdue: IntGaugeVec,
+    pub complaints_store_errors: IntCounterVec,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -168,6 +174,11 @@ impl Metrics {
             enforce_verdicts: counter_vec(&reg, "shenhe_enforce_verdicts_total", "Requests on moderated routes judged by the user's standing (enforce): served, warned, restricted, or refused and why.", &["verdict"]),
             enforce_strikes: counter_vec(&reg, "shenhe_enforce_strikes_total", "Strikes counted against users (a request with a block decision), by what followed: counted, suspended (the strike began a suspension), store_error.", &["outcome"]),
             enforce_store_errors: counter_vec(&reg, "shenhe_enforce_store_errors_total", "Enforcement store operations that failed or timed out, by operation.", &["op"]),
+            complaints_filed: counter_vec(&reg, "shenhe_complaints_filed_total", "Complaints and reports filed (Art. 15), by type and channel (app: the public entry; others: filed by an operator).", &["type", "channel"]),
+            complaints_resolved: counter_vec(&reg, "shenhe_complaints_resolved_total", "Complaints resolved, by type, outcome (upheld, rejected) and whether within the type's time limit (in_time: yes, no).", &["type", "outcome", "in_time"]),
+            complaints_open: gauge_vec(&reg, "shenhe_complaints_open", "Open complaints by type, read from the complaint store at each scrape (the same on every replica).", &["type"]),
+            complaints_overdue: gauge_vec(&reg, "shenhe_complaints_overdue", "Open complaints past their type's time limit, read from the store at each scrape (the same on every replica).", &["type"]),
+            complaints_store_errors: counter_vec(&reg, "shenhe_complaints_store_errors_total", "Complaint store calls that failed or timed out, by operation.", &["op"]),
             stream_holdback_bytes: histogram(&reg, "shenhe_stream_holdback_bytes", "Bytes of channel text held back after each streamed event.", HOLDBACK_BUCKETS),
             scan_prompt: scan_duration.with_label_values(&["prompt"]),
             scan_completion: scan_duration.with_label_values(&["completion"]),

@@ -20,6 +20,8 @@ use subtle::ConstantTimeEq;
 use crate::metrics::metrics;
 use crate::server::{AppState, Shutdown};
 
+mod complaints;
+
 #[derive(Clone)]
 pub struct AdminState {
     pub app: Arc<AppState>,
@@ -38,6 +40,12 @@ pub fn router(app: Arc<AppState>, shutdown: Shutdown) -> Router {
         .route("/admin/records/erase", post(erase))
         .route("/admin/users", get(user_standing))
         .route("/admin/users/lift", post(lift_user))
+        .route(
+            "/admin/complaints",
+            get(complaints::list).post(complaints::file),
+        )
+        .route("/admin/complaints/{id}", get(complaints::show))
+        .route("/admin/complaints/{id}/resolve", post(complaints::resolve))
         .with_state(AdminState { app, shutdown })
 }
 
@@ -77,6 +85,9 @@ async fn metrics_text(State(s): State<AdminState>) -> Response {
         .set(i64::try_from(states).unwrap_or(i64::MAX));
     m.prompt_prefix_bytes
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    if let Some(c) = &s.app.complaints {
+        c.refresh_gauges().await;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -242,14 +253,31 @@ async fn erase(
     let id = pseudonym(&s.app, &b.user);
     match s.app.records.auditor.erase(&id).await {
         Ok(report) => {
-            let detail = format!("{report:?}");
+            // Their complaints stay (the provider's record of handling them), without who filed
+            // them or their words.
+            let (complaints, failed) = match &s.app.complaints {
+                Some(c) => match c.forget_reporter(&id).await {
+                    Ok(n) => (json!(n), None),
+                    Err(e) => (json!("not done"), Some(e)),
+                },
+                None => (json!(null), None),
+            };
+            let detail = format!("{report:?}; complaints forgotten: {complaints}");
             let _ = s
                 .app
                 .records
                 .auditor
                 .record(crate::audit::Record::erasure(id.clone(), detail.clone()))
                 .await;
-            Json(json!({"user": id, "report": detail})).into_response()
+            if let Some(e) = failed {
+                // Erasing again is harmless: the records are gone, the complaints wait for it.
+                return admin_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("records erased, complaints not ({e}): send the erasure again"),
+                );
+            }
+            Json(json!({"user": id, "report": detail, "complaints_forgotten": complaints}))
+                .into_response()
         }
         Err(e) => admin_error(StatusCode::CONFLICT, &e.to_string()),
     }

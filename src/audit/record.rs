@@ -28,6 +28,9 @@ pub enum RecordKind {
     /// An action on a user (Interim Measures Art. 14 para 2, Art. 10): a suspension begun, a
     /// request refused or limited for the user's standing; `detail` says which.
     Sanction,
+    /// A complaint or report (Interim Measures Art. 15) filed or resolved; `content_id` and
+    /// `request_id` name the answer it is about, `detail` the complaint id, type and outcome.
+    Complaint,
 }
 
 impl RecordKind {
@@ -39,6 +42,7 @@ impl RecordKind {
             Self::Erasure => "erasure",
             Self::Admin => "admin",
             Self::Sanction => "sanction",
+            Self::Complaint => "complaint",
         }
     }
 }

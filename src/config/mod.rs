@@ -50,6 +50,7 @@ pub struct Config {
     pub labels: LabelsConfig,
     pub audit: AuditConfig,
     pub enforce: crate::enforce::EnforceConfig,
+    pub complaints: crate::complaints::ComplaintsConfig,
     pub log: LogConfig,
 }
 
@@ -524,6 +525,7 @@ impl Config {
             issues.extend(audit_issues);
         }
         issues.extend(self.enforce.validate());
+        issues.extend(self.complaints.validate());
         if let Some(k) = &self.upstream.api_key {
             if http::HeaderValue::from_str(k).is_err() {
                 issues.push(ConfigIssue::new(

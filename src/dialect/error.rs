@@ -42,8 +42,15 @@ pub enum ErrorKind {
     UserSuspended,
     /// A minor, outside the hours minors are served (`enforce.minors.hours`).
     MinorHours,
-    /// The user is over a request limit: restricted, or a minor's daily cap (`enforce`).
+    /// The user is over a request limit: restricted, or a minor's daily cap (`enforce`), or has
+    /// too many open complaints.
     UserLimit,
+    /// What the request names does not exist (a complaint id).
+    NotFound,
+    /// The request needs to know who sends it and nothing says (complaints).
+    Unidentified,
+    /// The request conflicts with the current state (a complaint already resolved).
+    Conflict,
     /// shenhe cannot record decisions and is configured to fail closed.
     Unavailable,
     /// A bug or resource failure inside shenhe.
@@ -65,6 +72,9 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::UserSuspended | ErrorKind::MinorHours => StatusCode::FORBIDDEN,
             ErrorKind::UserLimit => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Unidentified => StatusCode::UNAUTHORIZED,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,6 +97,9 @@ impl ErrorKind {
             ErrorKind::UserSuspended => "user_suspended",
             ErrorKind::MinorHours => "minor_hours",
             ErrorKind::UserLimit => "rate_limit_exceeded",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Unidentified => "unidentified",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::Unavailable => "service_unavailable",
             ErrorKind::Internal => "internal_error",
         }
@@ -102,9 +115,12 @@ impl ErrorKind {
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::UnknownRoute
             | ErrorKind::MethodNotAllowed
-            | ErrorKind::ContentFilter => "invalid_request_error",
+            | ErrorKind::ContentFilter
+            | ErrorKind::NotFound
+            | ErrorKind::Conflict => "invalid_request_error",
             ErrorKind::UserSuspended | ErrorKind::MinorHours => "permission_error",
             ErrorKind::UserLimit => "rate_limit_error",
+            ErrorKind::Unidentified => "authentication_error",
             _ => "api_error",
         }
     }
@@ -113,14 +129,16 @@ impl ErrorKind {
     fn anthropic_type(self) -> &'static str {
         match self {
             ErrorKind::BodyTooLarge => "request_too_large",
-            ErrorKind::UnknownRoute => "not_found_error",
+            ErrorKind::UnknownRoute | ErrorKind::NotFound => "not_found_error",
+            ErrorKind::Unidentified => "authentication_error",
             ErrorKind::UpstreamTimeout | ErrorKind::Unavailable => "overloaded_error",
             ErrorKind::BodyTimeout
             | ErrorKind::BadJson
             | ErrorKind::BadRequest
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::MethodNotAllowed
-            | ErrorKind::ContentFilter => "invalid_request_error",
+            | ErrorKind::ContentFilter
+            | ErrorKind::Conflict => "invalid_request_error",
             ErrorKind::UserSuspended | ErrorKind::MinorHours => "permission_error",
             ErrorKind::UserLimit => "rate_limit_error",
             _ => "api_error",

@@ -116,6 +116,8 @@ pub struct AppState {
     pub config_path: Option<PathBuf>,
     /// False while a reload has failed and `server.unready_on_reload_error` is set.
     pub reload_ok: AtomicBool,
+    /// Complaints and reports (`complaints`); `None` when off. Set at start, like the records.
+    pub complaints: Option<crate::complaints::Complaints>,
 }
 
 impl AppState {
@@ -123,12 +125,14 @@ impl AppState {
         runtime: Runtime,
         records: records::Records,
         config_path: Option<PathBuf>,
+        complaints: Option<crate::complaints::Complaints>,
     ) -> Arc<Self> {
         Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
             records: Arc::new(records),
             config_path,
             reload_ok: AtomicBool::new(true),
+            complaints,
         })
     }
 
@@ -219,7 +223,9 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
     }
     let mut records = records::Records::new(auditor, &audit_cfg);
     records.enforcer = crate::enforce::Enforcer::new(&cfg.enforce).map_err(StartError::Runtime)?;
-    let state = AppState::new(runtime, records, Some(loaded.path.clone()));
+    let complaints = crate::complaints::Complaints::new(&cfg.complaints, &loaded.base_dir)
+        .map_err(StartError::Runtime)?;
+    let state = AppState::new(runtime, records, Some(loaded.path.clone()), complaints);
     let shutdown = Shutdown::new();
     let public_service = listener::Service::Proxy(state.clone());
     let admin_service =

@@ -111,6 +111,25 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
     let request_id = headers::request_id(&parts.headers);
     let rid = request_id.to_str().unwrap_or_default().to_string();
     let path = parts.uri.path().to_string();
+    if let Some(c) = state.complaints.as_ref() {
+        if let Some(prefix) = c.public_path() {
+            if crate::complaints::public::is_complaint_path(prefix, &path) {
+                // Boxed: held only while a complaint request runs (see the test below).
+                let mut resp = Box::pin(crate::complaints::public::handle(
+                    &state,
+                    c,
+                    &parts.method,
+                    &path[prefix.len()..],
+                    &parts.headers,
+                    body,
+                    body_timeout(&rt),
+                ))
+                .await;
+                resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+                return resp;
+            }
+        }
+    }
     if parts.method == Method::GET {
         if let Some((key_path, pem)) = rt.labeler.as_ref().and_then(|l| l.public_key_route()) {
             if key_path == path {
