@@ -79,6 +79,8 @@ pub struct Metrics {
     pub complaints_open: IntGaugeVec,
     pub complaints_overdue: IntGaugeVec,
     pub complaints_store_errors: IntCounterVec,
+    /// Personal-information requests served through the admin API (Art. 11).
+    pub pi_requests: IntCounterVec,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -179,6 +181,7 @@ impl Metrics {
             complaints_open: gauge_vec(&reg, "shenhe_complaints_open", "Open complaints by type, read from the complaint store at each scrape (the same on every replica).", &["type"]),
             complaints_overdue: gauge_vec(&reg, "shenhe_complaints_overdue", "Open complaints past their type's time limit, read from the store at each scrape (the same on every replica).", &["type"]),
             complaints_store_errors: counter_vec(&reg, "shenhe_complaints_store_errors_total", "Complaint store calls that failed or timed out, by operation.", &["op"]),
+            pi_requests: counter_vec(&reg, "shenhe_pi_requests_total", "Personal-information requests (Interim Measures Art. 11) served through the admin API, by type: access (a user's records read or exported), delete (a user's records erased).", &["type"]),
             stream_holdback_bytes: histogram(&reg, "shenhe_stream_holdback_bytes", "Bytes of channel text held back after each streamed event.", HOLDBACK_BUCKETS),
             scan_prompt: scan_duration.with_label_values(&["prompt"]),
             scan_completion: scan_duration.with_label_values(&["completion"]),

@@ -265,9 +265,27 @@ async fn a_user_complains_about_a_labelled_answer_and_reads_the_outcome() {
     .await;
     assert_eq!(code, 400);
 
-    // Alice asks for her data to be erased: her complaints stay, without her or her words.
+    // Alice asks for a copy of her records (Art. 11): her complaint is among them, and the
+    // request is counted and itself on record.
+    let access = "shenhe_pi_requests_total{type=\"access\"}";
+    let before = metric(&p, access).await;
+    let (code, v) = admin_get(&p, "/admin/records?user=alice").await;
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "complaint"),
+        "{v}"
+    );
+    assert_eq!(metric(&p, access).await, before + 1.0);
+    // Then to have them erased: her complaints stay, without her or her words.
+    let delete = "shenhe_pi_requests_total{type=\"delete\"}";
+    let before = metric(&p, delete).await;
     let (code, v) = admin_post(&p, "/admin/records/erase", json!({"user": "alice"})).await;
     assert_eq!(code, 200, "{v}");
+    assert_eq!(metric(&p, delete).await, before + 1.0);
     assert_eq!(v["complaints_forgotten"], 2);
     let (_, v) = admin_get(&p, &format!("/admin/complaints/{id}")).await;
     assert_eq!(v["complaint"]["description"], "");

@@ -224,13 +224,26 @@ async fn records(
     let user = q.user.map(|u| pseudonym(&s.app, &u));
     let query = crate::audit::Query {
         content_id: q.content_id,
-        user,
+        user: user.clone(),
         request_id: q.request_id,
         since,
         limit: Some(q.limit.unwrap_or(1000).min(10_000)),
     };
     match tokio::task::spawn_blocking(move || crate::audit::find(&dir, &query)).await {
-        Ok(Ok(found)) => Json(json!({"records": found})).into_response(),
+        Ok(Ok(found)) => {
+            if let Some(user) = user {
+                // A user's records read out: an access request (Art. 11), itself on record.
+                metrics().pi_requests.with_label_values(&["access"]).inc();
+                let mut r = crate::audit::Record::new(crate::audit::RecordKind::Admin);
+                r.user = Some(user);
+                r.detail = Some(format!(
+                    "records of the user read: {} returned",
+                    found.len()
+                ));
+                let _ = s.app.records.auditor.record(r).await;
+            }
+            Json(json!({"records": found})).into_response()
+        }
         Ok(Err(e)) => admin_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(_) => admin_error(StatusCode::INTERNAL_SERVER_ERROR, "record search failed"),
     }
@@ -253,6 +266,7 @@ async fn erase(
     let id = pseudonym(&s.app, &b.user);
     match s.app.records.auditor.erase(&id).await {
         Ok(report) => {
+            metrics().pi_requests.with_label_values(&["delete"]).inc();
             // Their complaints stay (the provider's record of handling them), without who filed
             // them or their words.
             let (complaints, failed) = match &s.app.complaints {
