@@ -83,8 +83,8 @@ pub fn policy_summary(p: &Policy, warnings: &[String]) -> String {
     out
 }
 
-/// `shenhe scan`: findings in `text` as JSON lines, for list maintainers.
-pub fn scan(path: &Path, text: &str, direction: Direction) -> Result<Vec<String>, ConfigError> {
+/// The policy a config compiles to, for the commands that judge text without serving.
+fn compile_policy(path: &Path) -> Result<Policy, ConfigError> {
     let loaded = Config::load(path)?;
     let compiled = Policy::compile(&loaded.config.policy, &loaded.base_dir).map_err(|e| {
         let PolicyError::Invalid(list) = e;
@@ -94,12 +94,26 @@ pub fn scan(path: &Path, text: &str, direction: Direction) -> Result<Vec<String>
                 .collect(),
         )
     })?;
-    Ok(
-        crate::policy::scan_report(&compiled.policy, text, direction)
-            .iter()
-            .filter_map(|l| serde_json::to_string(l).ok())
-            .collect(),
-    )
+    Ok(compiled.policy)
+}
+
+/// `shenhe eval` by the policy alone: the config's policy judges every bank.
+pub fn eval_policy(
+    path: &Path,
+    banks: &[(crate::eval::BankKind, Vec<crate::eval::Item>)],
+    goals: crate::eval::Goals,
+) -> Result<crate::eval::Report, ConfigError> {
+    let policy = std::sync::Arc::new(compile_policy(path)?);
+    Ok(crate::eval::run_policy(&policy, banks, goals))
+}
+
+/// `shenhe scan`: findings in `text` as JSON lines, for list maintainers.
+pub fn scan(path: &Path, text: &str, direction: Direction) -> Result<Vec<String>, ConfigError> {
+    let policy = compile_policy(path)?;
+    Ok(crate::policy::scan_report(&policy, text, direction)
+        .iter()
+        .filter_map(|l| serde_json::to_string(l).ok())
+        .collect())
 }
 
 /// The one-screen summary of a valid config.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod dialect;
 pub mod enforce;
+pub mod eval;
 pub mod json_str;
 pub mod label;
 pub mod metrics;
