@@ -21,6 +21,7 @@ use super::detect::{DetKind, PatternDetector};
 use super::keywords::{AllowSet, KeywordSet, TermMeta, MAX_TERM_BYTES};
 use super::lists::{read_list, resolve, ListFile};
 use super::normalize::{NormBuf, Normalizer};
+use super::pii::PiiKind;
 use super::stats::tc260_warnings;
 use super::{Compiled, Direction, Policy, PolicyError, TermStore};
 
@@ -557,11 +558,21 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
             .collect()
     };
     let (det_prompt, det_completion) = (split(Direction::Prompt), split(Direction::Completion));
-    let det_pii = detectors
+    let det_pii: Vec<PatternDetector> = detectors
         .iter()
         .filter(|d| matches!(d.kind, DetKind::Pii(_)))
         .cloned()
         .collect();
+    let det_pii_unlisted = PiiKind::ALL
+        .into_iter()
+        .filter(|k| {
+            !det_pii
+                .iter()
+                .any(|d| matches!(d.kind, DetKind::Pii(x) if x == *k))
+        })
+        .map(|k| PatternDetector::pii(u16::MAX, k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PolicyError::Invalid(vec![format!("built-in PII detector: {e}")]))?;
 
     let mut terms_per_cat = vec![0usize; cats.len()];
     for e in &entries {
@@ -631,6 +642,7 @@ pub(crate) fn compile(cfg: &PolicyConfig, base_dir: &Path) -> Result<Compiled, P
             det_prompt,
             det_completion,
             det_pii,
+            det_pii_unlisted,
             pattern_detectors: detectors.len(),
             terms: store,
             keyword_mask: cfg.redaction.keyword_mask.clone(),

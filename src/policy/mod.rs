@@ -110,6 +110,10 @@ pub struct Policy {
     /// The built-in PII detectors of every category, whichever direction it applies to: what
     /// masks excerpts kept in audit records.
     det_pii: Vec<PatternDetector>,
+    /// The built-in PII kinds no category names, each masked by its own rule in excerpts kept
+    /// in records all the same (Art. 11): a record never keeps a phone number because the
+    /// policy does not act on phone numbers.
+    det_pii_unlisted: Vec<PatternDetector>,
     pattern_detectors: usize,
     terms: TermStore,
     keyword_mask: String,
@@ -269,11 +273,13 @@ impl Policy {
         for f in &mut findings {
             f.action = Action::Redact;
         }
-        if findings.is_empty() {
-            return text.to_owned();
-        }
-        findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-        self.redact(text, &findings)
+        let listed = if findings.is_empty() {
+            std::borrow::Cow::Borrowed(text)
+        } else {
+            findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+            std::borrow::Cow::Owned(self.redact(text, &findings))
+        };
+        mask_unlisted_pii(&self.det_pii_unlisted, listed).into_owned()
     }
 
     /// `text` with every `Redact` finding replaced by its mask. Findings whose span does not fit
@@ -430,4 +436,36 @@ impl PolicyHandle {
     pub fn replace(&self, policy: Policy) -> Arc<Policy> {
         self.inner.swap(Arc::new(policy))
     }
+}
+
+/// `text` with what `dets` (built-in PII detectors of no category) find replaced by each kind's
+/// own mask.
+fn mask_unlisted_pii<'a>(
+    dets: &[PatternDetector],
+    text: std::borrow::Cow<'a, str>,
+) -> std::borrow::Cow<'a, str> {
+    let mut text = text;
+    for det in dets {
+        let detect::DetKind::Pii(kind) = det.kind else {
+            continue;
+        };
+        let (mut spans, mut cursor) = (Vec::new(), 0);
+        det.step(&text, 0, &mut cursor, true, &mut spans);
+        if spans.is_empty() {
+            continue;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (s, e) in spans {
+            if s < at || text.get(s..e).is_none() {
+                continue;
+            }
+            out.push_str(&text[at..s]);
+            out.push_str(&kind.mask(&text[s..e]));
+            at = e;
+        }
+        out.push_str(&text[at..]);
+        text = std::borrow::Cow::Owned(out);
+    }
+    text
 }

@@ -365,6 +365,22 @@ fn excerpts_are_masked_by_pii_detectors_of_either_direction() {
 }
 
 #[test]
+fn excerpts_are_masked_even_for_pii_no_category_names() {
+    // Keywords only: no category acts on personal information, and records still keep none.
+    let cfg = PolicyConfig {
+        categories: vec![cat("A1d", Some(Action::Flag), &["炸弹"])],
+        ..PolicyConfig::default()
+    };
+    let p = compile(&cfg);
+    assert!(p.scan("电话 13800138000", Direction::Prompt).is_empty());
+    assert_eq!(
+        p.mask_pii("炸弹 电话 13800138000，身份证 11010519491231002X，邮箱 zhang@example.com"),
+        "炸弹 电话 138****8000，身份证 **************002X，邮箱 z***@example.com"
+    );
+    assert_eq!(p.mask_pii("炸弹 nothing personal"), "炸弹 nothing personal");
+}
+
+#[test]
 fn keyword_masks() {
     let mut cfg = sample_config();
     cfg.categories[0].action = Some(Action::Redact);
