@@ -81,6 +81,12 @@ pub struct Metrics {
     pub complaints_store_errors: IntCounterVec,
     /// Personal-information requests served through the admin API (Art. 11).
     pub pi_requests: IntCounterVec,
+    // The monitors' review queue.
+    pub review_items: IntCounterVec,
+    pub review_verdicts: IntCounterVec,
+    pub review_queue_depth: IntGauge,
+    pub review_oldest_age: IntGauge,
+    pub review_store_errors: IntCounterVec,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -182,6 +188,11 @@ impl Metrics {
             complaints_overdue: gauge_vec(&reg, "shenhe_complaints_overdue", "Open complaints past their type's time limit, read from the store at each scrape (the same on every replica).", &["type"]),
             complaints_store_errors: counter_vec(&reg, "shenhe_complaints_store_errors_total", "Complaint store calls that failed or timed out, by operation.", &["op"]),
             pi_requests: counter_vec(&reg, "shenhe_pi_requests_total", "Personal-information requests (Interim Measures Art. 11) served through the admin API, by type: access (a user's records read or exported), delete (a user's records erased).", &["type"]),
+            review_items: counter_vec(&reg, "shenhe_review_items_total", "Decisions offered to the monitors' review queue, by outcome: queued, or dropped (the queue in front of the store was full).", &["outcome"]),
+            review_verdicts: counter_vec(&reg, "shenhe_review_verdicts_total", "Monitors' verdicts on review items: confirmed (a violation), dismissed (a false positive).", &["verdict"]),
+            review_queue_depth: gauge(&reg, "shenhe_review_queue_depth", "Review items waiting for a monitor, read from the store at each scrape (the same on every replica)."),
+            review_oldest_age: gauge(&reg, "shenhe_review_oldest_age_seconds", "Age of the oldest review item waiting for a monitor, read from the store at each scrape; 0 when none waits."),
+            review_store_errors: counter_vec(&reg, "shenhe_review_store_errors_total", "Review store calls that failed or timed out, by operation.", &["op"]),
             stream_holdback_bytes: histogram(&reg, "shenhe_stream_holdback_bytes", "Bytes of channel text held back after each streamed event.", HOLDBACK_BUCKETS),
             scan_prompt: scan_duration.with_label_values(&["prompt"]),
             scan_completion: scan_duration.with_label_values(&["completion"]),

@@ -10,24 +10,8 @@ mod support;
 use serde_json::{json, Value};
 use support::*;
 
-fn database_url() -> String {
-    std::env::var("SHENHE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 const TOKEN: &str = "complaints-token";
 const ENTRY: &str = "/shenhe/v1/complaints";
-
-async fn drop_table(table: &str) {
-    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL reachable");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-        .await
-        .expect("drop test table");
-}
 
 async fn complain(p: &Proxy, user: Option<&str>, body: &str) -> reqwest::Response {
     let mut req = client()

@@ -21,6 +21,7 @@ use crate::metrics::metrics;
 use crate::server::{AppState, Shutdown};
 
 mod complaints;
+mod review;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -46,6 +47,8 @@ pub fn router(app: Arc<AppState>, shutdown: Shutdown) -> Router {
         )
         .route("/admin/complaints/{id}", get(complaints::show))
         .route("/admin/complaints/{id}/resolve", post(complaints::resolve))
+        .route("/admin/review", get(review::list))
+        .route("/admin/review/{id}", get(review::show).post(review::decide))
         .with_state(AdminState { app, shutdown })
 }
 
@@ -87,6 +90,9 @@ async fn metrics_text(State(s): State<AdminState>) -> Response {
         .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     if let Some(c) = &s.app.complaints {
         c.refresh_gauges().await;
+    }
+    if let Some(r) = &s.app.records.review {
+        r.refresh_gauges().await;
     }
     (
         [(
@@ -276,7 +282,17 @@ async fn erase(
                 },
                 None => (json!(null), None),
             };
-            let detail = format!("{report:?}; complaints forgotten: {complaints}");
+            let (review, review_failed) = match &s.app.records.review {
+                Some(r) => match r.erase_user(&id).await {
+                    Ok(n) => (json!(n), None),
+                    Err(e) => (json!("not done"), Some(e.to_string())),
+                },
+                None => (json!(null), None),
+            };
+            let failed = failed.map(|e| e.to_string()).or(review_failed);
+            let detail = format!(
+                "{report:?}; complaints forgotten: {complaints}; review items erased: {review}"
+            );
             let _ = s
                 .app
                 .records
@@ -287,11 +303,16 @@ async fn erase(
                 // Erasing again is harmless: the records are gone, the complaints wait for it.
                 return admin_error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("records erased, complaints not ({e}): send the erasure again"),
+                    &format!(
+                        "records erased, complaints or review items not ({e}): send the erasure again"
+                    ),
                 );
             }
-            Json(json!({"user": id, "report": detail, "complaints_forgotten": complaints}))
-                .into_response()
+            Json(
+                json!({"user": id, "report": detail, "complaints_forgotten": complaints,
+                "review_items_erased": review}),
+            )
+            .into_response()
         }
         Err(e) => admin_error(StatusCode::CONFLICT, &e.to_string()),
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::units::HumanDuration;
 use crate::config::ConfigIssue;
+pub use crate::pg::StoreKind;
 
 /// The `complaints:` section as written in the YAML file.
 ///
@@ -72,14 +73,6 @@ impl ComplaintType {
             name_en: en.into(),
         }
     }
-}
-
-/// Where complaints are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreKind {
-    Postgres,
-    Memory,
 }
 
 /// The default types: what users of a generative service report, with time limits in line with
@@ -146,61 +139,18 @@ fn is_type_id(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// A table name put into SQL as is, so only `[a-z_][a-z0-9_]*`, optionally `schema.table`.
-pub fn is_table_name(s: &str) -> bool {
-    let ident = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 63
-            && p.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
-    match s.split_once('.') {
-        Some((schema, table)) => ident(schema) && ident(table),
-        None => ident(s),
-    }
-}
-
 impl ComplaintsConfig {
     /// Every problem, each with its YAML path.
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let issue = |p: &str, m: &str| ConfigIssue::new(format!("complaints.{p}"), m);
-        let mut out = Vec::new();
-        if self.enabled && self.store == StoreKind::Postgres {
-            if self.database_url.trim().is_empty() {
-                out.push(issue(
-                    "database_url",
-                    "required with store: postgres (e.g. \"${SHENHE_DATABASE_URL}\")",
-                ));
-            } else {
-                match self.database_url.parse::<tokio_postgres::Config>() {
-                    // Never the URL itself in a message: it may hold a password.
-                    Err(_) => out.push(issue(
-                        "database_url",
-                        "not a PostgreSQL connection string (postgres://user@host:port/db)",
-                    )),
-                    Ok(c) if c.get_ssl_mode() == tokio_postgres::config::SslMode::Require => out
-                        .push(issue(
-                            "database_url",
-                            "sslmode=require: shenhe speaks to PostgreSQL without TLS (keep the \
-                             database inside the cluster network, or put a TLS proxy beside it)",
-                        )),
-                    Ok(_) => {}
-                }
-            }
-        }
-        if !is_table_name(&self.table) {
-            out.push(issue(
-                "table",
-                "a lowercase SQL name ([a-z_][a-z0-9_]*, optionally schema.table)",
-            ));
-        }
-        let t = self.store_timeout.get();
-        if t.is_zero() || t > Duration::from_secs(30) {
-            out.push(issue("store_timeout", "must be between 1ms and 30s"));
-        }
+        let mut out = crate::pg::validate_store(
+            "complaints",
+            self.enabled,
+            self.store,
+            &self.database_url,
+            &self.table,
+            self.store_timeout.get(),
+        );
         if let Some(p) = &self.public_path {
             if !p.starts_with('/') || p.ends_with('/') || p.len() > 128 || p.contains("//") {
                 out.push(issue(
@@ -276,15 +226,6 @@ mod tests {
                 "complaints.procedure",
             ]
         );
-    }
-
-    #[test]
-    fn table_names_are_plain_sql_names() {
-        assert!(is_table_name("shenhe_complaints"));
-        assert!(is_table_name("audit.complaints_2"));
-        for bad in ["", "1x", "a-b", "a.b.c", "x\"; drop", "Upper", "a."] {
-            assert!(!is_table_name(bad), "{bad}");
-        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod public;
 pub mod store;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -356,10 +356,10 @@ impl Complaints {
                 return Err(ComplaintError::TooManyOpen(self.max_open_per_user));
             }
         }
-        let created_at = now_millis();
+        let created_at = crate::pg::now_millis();
         let sla = chrono::Duration::from_std(t.sla.get()).unwrap_or(chrono::Duration::MAX);
         let c = Complaint {
-            id: new_id(),
+            id: crate::pg::random_id("c-"),
             kind: new.kind,
             channel: channel.to_string(),
             status: Status::Open,
@@ -427,7 +427,7 @@ impl Complaints {
                 format!("reply is longer than {REPLY_MAX_CHARS} characters"),
             ));
         }
-        let at = now_millis();
+        let at = crate::pg::now_millis();
         match self
             .call("resolve", self.store.resolve(id, outcome, reply, at))
             .await?
@@ -470,28 +470,9 @@ impl Complaints {
     }
 }
 
-/// Timestamps as stored (PostgreSQL keeps microseconds; memory would keep nanoseconds): to the
-/// millisecond, so both stores give back what was written.
-fn now_millis() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
-}
-
-fn new_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let mut id = String::with_capacity(34);
-    id.push_str("c-");
-    crate::audit::pseudonym::push_hex(&mut id, &bytes);
-    id
-}
-
 /// `c-` and 32 lowercase hex digits.
 pub fn is_complaint_id(s: &str) -> bool {
-    s.len() == 34
-        && s.starts_with("c-")
-        && s.as_bytes()[2..]
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    crate::pg::is_random_id("c-", s)
 }
 
 fn checked_id(v: Option<String>, param: &'static str) -> Result<Option<String>, ComplaintError> {
@@ -567,10 +548,7 @@ pub fn summary(cfg: &ComplaintsConfig) -> String {
     if !cfg.enabled {
         return "off (no complaint intake)".into();
     }
-    let store = match cfg.store {
-        StoreKind::Postgres => format!("postgres table {}", cfg.table),
-        StoreKind::Memory => "memory (this replica; lost on restart)".into(),
-    };
+    let store = cfg.store.describe(&cfg.table);
     let types = cfg
         .types
         .iter()

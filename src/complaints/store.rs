@@ -26,6 +26,12 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
+impl From<crate::pg::PgError> for StoreError {
+    fn from(e: crate::pg::PgError) -> Self {
+        Self::Backend(e.0)
+    }
+}
+
 /// What a resolve did.
 pub enum Resolved {
     Done(Box<Complaint>),
@@ -165,13 +171,10 @@ impl Store {
     }
 }
 
-/// One PostgreSQL connection, opened on first use and again after it drops; the table is created
-/// on each new connection when missing. Complaints are few next to model requests: one connection
-/// (statements pipelined by the driver) serves them, with no pool to tune.
+/// Complaints in one PostgreSQL table (`complaints.table`), over [`crate::pg::Connection`].
 pub struct PgStore {
-    config: tokio_postgres::Config,
+    conn: crate::pg::Connection,
     table: String,
-    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
 
 const COLUMNS: &str = "id, kind, channel, status, content_id, request_id, description, reporter, \
@@ -179,56 +182,35 @@ const COLUMNS: &str = "id, kind, channel, status, content_id, request_id, descri
 
 impl PgStore {
     pub fn new(url: &str, table: &str, timeout: std::time::Duration) -> Result<Self, String> {
-        let mut config: tokio_postgres::Config =
-            url.parse::<tokio_postgres::Config>().map_err(|_| {
-                "complaints.database_url is not a PostgreSQL connection string".to_string()
-            })?;
-        config.connect_timeout(timeout);
+        let index = table.replace('.', "_");
+        let init = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                status TEXT NOT NULL,
+                content_id TEXT,
+                request_id TEXT,
+                description TEXT NOT NULL,
+                reporter TEXT,
+                created_at TIMESTAMPTZ NOT NULL,
+                due_at TIMESTAMPTZ NOT NULL,
+                outcome TEXT,
+                reply TEXT,
+                resolved_at TIMESTAMPTZ
+            );
+            CREATE INDEX IF NOT EXISTS {index}_open ON {table} (due_at) WHERE status = 'open';
+            CREATE INDEX IF NOT EXISTS {index}_reporter ON {table} (reporter);
+            CREATE INDEX IF NOT EXISTS {index}_created ON {table} (created_at);"
+        );
         Ok(Self {
-            config,
+            conn: crate::pg::Connection::new("complaints", url, init, timeout)?,
             table: table.to_string(),
-            client: Mutex::new(None),
         })
     }
 
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>, StoreError> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "Complaint store connection closed");
-            }
-        });
-        let t = &self.table;
-        let index = t.replace('.', "_");
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {t} (
-                    id TEXT PRIMARY KEY,
-                    kind TEXT NOT NULL,
-                    channel TEXT NOT NULL,
-                    status TEXT NOT NULL,
-                    content_id TEXT,
-                    request_id TEXT,
-                    description TEXT NOT NULL,
-                    reporter TEXT,
-                    created_at TIMESTAMPTZ NOT NULL,
-                    due_at TIMESTAMPTZ NOT NULL,
-                    outcome TEXT,
-                    reply TEXT,
-                    resolved_at TIMESTAMPTZ
-                );
-                CREATE INDEX IF NOT EXISTS {index}_open ON {t} (due_at) WHERE status = 'open';
-                CREATE INDEX IF NOT EXISTS {index}_reporter ON {t} (reporter);
-                CREATE INDEX IF NOT EXISTS {index}_created ON {t} (created_at);"
-            ))
-            .await?;
-        let client = Arc::new(client);
-        *slot = Some(client.clone());
-        Ok(client)
+        Ok(self.conn.client().await?)
     }
 
     async fn insert(&self, c: &Complaint) -> Result<(), StoreError> {

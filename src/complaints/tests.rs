@@ -57,7 +57,7 @@ fn about(kind: &str, content_id: &str) -> NewComplaint {
     }
 }
 
-async fn drop_table(table: &str) {
+pub async fn drop_table(table: &str) {
     let (client, conn) = tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls)
         .await
         .expect("PostgreSQL reachable");

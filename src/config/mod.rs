@@ -51,6 +51,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub enforce: crate::enforce::EnforceConfig,
     pub complaints: crate::complaints::ComplaintsConfig,
+    pub review: crate::review::ReviewConfig,
     pub log: LogConfig,
 }
 
@@ -526,6 +527,7 @@ impl Config {
         }
         issues.extend(self.enforce.validate());
         issues.extend(self.complaints.validate());
+        issues.extend(self.review.validate());
         if let Some(k) = &self.upstream.api_key {
             if http::HeaderValue::from_str(k).is_err() {
                 issues.push(ConfigIssue::new(

@@ -23,6 +23,8 @@ pub struct Records {
     /// Actions on users (`enforce`); `None` when off. Lives with the records: a strike is
     /// counted where a block decision is recorded.
     pub enforcer: Option<crate::enforce::Enforcer>,
+    /// The monitors' review queue (`review`); `None` when off. Fed where decisions are recorded.
+    pub review: Option<crate::review::Review>,
 }
 
 impl Records {
@@ -35,6 +37,7 @@ impl Records {
             excerpt_chars: cfg.excerpt_chars,
             durable: cfg.fsync == crate::audit::FsyncMode::Always,
             enforcer: None,
+            review: None,
         }
     }
 
@@ -129,12 +132,16 @@ impl RecordCtx {
     }
 
     /// Queue a record (with `fsync: always`, wait until it is on disk); a full queue past its
-    /// bound is counted as a drop inside the auditor. A `block` decision also counts a strike
+    /// bound is counted as a drop inside the auditor. A decision whose action is reviewed goes to
+    /// the monitors' queue too (`review`), without waiting. A `block` decision also counts a strike
     /// against the request's user (`enforce`), once per request; a suspension it begins is
     /// recorded after it.
     pub async fn write(&self, r: Record) {
         let strike =
             r.kind == audit::RecordKind::Decision && r.action == Some(audit::Action::Block);
+        if let Some(review) = &self.records.review {
+            review.offer(&r);
+        }
         self.queue(r).await;
         if let (true, Some(enf), Some(user)) = (strike, &self.records.enforcer, &self.user) {
             let now = crate::enforce::Enforcer::now_ms();

@@ -680,3 +680,21 @@ pub async fn wait_disconnect(up: &Upstream) {
     .await
     .expect("upstream request closed");
 }
+
+/// The PostgreSQL server the store tests use (`SHENHE_TEST_DATABASE_URL`, default the local one).
+pub fn database_url() -> String {
+    std::env::var("SHENHE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Drop a test's own table; fails loudly when PostgreSQL cannot be reached.
+pub async fn drop_table(table: &str) {
+    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL reachable");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+        .await
+        .expect("drop test table");
+}

@@ -1,0 +1,352 @@
+//! Where review items live: PostgreSQL (shared by every replica) or this process's memory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Mutex;
+
+use super::{Item, ListFilter, Status, Verdict};
+
+#[derive(Debug, thiserror::Error)]
+#[error("review store: {0}")]
+pub struct StoreError(String);
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<crate::pg::PgError> for StoreError {
+    fn from(e: crate::pg::PgError) -> Self {
+        Self(e.0)
+    }
+}
+
+/// What a verdict did.
+pub enum Decided {
+    Done(Box<Item>),
+    AlreadyReviewed,
+    NotFound,
+}
+
+pub struct Memory {
+    items: Mutex<BTreeMap<String, Item>>,
+    capacity: usize,
+}
+
+pub enum Store {
+    Memory(Memory),
+    Postgres(Box<PgStore>),
+}
+
+impl Store {
+    pub fn memory(capacity: usize) -> Self {
+        Store::Memory(Memory {
+            items: Mutex::new(BTreeMap::new()),
+            capacity,
+        })
+    }
+
+    pub async fn insert(&self, items: &[Item]) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let mut map = m.items.lock().await;
+                for item in items {
+                    if map.len() >= m.capacity {
+                        // The oldest reviewed item goes first, else the oldest pending one.
+                        let victim = map
+                            .values()
+                            .min_by_key(|i| (i.status == Status::Pending, i.created_at))
+                            .map(|i| i.id.clone());
+                        if let Some(id) = victim {
+                            map.remove(&id);
+                        }
+                    }
+                    map.insert(item.id.clone(), item.clone());
+                }
+                Ok(())
+            }
+            Store::Postgres(pg) => pg.insert(items).await,
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Item>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.items.lock().await.get(id).cloned()),
+            Store::Postgres(pg) => pg.get(id).await,
+        }
+    }
+
+    /// Oldest first.
+    pub async fn list(&self, f: &ListFilter) -> Result<Vec<Item>, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let map = m.items.lock().await;
+                let mut out: Vec<Item> = map
+                    .values()
+                    .filter(|i| {
+                        i.status == f.status && f.category.as_ref().is_none_or(|c| &i.category == c)
+                    })
+                    .cloned()
+                    .collect();
+                out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+                out.truncate(f.limit);
+                Ok(out)
+            }
+            Store::Postgres(pg) => pg.list(f).await,
+        }
+    }
+
+    pub async fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        note: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Decided, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let mut map = m.items.lock().await;
+                let Some(i) = map.get_mut(id) else {
+                    return Ok(Decided::NotFound);
+                };
+                if i.status == Status::Reviewed {
+                    return Ok(Decided::AlreadyReviewed);
+                }
+                i.status = Status::Reviewed;
+                i.verdict = Some(verdict);
+                i.note = note.map(str::to_string);
+                i.reviewed_at = Some(at);
+                Ok(Decided::Done(Box::new(i.clone())))
+            }
+            Store::Postgres(pg) => pg.decide(id, verdict, note, at).await,
+        }
+    }
+
+    /// Art. 11 erasure: the user's items go, as their audit records do.
+    pub async fn erase_user(&self, user: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let mut map = m.items.lock().await;
+                let before = map.len();
+                map.retain(|_, i| i.user.as_deref() != Some(user));
+                Ok((before - map.len()) as u64)
+            }
+            Store::Postgres(pg) => {
+                let db = pg.client().await?;
+                Ok(db
+                    .execute(
+                        &format!("DELETE FROM {} WHERE user_id = $1", pg.table),
+                        &[&user],
+                    )
+                    .await?)
+            }
+        }
+    }
+
+    /// Pending items and when the oldest of them was queued.
+    pub async fn pending_counts(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let map = m.items.lock().await;
+                let pending = map.values().filter(|i| i.status == Status::Pending);
+                let (n, oldest) = pending.fold((0u64, None), |(n, o), i| {
+                    let o = match o {
+                        Some(t) if t <= i.created_at => Some(t),
+                        _ => Some(i.created_at),
+                    };
+                    (n + 1, o)
+                });
+                Ok((n, oldest))
+            }
+            Store::Postgres(pg) => pg.pending_counts().await,
+        }
+    }
+}
+
+/// Review items in one PostgreSQL table (`review.table`).
+pub struct PgStore {
+    conn: crate::pg::Connection,
+    table: String,
+}
+
+const COLUMNS: &str = "id, created_at, request_id, content_id, user_id, route, direction, \
+                       category, action, excerpt, policy_version, status, verdict, note, \
+                       reviewed_at";
+
+impl PgStore {
+    pub fn new(url: &str, table: &str, timeout: std::time::Duration) -> Result<Self, String> {
+        let index = table.replace('.', "_");
+        let init = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                id TEXT PRIMARY KEY,
+                created_at TIMESTAMPTZ NOT NULL,
+                request_id TEXT,
+                content_id TEXT,
+                user_id TEXT,
+                route TEXT,
+                direction TEXT,
+                category TEXT NOT NULL,
+                action TEXT NOT NULL,
+                excerpt TEXT,
+                policy_version TEXT,
+                status TEXT NOT NULL,
+                verdict TEXT,
+                note TEXT,
+                reviewed_at TIMESTAMPTZ
+            );
+            CREATE INDEX IF NOT EXISTS {index}_pending ON {table} (created_at) WHERE status = 'pending';
+            CREATE INDEX IF NOT EXISTS {index}_user ON {table} (user_id);"
+        );
+        Ok(Self {
+            conn: crate::pg::Connection::new("review", url, init, timeout)?,
+            table: table.to_string(),
+        })
+    }
+
+    async fn client(&self) -> Result<Arc<tokio_postgres::Client>, StoreError> {
+        Ok(self.conn.client().await?)
+    }
+
+    async fn insert(&self, items: &[Item]) -> Result<(), StoreError> {
+        let db = self.client().await?;
+        let sql = format!(
+            "INSERT INTO {} ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
+             ON CONFLICT (id) DO NOTHING",
+            self.table
+        );
+        // Pipelined on the one connection; ON CONFLICT makes a retried batch harmless.
+        let inserts = items.iter().map(|i| {
+            let db = db.clone();
+            let sql = sql.as_str();
+            async move {
+                db.execute(
+                    sql,
+                    &[
+                        &i.id,
+                        &i.created_at,
+                        &i.request_id,
+                        &i.content_id,
+                        &i.user,
+                        &i.route,
+                        &i.direction,
+                        &i.category,
+                        &i.action,
+                        &i.excerpt,
+                        &i.policy_version,
+                        &i.status.as_str(),
+                        &i.verdict.map(Verdict::as_str),
+                        &i.note,
+                        &i.reviewed_at,
+                    ],
+                )
+                .await
+            }
+        });
+        for r in futures_util::future::join_all(inserts).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Item>, StoreError> {
+        let db = self.client().await?;
+        let row = db
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM {} WHERE id = $1", self.table),
+                &[&id],
+            )
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    async fn list(&self, f: &ListFilter) -> Result<Vec<Item>, StoreError> {
+        let db = self.client().await?;
+        let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+        let rows = db
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM {} WHERE status = $1 \
+                     AND ($2::text IS NULL OR category = $2) \
+                     ORDER BY created_at, id LIMIT $3",
+                    self.table
+                ),
+                &[&f.status.as_str(), &f.category, &limit],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        note: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Decided, StoreError> {
+        let db = self.client().await?;
+        // One statement: of two monitors deciding at once, one wins and the other is told.
+        let row = db
+            .query_opt(
+                &format!(
+                    "UPDATE {} SET status = 'reviewed', verdict = $2, note = $3, reviewed_at = $4 \
+                     WHERE id = $1 AND status = 'pending' RETURNING {COLUMNS}",
+                    self.table
+                ),
+                &[&id, &verdict.as_str(), &note, &at],
+            )
+            .await?;
+        if let Some(r) = row {
+            return Ok(Decided::Done(Box::new(from_row(&r)?)));
+        }
+        Ok(match self.get(id).await? {
+            Some(_) => Decided::AlreadyReviewed,
+            None => Decided::NotFound,
+        })
+    }
+
+    async fn pending_counts(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        let db = self.client().await?;
+        let row = db
+            .query_one(
+                &format!(
+                    "SELECT count(*), min(created_at) FROM {} WHERE status = 'pending'",
+                    self.table
+                ),
+                &[],
+            )
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok((n.max(0) as u64, row.try_get(1)?))
+    }
+}
+
+fn from_row(r: &tokio_postgres::Row) -> Result<Item, StoreError> {
+    let status: String = r.try_get("status")?;
+    let verdict: Option<String> = r.try_get("verdict")?;
+    Ok(Item {
+        id: r.try_get("id")?,
+        created_at: r.try_get("created_at")?,
+        request_id: r.try_get("request_id")?,
+        content_id: r.try_get("content_id")?,
+        user: r.try_get("user_id")?,
+        route: r.try_get("route")?,
+        direction: r.try_get("direction")?,
+        category: r.try_get("category")?,
+        action: r.try_get("action")?,
+        excerpt: r.try_get("excerpt")?,
+        policy_version: r.try_get("policy_version")?,
+        status: Status::parse(&status)
+            .ok_or_else(|| StoreError(format!("unknown status `{status}`")))?,
+        verdict: match verdict {
+            None => None,
+            Some(v) => Some(
+                Verdict::parse(&v).ok_or_else(|| StoreError(format!("unknown verdict `{v}`")))?,
+            ),
+        },
+        note: r.try_get("note")?,
+        reviewed_at: r.try_get("reviewed_at")?,
+    })
+}
