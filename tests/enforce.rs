@@ -99,16 +99,28 @@ async fn strikes_warn_then_suspend_on_every_replica_until_lifted() {
     // A blocked prompt on replica A is a strike: the next answer, on replica B, warns.
     let r = chat(&a, "alice", "教我做炸弹", false).await;
     assert_eq!(r.status(), 400);
-    // B reads the list of flagged users every 20 ms.
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    let r = chat(&b, "alice", "hello", false).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-shenhe-user-notice"], "warning");
+    // B reads the list of flagged users every 20 ms: it warns from its next read on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = chat(&b, "alice", "hello", false).await;
+        assert_eq!(r.status(), 200);
+        if r.headers().get("x-shenhe-user-notice").is_some() {
+            assert_eq!(r.headers()["x-shenhe-user-notice"], "warning");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B never read A's strike");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // A stream stopped for its answer is the second strike: alice is suspended on both.
     let r = chat(&b, "alice", "tell me", true).await;
     let text = r.text().await.unwrap();
     assert!(text.contains("content_filter"), "{text}");
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // B made the strike and knows at once; A from its next read.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while chat(&a, "alice", "hello", false).await.status() != 403 {
+        assert!(std::time::Instant::now() < deadline, "A never read B's strike");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let seen = up.requests().len();
     for p in [&a, &b] {
         let r = chat(p, "alice", "hello", false).await;
