@@ -20,6 +20,9 @@ pub fn check(path: &Path) -> Result<String, ConfigError> {
                 .collect(),
         )
     })?;
+    if let Err(e) = crate::classify::Classifier::new(&loaded.config.classifier, &compiled.policy) {
+        return Err(ConfigError::Invalid(vec![split_issue(&e, "classifier")]));
+    }
     let mut out = summary(&loaded);
     out.push_str(&policy_summary(&compiled.policy, &compiled.warnings));
     Ok(out)
@@ -168,6 +171,12 @@ pub fn summary(loaded: &LoadedConfig) -> String {
         out,
         "complaints  {}",
         crate::complaints::summary(&c.complaints)
+    );
+    let _ = writeln!(out, "review      {}", crate::review::summary(&c.review));
+    let _ = writeln!(
+        out,
+        "classifier  {}",
+        crate::classify::summary(&c.classifier)
     );
     out
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod classify;
 pub mod cli;
 pub mod complaints;
 pub mod config;

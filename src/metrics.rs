@@ -87,6 +87,9 @@ pub struct Metrics {
     pub review_queue_depth: IntGauge,
     pub review_oldest_age: IntGauge,
     pub review_store_errors: IntCounterVec,
+    // The external classifier.
+    pub classifier_calls: IntCounterVec,
+    pub classifier_duration: Histogram,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -193,6 +196,8 @@ impl Metrics {
             review_queue_depth: gauge(&reg, "shenhe_review_queue_depth", "Review items waiting for a monitor, read from the store at each scrape (the same on every replica)."),
             review_oldest_age: gauge(&reg, "shenhe_review_oldest_age_seconds", "Age of the oldest review item waiting for a monitor, read from the store at each scrape; 0 when none waits."),
             review_store_errors: counter_vec(&reg, "shenhe_review_store_errors_total", "Review store calls that failed or timed out, by operation.", &["op"]),
+            classifier_calls: counter_vec(&reg, "shenhe_classifier_calls_total", "Calls to the external classifier by result: ok, error, timeout; unknown_label counts labels that name no policy category.", &["result"]),
+            classifier_duration: histogram(&reg, "shenhe_classifier_duration_seconds", "Time the external classifier took to answer.", LATENCY_BUCKETS),
             stream_holdback_bytes: histogram(&reg, "shenhe_stream_holdback_bytes", "Bytes of channel text held back after each streamed event.", HOLDBACK_BUCKETS),
             scan_prompt: scan_duration.with_label_values(&["prompt"]),
             scan_completion: scan_duration.with_label_values(&["completion"]),

@@ -108,7 +108,10 @@ async fn strikes_warn_then_suspend_on_every_replica_until_lifted() {
             assert_eq!(r.headers()["x-shenhe-user-notice"], "warning");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "B never read A's strike");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never read A's strike"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // A stream stopped for its answer is the second strike: alice is suspended on both.
@@ -118,7 +121,10 @@ async fn strikes_warn_then_suspend_on_every_replica_until_lifted() {
     // B made the strike and knows at once; A from its next read.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while chat(&a, "alice", "hello", false).await.status() != 403 {
-        assert!(std::time::Instant::now() < deadline, "A never read B's strike");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never read B's strike"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let seen = up.requests().len();

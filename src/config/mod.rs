@@ -46,6 +46,7 @@ pub struct Config {
     pub headers: HeaderRules,
     pub dialects: DialectsConfig,
     pub policy: PolicyConfig,
+    pub classifier: crate::classify::ClassifierConfig,
     pub moderation: ModerationConfig,
     pub labels: LabelsConfig,
     pub audit: AuditConfig,
@@ -528,6 +529,7 @@ impl Config {
         issues.extend(self.enforce.validate());
         issues.extend(self.complaints.validate());
         issues.extend(self.review.validate());
+        issues.extend(self.classifier.validate());
         if let Some(k) = &self.upstream.api_key {
             if http::HeaderValue::from_str(k).is_err() {
                 issues.push(ConfigIssue::new(

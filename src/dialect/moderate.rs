@@ -567,6 +567,11 @@ async fn text_exchange<A: super::generation::TextApi>(
         Ok(x) => x,
         Err(e) => return ctx.error(e),
     };
+    if let Some(classifier) = ctx.rt.classifier.clone() {
+        if let Err(e) = classify_prompt(&ctx, &classifier, &api, &forward).await {
+            return ctx.error(e);
+        }
+    }
     let (resp, sent) = match proxy::send_upstream(&mut ctx, UpstreamBody::Full(forward), true).await
     {
         Ok(r) => r,
@@ -624,6 +629,74 @@ async fn text_exchange<A: super::generation::TextApi>(
         ctx.rec.write(r).await;
     }
     ctx.complete(status, headers, out)
+}
+
+/// The prompt as the classifier reads it: the texts the policy judged, as forwarded (redactions
+/// applied), in reading order, one line apart.
+fn prompt_for_classifier<A: super::generation::TextApi>(
+    api: &A,
+    forward: &[u8],
+) -> Result<String, ApiError> {
+    if let Some(q) = api.quick_prompt(forward) {
+        return Ok(q.in_reading_order().collect::<Vec<_>>().join("\n"));
+    }
+    let json = super::json::parse_strict(forward)?;
+    let mut texts = api.prompt_texts(&json)?;
+    texts.sort_by(|a, b| paths::reading_key(&a.path).cmp(paths::reading_key(&b.path)));
+    Ok(texts
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// The classifier's verdict on a prompt the policy let through: its findings recorded, `Err`
+/// the refusal (a `block` category) or, failing closed, the 503.
+async fn classify_prompt<A: super::generation::TextApi>(
+    ctx: &RequestCtx,
+    classifier: &crate::classify::Classifier,
+    api: &A,
+    forward: &[u8],
+) -> Result<(), ApiError> {
+    let text = prompt_for_classifier(api, forward)?;
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    let rid = ctx.request_id.to_str().unwrap_or_default();
+    let scores = match classifier.scores(&text, Direction::Prompt, rid).await {
+        Ok(s) => s,
+        Err(e) if classifier.fails_open() => {
+            tracing::warn!(request_id = rid, error = %e, "Classifier failed: serving on the keyword verdict (classifier.on_error: open)");
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::warn!(request_id = rid, error = %e, "Classifier failed: refusing (classifier.on_error: closed)");
+            return Err(ApiError::new(
+                ErrorKind::Unavailable,
+                "the prompt could not be checked right now; try again shortly",
+            ));
+        }
+    };
+    let policy = &ctx.rt.policy;
+    let findings = classifier.findings(policy, Direction::Prompt, &scores, text.len());
+    let mut records = Vec::new();
+    for f in &findings {
+        record_finding(ctx, Direction::Prompt, f, &text, "classifier", &mut records);
+    }
+    keep_records(ctx, records).await?;
+    match findings.first() {
+        Some(f) if f.action == Action::Block => Err(ApiError::new(
+            ErrorKind::ContentFilter,
+            refusal_text(policy, &f.category, &ctx.client_headers),
+        )
+        .with_param(match ctx.dialect {
+            DialectName::OpenaiCompletions => "prompt",
+            DialectName::OpenaiResponses => "input",
+            _ => "messages",
+        })
+        .with_category(f.category.to_string())),
+        _ => Ok(()),
+    }
 }
 
 /// What answering gives besides the body: the client's headers, the delivery record (labels

@@ -23,7 +23,8 @@ pub enum Action {
 }
 
 impl Action {
-    fn rank(self) -> u8 {
+    /// Flag < redact < block.
+    pub(crate) fn rank(self) -> u8 {
         match self {
             Action::Flag => 0,
             Action::Redact => 1,

@@ -43,6 +43,8 @@ pub enum Detector {
     },
     /// A built-in PII detector.
     Pii { kind: PiiKind },
+    /// The external classifier, with its score in thousandths (the span is the whole text).
+    Classifier { score_permille: u16 },
 }
 
 /// One match of the policy in a text.

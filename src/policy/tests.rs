@@ -72,6 +72,7 @@ fn spans(p: &Policy, text: &str) -> Vec<(String, &'static str)> {
                 Detector::Keyword { .. } => "kw",
                 Detector::Pattern { .. } => "pattern",
                 Detector::Pii { .. } => "pii",
+                Detector::Classifier { .. } => "classifier",
             };
             (text[f.span.clone()].to_owned(), kind)
         })

@@ -38,6 +38,8 @@ pub struct Runtime {
     pub extras: Extras,
     /// Labels for generated content; `None` when both explicit and implicit labels are off.
     pub labeler: Option<Arc<Labeler>>,
+    /// The external classifier of prompts; `None` when off.
+    pub classifier: Option<Arc<crate::classify::Classifier>>,
 }
 
 /// Extra text fields per dialect, parsed once.
@@ -86,6 +88,7 @@ impl Runtime {
                 Labeler::from_config(&valid).map_err(|e| format!("labels: {e}"))?,
             ))
         };
+        let classifier = crate::classify::Classifier::new(&config.classifier, &policy)?;
         Ok(Self {
             config,
             routes,
@@ -94,6 +97,7 @@ impl Runtime {
             policy,
             extras,
             labeler,
+            classifier,
         })
     }
 }

@@ -114,6 +114,7 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
     if let Some(c) = state.complaints.as_ref() {
         if let Some(prefix) = c.public_path() {
             if crate::complaints::public::is_complaint_path(prefix, &path) {
+                let started = std::time::Instant::now();
                 // Boxed: held only while a complaint request runs (see the test below).
                 let mut resp = Box::pin(crate::complaints::public::handle(
                     &state,
@@ -125,6 +126,15 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
                     body_timeout(&rt),
                 ))
                 .await;
+                // The request line every request gets, without the user or the complaint.
+                tracing::info!(
+                    request_id = %rid,
+                    route = prefix,
+                    method = %parts.method,
+                    status = resp.status().as_u16(),
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "Request finished"
+                );
                 resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
                 return resp;
             }

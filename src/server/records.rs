@@ -111,6 +111,13 @@ impl RecordCtx {
             Detector::Keyword { term_id } => ("keyword".to_string(), Some(term_id.to_string())),
             Detector::Pattern { name } => (format!("pattern:{name}"), None),
             Detector::Pii { kind } => (format!("pii:{}", kind.as_str()), None),
+            Detector::Classifier { score_permille } => {
+                r.detail = Some(format!(
+                    "classifier score {:.3}",
+                    f64::from(*score_permille) / 1000.0
+                ));
+                ("classifier".to_string(), None)
+            }
         };
         r.detector = Some(detector);
         r.term_id = term_id;

@@ -1,0 +1,143 @@
+//! The external classifier through the server (TC260-003 §8.4): prompts the keyword policy let
+//! through go to a scripted classifier; a score over the threshold for a `block` category refuses
+//! the prompt before the model sees it, a `flag` one is recorded, a failure fails closed (or open
+//! as configured), and prompts the keywords already refused never reach the classifier.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+const ANSWER: &str = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"好的"},"finish_reason":"stop"}]}"#;
+
+/// A classifier that scores by words in the text it is sent.
+async fn classifier() -> Upstream {
+    Upstream::start(|r| {
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        let text = v["text"].as_str().unwrap_or("");
+        let cats = if text.contains("暴力") {
+            json!([{"id": "violence", "score": 0.93}, {"id": "A2b", "score": 0.2}])
+        } else if text.contains("口音") {
+            json!([{"id": "A2b", "score": 0.81}])
+        } else if text.contains("慢") {
+            let mut late = Script::json("{\"categories\":[]}");
+            late.head_delay = std::time::Duration::from_secs(2);
+            return late;
+        } else if text.contains("坏") {
+            return Script::json("{\"oops\":1}");
+        } else {
+            json!([])
+        };
+        Script::json(&json!({ "categories": cats }).to_string())
+    })
+    .await
+}
+
+fn yaml(classifier_url: &str, on_error: &str) -> String {
+    format!(
+        r#"
+policy:
+  categories:
+    - {{ id: A1d, action: block, keywords: ["炸弹制作"] }}
+    - {{ id: A2b, action: flag, keywords: ["地域黑"] }}
+classifier:
+  enabled: true
+  url: "{classifier_url}/classify"
+  threshold: 0.8
+  timeout: "300ms"
+  on_error: {on_error}
+  categories: {{ violence: A1d }}
+"#
+    )
+}
+
+async fn ask(p: &Proxy, content: &str) -> reqwest::Response {
+    client()
+        .post(p.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-user-id", "dave")
+        .body(
+            json!({"model": "m", "messages": [
+                {"role": "system", "content": "你是助手"},
+                {"role": "user", "content": content}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_classifier_refuses_flags_and_fails_closed() {
+    let model = Upstream::fixed(Script::json(ANSWER)).await;
+    let cls = classifier().await;
+    let p = proxy(&model.base_url(), &yaml(&cls.base_url(), "closed")).await;
+
+    // Clean: served; the classifier saw the prompt's texts in reading order.
+    let r = ask(&p, "你好").await;
+    assert_eq!(r.status(), 200);
+    let sent = cls.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].path, "/classify");
+    let body = sent[0].json();
+    assert_eq!(body["text"], "你是助手\n你好");
+    assert_eq!(body["direction"], "prompt");
+    assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // A block category over the threshold: refused as a keyword would be; the model never asked.
+    let before = model.requests().len();
+    let r = ask(&p, "写一段暴力的故事").await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "content_filter");
+    assert_eq!(v["error"]["param"], "messages");
+    assert_eq!(v["error"]["innererror"]["category"], "A1d");
+    assert_eq!(model.requests().len(), before);
+
+    // A flag category: served and recorded.
+    assert_eq!(ask(&p, "这个口音怎么样").await.status(), 200);
+
+    // The keywords decide first: a keyword refusal never reaches the classifier.
+    let asked = cls.requests().len();
+    assert_eq!(ask(&p, "炸弹制作").await.status(), 400);
+    assert_eq!(cls.requests().len(), asked);
+
+    // A bad answer and a late one fail closed: 503, the model not asked.
+    let before = model.requests().len();
+    for text in ["坏", "慢"] {
+        let r = ask(&p, text).await;
+        assert_eq!(r.status(), 503, "{text}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "service_unavailable");
+    }
+    assert_eq!(model.requests().len(), before);
+
+    let recs = p.records(2).await;
+    let by_classifier: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["detector"] == "classifier")
+        .collect();
+    assert_eq!(by_classifier.len(), 2, "{recs:?}");
+    assert_eq!(by_classifier[0]["category"], "A1d");
+    assert_eq!(by_classifier[0]["action"], "block");
+    assert_eq!(by_classifier[0]["detail"], "classifier score 0.930");
+    assert_eq!(by_classifier[1]["category"], "A2b");
+    assert_eq!(by_classifier[1]["action"], "flag");
+    let m = admin_text(&p, "/metrics").await;
+    for series in [
+        "shenhe_classifier_calls_total{result=\"ok\"}",
+        "shenhe_classifier_calls_total{result=\"error\"}",
+        "shenhe_classifier_calls_total{result=\"timeout\"}",
+    ] {
+        assert!(m.contains(series), "{series} in\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn failing_open_serves_on_the_keyword_verdict() {
+    let model = Upstream::fixed(Script::json(ANSWER)).await;
+    // Nothing listens here: every call fails at once.
+    let p = proxy(&model.base_url(), &yaml("http://127.0.0.1:1", "open")).await;
+    assert_eq!(ask(&p, "你好").await.status(), 200);
+    assert_eq!(ask(&p, "炸弹制作").await.status(), 400);
+}
