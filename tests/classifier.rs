@@ -141,3 +141,41 @@ async fn failing_open_serves_on_the_keyword_verdict() {
     assert_eq!(ask(&p, "你好").await.status(), 200);
     assert_eq!(ask(&p, "炸弹制作").await.status(), 400);
 }
+
+#[tokio::test]
+async fn image_prompts_and_embedding_inputs_are_classified_too() {
+    let model = Upstream::fixed(Script::json(r#"{"created":1,"data":[]}"#)).await;
+    let cls = classifier().await;
+    // Embeddings are forwarded untouched unless listed as prompt_only.
+    let config = format!(
+        "{}routes:\n  paths: {{ \"/v1/embeddings\": prompt_only }}\n",
+        yaml(&cls.base_url(), "closed")
+    );
+    let p = proxy(&model.base_url(), &config).await;
+    for (path, body, param) in [
+        (
+            "/v1/images/generations",
+            json!({"model": "m", "prompt": "一幅暴力的画"}),
+            "prompt",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "m", "input": ["暴力"]}),
+            "input",
+        ),
+    ] {
+        let r = client()
+            .post(p.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "content_filter", "{path}");
+        assert_eq!(v["error"]["param"], param, "{path}");
+    }
+    assert!(model.requests().is_empty(), "the model never asked");
+    assert_eq!(cls.requests().len(), 2);
+}

@@ -536,14 +536,21 @@ async fn prompt_phase(
     }
 }
 
-/// The prompt phase, then the judged bytes (or their redacted rewrite) sent upstream.
+/// The prompt phase, the classifier (on the texts `extract` finds in the forwarded request),
+/// then the judged bytes (or their redacted rewrite) sent upstream.
 async fn judge_and_send(
     ctx: &mut RequestCtx,
     bytes: Bytes,
     json: &mut Value,
     texts: Vec<Found>,
+    extract: fn(&Value) -> Result<Vec<Found>, ApiError>,
 ) -> Result<(UpstreamResponse, Instant), ApiError> {
     let forward_bytes = prompt_phase(ctx, bytes, json, texts).await?;
+    if let Some(classifier) = ctx.rt.classifier.clone() {
+        // `json` holds the redactions the prompt phase made.
+        let text = joined_in_reading_order(extract(json)?);
+        classify_prompt(ctx, &classifier, &text).await?;
+    }
     proxy::send_upstream(ctx, UpstreamBody::Full(forward_bytes), true).await
 }
 
@@ -568,7 +575,11 @@ async fn text_exchange<A: super::generation::TextApi>(
         Err(e) => return ctx.error(e),
     };
     if let Some(classifier) = ctx.rt.classifier.clone() {
-        if let Err(e) = classify_prompt(&ctx, &classifier, &api, &forward).await {
+        let judged = match prompt_for_classifier(&api, &forward) {
+            Ok(text) => classify_prompt(&ctx, &classifier, &text).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = judged {
             return ctx.error(e);
         }
     }
@@ -641,29 +652,31 @@ fn prompt_for_classifier<A: super::generation::TextApi>(
         return Ok(q.in_reading_order().collect::<Vec<_>>().join("\n"));
     }
     let json = super::json::parse_strict(forward)?;
-    let mut texts = api.prompt_texts(&json)?;
+    Ok(joined_in_reading_order(api.prompt_texts(&json)?))
+}
+
+/// `texts` in reading order, one line apart.
+fn joined_in_reading_order(mut texts: Vec<Found>) -> String {
     texts.sort_by(|a, b| paths::reading_key(&a.path).cmp(paths::reading_key(&b.path)));
-    Ok(texts
+    texts
         .iter()
         .map(|t| t.text.as_str())
         .collect::<Vec<_>>()
-        .join("\n"))
+        .join("\n")
 }
 
 /// The classifier's verdict on a prompt the policy let through: its findings recorded, `Err`
 /// the refusal (a `block` category) or, failing closed, the 503.
-async fn classify_prompt<A: super::generation::TextApi>(
+async fn classify_prompt(
     ctx: &RequestCtx,
     classifier: &crate::classify::Classifier,
-    api: &A,
-    forward: &[u8],
+    text: &str,
 ) -> Result<(), ApiError> {
-    let text = prompt_for_classifier(api, forward)?;
     if text.trim().is_empty() {
         return Ok(());
     }
     let rid = ctx.request_id.to_str().unwrap_or_default();
-    let scores = match classifier.scores(&text, Direction::Prompt, rid).await {
+    let scores = match classifier.scores(text, Direction::Prompt, rid).await {
         Ok(s) => s,
         Err(e) if classifier.fails_open() => {
             tracing::warn!(request_id = rid, error = %e, "Classifier failed: serving on the keyword verdict (classifier.on_error: open)");
@@ -681,7 +694,7 @@ async fn classify_prompt<A: super::generation::TextApi>(
     let findings = classifier.findings(policy, Direction::Prompt, &scores, text.len());
     let mut records = Vec::new();
     for f in &findings {
-        record_finding(ctx, Direction::Prompt, f, &text, "classifier", &mut records);
+        record_finding(ctx, Direction::Prompt, f, text, "classifier", &mut records);
     }
     keep_records(ctx, records).await?;
     match findings.first() {
@@ -690,8 +703,8 @@ async fn classify_prompt<A: super::generation::TextApi>(
             refusal_text(policy, &f.category, &ctx.client_headers),
         )
         .with_param(match ctx.dialect {
-            DialectName::OpenaiCompletions => "prompt",
-            DialectName::OpenaiResponses => "input",
+            DialectName::OpenaiCompletions | DialectName::OpenaiImages => "prompt",
+            DialectName::OpenaiResponses | DialectName::PromptOnly => "input",
             _ => "messages",
         })
         .with_category(f.category.to_string())),
@@ -953,7 +966,15 @@ async fn images_exchange(mut ctx: RequestCtx, bytes: Bytes) -> Response {
             .with_param("stream"),
         );
     }
-    let (resp, sent) = match judge_and_send(&mut ctx, bytes, &mut json, texts).await {
+    let (resp, sent) = match judge_and_send(
+        &mut ctx,
+        bytes,
+        &mut json,
+        texts,
+        super::images::prompt_texts,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => return ctx.error(e),
     };
@@ -1012,7 +1033,15 @@ async fn prompt_only_exchange(mut ctx: RequestCtx, bytes: Bytes) -> Response {
         Ok(t) => t,
         Err(e) => return ctx.error(e),
     };
-    match judge_and_send(&mut ctx, bytes, &mut json, texts).await {
+    match judge_and_send(
+        &mut ctx,
+        bytes,
+        &mut json,
+        texts,
+        super::images::prompt_only_texts,
+    )
+    .await
+    {
         Ok((resp, sent)) => proxy::stream_back(ctx, resp, sent),
         Err(e) => ctx.error(e),
     }
