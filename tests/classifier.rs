@@ -179,3 +179,42 @@ async fn image_prompts_and_embedding_inputs_are_classified_too() {
     assert!(model.requests().is_empty(), "the model never asked");
     assert_eq!(cls.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn whole_answers_are_classified_when_asked_and_a_hit_choice_is_refused() {
+    let model = Upstream::fixed(Script::json(
+        &json!({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "一个暴力的故事"}, "finish_reason": "stop"},
+            {"index": 1, "message": {"role": "assistant", "content": "一个温暖的故事"}, "finish_reason": "stop"}]})
+        .to_string(),
+    ))
+    .await;
+    let cls = classifier().await;
+    let config = format!("{}  answers: true\n", yaml(&cls.base_url(), "closed"));
+    let p = proxy(&model.base_url(), &config).await;
+    let r = ask(&p, "讲两个故事").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices[0]["finish_reason"], "content_filter", "{v}");
+    assert!(!choices[0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("暴力"));
+    assert_eq!(choices[1]["finish_reason"], "stop");
+    assert_eq!(choices[1]["message"]["content"], "一个温暖的故事");
+    // The prompt and each choice were classified, each as what it is.
+    let directions: Vec<String> = cls
+        .requests()
+        .iter()
+        .map(|r| r.json()["direction"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(directions, ["prompt", "completion", "completion"]);
+    let recs = p.records(2).await;
+    assert!(
+        recs.iter().any(|r| r["detector"] == "classifier"
+            && r["direction"] == "completion"
+            && r["action"] == "block"),
+        "{recs:?}"
+    );
+}

@@ -45,6 +45,11 @@ pub struct ClassifierConfig {
     pub on_error: Failure,
     /// Most characters of a prompt sent (its end, where the newest turn is). Default 20,000.
     pub max_chars: usize,
+    /// Also classify whole (non-streamed) answers before they are delivered: a unit (choice) a
+    /// `block` category hits is replaced by the refusal (`finish_reason: content_filter`).
+    /// Streamed answers are judged by the policy alone (a classifier needs the whole text, and a
+    /// stream is released as it flows). Default false.
+    pub answers: bool,
 }
 
 impl Default for ClassifierConfig {
@@ -60,6 +65,7 @@ impl Default for ClassifierConfig {
             categories: BTreeMap::new(),
             on_error: Failure::Closed,
             max_chars: 20_000,
+            answers: false,
         }
     }
 }

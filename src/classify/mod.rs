@@ -38,6 +38,7 @@ pub struct Classifier {
     map: BTreeMap<String, String>,
     on_error: Failure,
     max_chars: usize,
+    answers: bool,
 }
 
 /// Why the classifier gave no verdict.
@@ -77,7 +78,13 @@ impl Classifier {
             map: cfg.categories.clone(),
             on_error: cfg.on_error,
             max_chars: cfg.max_chars,
+            answers: cfg.answers,
         })))
+    }
+
+    /// Whether whole answers are classified too.
+    pub fn judges_answers(&self) -> bool {
+        self.answers
     }
 
     /// Whether a failure lets the prompt through.
@@ -195,8 +202,13 @@ pub fn summary(cfg: &ClassifierConfig) -> String {
         Failure::Closed => "closed",
         Failure::Open => "open",
     };
+    let what = if cfg.answers {
+        "prompts and whole answers"
+    } else {
+        "prompts"
+    };
     format!(
-        "{} ({format}), prompts, threshold {}, timeout {}, fails {on_error}",
+        "{} ({format}), {what}, threshold {}, timeout {}, fails {on_error}",
         cfg.url, cfg.threshold, cfg.timeout
     )
 }

@@ -618,9 +618,22 @@ async fn text_exchange<A: super::generation::TextApi>(
         delivery: ctx.rec.delivery(),
         records: Vec::new(),
     };
-    let out = match quick_answer(&ctx, &api, &extras, &body, json_mode, &mut o) {
+    // The classifier's verdict on each unit of a whole answer (`classifier.answers`).
+    let classified = match ctx.rt.classifier.clone().filter(|c| c.judges_answers()) {
+        Some(c) => match classify_answer(&ctx, &c, &api, &extras, &body, &mut o.records).await {
+            Ok(blocked) => blocked,
+            Err(e) => return ctx.error(e),
+        },
+        None => Vec::new(),
+    };
+    let quick = if classified.is_empty() {
+        quick_answer(&ctx, &api, &extras, &body, json_mode, &mut o)
+    } else {
+        None
+    };
+    let out = match quick {
         Some(out) => out,
-        None => match tree_answer(&ctx, &api, &extras, body, json_mode, &mut o) {
+        None => match tree_answer(&ctx, &api, &extras, body, json_mode, classified, &mut o) {
             Ok(out) => out,
             Err(e) => return ctx.error(e),
         },
@@ -710,6 +723,57 @@ async fn classify_prompt(
         .with_category(f.category.to_string())),
         _ => Ok(()),
     }
+}
+
+/// The classifier's verdict on a whole answer: each unit's texts (a choice), joined in document
+/// order, are classified; the findings are recorded in `records` and the units a `block`
+/// category hit are returned with it. Failing closed, `Err` is the 503 sent instead.
+async fn classify_answer<A: super::generation::TextApi>(
+    ctx: &RequestCtx,
+    classifier: &crate::classify::Classifier,
+    api: &A,
+    extras: &openai::Extras,
+    body: &[u8],
+    records: &mut Vec<Record>,
+) -> Result<Vec<(u32, Arc<str>)>, ApiError> {
+    let doc = parse_answer(body)?;
+    let mut units: Vec<(u32, String)> = Vec::new();
+    for (unit, t) in api.response_texts(&doc, extras) {
+        match units.iter_mut().find(|(u, _)| *u == unit) {
+            Some((_, text)) => {
+                text.push('\n');
+                text.push_str(&t.text);
+            }
+            None => units.push((unit, t.text)),
+        }
+    }
+    let rid = ctx.request_id.to_str().unwrap_or_default();
+    let mut blocked = Vec::new();
+    for (unit, text) in units.iter().filter(|(_, t)| !t.trim().is_empty()) {
+        let scores = match classifier.scores(text, Direction::Completion, rid).await {
+            Ok(s) => s,
+            Err(e) if classifier.fails_open() => {
+                tracing::warn!(request_id = rid, error = %e, "Classifier failed on an answer: delivering on the keyword verdict (classifier.on_error: open)");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = rid, error = %e, "Classifier failed on an answer: refusing (classifier.on_error: closed)");
+                return Err(ApiError::new(
+                    ErrorKind::Unavailable,
+                    "the answer could not be checked right now; try again shortly",
+                ));
+            }
+        };
+        let findings =
+            classifier.findings(&ctx.rt.policy, Direction::Completion, &scores, text.len());
+        for f in &findings {
+            record_finding(ctx, Direction::Completion, f, text, "classifier", records);
+        }
+        if let Some(f) = findings.first().filter(|f| f.action == Action::Block) {
+            blocked.push((*unit, f.category.clone()));
+        }
+    }
+    Ok(blocked)
 }
 
 /// What answering gives besides the body: the client's headers, the delivery record (labels
@@ -830,12 +894,19 @@ fn tree_answer<A: super::generation::TextApi>(
     extras: &openai::Extras,
     body: Bytes,
     json_mode: bool,
+    classified: Vec<(u32, Arc<str>)>,
     o: &mut Outcome,
 ) -> Result<Bytes, ApiError> {
     let mut doc = parse_answer(&body)?;
     let texts = api.response_texts(&doc, extras);
     let joins = A::JOINS_ANSWER_TEXTS;
-    let (mut changed, blocked) = judge_whole(ctx, &mut doc, texts, joins, &mut o.records);
+    let (mut changed, mut blocked) = judge_whole(ctx, &mut doc, texts, joins, &mut o.records);
+    // Units the classifier blocked that the policy did not.
+    for (unit, category) in classified {
+        if !blocked.iter().any(|(u, _)| *u == unit) {
+            blocked.push((unit, category));
+        }
+    }
     for (unit, category) in &blocked {
         let text = refusal_text(&ctx.rt.policy, category, &ctx.client_headers);
         api.refuse(&mut doc, *unit, &text);
