@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{admin_error, authorize, pseudonym, AdminState};
+use super::{admin_error, pseudonym, switched_on, AdminState};
 use crate::complaints::public::record;
 use crate::complaints::{ComplaintError, Complaints, ListFilter, NewComplaint, Outcome, Status};
 
@@ -18,13 +18,12 @@ const LINKED_RECORDS: usize = 100;
 
 /// The complaint service, for a caller with the admin token; else the answer that says why not.
 fn service<'a>(s: &'a AdminState, headers: &HeaderMap) -> Result<&'a Complaints, Box<Response>> {
-    authorize(&s.app, headers)?;
-    s.app.complaints.as_ref().ok_or_else(|| {
-        Box::new(admin_error(
-            StatusCode::NOT_FOUND,
-            "complaints are off (complaints.enabled is false)",
-        ))
-    })
+    switched_on(
+        &s.app,
+        headers,
+        s.app.complaints.as_ref(),
+        "complaints are off (complaints.enabled is false)",
+    )
 }
 
 fn failed(e: ComplaintError) -> Response {

@@ -323,18 +323,29 @@ struct UserQuery {
     user: String,
 }
 
+/// A part of shenhe that may be off (`part`), for a caller with the admin token; else the answer
+/// that says why not (`off` when the part is off).
+fn switched_on<'a, T>(
+    app: &AppState,
+    headers: &HeaderMap,
+    part: Option<&'a T>,
+    off: &'static str,
+) -> Result<&'a T, Box<Response>> {
+    authorize(app, headers)?;
+    part.ok_or_else(|| Box::new(admin_error(StatusCode::NOT_FOUND, off)))
+}
+
 /// The enforcer, for a caller with the admin token; else the answer that says why not.
 fn enforcer<'a>(
     app: &'a AppState,
     headers: &HeaderMap,
 ) -> Result<&'a crate::enforce::Enforcer, Box<Response>> {
-    authorize(app, headers)?;
-    app.records.enforcer.as_ref().ok_or_else(|| {
-        Box::new(admin_error(
-            StatusCode::NOT_FOUND,
-            "actions on users are off (enforce.enabled is false)",
-        ))
-    })
+    switched_on(
+        app,
+        headers,
+        app.records.enforcer.as_ref(),
+        "actions on users are off (enforce.enabled is false)",
+    )
 }
 
 /// A user's standing (`enforce`): strikes in the window and any suspension in force.

@@ -8,18 +8,17 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{admin_error, authorize, AdminState};
+use super::{admin_error, switched_on, AdminState};
 use crate::review::{Item, ListFilter, Review, ReviewError, Status, Verdict};
 
 /// The review service, for a caller with the admin token; else the answer that says why not.
 fn service<'a>(s: &'a AdminState, headers: &HeaderMap) -> Result<&'a Review, Box<Response>> {
-    authorize(&s.app, headers)?;
-    s.app.records.review.as_ref().ok_or_else(|| {
-        Box::new(admin_error(
-            StatusCode::NOT_FOUND,
-            "the review queue is off (review.enabled is false)",
-        ))
-    })
+    switched_on(
+        &s.app,
+        headers,
+        s.app.records.review.as_ref(),
+        "the review queue is off (review.enabled is false)",
+    )
 }
 
 fn failed(e: ReviewError) -> Response {
