@@ -123,6 +123,13 @@ async fn the_classifier_refuses_flags_and_fails_closed() {
     assert_eq!(by_classifier[0]["detail"], "classifier score 0.930");
     assert_eq!(by_classifier[1]["category"], "A2b");
     assert_eq!(by_classifier[1]["action"], "flag");
+    // Inspectors see that a classifier is in place and how it acts, not where it runs.
+    let policy: Value = serde_json::from_str(&admin_text(&p, "/admin/policy").await).unwrap();
+    assert_eq!(policy["classifier"]["enabled"], true);
+    assert_eq!(policy["classifier"]["threshold"], 0.8);
+    assert_eq!(policy["classifier"]["on_error"], "closed");
+    assert_eq!(policy["classifier"]["categories"]["violence"], "A1d");
+    assert!(!policy.to_string().contains("/classify"), "{policy}");
     let m = admin_text(&p, "/metrics").await;
     for series in [
         "shenhe_classifier_calls_total{result=\"ok\"}",

@@ -326,6 +326,14 @@ complaints:
         metric(&p, "shenhe_complaints_open{type=\"ontime_test\"}").await,
         1.0
     );
+    // The complaint types and their time limits are published to inspectors too.
+    let policy: Value = serde_json::from_str(&admin_text(&p, "/admin/policy").await).unwrap();
+    assert_eq!(policy["complaints"]["enabled"], true);
+    assert_eq!(
+        policy["complaints"]["types"]["ontime_test"]["time_limit"],
+        "1h"
+    );
+    assert_eq!(policy["complaints"]["public_path"], Value::Null);
     // With `public_path: null` the entry is not on the public listener: the path is an
     // unlisted POST like any other.
     let r = client()

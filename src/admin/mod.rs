@@ -144,7 +144,8 @@ fn admin_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": {"message": message, "type": "admin_error", "code": status.as_u16(), "param": null}}))).into_response()
 }
 
-/// What an inspector asks to see (Art. 19): policy version, categories, list sizes, labels, retention.
+/// What an inspector asks to see (Art. 19): policy version, categories, list sizes, labels, retention,
+/// the classifier's settings, complaint types and time limits, the review queue, actions on users.
 async fn policy(State(s): State<AdminState>) -> Response {
     let rt = s.app.runtime();
     let p = &rt.policy;
@@ -159,6 +160,36 @@ async fn policy(State(s): State<AdminState>) -> Response {
         "retention_days": c.audit.retention_days,
         "fsync": c.audit.fsync,
         "fail_closed": c.audit.fail_closed,
+    });
+    // What users are held to beyond the lists: the classifier (its settings, not its address),
+    // the complaint types and their time limits, the review queue, actions on users.
+    let cl = &c.classifier;
+    body["classifier"] = json!({
+        "enabled": cl.enabled,
+        "format": cl.format,
+        "threshold": cl.threshold,
+        "answers": cl.answers,
+        "on_error": cl.on_error,
+        "categories": cl.categories,
+    });
+    let co = &c.complaints;
+    body["complaints"] = json!({
+        "enabled": co.enabled,
+        "public_path": co.public_path,
+        "types": co.types.iter().map(|(id, t)| (id.clone(), json!({
+            "name_zh": t.name_zh,
+            "name_en": t.name_en,
+            "time_limit": t.sla.to_string(),
+        }))).collect::<serde_json::Map<_, _>>(),
+    });
+    body["review"] = json!({"enabled": c.review.enabled, "actions": c.review.actions});
+    let en = &c.enforce;
+    body["enforce"] = json!({
+        "enabled": en.enabled,
+        "strikes": en.strikes,
+        "restricted_requests_per_minute": en.restricted_requests_per_minute,
+        "suspend_for": en.suspend_for.to_string(),
+        "minors": {"hours": en.minors.hours, "daily_requests": en.minors.daily_requests},
     });
     body["routes"] = rt
         .routes
