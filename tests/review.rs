@@ -10,8 +10,9 @@ use support::*;
 
 const TOKEN: &str = "review-token";
 
-#[tokio::test]
-async fn a_flagged_prompt_waits_for_a_monitor_and_the_verdict_is_recorded() {
+/// A shenhe with `review` (YAML lines under it) and the admin token, in front of a model that
+/// answers "好的"; the upstream and the token's folder live as long as the test.
+async fn reviewed_proxy(policy: &str, review: &str) -> (Proxy, Upstream, tempfile::TempDir) {
     let up = Upstream::fixed(Script::json(
         r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"好的"},"finish_reason":"stop"}]}"#,
     ))
@@ -19,23 +20,40 @@ async fn a_flagged_prompt_waits_for_a_monitor_and_the_verdict_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let url = database_url();
-    let table = format!("shenhe_review_it_{:016x}", rand::random::<u64>());
     let yaml = format!(
-        r#"
-server:
-  admin_token_file: "{}"
-policy:
-  categories:
-    - {{ id: A2b, action: flag, keywords: ["地域黑"] }}
-review:
-  enabled: true
-  database_url: "{url}"
-  table: {table}
-"#,
+        "server:\n  admin_token_file: \"{}\"\npolicy:\n  categories:\n    - {policy}\nreview:\n  enabled: true\n{review}",
         token_file.display()
     );
-    let p = proxy(&up.base_url(), &yaml).await;
+    (proxy(&up.base_url(), &yaml).await, up, dir)
+}
+
+/// The items waiting, once the writer (off the request's path) has stored at least one.
+async fn waiting(p: &Proxy) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = client()
+            .get(p.admin_url("/admin/review"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        let items = v["items"].as_array().unwrap().clone();
+        if !items.is_empty() || std::time::Instant::now() > deadline {
+            return items;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_flagged_prompt_waits_for_a_monitor_and_the_verdict_is_recorded() {
+    let table = format!("shenhe_review_it_{:016x}", rand::random::<u64>());
+    let (p, _up, _dir) = reviewed_proxy(
+        r#"{ id: A2b, action: flag, keywords: ["地域黑"] }"#,
+        &format!("  database_url: \"{}\"\n  table: {table}\n", database_url()),
+    )
+    .await;
     let r = client()
         .post(p.url("/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -52,16 +70,7 @@ review:
     assert_eq!(r.status(), 200, "a flag lets the prompt through");
 
     let admin = |path: &str| client().get(p.admin_url(path)).bearer_auth(TOKEN).send();
-    // The writer stores the item off the request's path: wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let items = loop {
-        let v: Value = admin("/admin/review").await.unwrap().json().await.unwrap();
-        let items = v["items"].as_array().unwrap().clone();
-        if !items.is_empty() || std::time::Instant::now() > deadline {
-            break items;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let items = waiting(&p).await;
     assert_eq!(items.len(), 1);
     let item = &items[0];
     assert_eq!(item["request_id"], "req-review-1");
@@ -130,4 +139,50 @@ review:
     );
 
     drop_table(&table).await;
+}
+
+#[tokio::test]
+async fn a_sample_of_the_prompts_let_through_waits_for_a_monitor_too() {
+    let (p, _up, _dir) = reviewed_proxy(
+        r#"{ id: A1d, action: block, keywords: ["炸弹制作"] }"#,
+        "  store: memory\n  sample_rate: 1.0\n",
+    )
+    .await;
+    let long = format!(
+        "{}最后问一下：我的电话 13812345678 能查话费吗？",
+        "前情提要。".repeat(100)
+    );
+    for content in [long.as_str(), "炸弹制作"] {
+        client()
+            .post(p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-user-id", "erin")
+            .body(
+                json!({"model": "m", "messages": [{"role": "user", "content": content}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let items = waiting(&p).await;
+    // Only the prompt the policy let through is sampled; the refused one is a block decision,
+    // not queued with `actions: [flag]`.
+    assert_eq!(items.len(), 1, "{items:?}");
+    let item = &items[0];
+    assert_eq!(
+        (item["category"].as_str(), item["action"].as_str()),
+        (Some("sample"), Some("sample"))
+    );
+    let excerpt = item["excerpt"].as_str().unwrap();
+    assert!(
+        excerpt.ends_with("能查话费吗？"),
+        "the prompt's end: {excerpt}"
+    );
+    assert!(excerpt.chars().count() <= 201, "{excerpt}");
+    assert!(!excerpt.contains("13812345678"), "PII masked: {excerpt}");
+    assert!(item["user"].as_str().unwrap().starts_with("u-"));
+    // Sampling writes no audit record of its own.
+    let recs = p.records(1).await;
+    assert!(recs.iter().all(|r| r["category"] != "sample"), "{recs:?}");
 }

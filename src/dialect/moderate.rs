@@ -574,6 +574,11 @@ async fn text_exchange<A: super::generation::TextApi>(
         Ok(x) => x,
         Err(e) => return ctx.error(e),
     };
+    if let Some(review) = ctx.rec.records.review.as_ref().filter(|r| r.samples()) {
+        if let Ok(text) = prompt_for_classifier(&api, &forward) {
+            review.offer_sample(&ctx.rec.review_sample(&text));
+        }
+    }
     if let Some(classifier) = ctx.rt.classifier.clone() {
         let judged = match prompt_for_classifier(&api, &forward) {
             Ok(text) => classify_prompt(&ctx, &classifier, &text).await,
@@ -655,8 +660,8 @@ async fn text_exchange<A: super::generation::TextApi>(
     ctx.complete(status, headers, out)
 }
 
-/// The prompt as the classifier reads it: the texts the policy judged, as forwarded (redactions
-/// applied), in reading order, one line apart.
+/// The prompt as the classifier and the review sample read it: the texts the policy judged, as
+/// forwarded (redactions applied), in reading order, one line apart.
 fn prompt_for_classifier<A: super::generation::TextApi>(
     api: &A,
     forward: &[u8],

@@ -16,7 +16,7 @@ use crate::policy::Action;
 ///   database_url: "${SHENHE_DATABASE_URL}"
 ///   actions: [flag, redact]
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReviewConfig {
     /// Queue decisions for human monitors (TC260-003 §7). Default false.
@@ -33,6 +33,10 @@ pub struct ReviewConfig {
     /// The decisions that are queued, by the category's action. Default `[flag]`: what the
     /// policy saw but let through is what a person should look at.
     pub actions: Vec<Action>,
+    /// The share of moderated prompts the policy let through that are queued as well, with the
+    /// end of the prompt (PII-masked, at most `SAMPLE_CHARS` characters), so monitors also see
+    /// what passes. 0 (the default) to 1.
+    pub sample_rate: f64,
     /// Items waiting in this process for the store; past it new items are dropped and counted
     /// (`shenhe_review_dropped_total`), never holding a request up. Default 10,000.
     pub queue_capacity: usize,
@@ -49,6 +53,7 @@ impl Default for ReviewConfig {
             table: "shenhe_review".into(),
             store_timeout: HumanDuration::from_secs(2),
             actions: vec![Action::Flag],
+            sample_rate: 0.0,
             queue_capacity: 10_000,
             memory_items: 100_000,
         }
@@ -73,6 +78,9 @@ impl ReviewConfig {
                 "at least one of flag, redact, block (or set enabled: false)",
             ));
         }
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            out.push(issue("sample_rate", "a share between 0 and 1"));
+        }
         if !(1..=1_000_000).contains(&self.queue_capacity) {
             out.push(issue("queue_capacity", "must be between 1 and 1000000"));
         }
@@ -94,6 +102,7 @@ mod tests {
             enabled: true,
             table: "Review".into(),
             actions: vec![],
+            sample_rate: 2.0,
             queue_capacity: 0,
             ..ReviewConfig::default()
         };
@@ -104,6 +113,7 @@ mod tests {
                 "review.database_url",
                 "review.table",
                 "review.actions",
+                "review.sample_rate",
                 "review.queue_capacity"
             ]
         );

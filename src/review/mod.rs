@@ -139,6 +139,7 @@ pub enum ReviewError {
 /// The review service: a bounded queue in front of a writer task and a store.
 pub struct Review {
     actions: Vec<crate::policy::Action>,
+    sample_rate: f64,
     tx: mpsc::Sender<Item>,
     store: std::sync::Arc<Store>,
     timeout: Duration,
@@ -166,6 +167,7 @@ impl Review {
         tokio::spawn(writer(rx, store.clone(), timeout));
         Ok(Some(Self {
             actions: cfg.actions.clone(),
+            sample_rate: cfg.sample_rate,
             tx,
             store,
             timeout,
@@ -180,27 +182,23 @@ impl Review {
         let Some(action) = r.action else {
             return;
         };
-        let reviewed = self.actions.iter().any(|a| a.as_str() == action.as_str());
-        if !reviewed {
-            return;
+        if self.actions.iter().any(|a| a.as_str() == action.as_str()) {
+            let category = r.category.clone().unwrap_or_default();
+            self.push(item(r, category, action.as_str()));
         }
-        let item = Item {
-            id: crate::pg::random_id("r-"),
-            created_at: r.ts,
-            request_id: r.request_id.clone(),
-            content_id: r.content_id.clone(),
-            user: r.user.clone(),
-            route: r.route.clone(),
-            direction: r.direction.map(|d| d.as_str().to_string()),
-            category: r.category.clone().unwrap_or_default(),
-            action: action.as_str().to_string(),
-            excerpt: r.excerpt.clone(),
-            policy_version: r.policy_version.clone(),
-            status: Status::Pending,
-            verdict: None,
-            note: None,
-            reviewed_at: None,
-        };
+    }
+
+    /// Whether this prompt is one of the sample (`review.sample_rate`).
+    pub fn samples(&self) -> bool {
+        self.sample_rate > 0.0 && rand::random::<f64>() < self.sample_rate
+    }
+
+    /// Queue a sampled prompt: `r` is its (unwritten) record, with the excerpt; never waits.
+    pub fn offer_sample(&self, r: &Record) {
+        self.push(item(r, SAMPLE.into(), SAMPLE));
+    }
+
+    fn push(&self, item: Item) {
         let m = metrics();
         match self.tx.try_send(item) {
             Ok(()) => m.review_items.with_label_values(&["queued"]).inc(),
@@ -292,6 +290,32 @@ impl Review {
     }
 }
 
+/// The category and action of a sampled item.
+pub const SAMPLE: &str = "sample";
+/// Most characters of a sampled prompt kept (its end, where the newest turn is).
+pub const SAMPLE_CHARS: usize = 200;
+
+/// An item from a record of the request it is about.
+fn item(r: &Record, category: String, action: &str) -> Item {
+    Item {
+        id: crate::pg::random_id("r-"),
+        created_at: r.ts,
+        request_id: r.request_id.clone(),
+        content_id: r.content_id.clone(),
+        user: r.user.clone(),
+        route: r.route.clone(),
+        direction: r.direction.map(|d| d.as_str().to_string()),
+        category,
+        action: action.to_string(),
+        excerpt: r.excerpt.clone(),
+        policy_version: r.policy_version.clone(),
+        status: Status::Pending,
+        verdict: None,
+        note: None,
+        reviewed_at: None,
+    }
+}
+
 /// One store call within `timeout`, failures counted by operation.
 async fn bounded<T>(
     op: &'static str,
@@ -340,5 +364,13 @@ pub fn summary(cfg: &ReviewConfig) -> String {
         .map(|a| a.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    format!("{store}; queues {actions} decisions")
+    let sample = if cfg.sample_rate > 0.0 {
+        format!(
+            " and {} % of the prompts let through",
+            cfg.sample_rate * 100.0
+        )
+    } else {
+        String::new()
+    };
+    format!("{store}; queues {actions} decisions{sample}")
 }

@@ -133,6 +133,20 @@ impl RecordCtx {
         self.stamp(r)
     }
 
+    /// The record a sampled prompt goes to the review queue with (`review.sample_rate`; never
+    /// written to the audit log): the end of `text`, PII-masked, at most
+    /// [`crate::review::SAMPLE_CHARS`] characters.
+    pub fn review_sample(&self, text: &str) -> Record {
+        let mut r = Record::new(audit::RecordKind::Decision);
+        r.request_id = Some(self.request_id.clone());
+        r.direction = Some(audit::Direction::Prompt);
+        let len = text.len();
+        r.excerpt = Some(excerpt(text, len..len, crate::review::SAMPLE_CHARS, |s| {
+            self.policy.mask_pii(s)
+        }));
+        self.stamp(r)
+    }
+
     /// A delivery record: the content id, hash and label status of what reached the client.
     pub fn delivery(&self) -> Record {
         self.stamp(Record::delivery(self.request_id.clone()))
