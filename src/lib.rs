@@ -19,4 +19,5 @@ pub mod policy;
 pub mod review;
 pub mod server;
 pub mod stream;
+pub mod tls;
 pub mod utf8;

@@ -2,7 +2,10 @@
 //! review queue): made at first use and again after it drops, with the store's tables created
 //! on each new connection when missing. These stores see a few calls a second at most, next to
 //! model requests, so there is no pool to tune; the driver pipelines concurrent statements on
-//! the one connection. Plain TCP only (no TLS).
+//! the one connection. With `sslmode=require` in the connection string the connection is TLS,
+//! the server's certificate verified against the system's roots and the store's
+//! `database_ca_file` (stricter than libpq's `require`, which does not verify); otherwise plain
+//! TCP (`prefer` does not try TLS here).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,13 +72,23 @@ pub fn validate_store(
 pub struct PgError(pub String);
 
 impl From<tokio_postgres::Error> for PgError {
+    /// The driver's message and the causes under it (a TLS handshake failure says why).
     fn from(e: tokio_postgres::Error) -> Self {
-        Self(e.to_string())
+        let mut msg = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            msg.push_str(": ");
+            msg.push_str(&c.to_string());
+            cause = c.source();
+        }
+        Self(msg)
     }
 }
 
 pub struct Connection {
     config: tokio_postgres::Config,
+    /// With `sslmode=require`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// Run on each new connection: `CREATE TABLE IF NOT EXISTS …`.
     init_sql: String,
     /// What the connection serves, for its log line.
@@ -84,19 +97,30 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// `url` must already be valid (`check_url`); `connect_timeout` bounds each connection made.
+    /// `url` must already be valid (`check_url`); `connect_timeout` bounds each connection made;
+    /// `ca_file` adds trusted roots for `sslmode=require`.
     pub fn new(
         name: &'static str,
         url: &str,
         init_sql: String,
         connect_timeout: Duration,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<Self, String> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| format!("{name}: not a PostgreSQL connection string"))?;
         config.connect_timeout(connect_timeout);
+        let tls = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let ca_key = format!("{name}.database_ca_file");
+            let rustls =
+                crate::tls::client_config(ca_file, &ca_key, "PostgreSQL with sslmode=require")?;
+            Some(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
+        } else {
+            None
+        };
         Ok(Self {
             config,
+            tls,
             init_sql,
             name,
             client: Mutex::new(None),
@@ -109,13 +133,22 @@ impl Connection {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
         let name = self.name;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(store = name, error = %e, "PostgreSQL connection closed");
+        let closed = move |e: tokio_postgres::Error| {
+            tracing::warn!(store = name, error = %e, "PostgreSQL connection closed");
+        };
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await?;
+                tokio::spawn(async move { conn.await.map_err(closed) });
+                client
             }
-        });
+            None => {
+                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move { conn.await.map_err(closed) });
+                client
+            }
+        };
         client.batch_execute(&self.init_sql).await?;
         let client = Arc::new(client);
         *slot = Some(client.clone());
@@ -149,15 +182,11 @@ pub fn now_millis() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
-/// Check a connection string for config validation: a message for a bad one (never echoing it:
-/// it may hold a password), or for `sslmode=require`, which this client cannot honour.
+/// Check a connection string for config validation: a message for a bad one, never echoing it
+/// (it may hold a password).
 pub fn check_url(url: &str) -> Option<&'static str> {
     match url.parse::<tokio_postgres::Config>() {
         Err(_) => Some("not a PostgreSQL connection string (postgres://user@host:port/db)"),
-        Ok(c) if c.get_ssl_mode() == tokio_postgres::config::SslMode::Require => Some(
-            "sslmode=require: shenhe speaks to PostgreSQL without TLS (keep the database inside \
-             the cluster network, or put a TLS proxy beside it)",
-        ),
         Ok(_) => None,
     }
 }
@@ -197,6 +226,6 @@ mod tests {
         assert_eq!(check_url("postgres://postgres@127.0.0.1:5432/test"), None);
         let bad = check_url("postgres://u:secret@host:notaport/db").unwrap();
         assert!(!bad.contains("secret"));
-        assert!(check_url("postgres://u@host/db?sslmode=require").is_some());
+        assert_eq!(check_url("postgres://u@host/db?sslmode=require"), None);
     }
 }

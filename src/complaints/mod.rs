@@ -260,6 +260,10 @@ impl Complaints {
                 &cfg.database_url,
                 &cfg.table,
                 timeout,
+                cfg.database_ca_file
+                    .as_ref()
+                    .map(|f| base_dir.join(f))
+                    .as_deref(),
             )?)),
         };
         Ok(Some(Self {

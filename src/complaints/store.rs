@@ -22,7 +22,7 @@ pub enum StoreError {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         // The driver's message names the failing step and the server's reason, never the URL.
-        Self::Backend(e.to_string())
+        Self::Backend(crate::pg::PgError::from(e).0)
     }
 }
 
@@ -181,7 +181,12 @@ const COLUMNS: &str = "id, kind, channel, status, content_id, request_id, descri
                        created_at, due_at, outcome, reply, resolved_at";
 
 impl PgStore {
-    pub fn new(url: &str, table: &str, timeout: std::time::Duration) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        table: &str,
+        timeout: std::time::Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
         let index = table.replace('.', "_");
         let init = format!(
             "CREATE TABLE IF NOT EXISTS {table} (
@@ -204,7 +209,7 @@ impl PgStore {
             CREATE INDEX IF NOT EXISTS {index}_created ON {table} (created_at);"
         );
         Ok(Self {
-            conn: crate::pg::Connection::new("complaints", url, init, timeout)?,
+            conn: crate::pg::Connection::new("complaints", url, init, timeout, ca_file)?,
             table: table.to_string(),
         })
     }

@@ -334,3 +334,40 @@ fn the_default_procedure_names_each_type_and_its_time_limit_in_both_languages() 
         assert!(p.contains(needle), "{needle} in\n{p}");
     }
 }
+
+/// The local PostgreSQL's certificate (Debian's `ssl-cert` snake-oil pair, `CN=localhost`), the
+/// CA file the TLS tests trust.
+const LOCAL_PG_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+#[tokio::test]
+async fn sslmode_require_speaks_tls_and_verifies_the_server() {
+    assert!(
+        Path::new(LOCAL_PG_CERT).exists(),
+        "this test needs the local PostgreSQL with ssl = on and its certificate at {LOCAL_PG_CERT}"
+    );
+    let table = unique_table();
+    let url = "postgres://postgres@localhost:5432/test?sslmode=require";
+    let trusted = ComplaintsConfig {
+        database_url: url.into(),
+        database_ca_file: Some(LOCAL_PG_CERT.into()),
+        ..config(StoreKind::Postgres, &table)
+    };
+    let c = service(&trusted);
+    let filed = c
+        .file(about("other", "pid-tls"), None, "email")
+        .await
+        .expect("filed over TLS");
+    assert_eq!(c.get(&filed.id).await.expect("read back").id, filed.id);
+    // The certificate is verified: it names `localhost`, so the same server reached as
+    // 127.0.0.1 is refused.
+    let misnamed = ComplaintsConfig {
+        database_url: "postgres://postgres@127.0.0.1:5432/test?sslmode=require".into(),
+        ..trusted.clone()
+    };
+    let e = service(&misnamed)
+        .get(&filed.id)
+        .await
+        .expect_err("a certificate for another name refuses the connection");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    drop_table(&table).await;
+}

@@ -26,6 +26,9 @@ pub struct ReviewConfig {
     pub store: StoreKind,
     /// The PostgreSQL server with `store: postgres`; a password belongs in `${ENV}`.
     pub database_url: String,
+    /// With `sslmode=require` in `database_url`: a PEM file of CA certificates the server's
+    /// certificate may chain to, beside the system's roots (relative to the config file).
+    pub database_ca_file: Option<std::path::PathBuf>,
     /// The table items live in (created when missing). Default `shenhe_review`.
     pub table: String,
     /// Longest wait for the store on one call. Default `2s`.
@@ -50,6 +53,7 @@ impl Default for ReviewConfig {
             enabled: false,
             store: StoreKind::Postgres,
             database_url: String::new(),
+            database_ca_file: None,
             table: "shenhe_review".into(),
             store_timeout: HumanDuration::from_secs(2),
             actions: vec![Action::Flag],

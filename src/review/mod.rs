@@ -147,7 +147,8 @@ pub struct Review {
 
 impl Review {
     /// Start the service and its writer task (on the caller's runtime), or `None` when off.
-    pub fn start(cfg: &ReviewConfig) -> Result<Option<Self>, String> {
+    /// `base_dir` resolves `database_ca_file`.
+    pub fn start(cfg: &ReviewConfig, base_dir: &std::path::Path) -> Result<Option<Self>, String> {
         if !cfg.enabled {
             return Ok(None);
         }
@@ -161,6 +162,10 @@ impl Review {
                 &cfg.database_url,
                 &cfg.table,
                 timeout,
+                cfg.database_ca_file
+                    .as_ref()
+                    .map(|f| base_dir.join(f))
+                    .as_deref(),
             )?)),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);

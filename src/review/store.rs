@@ -14,7 +14,7 @@ pub struct StoreError(String);
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self(e.to_string())
+        Self(crate::pg::PgError::from(e).0)
     }
 }
 
@@ -177,7 +177,12 @@ const COLUMNS: &str = "id, created_at, request_id, content_id, user_id, route, d
                        reviewed_at";
 
 impl PgStore {
-    pub fn new(url: &str, table: &str, timeout: std::time::Duration) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        table: &str,
+        timeout: std::time::Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
         let index = table.replace('.', "_");
         let init = format!(
             "CREATE TABLE IF NOT EXISTS {table} (
@@ -201,7 +206,7 @@ impl PgStore {
             CREATE INDEX IF NOT EXISTS {index}_user ON {table} (user_id);"
         );
         Ok(Self {
-            conn: crate::pg::Connection::new("review", url, init, timeout)?,
+            conn: crate::pg::Connection::new("review", url, init, timeout, ca_file)?,
             table: table.to_string(),
         })
     }

@@ -122,18 +122,24 @@ async fn lifecycle(r: &Review) {
 
 #[tokio::test]
 async fn decisions_are_queued_reviewed_and_erased_in_memory() {
-    let r = Review::start(&config(StoreKind::Memory, "unused"))
-        .unwrap()
-        .unwrap();
+    let r = Review::start(
+        &config(StoreKind::Memory, "unused"),
+        std::path::Path::new("."),
+    )
+    .unwrap()
+    .unwrap();
     lifecycle(&r).await;
 }
 
 #[tokio::test]
 async fn decisions_are_queued_reviewed_and_erased_in_postgres() {
     let table = unique_table();
-    let r = Review::start(&config(StoreKind::Postgres, &table))
-        .unwrap()
-        .unwrap();
+    let r = Review::start(
+        &config(StoreKind::Postgres, &table),
+        std::path::Path::new("."),
+    )
+    .unwrap()
+    .unwrap();
     lifecycle(&r).await;
     drop_table(&table).await;
 }
@@ -146,7 +152,9 @@ async fn a_store_that_cannot_be_reached_holds_items_and_drops_past_the_queue() {
         queue_capacity: 2,
         ..config(StoreKind::Postgres, "unused")
     };
-    let r = Review::start(&cfg).unwrap().unwrap();
+    let r = Review::start(&cfg, std::path::Path::new("."))
+        .unwrap()
+        .unwrap();
     let dropped = || metrics().review_items.with_label_values(&["dropped"]).get();
     let before = dropped();
     // The writer takes the first into its batch and retries it; two more fill the queue; the

@@ -165,38 +165,11 @@ impl Client {
         max_idle: usize,
     ) -> Result<Self, String> {
         let tls = if target.tls {
-            let mut roots = rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            let (mut added, _) = roots.add_parsable_certificates(found.certs);
-            if let Some(path) = &target.ca_file {
-                use rustls::pki_types::pem::PemObject;
-                let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "upstream.ca_file {}: no certificates in it",
-                        path.display()
-                    ));
-                }
-                for c in certs {
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-                    added += 1;
-                }
-            }
-            if added == 0 {
-                return Err(
-                    "no trusted root certificates found on this system (https upstream)".into(),
-                );
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS setup: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let mut config = crate::tls::client_config(
+                target.ca_file.as_deref(),
+                "upstream.ca_file",
+                "https upstream",
+            )?;
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| format!("upstream host `{}`: {e}", target.host))?;
