@@ -225,3 +225,77 @@ async fn whole_answers_are_classified_when_asked_and_a_hit_choice_is_refused() {
         "{recs:?}"
     );
 }
+
+#[tokio::test]
+async fn streamed_answers_are_classified_at_their_end_when_asked() {
+    // The same stream for both prompts; the classifier decides by the text it is sent.
+    let violent = [chat_chunk("一个暴"), chat_chunk("力的故事"), chat_finish()];
+    let calm = [chat_chunk("一个温"), chat_chunk("暖的故事"), chat_finish()];
+    let up = Upstream::start(move |r| {
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        let writes = if body.contains("狠故事") {
+            &violent
+        } else {
+            &calm
+        };
+        Script::sse_writes(writes.to_vec())
+    })
+    .await;
+    let cls = classifier().await;
+    let config = format!("{}  streams: true\n", yaml(&cls.base_url(), "closed"));
+    let p = proxy(&up.base_url(), &config).await;
+    let stream = |content: &'static str| {
+        client()
+            .post(p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-user-id", "frank")
+            .body(
+                json!({"model": "m", "stream": true,
+                    "messages": [{"role": "user", "content": content}]})
+                .to_string(),
+            )
+            .send()
+    };
+
+    // A clean answer reaches the client byte for byte, its end after the classifier's verdict.
+    let body = stream("讲个好故事").await.unwrap().text().await.unwrap();
+    let expected: String = [chat_chunk("一个温"), chat_chunk("暖的故事"), chat_finish()].concat();
+    assert_eq!(body, expected);
+    let answers: Vec<Value> = cls
+        .requests()
+        .iter()
+        .map(|r| r.json())
+        .filter(|v| v["direction"] == "completion")
+        .collect();
+    assert_eq!(answers.len(), 1, "one check per answer: {answers:?}");
+    assert_eq!(answers[0]["text"], "一个温暖的故事");
+
+    // A violent one: its text has flowed (the policy passed it), but it ends with
+    // content_filter, not the model's [DONE] after a normal finish.
+    let body = stream("讲个狠故事").await.unwrap().text().await.unwrap();
+    assert!(
+        body.contains("一个暴") && body.contains("力的故事"),
+        "{body}"
+    );
+    let finishes: Vec<Value> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| !v["choices"][0]["finish_reason"].is_null())
+        .collect();
+    assert_eq!(
+        finishes.last().unwrap()["choices"][0]["finish_reason"],
+        "content_filter",
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert_eq!(body.matches("[DONE]").count(), 1, "{body}");
+    let recs = p.records(2).await;
+    assert!(
+        recs.iter().any(|r| r["detector"] == "classifier"
+            && r["direction"] == "completion"
+            && r["action"] == "block"
+            && r["stopped"] == true),
+        "{recs:?}"
+    );
+}

@@ -47,9 +47,13 @@ pub struct ClassifierConfig {
     pub max_chars: usize,
     /// Also classify whole (non-streamed) answers before they are delivered: a unit (choice) a
     /// `block` category hits is replaced by the refusal (`finish_reason: content_filter`).
-    /// Streamed answers are judged by the policy alone (a classifier needs the whole text, and a
-    /// stream is released as it flows). Default false.
+    /// Streamed answers are judged by the policy alone unless `streams` is set. Default false.
     pub answers: bool,
+    /// Also classify streamed answers, whole, at their end: the text flows to the client as the
+    /// policy releases it, and the stream's own end waits for the classifier; a `block` category
+    /// ends the stream with `finish_reason: content_filter` instead (the client withdraws what
+    /// it showed). Default false.
+    pub streams: bool,
 }
 
 impl Default for ClassifierConfig {
@@ -66,6 +70,7 @@ impl Default for ClassifierConfig {
             on_error: Failure::Closed,
             max_chars: 20_000,
             answers: false,
+            streams: false,
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct Classifier {
     on_error: Failure,
     max_chars: usize,
     answers: bool,
+    streams: bool,
 }
 
 /// Why the classifier gave no verdict.
@@ -79,7 +80,18 @@ impl Classifier {
             on_error: cfg.on_error,
             max_chars: cfg.max_chars,
             answers: cfg.answers,
+            streams: cfg.streams,
         })))
+    }
+
+    /// Whether streamed answers are classified at their end.
+    pub fn judges_streams(&self) -> bool {
+        self.streams
+    }
+
+    /// Most characters of a text sent (its end).
+    pub fn max_chars(&self) -> usize {
+        self.max_chars
     }
 
     /// Whether whole answers are classified too.
@@ -202,10 +214,11 @@ pub fn summary(cfg: &ClassifierConfig) -> String {
         Failure::Closed => "closed",
         Failure::Open => "open",
     };
-    let what = if cfg.answers {
-        "prompts and whole answers"
-    } else {
-        "prompts"
+    let what = match (cfg.answers, cfg.streams) {
+        (false, false) => "prompts",
+        (true, false) => "prompts and whole answers",
+        (false, true) => "prompts and streamed answers",
+        (true, true) => "prompts and answers",
     };
     format!(
         "{} ({format}), {what}, threshold {}, timeout {}, fails {on_error}",

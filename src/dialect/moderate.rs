@@ -32,7 +32,7 @@ use crate::server::body;
 use crate::server::proxy::{self, is_event_stream, RequestCtx};
 use crate::server::records::RecordCtx;
 use crate::server::upstream::{bounded_body, UpstreamBody, UpstreamResponse};
-use crate::stream::guard::{Guard, StopReason, StreamFinding};
+use crate::stream::guard::{EndVerdict, Guard, StopReason, StreamFinding};
 use crate::stream::{guarded_body, Reporter};
 
 /// Handle a request on a moderated route: the user's standing first (`enforce`), then the
@@ -431,11 +431,15 @@ fn guarded_response<C: crate::stream::guard::EventCodec>(
     }
     let up = &ctx.rt.upstream;
     let upstream = bounded_body(resp, up.idle_timeout, sent + up.total_timeout);
-    let guard = Guard::new(
+    let mut guard = Guard::new(
         codec,
         ctx.rt.policy.clone(),
         ctx.rt.config.moderation.stop_notice.clone(),
     );
+    let classifier = ctx.rt.classifier.clone().filter(|c| c.judges_streams());
+    if let Some(c) = &classifier {
+        guard.hold_end_for_verdict(c.max_chars());
+    }
     let reporter = StreamReporter {
         decisions: ctx.log.decisions.clone(),
         rec: ctx.rec.clone(),
@@ -445,6 +449,7 @@ fn guarded_response<C: crate::stream::guard::EventCodec>(
         stopped: false,
         decided: false,
         delivery,
+        classifier,
     };
     let body = guarded_body(upstream, guard, reporter);
     ctx.streaming(status, headers, body, true)
@@ -461,9 +466,60 @@ struct StreamReporter {
     /// Some finding was made in this stream.
     decided: bool,
     delivery: Option<Arc<Mutex<Delivery>>>,
+    /// Classifies the whole answer at the end (`classifier.streams`).
+    classifier: Option<Arc<crate::classify::Classifier>>,
 }
 
 impl Reporter for StreamReporter {
+    fn verdict(
+        &mut self,
+        texts: Vec<(crate::stream::guard::ChannelKey, String)>,
+    ) -> Pin<Box<dyn Future<Output = EndVerdict> + Send + '_>> {
+        Box::pin(async move {
+            let Some(c) = self.classifier.clone() else {
+                return EndVerdict::Pass(Vec::new());
+            };
+            let rid = self.rec.request_id.clone();
+            let (mut findings, mut block) = (Vec::new(), None);
+            for (channel, text) in texts {
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let scores = match c.scores(&text, Direction::Completion, &rid).await {
+                    Ok(s) => s,
+                    Err(e) if c.fails_open() => {
+                        tracing::warn!(request_id = %rid, error = %e, "Classifier failed on a stream: ending it on the keyword verdict (classifier.on_error: open)");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(request_id = %rid, error = %e, "Classifier failed on a stream: ending it with an error (classifier.on_error: closed)");
+                        return EndVerdict::Fail("the answer could not be checked".into());
+                    }
+                };
+                let len = text.len();
+                for f in c.findings(&self.policy, Direction::Completion, &scores, len) {
+                    metrics()
+                        .decisions
+                        .with_label_values(&["completion", &f.category, f.action.as_str()])
+                        .inc();
+                    if block.is_none() && f.action == Action::Block {
+                        block = Some(f.category.clone());
+                    }
+                    findings.push(StreamFinding {
+                        finding: f,
+                        channel,
+                        context: text.clone(),
+                        context_span: 0..len,
+                    });
+                }
+            }
+            match block {
+                Some(category) => EndVerdict::Block(category, findings),
+                None => EndVerdict::Pass(findings),
+            }
+        })
+    }
+
     fn report<'a>(
         &'a mut self,
         findings: Vec<StreamFinding>,

@@ -864,6 +864,10 @@ pub fn sse_data(v: &Value) -> Bytes {
 impl EventCodec for OpenAiCodec {
     type Event = Chunk;
 
+    fn ends_answer(&self, event: &Chunk) -> bool {
+        !event.finishes.is_empty()
+    }
+
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Chunk>, CodecError> {
         // The common shape is read straight into borrowed fields, without building a JSON tree;
         // anything it does not cover (configured extra fields, unexpected types) takes the

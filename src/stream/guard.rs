@@ -88,6 +88,13 @@ pub trait EventCodec: Send + 'static {
         None
     }
 
+    /// Whether the event ends a part of the answer (a choice's finish). With an end check
+    /// (`Guard::hold_end_for_verdict`) it waits for the verdict, as terminal events do.
+    /// Default: none does.
+    fn ends_answer(&self, _event: &Self::Event) -> bool {
+        false
+    }
+
     /// The stream ends normally: events to send before the API's own end (implicit labels).
     /// Called once, before the terminal event or at the upstream's end.
     fn on_end(&mut self, _out: &mut Vec<Bytes>) {}
@@ -163,6 +170,61 @@ pub struct Guard<C: EventCodec> {
     scan_time: prometheus::Histogram,
     /// Room for an event's scan steps, kept from one event to the next.
     steps: Vec<(usize, ScanStep)>,
+    /// With a check of the whole answer at its end (`hold_end_for_verdict`): what it needs.
+    end_check: Option<Box<EndCheck>>,
+}
+
+/// The check of a whole streamed answer before its end reaches the client (the classifier's):
+/// each channel's released text is kept (its last `keep_chars` characters), and the stream's
+/// terminal events wait for the verdict.
+struct EndCheck {
+    keep_chars: usize,
+    /// Released text per channel index.
+    kept: Vec<String>,
+    /// An end has come (an event that ends a choice, a terminal event, or the upstream's end)
+    /// and waits for `conclude`.
+    awaiting: bool,
+    /// The upstream body has ended (`on_end` was called).
+    upstream_ended: bool,
+    /// Queued events a passing verdict let through (released without holding again).
+    passed: usize,
+    /// The stream's terminal event went out after a passing verdict: nothing more is checked.
+    settled: bool,
+    /// Bytes of text (all channels) a passing verdict has seen: an end with nothing new after
+    /// it (the terminal event after a choice's finish) is not checked again.
+    checked: usize,
+}
+
+impl EndCheck {
+    /// Keep the text of a released event, as delivered (redactions applied).
+    fn keep(&mut self, pieces: &[(usize, Range<usize>)], texts: &[String]) {
+        for ((ci, _), t) in pieces.iter().zip(texts) {
+            if self.kept.len() <= *ci {
+                self.kept.resize(*ci + 1, String::new());
+            }
+            let kept = &mut self.kept[*ci];
+            kept.push_str(t);
+            // Trim now and then, not per event: keep the last `keep_chars` characters.
+            if kept.len() > self.keep_chars.saturating_mul(8) {
+                let cut = kept
+                    .char_indices()
+                    .rev()
+                    .nth(self.keep_chars)
+                    .map_or(0, |(i, _)| i);
+                kept.drain(..cut);
+            }
+        }
+    }
+}
+
+/// The verdict of the end check (`Guard::conclude`).
+pub enum EndVerdict {
+    /// Deliver the end; the findings (flags) are recorded.
+    Pass(Vec<StreamFinding>),
+    /// End with the API's stop for `category` instead (the text already released stays).
+    Block(Arc<str>, Vec<StreamFinding>),
+    /// The check could not be made and fails closed: end with the API's error event.
+    Fail(String),
 }
 
 impl<C: EventCodec> Guard<C> {
@@ -181,6 +243,103 @@ impl<C: EventCodec> Guard<C> {
             ended: false,
             scan_time: metrics().scan_completion.clone(),
             steps: Vec::new(),
+            end_check: None,
+        }
+    }
+
+    /// Check the whole answer before its end reaches the client: keep each channel's released
+    /// text (its last `keep_chars` characters) and hold the terminal events until `conclude`.
+    pub fn hold_end_for_verdict(&mut self, keep_chars: usize) {
+        self.end_check = Some(Box::new(EndCheck {
+            keep_chars: keep_chars.max(1),
+            kept: Vec::new(),
+            awaiting: false,
+            upstream_ended: false,
+            passed: 0,
+            settled: false,
+            checked: 0,
+        }));
+    }
+
+    /// Bytes of text pushed so far, all channels.
+    fn text_total(&self) -> usize {
+        self.channels.iter().map(|c| c.total).sum()
+    }
+
+    /// Whether the end waits for a verdict (`conclude`).
+    pub fn awaiting_verdict(&self) -> bool {
+        !self.finished && self.end_check.as_ref().is_some_and(|c| c.awaiting)
+    }
+
+    /// Each channel's text so far, for the verdict: what was released and what the held events
+    /// carry (its last `keep_chars` characters).
+    pub fn released_texts(&self) -> Vec<(ChannelKey, String)> {
+        let Some(c) = &self.end_check else {
+            return Vec::new();
+        };
+        let mut texts: Vec<String> = (0..self.channels.len())
+            .map(|ci| c.kept.get(ci).cloned().unwrap_or_default())
+            .collect();
+        for held in &self.queue {
+            for ((ci, _), t) in held.pieces.iter().zip(&held.texts) {
+                texts[*ci].push_str(t);
+            }
+        }
+        self.channels
+            .iter()
+            .zip(texts)
+            .map(|(ch, t)| {
+                let start = t
+                    .char_indices()
+                    .rev()
+                    .nth(c.keep_chars.saturating_sub(1))
+                    .map_or(0, |(i, _)| i);
+                (ch.key, t[start..].to_string())
+            })
+            .collect()
+    }
+
+    /// End the stream by the verdict on its whole answer.
+    pub fn conclude(&mut self, verdict: EndVerdict, out: &mut Vec<Bytes>) {
+        if self.finished {
+            return;
+        }
+        let queued = self.queue.len();
+        let total = self.text_total();
+        let Some(check) = self.end_check.as_mut() else {
+            return;
+        };
+        match verdict {
+            EndVerdict::Pass(findings) => {
+                // What waits now goes out; a later end (another choice's, the stream's) is
+                // checked again.
+                check.awaiting = false;
+                check.passed = queued;
+                check.checked = total;
+                let upstream_ended = check.upstream_ended;
+                self.findings.extend(findings);
+                self.release(out, None);
+                if upstream_ended {
+                    if !self.ended {
+                        self.ended = true;
+                        self.codec.on_end(out);
+                    }
+                    self.finished = true;
+                }
+            }
+            EndVerdict::Block(category, findings) => {
+                self.findings.extend(findings);
+                self.queue.clear();
+                metrics().stream_stops.with_label_values(&[&category]).inc();
+                out.extend(self.codec.stop(&category, self.notice.as_deref()));
+                self.stopped = Some(StopReason::Blocked { category });
+                self.finished = true;
+            }
+            EndVerdict::Fail(message) => {
+                self.queue.clear();
+                out.extend(self.codec.fault(&message));
+                self.finished = true;
+            }
         }
     }
 
@@ -286,6 +445,18 @@ impl<C: EventCodec> Guard<C> {
             return;
         }
         self.finish_scanners(out);
+        let total = self.text_total();
+        if let Some(check) = self
+            .end_check
+            .as_mut()
+            .filter(|c| !c.settled && c.checked != total && !self.finished)
+        {
+            // The end waits for the verdict (`conclude`).
+            check.upstream_ended = true;
+            check.awaiting = true;
+            self.release(out, None);
+            return;
+        }
         if !self.finished {
             self.release(out, None);
             if !self.ended {
@@ -395,6 +566,22 @@ impl<C: EventCodec> Guard<C> {
     /// stop before the first event whose text in that channel reaches `at`.
     fn release(&mut self, out: &mut Vec<Bytes>, limit: Option<(usize, usize)>) {
         while let Some(front) = self.queue.front() {
+            let ends = self.end_check.is_some()
+                && (front.terminal
+                    || front
+                        .event
+                        .as_ref()
+                        .is_some_and(|e| self.codec.ends_answer(e)));
+            let total = if ends { self.text_total() } else { 0 };
+            if let Some(check) = self
+                .end_check
+                .as_mut()
+                .filter(|c| ends && !c.settled && c.passed == 0 && c.checked != total)
+            {
+                // An end of the answer waits for the verdict on the whole of it.
+                check.awaiting = true;
+                break;
+            }
             let ready = front.pieces.iter().all(|(ci, r)| {
                 r.end <= self.channels[*ci].released
                     && limit.is_none_or(|(lc, at)| *ci != lc || r.end <= at)
@@ -405,9 +592,16 @@ impl<C: EventCodec> Guard<C> {
             let Some(held) = self.queue.pop_front() else {
                 break;
             };
+            if let Some(check) = self.end_check.as_mut() {
+                check.passed = check.passed.saturating_sub(1);
+                check.settled |= held.terminal;
+            }
             let rewritten = self.rewrite(&held);
             match (rewritten, &held.event) {
                 (Some(texts), Some(ev)) => {
+                    if let Some(check) = self.end_check.as_mut() {
+                        check.keep(&held.pieces, &texts);
+                    }
                     let mut after = Vec::new();
                     self.codec.on_release(ev, &texts, out, &mut after);
                     let bytes = self
@@ -418,6 +612,9 @@ impl<C: EventCodec> Guard<C> {
                     out.extend(after);
                 }
                 (None, Some(ev)) => {
+                    if let Some(check) = self.end_check.as_mut() {
+                        check.keep(&held.pieces, &held.texts);
+                    }
                     let mut after = Vec::new();
                     self.codec.on_release(ev, &held.texts, out, &mut after);
                     let bytes = self

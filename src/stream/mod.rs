@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
-use guard::{EventCodec, Guard, StopReason, StreamFinding};
+use guard::{EndVerdict, EventCodec, Guard, StopReason, StreamFinding};
 use sse::SseFramer;
 
 /// Receives what a guarded stream decided, as it happens (audit records, the request log).
@@ -25,6 +25,15 @@ pub trait Reporter: Send + 'static {
 
     /// The stream is over (ended, stopped, failed, or the client left); called once.
     fn done(&mut self, _held_at_end: usize) {}
+
+    /// The verdict on a whole answer before its end reaches the client, for a guard that holds
+    /// its end (`Guard::hold_end_for_verdict`): each channel's released text. Default: pass.
+    fn verdict(
+        &mut self,
+        _texts: Vec<(guard::ChannelKey, String)>,
+    ) -> Pin<Box<dyn Future<Output = EndVerdict> + Send + '_>> {
+        Box::pin(async { EndVerdict::Pass(Vec::new()) })
+    }
 }
 
 /// Why an upstream body ended early, as the guarded body needs to know it.
@@ -109,6 +118,11 @@ where
                     }
                     st.guard.on_end(&mut out);
                 }
+            }
+            if st.guard.awaiting_verdict() {
+                let texts = st.guard.released_texts();
+                let verdict = st.reporter.verdict(texts).await;
+                st.guard.conclude(verdict, &mut out);
             }
             if st.guard.is_done() {
                 // Close the upstream request now: this is what stops generation.
