@@ -872,6 +872,59 @@ categories:
         }
     }
 
+    fn texts_of(out: &[Bytes]) -> Vec<String> {
+        out.iter()
+            .map(|b| String::from_utf8_lossy(b).trim_end().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_end_check_holds_the_end_until_the_verdict() {
+        let p = policy();
+        // A pass: the text goes out as it comes; the terminal event waits, then goes out as is.
+        let mut g = Guard::new(PlainCodec, p.clone(), None);
+        g.hold_end_for_verdict(5);
+        let mut out = Vec::new();
+        for t in ["abc", "defgh", "secret"] {
+            g.on_event(ev(t), &mut out);
+        }
+        g.on_event(ev("[END]"), &mut out);
+        assert!(g.awaiting_verdict());
+        assert_eq!(texts_of(&out), ["data: abc", "data: defgh", "data: ******"]);
+        // The verdict reads the last 5 characters of what was delivered (redactions applied).
+        assert_eq!(g.released_texts(), [((0, 0), "*****".to_string())]);
+        out.clear();
+        g.conclude(EndVerdict::Pass(Vec::new()), &mut out);
+        assert_eq!(texts_of(&out), ["data: [END]"]);
+        assert!(!g.awaiting_verdict());
+        g.on_end(&mut out);
+        assert!(g.is_done() && g.stopped().is_none());
+
+        // A block: the end is the codec's stop instead, nothing held goes out.
+        let mut g = Guard::new(PlainCodec, p.clone(), None);
+        g.hold_end_for_verdict(100);
+        let mut out = Vec::new();
+        g.on_event(ev("abc"), &mut out);
+        g.on_end(&mut out);
+        assert!(g.awaiting_verdict(), "the upstream's end waits too");
+        out.clear();
+        g.conclude(EndVerdict::Block("A1d".into(), Vec::new()), &mut out);
+        assert_eq!(texts_of(&out), ["data: [STOP A1d]"]);
+        assert!(g.is_done());
+        assert!(matches!(g.stopped(), Some(StopReason::Blocked { .. })));
+
+        // A failure ends with the codec's error event.
+        let mut g = Guard::new(PlainCodec, p, None);
+        g.hold_end_for_verdict(100);
+        let mut out = Vec::new();
+        g.on_event(ev("abc"), &mut out);
+        g.on_event(ev("[END]"), &mut out);
+        out.clear();
+        g.conclude(EndVerdict::Fail("down".into()), &mut out);
+        assert_eq!(texts_of(&out), ["data: [FAULT]"]);
+        assert!(g.is_done());
+    }
+
     fn pieces_of(text: &str, cuts: &[usize]) -> Vec<String> {
         let chars: Vec<char> = text.chars().collect();
         let mut out = Vec::new();
