@@ -478,6 +478,12 @@ fn key(k: &str) -> Seg {
 impl EventCodec for AnthropicCodec {
     type Event = Event;
 
+    /// `message_delta` carries the model's stop reason: with an end check it waits for the
+    /// verdict, so a stop after it is the only stop reason the client reads.
+    fn ends_answer(&self, event: &Event) -> bool {
+        matches!(event.kind, Kind::MessageDelta)
+    }
+
     fn parse(&mut self, ev: &RawEvent) -> Result<Parsed<Event>, CodecError> {
         if let Some(p) = self.repeat(ev) {
             return Ok(p);
