@@ -300,13 +300,10 @@ async fn streamed_answers_are_classified_at_their_end_when_asked() {
     );
 }
 
-#[tokio::test]
-async fn a_streamed_anthropic_answer_hit_at_its_end_stops_with_one_stop_reason() {
-    let up = Upstream::fixed(Script::sse_writes(anthropic_text_stream(&[
-        "一个暴",
-        "力的故事",
-    ])))
-    .await;
+/// A streamed Messages answer of `writes` through shenhe with `classifier.streams`: the client's
+/// text and the classifier (which saw it).
+async fn anthropic_with_end_check(writes: Vec<String>) -> (String, Upstream) {
+    let up = Upstream::fixed(Script::sse_writes(writes)).await;
     let cls = classifier().await;
     let config = format!("{}  streams: true\n", yaml(&cls.base_url(), "closed"));
     let p = proxy(&up.base_url(), &config).await;
@@ -317,6 +314,13 @@ async fn a_streamed_anthropic_answer_hit_at_its_end_stops_with_one_stop_reason()
         .text()
         .await
         .unwrap();
+    (text, cls)
+}
+
+#[tokio::test]
+async fn a_streamed_anthropic_answer_hit_at_its_end_stops_with_one_stop_reason() {
+    let (text, _cls) =
+        anthropic_with_end_check(anthropic_text_stream(&["一个暴", "力的故事"])).await;
     let evs = sse_events(&text);
     let n = evs.len();
     assert_eq!(evs[n - 1].1["type"], "message_stop", "{text}");
@@ -335,17 +339,7 @@ async fn a_streamed_anthropic_answer_hit_at_its_end_stops_with_one_stop_reason()
 async fn a_clean_streamed_anthropic_answer_stays_byte_identical_with_the_end_check() {
     let writes = anthropic_text_stream(&["一个温", "暖的故事"]);
     let expected = writes.concat();
-    let up = Upstream::fixed(Script::sse_writes(writes)).await;
-    let cls = classifier().await;
-    let config = format!("{}  streams: true\n", yaml(&cls.base_url(), "closed"));
-    let p = proxy(&up.base_url(), &config).await;
-    let body = json!({"model": "claude-test", "max_tokens": 100, "stream": true,
-        "messages": [{"role": "user", "content": "讲个故事"}]});
-    let text = post_json(&p, "/v1/messages", &body)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let (text, cls) = anthropic_with_end_check(writes).await;
     assert_eq!(text, expected);
     let answers = cls
         .requests()
