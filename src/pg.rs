@@ -65,6 +65,17 @@ pub fn validate_store(
     out
 }
 
+/// What closing a row once did (a complaint resolved, a review item decided): one statement
+/// closes it only while it is open, so of two callers at once one wins and the other is told.
+pub enum Closed<T> {
+    /// Closed now; the row as it is.
+    Done(Box<T>),
+    /// It was closed before.
+    Already,
+    /// No such row.
+    Missing,
+}
+
 /// Why a PostgreSQL call failed; the message names the step and the server's reason, never the
 /// connection string.
 #[derive(Debug, thiserror::Error)]

@@ -28,8 +28,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::pg::Closed;
 pub use config::{ComplaintType, ComplaintsConfig, StoreKind};
-use store::{Resolved, Store, StoreError};
+use store::{Store, StoreError};
 
 use crate::metrics::metrics;
 
@@ -436,7 +437,7 @@ impl Complaints {
             .call("resolve", self.store.resolve(id, outcome, reply, at))
             .await?
         {
-            Resolved::Done(c) => {
+            Closed::Done(c) => {
                 let in_time = if c.due_at >= at { "yes" } else { "no" };
                 metrics()
                     .complaints_resolved
@@ -444,8 +445,8 @@ impl Complaints {
                     .inc();
                 Ok(*c)
             }
-            Resolved::AlreadyResolved(_) => Err(ComplaintError::AlreadyResolved),
-            Resolved::NotFound => Err(ComplaintError::NotFound),
+            Closed::Already => Err(ComplaintError::AlreadyResolved),
+            Closed::Missing => Err(ComplaintError::NotFound),
         }
     }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
 use super::{Complaint, ListFilter, Outcome, Status, TypeCounts};
+use crate::pg::Closed;
 
 /// Complaints the memory store keeps at most; past it the oldest resolved ones go first.
 pub const MEMORY_CAPACITY: usize = 100_000;
@@ -30,13 +31,6 @@ impl From<crate::pg::PgError> for StoreError {
     fn from(e: crate::pg::PgError) -> Self {
         Self::Backend(e.0)
     }
-}
-
-/// What a resolve did.
-pub enum Resolved {
-    Done(Box<Complaint>),
-    AlreadyResolved(Box<Complaint>),
-    NotFound,
 }
 
 pub enum Store {
@@ -113,21 +107,21 @@ impl Store {
         outcome: Outcome,
         reply: &str,
         at: DateTime<Utc>,
-    ) -> Result<Resolved, StoreError> {
+    ) -> Result<Closed<Complaint>, StoreError> {
         match self {
             Store::Memory(m) => {
                 let mut m = m.lock().await;
                 let Some(c) = m.get_mut(id) else {
-                    return Ok(Resolved::NotFound);
+                    return Ok(Closed::Missing);
                 };
                 if c.status == Status::Resolved {
-                    return Ok(Resolved::AlreadyResolved(Box::new(c.clone())));
+                    return Ok(Closed::Already);
                 }
                 c.status = Status::Resolved;
                 c.outcome = Some(outcome);
                 c.reply = Some(reply.to_string());
                 c.resolved_at = Some(at);
-                Ok(Resolved::Done(Box::new(c.clone())))
+                Ok(Closed::Done(Box::new(c.clone())))
             }
             Store::Postgres(pg) => pg.resolve(id, outcome, reply, at).await,
         }
@@ -304,7 +298,7 @@ impl PgStore {
         outcome: Outcome,
         reply: &str,
         at: DateTime<Utc>,
-    ) -> Result<Resolved, StoreError> {
+    ) -> Result<Closed<Complaint>, StoreError> {
         let db = self.client().await?;
         // One statement: of two operators resolving at once, one wins and the other is told.
         let row = db
@@ -318,11 +312,11 @@ impl PgStore {
             )
             .await?;
         if let Some(r) = row {
-            return Ok(Resolved::Done(Box::new(from_row(&r)?)));
+            return Ok(Closed::Done(Box::new(from_row(&r)?)));
         }
         Ok(match self.get(id).await? {
-            Some(c) => Resolved::AlreadyResolved(Box::new(c)),
-            None => Resolved::NotFound,
+            Some(_) => Closed::Already,
+            None => Closed::Missing,
         })
     }
 

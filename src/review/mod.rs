@@ -24,8 +24,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::pg::Closed;
 pub use config::{ReviewConfig, StoreKind};
-use store::{Decided, Store, StoreError};
+use store::{Store, StoreError};
 
 use crate::audit::{Record, RecordKind};
 use crate::metrics::metrics;
@@ -265,15 +266,15 @@ impl Review {
             )
             .await?
         {
-            Decided::Done(item) => {
+            Closed::Done(item) => {
                 metrics()
                     .review_verdicts
                     .with_label_values(&[verdict.as_str()])
                     .inc();
                 Ok(*item)
             }
-            Decided::AlreadyReviewed => Err(ReviewError::AlreadyReviewed),
-            Decided::NotFound => Err(ReviewError::NotFound),
+            Closed::Already => Err(ReviewError::AlreadyReviewed),
+            Closed::Missing => Err(ReviewError::NotFound),
         }
     }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
 use super::{Item, ListFilter, Status, Verdict};
+use crate::pg::Closed;
 
 #[derive(Debug, thiserror::Error)]
 #[error("review store: {0}")]
@@ -22,13 +23,6 @@ impl From<crate::pg::PgError> for StoreError {
     fn from(e: crate::pg::PgError) -> Self {
         Self(e.0)
     }
-}
-
-/// What a verdict did.
-pub enum Decided {
-    Done(Box<Item>),
-    AlreadyReviewed,
-    NotFound,
 }
 
 pub struct Memory {
@@ -105,21 +99,21 @@ impl Store {
         verdict: Verdict,
         note: Option<&str>,
         at: DateTime<Utc>,
-    ) -> Result<Decided, StoreError> {
+    ) -> Result<Closed<Item>, StoreError> {
         match self {
             Store::Memory(m) => {
                 let mut map = m.items.lock().await;
                 let Some(i) = map.get_mut(id) else {
-                    return Ok(Decided::NotFound);
+                    return Ok(Closed::Missing);
                 };
                 if i.status == Status::Reviewed {
-                    return Ok(Decided::AlreadyReviewed);
+                    return Ok(Closed::Already);
                 }
                 i.status = Status::Reviewed;
                 i.verdict = Some(verdict);
                 i.note = note.map(str::to_string);
                 i.reviewed_at = Some(at);
-                Ok(Decided::Done(Box::new(i.clone())))
+                Ok(Closed::Done(Box::new(i.clone())))
             }
             Store::Postgres(pg) => pg.decide(id, verdict, note, at).await,
         }
@@ -290,7 +284,7 @@ impl PgStore {
         verdict: Verdict,
         note: Option<&str>,
         at: DateTime<Utc>,
-    ) -> Result<Decided, StoreError> {
+    ) -> Result<Closed<Item>, StoreError> {
         let db = self.client().await?;
         // One statement: of two monitors deciding at once, one wins and the other is told.
         let row = db
@@ -304,11 +298,11 @@ impl PgStore {
             )
             .await?;
         if let Some(r) = row {
-            return Ok(Decided::Done(Box::new(from_row(&r)?)));
+            return Ok(Closed::Done(Box::new(from_row(&r)?)));
         }
         Ok(match self.get(id).await? {
-            Some(_) => Decided::AlreadyReviewed,
-            None => Decided::NotFound,
+            Some(_) => Closed::Already,
+            None => Closed::Missing,
         })
     }
 
