@@ -6,7 +6,10 @@
 mod support;
 
 use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
 use support::*;
+use tokio::sync::Notify;
 
 const ANSWER: &str = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"好的"},"finish_reason":"stop"}]}"#;
 
@@ -277,12 +280,7 @@ async fn streamed_answers_are_classified_at_their_end_when_asked() {
         body.contains("一个暴") && body.contains("力的故事"),
         "{body}"
     );
-    let finishes: Vec<Value> = body
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter(|v| !v["choices"][0]["finish_reason"].is_null())
-        .collect();
+    let finishes = finishes(&body);
     assert_eq!(
         finishes.last().unwrap()["choices"][0]["finish_reason"],
         "content_filter",
@@ -290,6 +288,20 @@ async fn streamed_answers_are_classified_at_their_end_when_asked() {
     );
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
     assert_eq!(body.matches("[DONE]").count(), 1, "{body}");
+    assert_stopped_by_classifier(&p).await;
+}
+
+/// The chunks of a chat stream that carry a finish reason.
+fn finishes(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| !v["choices"][0]["finish_reason"].is_null())
+        .collect()
+}
+
+/// The audit records hold the classifier's block of a streamed answer, which stopped it.
+async fn assert_stopped_by_classifier(p: &Proxy) {
     let recs = p.records(2).await;
     assert!(
         recs.iter().any(|r| r["detector"] == "classifier"
@@ -347,4 +359,117 @@ async fn a_clean_streamed_anthropic_answer_stays_byte_identical_with_the_end_che
         .filter(|r| r.json()["direction"] == "completion")
         .count();
     assert_eq!(answers, 1);
+}
+
+/// A long streamed chat answer through shenhe with `classifier.streams` and a check every 200
+/// characters: 300 events of five characters, `violent` placing 暴力 in the 50th, then the model
+/// server waits on `gate`.
+async fn long_stream(violent: bool, gate: Arc<Notify>) -> (Upstream, Upstream, Proxy) {
+    let mut writes: Vec<String> = (0..300).map(|_| chat_chunk("平静的文字")).collect();
+    if violent {
+        writes[50] = chat_chunk("一段暴力的");
+    }
+    let mut script = Script::sse_writes(writes);
+    script.steps.push(Step::Gate(gate));
+    script
+        .steps
+        .push(Step::Write(bytes::Bytes::from(chat_finish())));
+    let up = Upstream::fixed(script).await;
+    let cls = classifier().await;
+    let config = format!(
+        "{}  streams: true\n  stream_check_chars: 200\n",
+        yaml(&cls.base_url(), "closed")
+    );
+    let p = proxy(&up.base_url(), &config).await;
+    (up, cls, p)
+}
+
+fn stream_request(p: &Proxy) -> reqwest::RequestBuilder {
+    client()
+        .post(p.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-user-id", "grace")
+        .body(
+            json!({"model": "m", "stream": true,
+                "messages": [{"role": "user", "content": "讲个长故事"}]})
+            .to_string(),
+        )
+}
+
+#[tokio::test]
+async fn a_long_streamed_answer_is_checked_while_it_flows_and_stopped_before_its_end() {
+    let gate = Arc::new(Notify::new());
+    let (up, cls, p) = long_stream(true, gate.clone()).await;
+    let disconnected = up.disconnected.notified();
+    // The model server never ends this answer (the gate stays shut): only a check made while
+    // it flows can end it.
+    let body = tokio::time::timeout(Duration::from_secs(10), async {
+        stream_request(&p)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("the stream was stopped while it flowed");
+    let finishes = finishes(&body);
+    assert_eq!(finishes.len(), 1, "{body}");
+    assert_eq!(
+        finishes[0]["choices"][0]["finish_reason"], "content_filter",
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    // Generation stopped: the model server saw the request closed.
+    tokio::time::timeout(Duration::from_secs(5), disconnected)
+        .await
+        .expect("the model server sees the request closed");
+    // The classifier saw the answer so far (with the violent event), not the whole of it.
+    let checks: Vec<String> = cls
+        .requests()
+        .iter()
+        .map(|r| r.json())
+        .filter(|v| v["direction"] == "completion")
+        .map(|v| v["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(checks.iter().any(|t| t.contains("暴力")), "{checks:?}");
+    assert!(
+        checks.iter().all(|t| t.chars().count() < 1500),
+        "{checks:?}"
+    );
+    assert_stopped_by_classifier(&p).await;
+}
+
+#[tokio::test]
+async fn a_clean_long_streamed_answer_is_checked_while_it_flows_and_stays_byte_identical() {
+    let gate = Arc::new(Notify::new());
+    let (_up, cls, p) = long_stream(false, gate.clone()).await;
+    let mut resp = stream_request(&p).send().await.unwrap();
+    let mut body = Vec::new();
+    // Read until all 300 events are through (the model server then waits on the gate).
+    let expected_text: String = (0..300).map(|_| chat_chunk("平静的文字")).collect();
+    while body.len() < expected_text.len() {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("the text flows while it is checked")
+            .unwrap()
+            .expect("the stream goes on");
+        body.extend_from_slice(&chunk);
+    }
+    let during = cls
+        .requests()
+        .iter()
+        .filter(|r| r.json()["direction"] == "completion")
+        .count();
+    assert!(during >= 2, "checked while it flowed: {during} checks");
+    gate.notify_one();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let expected = format!("{expected_text}{}", chat_finish());
+    assert_eq!(String::from_utf8(body).unwrap(), expected);
+    // The check at the end saw the whole answer (its last max_chars).
+    let last = cls.requests().last().unwrap().json();
+    assert_eq!(last["text"].as_str().unwrap().chars().count(), 1500);
 }

@@ -169,6 +169,8 @@ async fn policy(State(s): State<AdminState>) -> Response {
         "format": cl.format,
         "threshold": cl.threshold,
         "answers": cl.answers,
+        "streams": cl.streams,
+        "stream_check_chars": cl.stream_check_chars,
         "on_error": cl.on_error,
         "categories": cl.categories,
     });

@@ -54,6 +54,11 @@ pub struct ClassifierConfig {
     /// ends the stream with `finish_reason: content_filter` instead (the client withdraws what
     /// it showed). Default false.
     pub streams: bool,
+    /// With `streams`: also check a streamed answer while it flows, each time this many more
+    /// characters have been released (the answer so far, its last `max_chars`), beside the stream
+    /// without pausing it; a `block` verdict stops generation at once, as the keyword policy
+    /// does. The check at the end still decides. 0: only at the end. Default 1,000.
+    pub stream_check_chars: usize,
 }
 
 impl Default for ClassifierConfig {
@@ -71,6 +76,7 @@ impl Default for ClassifierConfig {
             max_chars: 20_000,
             answers: false,
             streams: false,
+            stream_check_chars: 1_000,
         }
     }
 }
@@ -115,6 +121,12 @@ impl ClassifierConfig {
         if !(1..=1_000_000).contains(&self.max_chars) {
             out.push(issue("max_chars", "must be between 1 and 1000000"));
         }
+        if self.stream_check_chars > 1_000_000 {
+            out.push(issue(
+                "stream_check_chars",
+                "must be between 0 (only at the end) and 1000000",
+            ));
+        }
         if let Some(v) = &self.api_key_env {
             if v.is_empty() {
                 out.push(issue("api_key_env", "the name of an environment variable"));
@@ -136,6 +148,7 @@ mod tests {
             url: "https://classifier.example/v1".into(),
             threshold: 1.5,
             timeout: HumanDuration::from_secs(0),
+            stream_check_chars: 2_000_000,
             ..ClassifierConfig::default()
         };
         let paths: Vec<String> = cfg.validate().into_iter().map(|i| i.path).collect();
@@ -144,7 +157,8 @@ mod tests {
             [
                 "classifier.url",
                 "classifier.timeout",
-                "classifier.threshold"
+                "classifier.threshold",
+                "classifier.stream_check_chars"
             ]
         );
     }

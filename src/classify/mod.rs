@@ -40,6 +40,7 @@ pub struct Classifier {
     max_chars: usize,
     answers: bool,
     streams: bool,
+    stream_check_chars: usize,
 }
 
 /// Why the classifier gave no verdict.
@@ -81,12 +82,23 @@ impl Classifier {
             max_chars: cfg.max_chars,
             answers: cfg.answers,
             streams: cfg.streams,
+            stream_check_chars: cfg.stream_check_chars,
         })))
     }
 
     /// Whether streamed answers are classified at their end.
     pub fn judges_streams(&self) -> bool {
         self.streams
+    }
+
+    /// With `judges_streams`: characters released between two checks of a streamed answer while
+    /// it flows (0: only at its end).
+    pub fn stream_check_chars(&self) -> usize {
+        if self.streams {
+            self.stream_check_chars
+        } else {
+            0
+        }
     }
 
     /// Most characters of a text sent (its end).
@@ -214,11 +226,15 @@ pub fn summary(cfg: &ClassifierConfig) -> String {
         Failure::Closed => "closed",
         Failure::Open => "open",
     };
+    let streamed = match cfg.stream_check_chars {
+        0 => "streamed answers at their end".to_string(),
+        n => format!("streamed answers every {n} characters and at their end"),
+    };
     let what = match (cfg.answers, cfg.streams) {
-        (false, false) => "prompts",
-        (true, false) => "prompts and whole answers",
-        (false, true) => "prompts and streamed answers",
-        (true, true) => "prompts and answers",
+        (false, false) => "prompts".to_string(),
+        (true, false) => "prompts and whole answers".to_string(),
+        (false, true) => format!("prompts and {streamed}"),
+        (true, true) => format!("prompts, whole answers and {streamed}"),
     };
     format!(
         "{} ({format}), {what}, threshold {}, timeout {}, fails {on_error}",

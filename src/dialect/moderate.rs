@@ -455,6 +455,63 @@ fn guarded_response<C: crate::stream::guard::EventCodec>(
     ctx.streaming(status, headers, body, true)
 }
 
+/// The classifier's verdict on a streamed answer's texts (each channel's, its last `max_chars`):
+/// at its `end`, or so far while it flows.
+async fn classify_streamed(
+    c: Arc<crate::classify::Classifier>,
+    policy: Arc<Policy>,
+    rid: String,
+    texts: Vec<(crate::stream::guard::ChannelKey, String)>,
+    end: bool,
+) -> EndVerdict {
+    let (mut findings, mut block) = (Vec::new(), None);
+    for (channel, text) in texts {
+        if text.trim().is_empty() {
+            continue;
+        }
+        let scores = match c.scores(&text, Direction::Completion, &rid).await {
+            Ok(s) => s,
+            Err(e) if !end => {
+                tracing::warn!(request_id = %rid, error = %e, "Classifier failed on a stream while it flowed: the check at its end decides");
+                return EndVerdict::Fail(e.to_string());
+            }
+            Err(e) if c.fails_open() => {
+                tracing::warn!(request_id = %rid, error = %e, "Classifier failed on a stream: ending it on the keyword verdict (classifier.on_error: open)");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %rid, error = %e, "Classifier failed on a stream: ending it with an error (classifier.on_error: closed)");
+                return EndVerdict::Fail("the answer could not be checked".into());
+            }
+        };
+        let len = text.len();
+        let found = c.findings(&policy, Direction::Completion, &scores, len);
+        if !end && !found.iter().any(|f| f.action == Action::Block) {
+            // While the answer flows only a block counts; its end records the rest once.
+            continue;
+        }
+        for f in found {
+            metrics()
+                .decisions
+                .with_label_values(&["completion", &f.category, f.action.as_str()])
+                .inc();
+            if block.is_none() && f.action == Action::Block {
+                block = Some(f.category.clone());
+            }
+            findings.push(StreamFinding {
+                finding: f,
+                channel,
+                context: text.clone(),
+                context_span: 0..len,
+            });
+        }
+    }
+    match block {
+        Some(category) => EndVerdict::Block(category, findings),
+        None => EndVerdict::Pass(findings),
+    }
+}
+
 /// Records what a guarded stream decided.
 struct StreamReporter {
     decisions: Arc<Mutex<Vec<String>>>,
@@ -475,49 +532,36 @@ impl Reporter for StreamReporter {
         &mut self,
         texts: Vec<(crate::stream::guard::ChannelKey, String)>,
     ) -> Pin<Box<dyn Future<Output = EndVerdict> + Send + '_>> {
-        Box::pin(async move {
-            let Some(c) = self.classifier.clone() else {
-                return EndVerdict::Pass(Vec::new());
-            };
-            let rid = self.rec.request_id.clone();
-            let (mut findings, mut block) = (Vec::new(), None);
-            for (channel, text) in texts {
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let scores = match c.scores(&text, Direction::Completion, &rid).await {
-                    Ok(s) => s,
-                    Err(e) if c.fails_open() => {
-                        tracing::warn!(request_id = %rid, error = %e, "Classifier failed on a stream: ending it on the keyword verdict (classifier.on_error: open)");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(request_id = %rid, error = %e, "Classifier failed on a stream: ending it with an error (classifier.on_error: closed)");
-                        return EndVerdict::Fail("the answer could not be checked".into());
-                    }
-                };
-                let len = text.len();
-                for f in c.findings(&self.policy, Direction::Completion, &scores, len) {
-                    metrics()
-                        .decisions
-                        .with_label_values(&["completion", &f.category, f.action.as_str()])
-                        .inc();
-                    if block.is_none() && f.action == Action::Block {
-                        block = Some(f.category.clone());
-                    }
-                    findings.push(StreamFinding {
-                        finding: f,
-                        channel,
-                        context: text.clone(),
-                        context_span: 0..len,
-                    });
-                }
-            }
-            match block {
-                Some(category) => EndVerdict::Block(category, findings),
-                None => EndVerdict::Pass(findings),
-            }
-        })
+        match self.classifier.clone() {
+            Some(c) => Box::pin(classify_streamed(
+                c,
+                self.policy.clone(),
+                self.rec.request_id.clone(),
+                texts,
+                true,
+            )),
+            None => Box::pin(async { EndVerdict::Pass(Vec::new()) }),
+        }
+    }
+
+    fn check_every(&self) -> usize {
+        self.classifier
+            .as_ref()
+            .map_or(0, |c| c.stream_check_chars())
+    }
+
+    fn check_so_far(
+        &mut self,
+        texts: Vec<(crate::stream::guard::ChannelKey, String)>,
+    ) -> Option<crate::stream::CheckFuture> {
+        let c = self.classifier.clone()?;
+        Some(Box::pin(classify_streamed(
+            c,
+            self.policy.clone(),
+            self.rec.request_id.clone(),
+            texts,
+            false,
+        )))
     }
 
     fn report<'a>(

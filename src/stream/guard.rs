@@ -193,6 +193,8 @@ struct EndCheck {
     /// Bytes of text (all channels) a passing verdict has seen: an end with nothing new after
     /// it (the terminal event after a choice's finish) is not checked again.
     checked: usize,
+    /// Characters released so far, all channels (when to check the answer while it flows).
+    released_chars: usize,
 }
 
 impl EndCheck {
@@ -204,6 +206,7 @@ impl EndCheck {
             }
             let kept = &mut self.kept[*ci];
             kept.push_str(t);
+            self.released_chars += t.chars().count();
             // Trim now and then, not per event: keep the last `keep_chars` characters.
             if kept.len() > self.keep_chars.saturating_mul(8) {
                 let cut = kept
@@ -258,7 +261,13 @@ impl<C: EventCodec> Guard<C> {
             passed: 0,
             settled: false,
             checked: 0,
+            released_chars: 0,
         }));
+    }
+
+    /// With `hold_end_for_verdict`: characters released so far, all channels.
+    pub fn released_chars(&self) -> usize {
+        self.end_check.as_ref().map_or(0, |c| c.released_chars)
     }
 
     /// Bytes of text pushed so far, all channels.
@@ -327,20 +336,33 @@ impl<C: EventCodec> Guard<C> {
                     self.finished = true;
                 }
             }
-            EndVerdict::Block(category, findings) => {
-                self.findings.extend(findings);
-                self.queue.clear();
-                metrics().stream_stops.with_label_values(&[&category]).inc();
-                out.extend(self.codec.stop(&category, self.notice.as_deref()));
-                self.stopped = Some(StopReason::Blocked { category });
-                self.finished = true;
-            }
+            EndVerdict::Block(category, findings) => self.block(category, findings, out),
             EndVerdict::Fail(message) => {
                 self.queue.clear();
                 out.extend(self.codec.fault(&message));
                 self.finished = true;
             }
         }
+    }
+
+    /// Stop the stream now on a verdict about its text made beside it (the classifier's, while
+    /// the answer flows): what is held is dropped, the API's stop goes out, nothing more is
+    /// accepted. The text already released stays.
+    pub fn block(
+        &mut self,
+        category: Arc<str>,
+        findings: Vec<StreamFinding>,
+        out: &mut Vec<Bytes>,
+    ) {
+        if self.finished {
+            return;
+        }
+        self.findings.extend(findings);
+        self.queue.clear();
+        metrics().stream_stops.with_label_values(&[&category]).inc();
+        out.extend(self.codec.stop(&category, self.notice.as_deref()));
+        self.stopped = Some(StopReason::Blocked { category });
+        self.finished = true;
     }
 
     /// Findings so far (each is reported once; `take_findings` drains them).

@@ -34,6 +34,28 @@ pub trait Reporter: Send + 'static {
     ) -> Pin<Box<dyn Future<Output = EndVerdict> + Send + '_>> {
         Box::pin(async { EndVerdict::Pass(Vec::new()) })
     }
+
+    /// Characters released between two checks of the answer while it flows
+    /// (`check_so_far`); 0: none. Read once, when the stream starts.
+    fn check_every(&self) -> usize {
+        0
+    }
+
+    /// A check of the answer so far, run beside the stream (it owns what it needs: the stream
+    /// goes on and the reporter keeps reporting while it runs). Only its `Block` counts; a pass
+    /// or a failure leaves the decision to the check at the end.
+    fn check_so_far(&mut self, _texts: Vec<(guard::ChannelKey, String)>) -> Option<CheckFuture> {
+        None
+    }
+}
+
+/// A check of a streamed answer so far (`Reporter::check_so_far`).
+pub type CheckFuture = Pin<Box<dyn Future<Output = EndVerdict> + Send + 'static>>;
+
+/// What the guarded body's loop woke up for.
+enum Woke<T> {
+    Upstream(Option<T>),
+    Checked(EndVerdict),
 }
 
 /// Why an upstream body ended early, as the guarded body needs to know it.
@@ -47,6 +69,11 @@ struct State<C: EventCodec, S, R: Reporter> {
     guard: Guard<C>,
     reporter: R,
     done: bool,
+    /// The check of the answer so far that is running, if any.
+    check: Option<CheckFuture>,
+    /// Characters between checks while the answer flows (0: none), and where the last began.
+    check_every: usize,
+    checked_at: usize,
 }
 
 impl<C: EventCodec, S, R: Reporter> Drop for State<C, S, R> {
@@ -70,12 +97,16 @@ where
     E: Fault + Send + 'static,
     R: Reporter,
 {
+    let check_every = reporter.check_every();
     let state = State {
         upstream: Some(Box::pin(upstream)),
         framer: SseFramer::new(),
         guard,
         reporter,
         done: false,
+        check: None,
+        check_every,
+        checked_at: 0,
     };
     futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -84,9 +115,30 @@ where
             }
             let mut out = Vec::new();
             let up = st.upstream.as_mut()?;
-            let next = up.next().await;
+            let woke = match st.check.as_mut() {
+                None => Woke::Upstream(up.next().await),
+                Some(check) => tokio::select! {
+                    biased;
+                    verdict = check => Woke::Checked(verdict),
+                    next = up.next() => Woke::Upstream(next),
+                },
+            };
             let arrived = Instant::now();
+            let next = match woke {
+                Woke::Upstream(next) => next,
+                Woke::Checked(EndVerdict::Block(category, findings)) => {
+                    st.check = None;
+                    st.guard.block(category, findings, &mut out);
+                    None
+                }
+                Woke::Checked(_) => {
+                    // Passed, or could not be made: the check at the end decides. Read on.
+                    st.check = None;
+                    continue;
+                }
+            };
             match next {
+                _ if st.guard.is_done() => {}
                 Some(Ok(chunk)) => match st.framer.push(&chunk) {
                     Ok(events) => {
                         for ev in events {
@@ -120,6 +172,8 @@ where
                 }
             }
             if st.guard.awaiting_verdict() {
+                // The whole answer is checked now: a check of part of it is moot.
+                st.check = None;
                 let texts = st.guard.released_texts();
                 let verdict = st.reporter.verdict(texts).await;
                 st.guard.conclude(verdict, &mut out);
@@ -133,6 +187,13 @@ where
                         .observe(arrived.elapsed().as_secs_f64());
                 }
                 st.done = true;
+            }
+            if st.check_every > 0 && st.check.is_none() && !st.guard.is_done() {
+                let released = st.guard.released_chars();
+                if released >= st.checked_at + st.check_every {
+                    st.checked_at = released;
+                    st.check = st.reporter.check_so_far(st.guard.released_texts());
+                }
             }
             let findings = st.guard.take_findings();
             if !findings.is_empty() || st.guard.stopped().is_some() {
