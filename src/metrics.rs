@@ -192,7 +192,7 @@ impl Metrics {
             complaints_store_errors: counter_vec(&reg, "shenhe_complaints_store_errors_total", "Complaint store calls that failed or timed out, by operation.", &["op"]),
             pi_requests: counter_vec(&reg, "shenhe_pi_requests_total", "Personal-information requests (Interim Measures Art. 11) served through the admin API, by type: access (a user's records read or exported), delete (a user's records erased).", &["type"]),
             review_items: counter_vec(&reg, "shenhe_review_items_total", "Decisions offered to the monitors' review queue, by outcome: queued, or dropped (the queue in front of the store was full).", &["outcome"]),
-            review_verdicts: counter_vec(&reg, "shenhe_review_verdicts_total", "Monitors' verdicts on review items: confirmed (a violation), dismissed (a false positive).", &["verdict"]),
+            review_verdicts: counter_vec(&reg, "shenhe_review_verdicts_total", "Monitors' verdicts on review items by category: confirmed (a violation), dismissed (a false positive).", &["verdict", "category"]),
             review_queue_depth: gauge(&reg, "shenhe_review_queue_depth", "Review items waiting for a monitor, read from the store at each scrape (the same on every replica)."),
             review_oldest_age: gauge(&reg, "shenhe_review_oldest_age_seconds", "Age of the oldest review item waiting for a monitor, read from the store at each scrape; 0 when none waits."),
             review_store_errors: counter_vec(&reg, "shenhe_review_store_errors_total", "Review store calls that failed or timed out, by operation.", &["op"]),

@@ -48,6 +48,7 @@ pub fn router(app: Arc<AppState>, shutdown: Shutdown) -> Router {
         .route("/admin/complaints/{id}", get(complaints::show))
         .route("/admin/complaints/{id}/resolve", post(complaints::resolve))
         .route("/admin/review", get(review::list))
+        .route("/admin/review/stats", get(review::stats))
         .route("/admin/review/{id}", get(review::show).post(review::decide))
         .with_state(AdminState { app, shutdown })
 }
@@ -184,7 +185,11 @@ async fn policy(State(s): State<AdminState>) -> Response {
             "time_limit": t.sla.to_string(),
         }))).collect::<serde_json::Map<_, _>>(),
     });
-    body["review"] = json!({"enabled": c.review.enabled, "actions": c.review.actions});
+    body["review"] = json!({
+        "enabled": c.review.enabled,
+        "actions": c.review.actions,
+        "confirmed_strikes": c.review.confirmed_strikes,
+    });
     let en = &c.enforce;
     body["enforce"] = json!({
         "enabled": en.enabled,

@@ -101,24 +101,147 @@ pub async fn decide(
     };
     match r.decide(&id, b.verdict, b.note).await {
         Ok(item) => {
-            record(&s, &item).await;
-            Json(item).into_response()
+            let struck = if item.verdict == Some(Verdict::Confirmed) && r.confirmed_strikes() {
+                strike(&s, &item).await
+            } else {
+                None
+            };
+            record(&s, &item, struck.as_deref()).await;
+            let mut body = json!(item);
+            body["strike"] = json!(struck);
+            Json(body).into_response()
         }
         Err(e) => failed(e),
     }
 }
 
+/// A confirmed violation counts against its user (`review.confirmed_strikes`, with `enforce`
+/// on), once per request; a suspension it begins is a sanction record. What was done, for the
+/// verdict's record and answer.
+async fn strike(s: &AdminState, item: &Item) -> Option<String> {
+    let (Some(enf), Some(user)) = (s.app.records.enforcer.as_ref(), item.user.as_deref()) else {
+        return None;
+    };
+    let request = item.request_id.as_deref().unwrap_or(&item.id);
+    let now = crate::enforce::Enforcer::now_ms();
+    let Some(detail) = enf.strike(user, request, now).await else {
+        return Some("counted".into());
+    };
+    let mut r = crate::audit::Record::sanction(request, detail.clone());
+    r.user = Some(user.to_string());
+    r.content_id = item.content_id.clone();
+    if let Err(e) = s.app.records.auditor.record(r).await {
+        tracing::warn!(item = %item.id, error = %e, "Audit record of a sanction not written");
+    }
+    Some(detail)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// Items from this many days back (default 30, at most 3,650).
+    days: Option<u32>,
+}
+
+/// How monitors judged what each category, detector and keyword found (TC260-003 §7: improve
+/// the service from what they see): per category, the share confirmed; per keyword, how often it
+/// was dismissed as a false positive, with the term from the running policy and the dismissed
+/// items (whose excerpts show the benign phrase an allow entry would name).
+pub async fn stats(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<StatsQuery>,
+) -> Response {
+    let r = match service(&s, &headers) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let days = q.days.unwrap_or(30);
+    if !(1..=3650).contains(&days) {
+        return admin_error(StatusCode::BAD_REQUEST, "days is between 1 and 3650");
+    }
+    let since = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+    let rows = match r.tally(since).await {
+        Ok(rows) => rows,
+        Err(e) => return failed(e),
+    };
+    let policy = s.app.runtime().policy.clone();
+    let version = policy.version().to_string();
+    let mut categories: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
+    for t in &rows {
+        let c = categories.entry(t.category.as_str()).or_default();
+        c[0] += t.pending;
+        c[1] += t.confirmed;
+        c[2] += t.dismissed;
+    }
+    let categories: Vec<_> = categories
+        .into_iter()
+        .map(|(id, [pending, confirmed, dismissed])| {
+            json!({
+                "category": id,
+                "pending": pending,
+                "confirmed": confirmed,
+                "dismissed": dismissed,
+                "precision": precision(confirmed, dismissed),
+            })
+        })
+        .collect();
+    let terms: Vec<_> = rows
+        .iter()
+        .filter(|t| t.detector.as_deref() == Some("keyword") && t.dismissed > 0)
+        .take(TERMS_MAX)
+        .map(|t| {
+            // The term's text only where its id is one of the running policy's.
+            let term = t
+                .term_id
+                .as_deref()
+                .filter(|_| t.policy_version.as_deref() == Some(version.as_str()))
+                .and_then(|id| id.parse::<u32>().ok())
+                .and_then(|id| policy.term(id));
+            json!({
+                "category": t.category,
+                "term_id": t.term_id,
+                "term": term,
+                "policy_version": t.policy_version,
+                "confirmed": t.confirmed,
+                "dismissed": t.dismissed,
+                "pending": t.pending,
+                "precision": precision(t.confirmed, t.dismissed),
+                "dismissed_examples": t.dismissed_examples,
+            })
+        })
+        .collect();
+    Json(json!({
+        "days": days,
+        "policy_version": version,
+        "categories": categories,
+        "dismissed_terms": terms,
+        "rows": rows,
+    }))
+    .into_response()
+}
+
+/// Keywords listed in `dismissed_terms` at most (most dismissed first).
+const TERMS_MAX: usize = 100;
+
+/// Confirmed among judged items, or null before any was judged.
+fn precision(confirmed: u64, dismissed: u64) -> Option<f64> {
+    let judged = confirmed + dismissed;
+    (judged > 0).then(|| confirmed as f64 / judged as f64)
+}
+
 /// The audit record of a verdict: linked to the decision's request and user.
-async fn record(s: &AdminState, item: &Item) {
+async fn record(s: &AdminState, item: &Item, strike: Option<&str>) {
     let mut r = crate::audit::Record::new(crate::audit::RecordKind::Admin);
     r.request_id = item.request_id.clone();
     r.content_id = item.content_id.clone();
     r.user = item.user.clone();
     r.category = Some(item.category.clone());
     r.detail = Some(format!(
-        "review {} verdict={}",
+        "review {} verdict={}{}",
         item.id,
-        item.verdict.map_or("-", Verdict::as_str)
+        item.verdict.map_or("-", Verdict::as_str),
+        strike.map_or(String::new(), |s| format!(" strike={s}"))
     ));
     if let Err(e) = s.app.records.auditor.record(r).await {
         tracing::warn!(item = %item.id, error = %e, "Audit record of a review verdict not written");

@@ -220,6 +220,16 @@ impl Record {
         }
     }
 
+    /// An action on a user (`enforce`) caused by request `request_id`; `detail` says what was
+    /// done.
+    pub fn sanction(request_id: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            request_id: Some(request_id.into()),
+            detail: Some(detail.into()),
+            ..Self::new(RecordKind::Sanction)
+        }
+    }
+
     /// The erasure of a user's records; `user` is the pseudonymous id.
     pub fn erasure(user: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {

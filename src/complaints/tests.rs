@@ -58,14 +58,16 @@ fn about(kind: &str, content_id: &str) -> NewComplaint {
 }
 
 pub async fn drop_table(table: &str) {
+    run_sql(&format!("DROP TABLE IF EXISTS {table}")).await;
+}
+
+/// Run `sql` on the test database (set-up and clean-up of the store tests).
+pub async fn run_sql(sql: &str) {
     let (client, conn) = tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls)
         .await
         .expect("PostgreSQL reachable");
     tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-        .await
-        .expect("drop test table");
+    client.batch_execute(sql).await.expect("test SQL runs");
 }
 
 /// Everything a complaint goes through, on one store.

@@ -40,6 +40,10 @@ pub struct ReviewConfig {
     /// end of the prompt (PII-masked, at most `SAMPLE_CHARS` characters), so monitors also see
     /// what passes. 0 (the default) to 1.
     pub sample_rate: f64,
+    /// A `confirmed` verdict counts a strike against the item's user, as a `block` decision
+    /// does (with `enforce` on; once per request: a request already struck is not struck
+    /// again). Default true: a violation a monitor confirms is one.
+    pub confirmed_strikes: bool,
     /// Items waiting in this process for the store; past it new items are dropped and counted
     /// (`shenhe_review_dropped_total`), never holding a request up. Default 10,000.
     pub queue_capacity: usize,
@@ -58,6 +62,7 @@ impl Default for ReviewConfig {
             store_timeout: HumanDuration::from_secs(2),
             actions: vec![Action::Flag],
             sample_rate: 0.0,
+            confirmed_strikes: true,
             queue_capacity: 10_000,
             memory_items: 100_000,
         }

@@ -110,12 +110,36 @@ pub struct Item {
     pub action: String,
     /// Bounded, PII-masked window around the match, from the audit record.
     pub excerpt: Option<String>,
+    /// What found it (`keyword`, `pii:mobile`, `classifier`, …) and, for a keyword, the term's
+    /// id in the policy of `policy_version` (the term itself is read from the policy).
+    pub detector: Option<String>,
+    pub term_id: Option<String>,
     pub policy_version: Option<String>,
     pub status: Status,
     pub verdict: Option<Verdict>,
     pub note: Option<String>,
     pub reviewed_at: Option<DateTime<Utc>>,
 }
+
+/// Items counted by what found them since a time (`Review::tally`): how often a category, a
+/// detector or one keyword was confirmed by monitors or dismissed as a false positive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub category: String,
+    pub detector: Option<String>,
+    pub term_id: Option<String>,
+    pub policy_version: Option<String>,
+    pub pending: u64,
+    pub confirmed: u64,
+    pub dismissed: u64,
+    /// Up to [`TALLY_EXAMPLES`] dismissed items, newest first: where an allow phrase may be due.
+    pub dismissed_examples: Vec<String>,
+}
+
+/// Dismissed items named per tally row.
+pub const TALLY_EXAMPLES: usize = 5;
+/// Most tally rows one call returns (most dismissed first).
+pub const TALLY_MAX: usize = 10_000;
 
 /// Which items a listing returns: oldest first, so monitors work the queue in order.
 #[derive(Debug, Clone)]
@@ -140,6 +164,7 @@ pub enum ReviewError {
 /// The review service: a bounded queue in front of a writer task and a store.
 pub struct Review {
     actions: Vec<crate::policy::Action>,
+    confirmed_strikes: bool,
     sample_rate: f64,
     tx: mpsc::Sender<Item>,
     store: std::sync::Arc<Store>,
@@ -173,6 +198,7 @@ impl Review {
         tokio::spawn(writer(rx, store.clone(), timeout));
         Ok(Some(Self {
             actions: cfg.actions.clone(),
+            confirmed_strikes: cfg.confirmed_strikes,
             sample_rate: cfg.sample_rate,
             tx,
             store,
@@ -192,6 +218,11 @@ impl Review {
             let category = r.category.clone().unwrap_or_default();
             self.push(item(r, category, action.as_str()));
         }
+    }
+
+    /// Whether a `confirmed` verdict counts a strike against the item's user.
+    pub fn confirmed_strikes(&self) -> bool {
+        self.confirmed_strikes
     }
 
     /// Whether this prompt is one of the sample (`review.sample_rate`).
@@ -269,13 +300,19 @@ impl Review {
             Closed::Done(item) => {
                 metrics()
                     .review_verdicts
-                    .with_label_values(&[verdict.as_str()])
+                    .with_label_values(&[verdict.as_str(), item.category.as_str()])
                     .inc();
                 Ok(*item)
             }
             Closed::Already => Err(ReviewError::AlreadyReviewed),
             Closed::Missing => Err(ReviewError::NotFound),
         }
+    }
+
+    /// Items since `since`, counted by category, detector, term and policy version; the rows
+    /// with the most dismissals first (at most [`TALLY_MAX`]).
+    pub async fn tally(&self, since: DateTime<Utc>) -> Result<Vec<Tally>, ReviewError> {
+        self.call("tally", self.store.tally(since)).await
     }
 
     /// Art. 11 erasure of a user: their items go with their records.
@@ -314,6 +351,8 @@ fn item(r: &Record, category: String, action: &str) -> Item {
         category,
         action: action.to_string(),
         excerpt: r.excerpt.clone(),
+        detector: r.detector.clone(),
+        term_id: r.term_id.clone(),
         policy_version: r.policy_version.clone(),
         status: Status::Pending,
         verdict: None,
@@ -378,5 +417,10 @@ pub fn summary(cfg: &ReviewConfig) -> String {
     } else {
         String::new()
     };
-    format!("{store}; queues {actions} decisions{sample}")
+    let strikes = if cfg.confirmed_strikes {
+        "; a confirmed verdict is a strike (with enforce)"
+    } else {
+        ""
+    };
+    format!("{store}; queues {actions} decisions{sample}{strikes}")
 }

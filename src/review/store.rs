@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
-use super::{Item, ListFilter, Status, Verdict};
+use super::{Item, ListFilter, Status, Tally, Verdict, TALLY_EXAMPLES, TALLY_MAX};
 use crate::pg::Closed;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +119,53 @@ impl Store {
         }
     }
 
+    /// Items since `since` counted by what found them (`Review::tally`).
+    pub async fn tally(&self, since: DateTime<Utc>) -> Result<Vec<Tally>, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let map = m.items.lock().await;
+                let mut rows: BTreeMap<_, Tally> = BTreeMap::new();
+                let mut items: Vec<&Item> =
+                    map.values().filter(|i| i.created_at >= since).collect();
+                // Newest first, so each row's examples are its latest dismissals.
+                items.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+                for i in items {
+                    let key = (
+                        i.category.clone(),
+                        i.detector.clone(),
+                        i.term_id.clone(),
+                        i.policy_version.clone(),
+                    );
+                    let t = rows.entry(key).or_insert_with(|| Tally {
+                        category: i.category.clone(),
+                        detector: i.detector.clone(),
+                        term_id: i.term_id.clone(),
+                        policy_version: i.policy_version.clone(),
+                        pending: 0,
+                        confirmed: 0,
+                        dismissed: 0,
+                        dismissed_examples: Vec::new(),
+                    });
+                    match i.verdict {
+                        None => t.pending += 1,
+                        Some(Verdict::Confirmed) => t.confirmed += 1,
+                        Some(Verdict::Dismissed) => {
+                            t.dismissed += 1;
+                            if t.dismissed_examples.len() < TALLY_EXAMPLES {
+                                t.dismissed_examples.push(i.id.clone());
+                            }
+                        }
+                    }
+                }
+                let mut out: Vec<Tally> = rows.into_values().collect();
+                sort_tally(&mut out);
+                out.truncate(TALLY_MAX);
+                Ok(out)
+            }
+            Store::Postgres(pg) => pg.tally(since).await,
+        }
+    }
+
     /// Art. 11 erasure: the user's items go, as their audit records do.
     pub async fn erase_user(&self, user: &str) -> Result<u64, StoreError> {
         match self {
@@ -160,6 +207,22 @@ impl Store {
     }
 }
 
+/// Most dismissed first, then most confirmed, then by what found them (a stable order).
+fn sort_tally(rows: &mut [Tally]) {
+    rows.sort_by(|a, b| {
+        (b.dismissed, b.confirmed)
+            .cmp(&(a.dismissed, a.confirmed))
+            .then_with(|| {
+                (&a.category, &a.detector, &a.term_id, &a.policy_version).cmp(&(
+                    &b.category,
+                    &b.detector,
+                    &b.term_id,
+                    &b.policy_version,
+                ))
+            })
+    });
+}
+
 /// Review items in one PostgreSQL table (`review.table`).
 pub struct PgStore {
     conn: crate::pg::Connection,
@@ -168,7 +231,7 @@ pub struct PgStore {
 
 const COLUMNS: &str = "id, created_at, request_id, content_id, user_id, route, direction, \
                        category, action, excerpt, policy_version, status, verdict, note, \
-                       reviewed_at";
+                       reviewed_at, detector, term_id";
 
 impl PgStore {
     pub fn new(
@@ -196,6 +259,8 @@ impl PgStore {
                 note TEXT,
                 reviewed_at TIMESTAMPTZ
             );
+            ALTER TABLE {table} ADD COLUMN IF NOT EXISTS detector TEXT;
+            ALTER TABLE {table} ADD COLUMN IF NOT EXISTS term_id TEXT;
             CREATE INDEX IF NOT EXISTS {index}_pending ON {table} (created_at) WHERE status = 'pending';
             CREATE INDEX IF NOT EXISTS {index}_user ON {table} (user_id);"
         );
@@ -212,7 +277,7 @@ impl PgStore {
     async fn insert(&self, items: &[Item]) -> Result<(), StoreError> {
         let db = self.client().await?;
         let sql = format!(
-            "INSERT INTO {} ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
+            "INSERT INTO {} ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
              ON CONFLICT (id) DO NOTHING",
             self.table
         );
@@ -239,6 +304,8 @@ impl PgStore {
                         &i.verdict.map(Verdict::as_str),
                         &i.note,
                         &i.reviewed_at,
+                        &i.detector,
+                        &i.term_id,
                     ],
                 )
                 .await
@@ -306,6 +373,52 @@ impl PgStore {
         })
     }
 
+    async fn tally(&self, since: DateTime<Utc>) -> Result<Vec<Tally>, StoreError> {
+        let db = self.client().await?;
+        let examples = i32::try_from(TALLY_EXAMPLES).unwrap_or(i32::MAX);
+        let limit = i64::try_from(TALLY_MAX).unwrap_or(i64::MAX);
+        let rows = db
+            .query(
+                &format!(
+                    "SELECT category, detector, term_id, policy_version, \
+                       count(*) FILTER (WHERE status = 'pending'), \
+                       count(*) FILTER (WHERE verdict = 'confirmed'), \
+                       count(*) FILTER (WHERE verdict = 'dismissed'), \
+                       (array_agg(id ORDER BY created_at DESC, id DESC) \
+                          FILTER (WHERE verdict = 'dismissed'))[1:$2::int4] \
+                     FROM {} WHERE created_at >= $1 \
+                     GROUP BY category, detector, term_id, policy_version \
+                     ORDER BY 7 DESC, 6 DESC, category, detector, term_id, policy_version \
+                     LIMIT $3",
+                    self.table
+                ),
+                &[&since, &examples, &limit],
+            )
+            .await?;
+        let count = |r: &tokio_postgres::Row, i| -> Result<u64, StoreError> {
+            let n: i64 = r.try_get(i)?;
+            Ok(n.max(0) as u64)
+        };
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(Tally {
+                    category: r.try_get(0)?,
+                    detector: r.try_get(1)?,
+                    term_id: r.try_get(2)?,
+                    policy_version: r.try_get(3)?,
+                    pending: count(r, 4)?,
+                    confirmed: count(r, 5)?,
+                    dismissed: count(r, 6)?,
+                    dismissed_examples: r.try_get::<_, Option<Vec<String>>>(7)?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // NULLs sort last in PostgreSQL and first in Rust: one order for both stores.
+        sort_tally(&mut out);
+        Ok(out)
+    }
+
     async fn pending_counts(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
         let db = self.client().await?;
         let row = db
@@ -336,6 +449,8 @@ fn from_row(r: &tokio_postgres::Row) -> Result<Item, StoreError> {
         category: r.try_get("category")?,
         action: r.try_get("action")?,
         excerpt: r.try_get("excerpt")?,
+        detector: r.try_get("detector")?,
+        term_id: r.try_get("term_id")?,
         policy_version: r.try_get("policy_version")?,
         status: Status::parse(&status)
             .ok_or_else(|| StoreError(format!("unknown status `{status}`")))?,

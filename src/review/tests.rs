@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::audit::{Action, Direction, Record};
-use crate::complaints::tests::{drop_table, test_database_url};
+use crate::complaints::tests::{drop_table, run_sql, test_database_url};
 
 fn unique_table() -> String {
     format!("shenhe_review_test_{:016x}", rand::random::<u64>())
@@ -176,4 +176,109 @@ async fn a_store_that_cannot_be_reached_holds_items_and_drops_past_the_queue() {
         .await,
         Err(ReviewError::Store(_))
     ));
+}
+
+/// A keyword decision on term `term` of policy `p-1`, `ms_ago`.
+fn keyword(request: &str, term: &str, ms_ago: i64) -> Record {
+    Record {
+        detector: Some("keyword".into()),
+        term_id: Some(term.into()),
+        ..decision(request, "u-t", Action::Flag, ms_ago)
+    }
+}
+
+/// Verdicts counted by what found the item: the term dismissed most comes first, with its
+/// newest dismissals as examples; items before `since` are not counted.
+async fn tally(r: &Review) {
+    r.offer(&keyword("old", "7", 10 * 86_400_000));
+    for (i, ago) in [5000, 4000, 3000].iter().enumerate() {
+        r.offer(&keyword(&format!("t7-{i}"), "7", *ago));
+    }
+    r.offer(&keyword("t9-0", "9", 2500));
+    r.offer(&keyword("t9-1", "9", 2400));
+    r.offer(&Record {
+        detector: Some("pii:mobile".into()),
+        ..decision("p-0", "u-t", Action::Flag, 2000)
+    });
+    let items = stored(r, 7).await;
+    assert_eq!(items.len(), 7);
+    let by_request = |rq: &str| {
+        items
+            .iter()
+            .find(|i| i.request_id.as_deref() == Some(rq))
+            .unwrap()
+            .id
+            .clone()
+    };
+    for (rq, v) in [
+        ("t7-0", Verdict::Dismissed),
+        ("t7-1", Verdict::Dismissed),
+        ("t7-2", Verdict::Confirmed),
+        ("t9-0", Verdict::Confirmed),
+        ("p-0", Verdict::Dismissed),
+        ("old", Verdict::Dismissed),
+    ] {
+        r.decide(&by_request(rq), v, None).await.expect("decided");
+    }
+    let since = Utc::now() - chrono::Duration::days(1);
+    let rows = r.tally(since).await.expect("tallied");
+    let view: Vec<_> = rows
+        .iter()
+        .map(|t| {
+            (
+                t.detector.as_deref(),
+                t.term_id.as_deref(),
+                t.pending,
+                t.confirmed,
+                t.dismissed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (Some("keyword"), Some("7"), 0, 1, 2),
+            (Some("pii:mobile"), None, 0, 0, 1),
+            (Some("keyword"), Some("9"), 1, 1, 0),
+        ]
+    );
+    assert_eq!(
+        rows[0].dismissed_examples,
+        [by_request("t7-1"), by_request("t7-0")],
+        "newest first"
+    );
+    assert_eq!(rows[0].policy_version.as_deref(), Some("p-1"));
+    assert!(rows[2].dismissed_examples.is_empty());
+}
+
+#[tokio::test]
+async fn verdicts_are_tallied_by_what_found_them_in_memory() {
+    let r = Review::start(
+        &config(StoreKind::Memory, "unused"),
+        std::path::Path::new("."),
+    )
+    .unwrap()
+    .unwrap();
+    tally(&r).await;
+}
+
+#[tokio::test]
+async fn verdicts_are_tallied_by_what_found_them_in_postgres() {
+    let table = unique_table();
+    // A table made before items kept their detector and term: the store adds the columns.
+    run_sql(&format!(
+        "CREATE TABLE {table} (id TEXT PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL, \
+         request_id TEXT, content_id TEXT, user_id TEXT, route TEXT, direction TEXT, \
+         category TEXT NOT NULL, action TEXT NOT NULL, excerpt TEXT, policy_version TEXT, \
+         status TEXT NOT NULL, verdict TEXT, note TEXT, reviewed_at TIMESTAMPTZ)"
+    ))
+    .await;
+    let r = Review::start(
+        &config(StoreKind::Postgres, &table),
+        std::path::Path::new("."),
+    )
+    .unwrap()
+    .unwrap();
+    tally(&r).await;
+    drop_table(&table).await;
 }

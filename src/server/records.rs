@@ -174,9 +174,7 @@ impl RecordCtx {
 
     /// A sanction record of this request (`enforce`): `detail` says what was done.
     pub async fn sanction(&self, detail: String) {
-        let mut r = audit::Record::new(audit::RecordKind::Sanction);
-        r.request_id = Some(self.request_id.clone());
-        r.detail = Some(detail);
+        let r = audit::Record::sanction(self.request_id.clone(), detail);
         self.queue(self.stamp(r)).await;
     }
 
