@@ -267,3 +267,47 @@ async fn users_shared_through_redis_need_a_shared_pseudonym_secret() {
     };
     assert!(err.contains("audit.pseudonym_secret_env"), "{err}");
 }
+
+#[tokio::test]
+async fn three_blocked_prompts_in_a_row_suspend_where_a_clean_one_between_does_not() {
+    let up = Upstream::fixed(Script::json(
+        r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}"#,
+    ))
+    .await;
+    let yaml = r#"
+policy:
+  categories:
+    - { id: A1d, action: block, keywords: ["炸弹"] }
+enforce:
+  enabled: true
+  strikes: { window: "1h", warn_at: 1, restrict_at: 0, suspend_at: 10, suspend_consecutive: 3 }
+"#;
+    let p = proxy(&up.base_url(), yaml).await;
+    // Oscar's violations each follow a clean request: four strikes, none in a row.
+    for content in ["炸弹", "你好", "炸弹", "你好", "炸弹", "你好", "炸弹"] {
+        chat(&p, "oscar", content, false).await;
+    }
+    assert_eq!(chat(&p, "oscar", "你好", false).await.status(), 200);
+    // Mallory's: two, a clean one, then three in a row: suspended after the third.
+    for (content, status) in [
+        ("炸弹", 400),
+        ("炸弹", 400),
+        ("你好", 200),
+        ("炸弹", 400),
+        ("炸弹", 400),
+        ("炸弹", 400),
+        ("你好", 403),
+    ] {
+        assert_eq!(chat(&p, "mallory", content, false).await.status(), status);
+    }
+    // Nine decisions, the suspension, the refusal after it.
+    let recs = p.records(11).await;
+    assert!(
+        recs.iter().any(|r| r["kind"] == "sanction"
+            && r["detail"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("5 strikes, 3 in a row")),
+        "{recs:?}"
+    );
+}

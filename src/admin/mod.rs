@@ -402,7 +402,7 @@ async fn user_standing(
             let until = st.suspended_until.and_then(|ms| {
                 chrono::DateTime::from_timestamp_millis(ms as i64).map(|t| t.to_rfc3339())
             });
-            Json(json!({"user": id, "strikes": st.strikes, "suspended_until": until}))
+            Json(json!({"user": id, "strikes": st.strikes, "in_a_row": st.streak, "suspended_until": until}))
                 .into_response()
         }
         Err(err) => admin_error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),

@@ -124,7 +124,7 @@ async fn strike(s: &AdminState, item: &Item) -> Option<String> {
     };
     let request = item.request_id.as_deref().unwrap_or(&item.id);
     let now = crate::enforce::Enforcer::now_ms();
-    let Some(detail) = enf.strike(user, request, now).await else {
+    let Some(detail) = enf.strike(user, request, None, now).await else {
         return Some("counted".into());
     };
     let mut r = crate::audit::Record::sanction(request, detail.clone());

@@ -37,7 +37,7 @@ use crate::stream::{guarded_body, Reporter};
 
 /// Handle a request on a moderated route: the user's standing first (`enforce`), then the
 /// exchange.
-pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
+pub async fn handle(mut ctx: RequestCtx, client_body: Body) -> Response {
     let verdict = match &ctx.rec.records.enforcer {
         Some(e) => {
             let now = crate::enforce::Enforcer::now_ms();
@@ -52,7 +52,8 @@ pub async fn handle(ctx: RequestCtx, client_body: Body) -> Response {
         return exchange(ctx, client_body).await;
     };
     match verdict {
-        crate::enforce::Verdict::Serve { notice } => {
+        crate::enforce::Verdict::Serve { notice, seq } => {
+            ctx.rec.enforce_seq = seq;
             let mut resp = exchange(ctx, client_body).await;
             if let Some(n) = notice {
                 resp.headers_mut().insert(

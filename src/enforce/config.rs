@@ -16,7 +16,7 @@ pub const DEFAULT_MEMORY_USERS: usize = 100_000;
 ///   enabled: true
 ///   store: redis
 ///   redis_url: "${SHENHE_REDIS_URL}"
-///   strikes: { window: "24h", warn_at: 1, restrict_at: 3, suspend_at: 5 }
+///   strikes: { window: "24h", warn_at: 1, restrict_at: 3, suspend_at: 5, suspend_consecutive: 3 }
 ///   minors: { header: "x-user-minor", daily_requests: 100, hours: "06:00-22:00" }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +100,10 @@ pub struct StrikesConfig {
     pub restrict_at: u32,
     /// At this many: refused for `suspend_for`. Default 5.
     pub suspend_at: u32,
+    /// At this many strikes in a row (requests of the user each with a strike, none without one
+    /// between): refused for `suspend_for` too, however few the window holds. Default 3
+    /// (TC260-003 practice: three in a row, or five within a day).
+    pub suspend_consecutive: u32,
 }
 
 impl Default for StrikesConfig {
@@ -109,6 +113,7 @@ impl Default for StrikesConfig {
             warn_at: 1,
             restrict_at: 3,
             suspend_at: 5,
+            suspend_consecutive: 3,
         }
     }
 }
@@ -227,7 +232,7 @@ impl EnforceConfig {
                     .into(),
             ));
         }
-        if s.suspend_at > 0 && self.suspend_for.get().is_zero() {
+        if (s.suspend_at > 0 || s.suspend_consecutive > 0) && self.suspend_for.get().is_zero() {
             out.push(issue("suspend_for", "must be greater than zero".into()));
         }
         if let Some(h) = &self.minors.header {

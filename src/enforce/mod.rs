@@ -4,7 +4,8 @@
 //! A *strike* is a request with a `block` decision, prompt or answer, counted once per request.
 //! The strikes of a user within `enforce.strikes.window` decide the user's standing: from
 //! `warn_at` the answer carries `x-shenhe-user-notice: warning`; from `restrict_at` the user may
-//! send `restricted_requests_per_minute` requests a minute (429 past it); at `suspend_at` the
+//! send `restricted_requests_per_minute` requests a minute (429 past it); at `suspend_at` (or
+//! `suspend_consecutive` strikes in a row: each a request of the user, none without one between) the
 //! user is refused (403) for `suspend_for`. A minor (a header the provider's own gateway sets)
 //! is served only within `minors.hours` and up to `minors.daily_requests` a local day.
 //!
@@ -17,7 +18,7 @@
 pub mod config;
 pub mod store;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
 
@@ -38,8 +39,12 @@ const DAY_MS: u64 = 86_400_000;
 /// What a request's user may do.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Serve it; with a notice for the client when the user has strikes.
-    Serve { notice: Option<&'static str> },
+    /// Serve it; with a notice for the client when the user has strikes, and the request's
+    /// number among the user's (`Standing::seq`) for a strike it may earn.
+    Serve {
+        notice: Option<&'static str>,
+        seq: Option<u64>,
+    },
     /// Refuse it: the error, seconds after which trying again can succeed, and the sanction
     /// record's detail.
     Refuse {
@@ -146,9 +151,13 @@ impl Enforcer {
     pub async fn check(&self, user: Option<&str>, headers: &HeaderMap, now: u64) -> Verdict {
         let verdict = self.judge(user, headers, now).await;
         let label = match &verdict {
-            Verdict::Serve { notice: None } => "served",
+            Verdict::Serve {
+                notice: None,
+                seq: None,
+            } => "served",
             Verdict::Serve {
                 notice: Some("restricted"),
+                ..
             } => "served_restricted",
             Verdict::Serve { .. } => "served_warned",
             Verdict::Refuse { error, .. } => match error.kind {
@@ -185,9 +194,12 @@ impl Enforcer {
             }
         }
         let Some(user) = user else {
-            return Verdict::Serve { notice: None };
+            return Verdict::Serve {
+                notice: None,
+                seq: None,
+            };
         };
-        let standing = match self.store.standing(user, now, self.window_ms()).await {
+        let standing = match self.store.admit(user, now, self.window_ms()).await {
             Ok(s) => s,
             Err(e) => return self.store_failed("standing", &e),
         };
@@ -233,7 +245,10 @@ impl Enforcer {
         } else {
             None
         };
-        Verdict::Serve { notice }
+        Verdict::Serve {
+            notice,
+            seq: standing.seq,
+        }
     }
 
     /// Count this request against `limit` in the period `clock` (ms; local time for a day)
@@ -263,7 +278,10 @@ impl Enforcer {
             .inc();
         tracing::warn!(op, error = %e, "Enforcement store did not answer");
         match self.cfg.on_store_error {
-            StoreFailure::Open => Verdict::Serve { notice: None },
+            StoreFailure::Open => Verdict::Serve {
+                notice: None,
+                seq: None,
+            },
             StoreFailure::Closed => Verdict::refuse(
                 ErrorKind::Unavailable,
                 "shenhe cannot check this account's standing now; try again shortly",
@@ -273,17 +291,24 @@ impl Enforcer {
         }
     }
 
-    /// Count a strike against `user` for request `request_id`; the sanction record's detail
-    /// when the strike began a suspension.
-    pub async fn strike(&self, user: &str, request_id: &str, now: u64) -> Option<String> {
+    /// Count a strike against `user` for request `request_id`, number `seq` among the user's
+    /// requests (`Verdict::Serve`; `None` when unknown: taken as the latest); the sanction
+    /// record's detail when the strike began a suspension.
+    pub async fn strike(
+        &self,
+        user: &str,
+        request_id: &str,
+        seq: Option<u64>,
+        now: u64,
+    ) -> Option<String> {
         let s = &self.cfg.strikes;
-        let suspend = (s.suspend_at > 0).then(|| (s.suspend_at, self.cfg.suspend_for.get()));
-        let suspend_ms = suspend.map(|(at, d)| (at, d.as_millis() as u64));
-        match self
-            .store
-            .strike(user, request_id, now, self.window_ms(), suspend_ms)
-            .await
-        {
+        let rules = store::StrikeRules {
+            window: self.window_ms(),
+            suspend_at: s.suspend_at,
+            suspend_consecutive: s.suspend_consecutive,
+            suspend_for: self.cfg.suspend_for.get().as_millis() as u64,
+        };
+        match self.store.strike(user, request_id, seq, now, &rules).await {
             Ok((after, began)) => {
                 let outcome = if began { "suspended" } else { "counted" };
                 metrics()
@@ -291,8 +316,11 @@ impl Enforcer {
                     .with_label_values(&[outcome])
                     .inc();
                 began.then(|| {
-                    let secs = suspend.map_or(Duration::ZERO, |(_, d)| d).as_secs();
-                    format!("suspended for {secs}s: {} strikes", after.strikes)
+                    let secs = self.cfg.suspend_for.get().as_secs();
+                    format!(
+                        "suspended for {secs}s: {} strikes, {} in a row",
+                        after.strikes, after.streak
+                    )
                 })
             }
             Err(e) => {
@@ -352,8 +380,12 @@ pub fn summary(cfg: &EnforceConfig) -> String {
             }
         ),
     };
+    let in_a_row = match s.suspend_consecutive {
+        0 => String::new(),
+        n => format!(" or {n} in a row"),
+    };
     format!(
-        "warn at {}, restrict at {}, suspend at {} for {} (strikes within {}); {store}; {minors}",
+        "warn at {}, restrict at {}, suspend at {}{in_a_row} for {} (strikes within {}); {store}; {minors}",
         level(s.warn_at),
         level(s.restrict_at),
         level(s.suspend_at),

@@ -4,7 +4,9 @@
 //! Keys (Redis) under the configured prefix, each with a TTL so nothing outlives its use:
 //! `strikes:{user}` a sorted set of request ids scored by time (one strike per request, however
 //! many findings it had); `suspended:{user}` set for the suspension's length; `count:{name}:{user}:{bucket}`
-//! counters of requests a minute or a day; `flagged`, a sorted set of the users with strikes or a
+//! counters of requests a minute or a day; `seq:{user}` the number of a flagged user's latest
+//! request and `streak:{user}` (`n`, `last`) the strikes in a row and the number of the last
+//! struck request; `flagged`, a sorted set of the users with strikes or a
 //! suspension, scored by when that ends, and `flagged-version`, raised at each change. Users are
 //! pseudonymous ids (`u-…`), never raw ids.
 //!
@@ -38,6 +40,47 @@ pub struct Standing {
     pub strikes: u32,
     /// Milliseconds (Unix) when a suspension ends, if one is in force.
     pub suspended_until: Option<u64>,
+    /// Strikes in a row: requests of the user each with a strike, none without one between.
+    pub streak: u32,
+    /// From `admit`: this request's number among the user's requests, counted while the user is
+    /// flagged (a strike on the next number continues a streak); `None` when not counted.
+    pub seq: Option<u64>,
+}
+
+/// What a strike does (`Store::strike`).
+#[derive(Debug, Clone, Copy)]
+pub struct StrikeRules {
+    /// Strikes count this long (ms).
+    pub window: u64,
+    /// Suspend at this many strikes in the window (0: never).
+    pub suspend_at: u32,
+    /// Suspend at this many strikes in a row (0: never).
+    pub suspend_consecutive: u32,
+    /// A suspension's length (ms).
+    pub suspend_for: u64,
+}
+
+impl StrikeRules {
+    fn suspends(&self, strikes: u32, streak: u32) -> bool {
+        (self.suspend_at > 0 && strikes >= self.suspend_at)
+            || (self.suspend_consecutive > 0 && streak >= self.suspend_consecutive)
+    }
+
+    /// How long a user's strike state is kept (ms).
+    fn keep(&self) -> u64 {
+        self.window.max(self.suspend_for)
+    }
+}
+
+/// The streak after a strike on request number `seq`, where the last strike was on `last`
+/// (`None`: no streak) and the streak stood at `streak`: the same number again is the same
+/// request (no change), the next number continues it, any other starts a new one.
+fn next_streak(streak: u32, last: Option<u64>, seq: u64) -> u32 {
+    match last {
+        Some(l) if l == seq => streak.max(1),
+        Some(l) if l + 1 == seq => streak + 1,
+        _ => 1,
+    }
 }
 
 pub enum Store {
@@ -59,20 +102,30 @@ impl Store {
         }
     }
 
-    /// Count a strike for request `request_id` (again for the same request: no new strike);
-    /// at `suspend_at` strikes or more (0: never) a suspension of `suspend_for` ms begins.
+    /// The standing of `user` for a request being admitted now: as `standing`, and a flagged
+    /// user's request is numbered (`Standing::seq`), so that strikes in a row can be told.
+    pub async fn admit(&self, user: &str, now: u64, window: u64) -> Result<Standing, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.admit(user, now, window)),
+            Store::Redis(r) => r.admit(user, now, window).await,
+        }
+    }
+
+    /// Count a strike for request `request_id`, number `seq` among the user's requests (`None`:
+    /// not numbered, taken as the latest); again for the same request: no new strike. At
+    /// `rules.suspend_at` strikes or `rules.suspend_consecutive` in a row a suspension begins.
     /// Returns the standing after it, and whether it began a suspension.
     pub async fn strike(
         &self,
         user: &str,
         request_id: &str,
+        seq: Option<u64>,
         now: u64,
-        window: u64,
-        suspend: Option<(u32, u64)>,
+        rules: &StrikeRules,
     ) -> Result<(Standing, bool), StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.strike(user, request_id, now, window, suspend)),
-            Store::Redis(r) => r.strike(user, request_id, now, window, suspend).await,
+            Store::Memory(m) => Ok(m.strike(user, request_id, seq, now, rules)),
+            Store::Redis(r) => r.strike(user, request_id, seq, now, rules).await,
         }
     }
 
@@ -112,12 +165,27 @@ struct Entry {
     suspended_until: u64,
     /// Counter name → (bucket, count, expires at ms).
     counters: Vec<(String, u64, u64, u64)>,
+    /// Requests admitted while the entry lived (`Standing::seq`).
+    seq: u64,
+    /// Strikes in a row, and the request number of the last one.
+    streak: u32,
+    streak_last: Option<u64>,
 }
 
 impl Entry {
     fn prune(&mut self, now: u64, window: u64) {
         let from = now.saturating_sub(window);
         self.strikes.retain(|(t, _)| *t > from);
+    }
+
+    fn standing(&self, now: u64, window: u64) -> Standing {
+        let from = now.saturating_sub(window);
+        Standing {
+            strikes: self.strikes.iter().filter(|(t, _)| *t > from).count() as u32,
+            suspended_until: (self.suspended_until > now).then_some(self.suspended_until),
+            streak: self.streak,
+            seq: None,
+        }
     }
 
     fn idle(&self, now: u64) -> bool {
@@ -169,13 +237,21 @@ impl MemoryStore {
 
     pub(super) fn standing(&self, user: &str, now: u64, window: u64) -> Standing {
         let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(e) = users.get(user) else {
+        users
+            .get(user)
+            .map_or_else(Standing::default, |e| e.standing(now, window))
+    }
+
+    /// As `standing`; a tracked user's request is numbered.
+    pub(super) fn admit(&self, user: &str, now: u64, window: u64) -> Standing {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = users.get_mut(user) else {
             return Standing::default();
         };
-        let from = now.saturating_sub(window);
+        e.seq += 1;
         Standing {
-            strikes: e.strikes.iter().filter(|(t, _)| *t > from).count() as u32,
-            suspended_until: (e.suspended_until > now).then_some(e.suspended_until),
+            seq: Some(e.seq),
+            ..e.standing(now, window)
         }
     }
 
@@ -183,28 +259,25 @@ impl MemoryStore {
         &self,
         user: &str,
         request_id: &str,
+        seq: Option<u64>,
         now: u64,
-        window: u64,
-        suspend: Option<(u32, u64)>,
+        rules: &StrikeRules,
     ) -> (Standing, bool) {
         self.window
-            .store(window, std::sync::atomic::Ordering::Relaxed);
+            .store(rules.window, std::sync::atomic::Ordering::Relaxed);
         self.with(user, now, |e| {
-            e.prune(now, window);
+            e.prune(now, rules.window);
             if !e.strikes.iter().any(|(_, r)| r == request_id) {
                 e.strikes.push((now, request_id.to_string()));
             }
+            e.streak = next_streak(e.streak, e.streak_last, seq.unwrap_or(e.seq));
+            e.streak_last = Some(seq.unwrap_or(e.seq));
             let strikes = e.strikes.len() as u32;
             let was_suspended = e.suspended_until > now;
-            if let Some((at, len)) = suspend {
-                if strikes >= at {
-                    e.suspended_until = e.suspended_until.max(now + len);
-                }
+            if rules.suspends(strikes, e.streak) {
+                e.suspended_until = e.suspended_until.max(now + rules.suspend_for);
             }
-            let standing = Standing {
-                strikes,
-                suspended_until: (e.suspended_until > now).then_some(e.suspended_until),
-            };
+            let standing = e.standing(now, rules.window);
             (
                 standing,
                 !was_suspended && standing.suspended_until.is_some(),
@@ -233,6 +306,8 @@ impl MemoryStore {
         if let Some(e) = users.get_mut(user) {
             e.strikes.clear();
             e.suspended_until = 0;
+            e.streak = 0;
+            e.streak_last = None;
         }
     }
 }
@@ -317,6 +392,22 @@ impl RedisStore {
     }
 
     async fn standing(&self, user: &str, now: u64, window: u64) -> Result<Standing, StoreError> {
+        self.read_standing(user, now, window, false).await
+    }
+
+    async fn admit(&self, user: &str, now: u64, window: u64) -> Result<Standing, StoreError> {
+        self.read_standing(user, now, window, true).await
+    }
+
+    /// The standing of a flagged user (else none, without a call); with `number`, the request is
+    /// numbered too (`seq:{user}`, kept for the window).
+    async fn read_standing(
+        &self,
+        user: &str,
+        now: u64,
+        window: u64,
+        number: bool,
+    ) -> Result<Standing, StoreError> {
         if !self.may_be_flagged(user) {
             return Ok(Standing::default());
         }
@@ -327,11 +418,32 @@ impl RedisStore {
             .arg(format!("({}", now.saturating_sub(window)))
             .arg("+inf")
             .cmd("PTTL")
-            .arg(&pk);
-        let (strikes, ttl): (u32, i64) = self.run(&p).await?;
+            .arg(&pk)
+            .cmd("HGET")
+            .arg(self.key("streak", user))
+            .arg("n");
+        if number {
+            let qk = self.key("seq", user);
+            p.cmd("INCR")
+                .arg(&qk)
+                .cmd("PEXPIRE")
+                .arg(&qk)
+                .arg(window)
+                .ignore();
+            let (strikes, ttl, streak, seq): (u32, i64, Option<u32>, u64) = self.run(&p).await?;
+            return Ok(Standing {
+                strikes,
+                suspended_until: (ttl > 0).then(|| now + ttl as u64),
+                streak: streak.unwrap_or(0),
+                seq: Some(seq),
+            });
+        }
+        let (strikes, ttl, streak): (u32, i64, Option<u32>) = self.run(&p).await?;
         Ok(Standing {
             strikes,
             suspended_until: (ttl > 0).then(|| now + ttl as u64),
+            streak: streak.unwrap_or(0),
+            seq: None,
         })
     }
 
@@ -339,14 +451,23 @@ impl RedisStore {
         &self,
         user: &str,
         request_id: &str,
+        seq: Option<u64>,
         now: u64,
-        window: u64,
-        suspend: Option<(u32, u64)>,
+        rules: &StrikeRules,
     ) -> Result<(Standing, bool), StoreError> {
         let (sk, pk) = (self.key("strikes", user), self.key("suspended", user));
-        let keep = window.max(suspend.map_or(0, |(_, len)| len));
+        let window = rules.window;
+        let keep = rules.keep();
         let mut p = redis::pipe();
         p.atomic()
+            // The streak, as `next_streak` has it, in one step on the server.
+            .cmd("EVAL")
+            .arg(STREAK_SCRIPT)
+            .arg(2)
+            .arg(self.key("streak", user))
+            .arg(self.key("seq", user))
+            .arg(seq.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)))
+            .arg(keep)
             // NX: the same request again keeps its first time.
             .cmd("ZADD")
             .arg(&sk)
@@ -386,39 +507,40 @@ impl RedisStore {
             .arg(&sk)
             .cmd("PTTL")
             .arg(&pk);
-        let (strikes, mut ttl): (u32, i64) = self.run(&p).await?;
+        let (streak, strikes, mut ttl): (u32, u32, i64) = self.run(&p).await?;
         let was_suspended = ttl > 0;
         self.flag_here(user);
-        if let Some((at, len)) = suspend {
-            if strikes >= at && ttl < len as i64 {
-                let mut conn = self.conn.clone();
-                let mut p = redis::pipe();
-                p.atomic()
-                    .cmd("PSETEX")
-                    .arg(&pk)
-                    .arg(len)
-                    .arg(1)
-                    .ignore()
-                    .cmd("ZADD")
-                    .arg(self.flagged_key())
-                    .arg("GT")
-                    .arg(now + len)
-                    .arg(user)
-                    .ignore()
-                    .cmd("INCR")
-                    .arg(format!("{}-version", self.flagged_key()))
-                    .ignore();
-                let set = p.query_async::<()>(&mut conn);
-                match tokio::time::timeout(self.timeout, set).await {
-                    Ok(Ok(())) => ttl = len as i64,
-                    Ok(Err(e)) => return Err(StoreError::Redis(e.to_string())),
-                    Err(_) => return Err(StoreError::Timeout(self.timeout)),
-                }
+        let len = rules.suspend_for;
+        if rules.suspends(strikes, streak) && ttl < len as i64 {
+            let mut conn = self.conn.clone();
+            let mut p = redis::pipe();
+            p.atomic()
+                .cmd("PSETEX")
+                .arg(&pk)
+                .arg(len)
+                .arg(1)
+                .ignore()
+                .cmd("ZADD")
+                .arg(self.flagged_key())
+                .arg("GT")
+                .arg(now + len)
+                .arg(user)
+                .ignore()
+                .cmd("INCR")
+                .arg(format!("{}-version", self.flagged_key()))
+                .ignore();
+            let set = p.query_async::<()>(&mut conn);
+            match tokio::time::timeout(self.timeout, set).await {
+                Ok(Ok(())) => ttl = len as i64,
+                Ok(Err(e)) => return Err(StoreError::Redis(e.to_string())),
+                Err(_) => return Err(StoreError::Timeout(self.timeout)),
             }
         }
         let standing = Standing {
             strikes,
             suspended_until: (ttl > 0).then(|| now + ttl as u64),
+            streak,
+            seq,
         };
         Ok((standing, !was_suspended && ttl > 0))
     }
@@ -449,6 +571,7 @@ impl RedisStore {
             .cmd("DEL")
             .arg(self.key("strikes", user))
             .arg(self.key("suspended", user))
+            .arg(self.key("streak", user))
             .ignore()
             .cmd("ZREM")
             .arg(self.flagged_key())
@@ -460,6 +583,26 @@ impl RedisStore {
         self.run::<()>(&p).await
     }
 }
+
+/// `next_streak` on the server: KEYS `streak:{user}` (a hash of `n` and `last`) and
+/// `seq:{user}`; ARGV the request's number (-1: not numbered, taken as the latest) and how long
+/// to keep the streak (ms). Returns the streak after the strike.
+const STREAK_SCRIPT: &str = r"
+local seq = tonumber(ARGV[1])
+if seq < 0 then seq = tonumber(redis.call('GET', KEYS[2]) or '0') end
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local last = redis.call('HGET', KEYS[1], 'last')
+if last and tonumber(last) == seq then
+  if n < 1 then n = 1 end
+elseif last and tonumber(last) + 1 == seq then
+  n = n + 1
+else
+  n = 1
+end
+redis.call('HSET', KEYS[1], 'n', n, 'last', seq)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return n
+";
 
 /// Read the flagged users into `flagged` every `every` while the store lives: the whole set when
 /// `{key}-version` moved, nothing else otherwise; the ones whose time has passed are dropped

@@ -2,7 +2,10 @@
 //! `SHENHE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/`), under a key prefix of its own;
 //! a test that cannot reach it fails and says so.
 
+use std::time::Duration;
+
 use super::config::{MinorsConfig, StrikesConfig};
+use super::store::StrikeRules;
 use super::*;
 
 fn redis_url() -> String {
@@ -20,6 +23,7 @@ fn cfg(store: StoreKind) -> EnforceConfig {
             warn_at: 1,
             restrict_at: 2,
             suspend_at: 3,
+            suspend_consecutive: 0,
         },
         restricted_requests_per_minute: 2,
         suspend_for: crate::config::HumanDuration::from_secs(600),
@@ -52,7 +56,7 @@ async fn enforcer(c: &EnforceConfig) -> Enforcer {
 
 fn kind(v: &Verdict) -> Result<Option<&'static str>, ErrorKind> {
     match v {
-        Verdict::Serve { notice } => Ok(*notice),
+        Verdict::Serve { notice, .. } => Ok(*notice),
         Verdict::Refuse { error, .. } => Err(error.kind),
     }
 }
@@ -64,9 +68,9 @@ async fn standing_rises_with_strikes(store: StoreKind) {
     let h = HeaderMap::new();
     let t0 = 1_800_000_000_000;
     assert_eq!(kind(&e.check(Some("u-a"), &h, t0).await), Ok(None));
-    assert!(e.strike("u-a", "req-1", t0).await.is_none());
+    assert!(e.strike("u-a", "req-1", None, t0).await.is_none());
     // The same request again is not a second strike.
-    assert!(e.strike("u-a", "req-1", t0 + 1).await.is_none());
+    assert!(e.strike("u-a", "req-1", None, t0 + 1).await.is_none());
     assert_eq!(
         e.store
             .standing("u-a", t0 + 2, 3_600_000)
@@ -81,7 +85,7 @@ async fn standing_rises_with_strikes(store: StoreKind) {
     );
     assert_eq!(kind(&e.check(Some("u-b"), &h, t0 + 2).await), Ok(None));
     // Restricted: two requests a minute, the third refused until the next minute.
-    assert!(e.strike("u-a", "req-2", t0 + 3).await.is_none());
+    assert!(e.strike("u-a", "req-2", None, t0 + 3).await.is_none());
     let minute = (t0 / 60_000 + 1) * 60_000;
     for i in 0..2 {
         assert_eq!(
@@ -103,10 +107,13 @@ async fn standing_rises_with_strikes(store: StoreKind) {
         Ok(Some("restricted"))
     );
     // The third strike suspends, and says so once.
-    let sanction = e.strike("u-a", "req-3", minute + 70_000).await;
+    let sanction = e.strike("u-a", "req-3", None, minute + 70_000).await;
     let detail = sanction.unwrap_or_default();
     assert!(detail.starts_with("suspended for 600s"), "{detail}");
-    assert!(e.strike("u-a", "req-4", minute + 70_001).await.is_none());
+    assert!(e
+        .strike("u-a", "req-4", None, minute + 70_001)
+        .await
+        .is_none());
     match e.check(Some("u-a"), &h, minute + 71_000).await {
         Verdict::Refuse {
             error, retry_after, ..
@@ -127,7 +134,7 @@ async fn standing_rises_with_strikes(store: StoreKind) {
         Ok(None)
     );
     // Strikes older than the window do not count.
-    assert!(e.strike("u-c", "req-5", t0).await.is_none());
+    assert!(e.strike("u-c", "req-5", None, t0).await.is_none());
     assert_eq!(
         kind(&e.check(Some("u-c"), &h, t0 + 3_600_001).await),
         Ok(None)
@@ -160,7 +167,7 @@ async fn replicas_on_one_redis_share_a_users_standing() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    a.strike("u-shared", "req-0", now).await;
+    a.strike("u-shared", "req-0", None, now).await;
     assert!(
         a.store_may_flag("u-shared"),
         "a strike counts at once where it is made"
@@ -181,8 +188,13 @@ async fn replicas_on_one_redis_share_a_users_standing() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for (i, e) in [&b, &a].into_iter().enumerate() {
-        e.strike("u-shared", &format!("req-{}", i + 1), now + 3 + i as u64)
-            .await;
+        e.strike(
+            "u-shared",
+            &format!("req-{}", i + 1),
+            None,
+            now + 3 + i as u64,
+        )
+        .await;
     }
     assert_eq!(
         kind(&b.check(Some("u-shared"), &h, now + 10).await),
@@ -260,7 +272,7 @@ async fn a_store_that_does_not_answer_serves_or_refuses_as_configured() {
     let open = Enforcer::new(&c).unwrap().unwrap();
     let started = std::time::Instant::now();
     assert_eq!(kind(&open.check(Some("u-x"), &h, 1).await), Ok(None));
-    assert!(open.strike("u-x", "req", 1).await.is_none());
+    assert!(open.strike("u-x", "req", None, 1).await.is_none());
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "bounded by the timeout"
@@ -273,18 +285,94 @@ async fn a_store_that_does_not_answer_serves_or_refuses_as_configured() {
     );
 }
 
+/// Strikes counted over `window` ms that never suspend.
+fn rules(window: u64) -> StrikeRules {
+    StrikeRules {
+        window,
+        suspend_at: 0,
+        suspend_consecutive: 0,
+        suspend_for: 0,
+    }
+}
+
 #[test]
 fn the_memory_store_keeps_at_most_its_cap_of_users() {
     let m = MemoryStore::new(3);
     for (i, u) in ["u-1", "u-2", "u-3"].iter().enumerate() {
-        m.strike(u, "r", 1_000 + i as u64, 100, None);
+        m.strike(u, "r", None, 1_000 + i as u64, &rules(100));
     }
     // Full of users with strikes in force: a fourth is counted but not kept.
-    assert_eq!(m.strike("u-4", "r", 1_050, 100, None).0.strikes, 1);
+    assert_eq!(m.strike("u-4", "r", None, 1_050, &rules(100)).0.strikes, 1);
     assert_eq!(m.standing("u-4", 1_050, 100).strikes, 0);
     assert_eq!(m.len(), 3);
     // Once their strikes are past the window, they make room.
-    assert_eq!(m.strike("u-4", "r", 5_000, 100, None).0.strikes, 1);
+    assert_eq!(m.strike("u-4", "r", None, 5_000, &rules(100)).0.strikes, 1);
     assert_eq!(m.standing("u-4", 5_000, 100).strikes, 1);
     assert_eq!(m.len(), 1);
+}
+
+fn seq(v: &Verdict) -> Option<u64> {
+    match v {
+        Verdict::Serve { seq, .. } => *seq,
+        Verdict::Refuse { .. } => None,
+    }
+}
+
+/// Strikes in a row suspend (`suspend_consecutive`) where the window's total would not: a
+/// request without a strike between two ends the streak, the same request twice is one strike.
+async fn strikes_in_a_row_suspend(store: StoreKind) {
+    let mut c = cfg(store);
+    c.strikes = StrikesConfig {
+        warn_at: 1,
+        restrict_at: 0,
+        suspend_at: 10,
+        suspend_consecutive: 3,
+        ..StrikesConfig::default()
+    };
+    let e = enforcer(&c).await;
+    let h = HeaderMap::new();
+    let t = Enforcer::now_ms();
+    // A user with no strikes is numbered only where the store cannot yet tell (a Redis
+    // replica before its first read of the flagged users); either way the streak starts.
+    let first = e.check(Some("u-s"), &h, t).await;
+    if store == StoreKind::Memory {
+        assert_eq!(seq(&first), None);
+    }
+    assert!(e.strike("u-s", "r-1", seq(&first), t).await.is_none());
+    let next = e.check(Some("u-s"), &h, t + 1).await;
+    let n = seq(&next).expect("a flagged user's request is numbered");
+    assert!(e.strike("u-s", "r-2", Some(n), t + 1).await.is_none());
+    assert_eq!(e.standing("u-s").await.unwrap().streak, 2);
+    // A clean request: the streak ends.
+    let clean = seq(&e.check(Some("u-s"), &h, t + 2).await).unwrap();
+    assert_eq!(clean, n + 1);
+    for (i, req) in ["r-3", "r-4"].iter().enumerate() {
+        let s = seq(&e.check(Some("u-s"), &h, t + 3 + i as u64).await);
+        assert!(e.strike("u-s", req, s, t + 3 + i as u64).await.is_none());
+    }
+    // The same request again changes nothing.
+    let again = e.strike("u-s", "r-4", Some(n + 3), t + 5).await;
+    assert!(again.is_none());
+    let st = e.standing("u-s").await.unwrap();
+    assert_eq!((st.strikes, st.streak), (4, 2));
+    // A third in a row suspends, with four strikes in the window of ten.
+    let s = seq(&e.check(Some("u-s"), &h, t + 6).await);
+    let detail = e.strike("u-s", "r-5", s, t + 6).await.unwrap_or_default();
+    assert!(detail.ends_with("5 strikes, 3 in a row"), "{detail}");
+    assert_eq!(
+        kind(&e.check(Some("u-s"), &h, t + 7).await),
+        Err(ErrorKind::UserSuspended)
+    );
+    e.lift("u-s").await.unwrap();
+    assert_eq!(e.standing("u-s").await.unwrap().streak, 0);
+}
+
+#[tokio::test]
+async fn strikes_in_a_row_suspend_in_memory() {
+    strikes_in_a_row_suspend(StoreKind::Memory).await;
+}
+
+#[tokio::test]
+async fn strikes_in_a_row_suspend_in_redis() {
+    strikes_in_a_row_suspend(StoreKind::Redis).await;
 }

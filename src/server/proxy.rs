@@ -171,6 +171,7 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
         user: user.clone(),
         tenant,
         policy: rt.policy.clone(),
+        enforce_seq: None,
     };
     let mut log = RequestLog::new(rid, counted, parts.method.clone());
     log.user = user;

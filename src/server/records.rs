@@ -79,6 +79,8 @@ pub struct RecordCtx {
     /// The policy that judged the request (its version goes in the records). Shared, not
     /// copied: most requests write no record.
     pub policy: Arc<Policy>,
+    /// The request's number among its user's (`enforce::Verdict::Serve`), for strikes in a row.
+    pub enforce_seq: Option<u64>,
 }
 
 impl RecordCtx {
@@ -166,7 +168,10 @@ impl RecordCtx {
         self.queue(r).await;
         if let (true, Some(enf), Some(user)) = (strike, &self.records.enforcer, &self.user) {
             let now = crate::enforce::Enforcer::now_ms();
-            if let Some(detail) = enf.strike(user, &self.request_id, now).await {
+            if let Some(detail) = enf
+                .strike(user, &self.request_id, self.enforce_seq, now)
+                .await
+            {
                 self.sanction(detail).await;
             }
         }
