@@ -311,3 +311,92 @@ enforce:
         "{recs:?}"
     );
 }
+
+#[tokio::test]
+async fn a_category_acts_by_its_minors_action_on_a_minors_request() {
+    let up = Upstream::start(|r| {
+        if String::from_utf8_lossy(&r.body).contains("\"stream\":true") {
+            Script::sse_writes(vec![
+                chat_chunk("这是一个关于恋"),
+                chat_chunk("爱细节的故事"),
+                chat_finish(),
+                "data: [DONE]\n\n".into(),
+            ])
+        } else {
+            Script::json(
+                r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"好的"},"finish_reason":"stop"}]}"#,
+            )
+        }
+    })
+    .await;
+    // Actions on users stay off: the minors' header still marks whose request it is.
+    let yaml = r#"
+policy:
+  categories:
+    - { id: minors_content, action: flag, minors: block, keywords: ["恋爱细节"] }
+enforce:
+  minors: { header: "x-user-minor" }
+"#;
+    let p = proxy(&up.base_url(), yaml).await;
+    let ask = |minor: bool, stream: bool| {
+        let body = json!({"model": "m", "stream": stream,
+            "messages": [{"role": "user", "content": "讲讲恋爱细节"}]});
+        let mut req = client()
+            .post(p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-user-id", "pat");
+        if minor {
+            req = req.header("x-user-minor", "1");
+        }
+        req.body(body.to_string()).send()
+    };
+    // Anyone else: flagged and served, the prompt and the streamed answer alike.
+    assert_eq!(ask(false, false).await.unwrap().status(), 200);
+    let text = ask(false, true).await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("爱细节的故事") && !text.contains("content_filter"),
+        "{text}"
+    );
+    // A minor: the prompt is refused, and so is the answer, stopped as it streams.
+    let r = ask(true, false).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "content_filter");
+    let recs = p.records(3).await;
+    let minor: Vec<&Value> = recs.iter().filter(|r| r["minor"] == true).collect();
+    assert_eq!(minor.len(), 1, "{recs:?}");
+    assert_eq!(minor[0]["action"], "block");
+    assert!(recs
+        .iter()
+        .filter(|r| r["minor"].is_null() && r["kind"] == "decision")
+        .all(|r| r["action"] == "flag"));
+
+    let p2 = proxy(
+        &up.base_url(),
+        &yaml.replace(
+            "keywords: [\"恋爱细节\"]",
+            "applies_to: completion, keywords: [\"恋爱细节\"]",
+        ),
+    )
+    .await;
+    let text = client()
+        .post(p2.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-user-minor", "yes")
+        .body(
+            json!({"model": "m", "stream": true,
+            "messages": [{"role": "user", "content": "讲个故事"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("content_filter"), "{text}");
+    assert!(
+        !text.contains("爱细节"),
+        "no byte of the match reached the minor: {text}"
+    );
+}

@@ -152,6 +152,10 @@ pub struct Record {
     /// True when a stream was stopped mid-generation (Art. 14). Left out when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stopped: bool,
+    /// True when the request was a minor's (`enforce.minors.header`): the categories' `minors`
+    /// actions applied. Left out when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub minor: bool,
     /// The whole judged text, PII-masked: only for categories configured with `evidence: full`
     /// (at most `EVIDENCE_MAX_CHARS` characters are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,6 +195,7 @@ impl Record {
             duration_ms: None,
             upstream_ms: None,
             stopped: false,
+            minor: false,
             evidence: None,
             detail: None,
         }
@@ -336,6 +341,9 @@ impl Record {
         number(&mut line, "upstream_ms", self.upstream_ms);
         if self.stopped {
             line.push_str(",\"stopped\":true");
+        }
+        if self.minor {
+            line.push_str(",\"minor\":true");
         }
         text(&mut line, "evidence", self.evidence.as_deref());
         text(&mut line, "detail", self.detail.as_deref());
@@ -483,6 +491,7 @@ mod tests {
             duration_ms: Some(n),
             upstream_ms: Some(n / 3),
             stopped: n % 3 != 0,
+            minor: n % 4 == 1,
             evidence: s("ev"),
             detail: s("dt"),
         }

@@ -173,13 +173,15 @@ impl Classifier {
     }
 
     /// The findings `scores` make in a text of `len` bytes judged as `direction`: each label at
-    /// or above the threshold that maps onto a policy category applying to `direction`.
+    /// or above the threshold that maps onto a policy category applying to `direction`, acting
+    /// as the category does on a `minor`'s request or anyone's.
     pub fn findings(
         &self,
         policy: &Policy,
         direction: Direction,
         scores: &[(String, f64)],
         len: usize,
+        minor: bool,
     ) -> Vec<Finding> {
         let mut out: Vec<Finding> = Vec::new();
         for (label, score) in scores {
@@ -199,7 +201,7 @@ impl Classifier {
             }
             out.push(Finding {
                 category: Arc::clone(&cat.id),
-                action: cat.action,
+                action: cat.minors.filter(|_| minor).unwrap_or(cat.action),
                 severity: cat.severity,
                 detector: Detector::Classifier {
                     score_permille: (score.clamp(0.0, 1.0) * 1000.0).round() as u16,

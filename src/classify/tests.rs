@@ -8,7 +8,7 @@ fn policy() -> Policy {
         r#"
 categories:
   - { id: A1d, action: block, keywords: ["炸弹制作"] }
-  - { id: A2b, action: flag, keywords: ["地域黑"] }
+  - { id: A2b, action: flag, minors: block, keywords: ["地域黑"] }
   - { id: A3a, action: block, applies_to: completion, keywords: ["x"] }
 "#,
     )
@@ -69,7 +69,7 @@ fn scores_become_findings_of_policy_categories() {
         ("A3a".to_string(), 0.99),
         ("A1d".to_string(), 0.9),
     ];
-    let f = c.findings(&p, Direction::Prompt, &scores, 42);
+    let f = c.findings(&p, Direction::Prompt, &scores, 42, false);
     let got: Vec<(&str, Action, &Detector)> = f
         .iter()
         .map(|f| (&*f.category, f.action, &f.detector))
@@ -96,8 +96,12 @@ fn scores_become_findings_of_policy_categories() {
     );
     assert!(f.iter().all(|f| f.span == (0..42)));
     // The completion-only category counts for answers.
-    let f = c.findings(&p, Direction::Completion, &scores, 1);
+    let f = c.findings(&p, Direction::Completion, &scores, 1, false);
     assert!(f.iter().any(|f| &*f.category == "A3a"));
+    // On a minor's request a category acts by its `minors` action.
+    let f = c.findings(&p, Direction::Prompt, &scores, 42, true);
+    let a2b = f.iter().find(|f| &*f.category == "A2b").unwrap();
+    assert_eq!(a2b.action, Action::Block);
 }
 
 #[test]

@@ -279,7 +279,8 @@ fn judge_seamed(
     records: &mut Vec<Record>,
 ) -> (Option<(Finding, String)>, Vec<Vec<Finding>>) {
     let seamed = Seamed::new(texts.iter().map(|t| t.text.as_str()));
-    let findings = seamed.scan(&ctx.rt.policy, direction, &ctx.rec);
+    let mut findings = seamed.scan(&ctx.rt.policy, direction, &ctx.rec);
+    ctx.rec.act_on(&ctx.rt.policy, &mut findings);
     let mut block: Option<(Finding, String)> = None;
     let mut redact: Vec<Vec<Finding>> = vec![Vec::new(); texts.len()];
     for f in &findings {
@@ -441,6 +442,9 @@ fn guarded_response<C: crate::stream::guard::EventCodec>(
     if let Some(c) = &classifier {
         guard.hold_end_for_verdict(c.max_chars());
     }
+    if ctx.rec.minor {
+        guard.for_minor();
+    }
     let reporter = StreamReporter {
         decisions: ctx.log.decisions.clone(),
         rec: ctx.rec.clone(),
@@ -463,6 +467,7 @@ async fn classify_streamed(
     policy: Arc<Policy>,
     rid: String,
     texts: Vec<(crate::stream::guard::ChannelKey, String)>,
+    minor: bool,
     end: bool,
 ) -> EndVerdict {
     let (mut findings, mut block) = (Vec::new(), None);
@@ -486,7 +491,7 @@ async fn classify_streamed(
             }
         };
         let len = text.len();
-        let found = c.findings(&policy, Direction::Completion, &scores, len);
+        let found = c.findings(&policy, Direction::Completion, &scores, len, minor);
         if !end && !found.iter().any(|f| f.action == Action::Block) {
             // While the answer flows only a block counts; its end records the rest once.
             continue;
@@ -539,6 +544,7 @@ impl Reporter for StreamReporter {
                 self.policy.clone(),
                 self.rec.request_id.clone(),
                 texts,
+                self.rec.minor,
                 true,
             )),
             None => Box::pin(async { EndVerdict::Pass(Vec::new()) }),
@@ -561,6 +567,7 @@ impl Reporter for StreamReporter {
             self.policy.clone(),
             self.rec.request_id.clone(),
             texts,
+            self.rec.minor,
             false,
         )))
     }
@@ -810,7 +817,13 @@ async fn classify_prompt(
         }
     };
     let policy = &ctx.rt.policy;
-    let findings = classifier.findings(policy, Direction::Prompt, &scores, text.len());
+    let findings = classifier.findings(
+        policy,
+        Direction::Prompt,
+        &scores,
+        text.len(),
+        ctx.rec.minor,
+    );
     let mut records = Vec::new();
     for f in &findings {
         record_finding(ctx, Direction::Prompt, f, text, "classifier", &mut records);
@@ -870,8 +883,13 @@ async fn classify_answer<A: super::generation::TextApi>(
                 ));
             }
         };
-        let findings =
-            classifier.findings(&ctx.rt.policy, Direction::Completion, &scores, text.len());
+        let findings = classifier.findings(
+            &ctx.rt.policy,
+            Direction::Completion,
+            &scores,
+            text.len(),
+            ctx.rec.minor,
+        );
         for f in &findings {
             record_finding(ctx, Direction::Completion, f, text, "classifier", records);
         }

@@ -106,13 +106,7 @@ impl Enforcer {
         };
         let hours = cfg.minors.hours.as_deref().map(parse_hours).transpose()?;
         let offset_ms = i64::from(parse_offset(&cfg.minors.utc_offset)?) * 1000;
-        let minor_header = cfg
-            .minors
-            .header
-            .as_deref()
-            .map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()))
-            .transpose()
-            .map_err(|e| format!("enforce.minors.header: {e}"))?;
+        let minor_header = minor_header(&cfg.minors)?;
         Ok(Some(Enforcer {
             cfg: cfg.clone(),
             store,
@@ -134,12 +128,7 @@ impl Enforcer {
     }
 
     fn is_minor(&self, headers: &HeaderMap) -> bool {
-        self.minor_header.as_ref().is_some_and(|h| {
-            headers.get(h).is_some_and(|v| {
-                let v = v.as_bytes();
-                v == b"1" || v.eq_ignore_ascii_case(b"true") || v.eq_ignore_ascii_case(b"yes")
-            })
-        })
+        is_minor(self.minor_header.as_ref(), headers)
     }
 
     /// Local time (`minors.utc_offset`) in ms since the epoch.
@@ -349,6 +338,25 @@ impl Enforcer {
     pub async fn lift(&self, user: &str) -> Result<(), StoreError> {
         self.store.lift(user).await
     }
+}
+
+/// The header that marks a minor's request (`enforce.minors.header`), if one is set.
+pub fn minor_header(cfg: &config::MinorsConfig) -> Result<Option<http::HeaderName>, String> {
+    cfg.header
+        .as_deref()
+        .map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()))
+        .transpose()
+        .map_err(|e| format!("enforce.minors.header: {e}"))
+}
+
+/// Whether `headers` mark a minor's request: `header` says `1`, `true` or `yes`.
+pub fn is_minor(header: Option<&http::HeaderName>, headers: &HeaderMap) -> bool {
+    header.is_some_and(|h| {
+        headers.get(h).is_some_and(|v| {
+            let v = v.as_bytes();
+            v == b"1" || v.eq_ignore_ascii_case(b"true") || v.eq_ignore_ascii_case(b"yes")
+        })
+    })
 }
 
 /// One line for `shenhe check`: what is acted on, from how many strikes, where it is kept (the

@@ -109,6 +109,10 @@ pub struct Category {
     /// serialized form when off, so policies without it keep their version hash.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub whole_words: bool,
+    /// The action for minors' requests (`CategoryConfig::minors`), when it differs. Left out of
+    /// the serialized form when unset, so policies without it keep their version hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minors: Option<Action>,
 }
 
 impl Category {
@@ -246,6 +250,7 @@ pub(crate) fn default_category(b: &Builtin) -> Category {
         evidence: Evidence::Excerpt,
         mask: None,
         whole_words: false,
+        minors: None,
     }
 }
 

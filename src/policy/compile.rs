@@ -249,6 +249,7 @@ fn build_categories(cfg: &PolicyConfig, r: &mut Report) -> (Vec<Category>, Vec<O
                 evidence: Evidence::Excerpt,
                 mask: None,
                 whole_words: false,
+                minors: None,
             });
             cats.len() - 1
         };
@@ -281,6 +282,9 @@ fn build_categories(cfg: &PolicyConfig, r: &mut Report) -> (Vec<Category>, Vec<O
         c.mask = cc.mask.clone();
         if let Some(w) = cc.whole_words {
             c.whole_words = w;
+        }
+        if cc.minors.is_some() {
+            c.minors = cc.minors.filter(|&a| a != c.action);
         }
         of_cfg.push(Some(idx16));
     }

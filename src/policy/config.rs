@@ -170,6 +170,10 @@ pub struct CategoryConfig {
     /// `ASS!` and `a.s.s`). A side that is a CJK character is not checked. Default `false`:
     /// terms match inside longer words too.
     pub whole_words: Option<bool>,
+    /// The action for requests of minors (`enforce.minors.header`), where it differs from
+    /// `action`: e.g. `flag` for everyone and `block` for minors (Interim Measures Art. 10;
+    /// TC260-003 §7: content fit for minors). Default: `action`.
+    pub minors: Option<Action>,
     /// Inline terms.
     pub keywords: Vec<String>,
     /// List files; rows without a TAB category belong to this category.

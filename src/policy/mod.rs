@@ -314,6 +314,16 @@ impl Policy {
         self.index.get(id).map(|&i| &self.categories[i])
     }
 
+    /// Findings as they act on a minor's request: each category's `minors` action where it has
+    /// one (the scan itself is the same for everyone).
+    pub fn for_minor(&self, findings: &mut [Finding]) {
+        for f in findings {
+            if let Some(a) = self.category(&f.category).and_then(|c| c.minors) {
+                f.action = a;
+            }
+        }
+    }
+
     /// The 31 built-in categories in TC260-003 order, then custom ones in config order.
     pub fn categories(&self) -> impl Iterator<Item = &Category> {
         self.categories.iter()

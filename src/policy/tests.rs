@@ -866,3 +866,33 @@ fn a_term_of_spaces_matches_only_spaces() {
         );
     }
 }
+
+#[test]
+fn a_categorys_minors_action_applies_to_minors_findings_and_enters_the_version_only_when_set() {
+    let with = |minors: Option<Action>| {
+        let mut c = cat("A2b", Some(Action::Flag), &["地域黑"]);
+        c.minors = minors;
+        compile(&PolicyConfig {
+            categories: vec![c],
+            ..PolicyConfig::default()
+        })
+    };
+    let (none, same, block) = (
+        with(None),
+        with(Some(Action::Flag)),
+        with(Some(Action::Block)),
+    );
+    assert_eq!(
+        none.version(),
+        same.version(),
+        "the same action is no change"
+    );
+    assert_ne!(none.version(), block.version());
+    let mut f = block.scan("不要地域黑", Direction::Prompt);
+    assert_eq!(f[0].action, Action::Flag);
+    block.for_minor(&mut f);
+    assert_eq!(f[0].action, Action::Block);
+    let mut f = none.scan("不要地域黑", Direction::Prompt);
+    none.for_minor(&mut f);
+    assert_eq!(f[0].action, Action::Flag);
+}

@@ -227,6 +227,8 @@ pub async fn start(loaded: LoadedConfig) -> Result<Running, StartError> {
     }
     let mut records = records::Records::new(auditor, &audit_cfg);
     records.enforcer = crate::enforce::Enforcer::new(&cfg.enforce).map_err(StartError::Runtime)?;
+    records.minor_header =
+        crate::enforce::minor_header(&cfg.enforce.minors).map_err(StartError::Runtime)?;
     records.review =
         crate::review::Review::start(&cfg.review, &loaded.base_dir).map_err(StartError::Runtime)?;
     let complaints = crate::complaints::Complaints::new(&cfg.complaints, &loaded.base_dir)

@@ -157,10 +157,11 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
     };
     let dialect = counted.dialect;
     // Only moderated routes write records: passthrough requests skip the HMAC.
-    let (user, tenant) = if dialect == DialectName::Passthrough {
-        (None, None)
+    let (user, tenant, minor) = if dialect == DialectName::Passthrough {
+        (None, None, false)
     } else {
-        state.records.identity(&parts.headers)
+        let (user, tenant) = state.records.identity(&parts.headers);
+        (user, tenant, state.records.is_minor(&parts.headers))
     };
     let rec = super::records::RecordCtx {
         records: state.records.clone(),
@@ -172,6 +173,7 @@ pub async fn handle(state: Arc<AppState>, req: Request, peer: PeerAddr) -> Respo
         tenant,
         policy: rt.policy.clone(),
         enforce_seq: None,
+        minor,
     };
     let mut log = RequestLog::new(rid, counted, parts.method.clone());
     log.user = user;

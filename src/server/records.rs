@@ -25,6 +25,9 @@ pub struct Records {
     pub enforcer: Option<crate::enforce::Enforcer>,
     /// The monitors' review queue (`review`); `None` when off. Fed where decisions are recorded.
     pub review: Option<crate::review::Review>,
+    /// The header that marks a minor's request (`enforce.minors.header`, whether or not actions
+    /// on users are on): the categories' `minors` actions apply to such requests.
+    pub minor_header: Option<http::HeaderName>,
 }
 
 impl Records {
@@ -38,7 +41,13 @@ impl Records {
             durable: cfg.fsync == crate::audit::FsyncMode::Always,
             enforcer: None,
             review: None,
+            minor_header: None,
         }
+    }
+
+    /// Whether the request is a minor's (`minor_header`).
+    pub fn is_minor(&self, h: &HeaderMap) -> bool {
+        crate::enforce::is_minor(self.minor_header.as_ref(), h)
     }
 
     /// The pseudonymous user (from the user-id header, else the caller's API key) and the tenant.
@@ -81,6 +90,8 @@ pub struct RecordCtx {
     pub policy: Arc<Policy>,
     /// The request's number among its user's (`enforce::Verdict::Serve`), for strikes in a row.
     pub enforce_seq: Option<u64>,
+    /// A minor's request (`Records::is_minor`): the categories' `minors` actions apply.
+    pub minor: bool,
 }
 
 impl RecordCtx {
@@ -91,7 +102,15 @@ impl RecordCtx {
         r.user = self.user.clone();
         r.tenant = self.tenant.clone();
         r.policy_version = Some(self.policy.version().to_string());
+        r.minor = self.minor;
         r
+    }
+
+    /// `findings` as they act on this request (`Policy::for_minor` on a minor's).
+    pub fn act_on(&self, policy: &Policy, findings: &mut [Finding]) {
+        if self.minor && !findings.is_empty() {
+            policy.for_minor(findings);
+        }
     }
 
     /// A decision record for `f`, found in `text` (a bounded, PII-masked excerpt is kept).

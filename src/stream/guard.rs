@@ -172,6 +172,8 @@ pub struct Guard<C: EventCodec> {
     steps: Vec<(usize, ScanStep)>,
     /// With a check of the whole answer at its end (`hold_end_for_verdict`): what it needs.
     end_check: Option<Box<EndCheck>>,
+    /// A minor's request: findings act as their categories' `minors` actions say.
+    minor: bool,
 }
 
 /// The check of a whole streamed answer before its end reaches the client (the classifier's):
@@ -247,7 +249,13 @@ impl<C: EventCodec> Guard<C> {
             scan_time: metrics().scan_completion.clone(),
             steps: Vec::new(),
             end_check: None,
+            minor: false,
         }
+    }
+
+    /// Judge the stream as a minor's request (`Policy::for_minor`).
+    pub fn for_minor(&mut self) {
+        self.minor = true;
     }
 
     /// Check the whole answer before its end reaches the client: keep each channel's released
@@ -535,7 +543,10 @@ impl<C: EventCodec> Guard<C> {
     }
 
     /// Record a scanner step; returns true when it stopped the stream.
-    fn apply_step(&mut self, ci: usize, step: ScanStep, out: &mut Vec<Bytes>) -> bool {
+    fn apply_step(&mut self, ci: usize, mut step: ScanStep, out: &mut Vec<Bytes>) -> bool {
+        if self.minor && !step.findings.is_empty() {
+            self.policy.for_minor(&mut step.findings);
+        }
         for f in step.findings {
             let ch = &self.channels[ci];
             let (context, context_span) = context_of(&ch.tail, ch.tail_start, &f.span);
