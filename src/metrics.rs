@@ -72,6 +72,7 @@ pub struct Metrics {
     // Actions on users.
     pub enforce_verdicts: IntCounterVec,
     pub enforce_strikes: IntCounterVec,
+    pub minor_usage_reminders: IntCounter,
     pub enforce_store_errors: IntCounterVec,
     // Complaints.
     pub complaints_filed: IntCounterVec,
@@ -183,6 +184,7 @@ impl Metrics {
             decisions: counter_vec(&reg, "shenhe_decisions_total", "Moderation findings acted on, by direction (prompt, completion), category and action.", &["direction", "category", "action"]),
             stream_stops: counter_vec(&reg, "shenhe_stream_stops_total", "Streams stopped mid-generation, by category.", &["category"]),
             enforce_verdicts: counter_vec(&reg, "shenhe_enforce_verdicts_total", "Requests on moderated routes judged by the user's standing (enforce): served, warned, restricted, or refused and why.", &["verdict"]),
+            minor_usage_reminders: counter(&reg, "shenhe_minor_usage_reminders_total", "Answers to minors that carried a reminder of their continuous use (enforce.minors.session_reminder)."),
             enforce_strikes: counter_vec(&reg, "shenhe_enforce_strikes_total", "Strikes counted against users (a request with a block decision), by what followed: counted, suspended (the strike began a suspension), store_error.", &["outcome"]),
             enforce_store_errors: counter_vec(&reg, "shenhe_enforce_store_errors_total", "Enforcement store operations that failed or timed out, by operation.", &["op"]),
             complaints_filed: counter_vec(&reg, "shenhe_complaints_filed_total", "Complaints and reports filed (Art. 15), by type and channel (app: the public entry; others: filed by an operator).", &["type", "channel"]),

@@ -400,3 +400,44 @@ enforce:
         "no byte of the match reached the minor: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_minors_long_session_is_reminded_of_in_a_header() {
+    let up = Upstream::fixed(Script::json(
+        r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"好的"},"finish_reason":"stop"}]}"#,
+    ))
+    .await;
+    let yaml = r#"
+enforce:
+  enabled: true
+  minors: { header: "x-user-minor", session_reminder: "1ms" }
+"#;
+    let p = proxy(&up.base_url(), yaml).await;
+    let ask = |minor: &'static str| {
+        client()
+            .post(p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-user-id", "kim")
+            .header("x-user-minor", minor)
+            .body(
+                json!({"model": "m", "messages": [{"role": "user", "content": "你好"}]})
+                    .to_string(),
+            )
+            .send()
+    };
+    let first = ask("1").await.unwrap();
+    assert!(first.headers().get("x-shenhe-usage-reminder").is_none());
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let next = ask("1").await.unwrap();
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.headers()["x-shenhe-usage-reminder"], "0");
+    let adult = ask("0").await.unwrap();
+    assert!(adult.headers().get("x-shenhe-usage-reminder").is_none());
+    let m = admin_text(&p, "/metrics").await;
+    let reminded: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("shenhe_minor_usage_reminders_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(reminded >= 1, "{m}");
+}

@@ -52,7 +52,11 @@ pub async fn handle(mut ctx: RequestCtx, client_body: Body) -> Response {
         return exchange(ctx, client_body).await;
     };
     match verdict {
-        crate::enforce::Verdict::Serve { notice, seq } => {
+        crate::enforce::Verdict::Serve {
+            notice,
+            seq,
+            reminder,
+        } => {
             ctx.rec.enforce_seq = seq;
             let mut resp = exchange(ctx, client_body).await;
             if let Some(n) = notice {
@@ -60,6 +64,10 @@ pub async fn handle(mut ctx: RequestCtx, client_body: Body) -> Response {
                     crate::enforce::NOTICE_HEADER,
                     http::HeaderValue::from_static(n),
                 );
+            }
+            if let Some(minutes) = reminder {
+                resp.headers_mut()
+                    .insert(crate::enforce::REMINDER_HEADER, minutes.into());
             }
             resp
         }

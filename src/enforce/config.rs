@@ -133,6 +133,12 @@ pub struct MinorsConfig {
     /// The local time of `hours` and of the daily cap's date, as an offset from UTC. Default
     /// `+08:00` (China Standard Time).
     pub utc_offset: String,
+    /// After this long of continuous use a minor's answers carry a reminder
+    /// (`x-shenhe-usage-reminder: <minutes>`) for the app to show (against over-reliance, Art.
+    /// 10; the draft rules on anthropomorphic services name 2 hours). `0s`: off. Default `2h`.
+    pub session_reminder: HumanDuration,
+    /// A pause longer than this ends a session of use. Default `30m`.
+    pub session_gap: HumanDuration,
 }
 
 impl Default for MinorsConfig {
@@ -142,6 +148,8 @@ impl Default for MinorsConfig {
             daily_requests: 0,
             hours: None,
             utc_offset: "+08:00".into(),
+            session_reminder: HumanDuration::from_secs(2 * 3600),
+            session_gap: HumanDuration::from_secs(30 * 60),
         }
     }
 }
@@ -244,6 +252,13 @@ impl EnforceConfig {
             if let Err(e) = parse_hours(h) {
                 out.push(issue("minors.hours", e));
             }
+        }
+        let gap = self.minors.session_gap.get();
+        if gap < std::time::Duration::from_secs(1) || gap > std::time::Duration::from_secs(86_400) {
+            out.push(issue(
+                "minors.session_gap",
+                "must be between 1s and 24h".into(),
+            ));
         }
         if let Err(e) = parse_offset(&self.minors.utc_offset) {
             out.push(issue("minors.utc_offset", e));

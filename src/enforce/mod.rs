@@ -7,7 +7,8 @@
 //! send `restricted_requests_per_minute` requests a minute (429 past it); at `suspend_at` (or
 //! `suspend_consecutive` strikes in a row: each a request of the user, none without one between) the
 //! user is refused (403) for `suspend_for`. A minor (a header the provider's own gateway sets)
-//! is served only within `minors.hours` and up to `minors.daily_requests` a local day.
+//! is served only within `minors.hours` and up to `minors.daily_requests` a local day, and
+//! after `minors.session_reminder` of continuous use each answer carries a reminder.
 //!
 //! Users are the pseudonymous ids of the audit records (`u-…`), so the store holds no raw id.
 //! The store is this process's memory or Redis (every replica sees the same standing). When it
@@ -32,6 +33,9 @@ use crate::metrics::metrics;
 
 /// The response header that tells a client its user's standing (`warning`, `restricted`).
 pub const NOTICE_HEADER: &str = "x-shenhe-user-notice";
+/// The response header that tells a client a minor has used the service for this many minutes
+/// without a break (`minors.session_reminder`), for the app to remind them.
+pub const REMINDER_HEADER: &str = "x-shenhe-usage-reminder";
 
 const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 86_400_000;
@@ -44,6 +48,8 @@ pub enum Verdict {
     Serve {
         notice: Option<&'static str>,
         seq: Option<u64>,
+        /// A minor's minutes of continuous use, once past `minors.session_reminder`.
+        reminder: Option<u64>,
     },
     /// Refuse it: the error, seconds after which trying again can succeed, and the sanction
     /// record's detail.
@@ -140,10 +146,7 @@ impl Enforcer {
     pub async fn check(&self, user: Option<&str>, headers: &HeaderMap, now: u64) -> Verdict {
         let verdict = self.judge(user, headers, now).await;
         let label = match &verdict {
-            Verdict::Serve {
-                notice: None,
-                seq: None,
-            } => "served",
+            Verdict::Serve { notice: None, .. } => "served",
             Verdict::Serve {
                 notice: Some("restricted"),
                 ..
@@ -186,6 +189,7 @@ impl Enforcer {
             return Verdict::Serve {
                 notice: None,
                 seq: None,
+                reminder: None,
             };
         };
         let standing = match self.store.admit(user, now, self.window_ms()).await {
@@ -234,9 +238,40 @@ impl Enforcer {
         } else {
             None
         };
+        let reminder = if minor {
+            self.reminder(user, now).await
+        } else {
+            None
+        };
         Verdict::Serve {
             notice,
             seq: standing.seq,
+            reminder,
+        }
+    }
+
+    /// A minor's minutes of continuous use when past `minors.session_reminder` (a store that
+    /// does not answer reminds of nothing: this is advice, not a limit).
+    async fn reminder(&self, user: &str, now: u64) -> Option<u64> {
+        let after = self.cfg.minors.session_reminder.get().as_millis() as u64;
+        if after == 0 {
+            return None;
+        }
+        let gap = self.cfg.minors.session_gap.get().as_millis() as u64;
+        match self.store.session(user, now, gap).await {
+            Ok(start) if now.saturating_sub(start) >= after => {
+                metrics().minor_usage_reminders.inc();
+                Some(now.saturating_sub(start) / MINUTE_MS)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                metrics()
+                    .enforce_store_errors
+                    .with_label_values(&["session"])
+                    .inc();
+                tracing::warn!(error = %e, "Enforcement store did not answer: no usage reminder");
+                None
+            }
         }
     }
 
@@ -270,6 +305,7 @@ impl Enforcer {
             StoreFailure::Open => Verdict::Serve {
                 notice: None,
                 seq: None,
+                reminder: None,
             },
             StoreFailure::Closed => Verdict::refuse(
                 ErrorKind::Unavailable,
@@ -380,11 +416,16 @@ pub fn summary(cfg: &EnforceConfig) -> String {
     let minors = match (&cfg.minors.header, &cfg.minors.hours) {
         (None, _) => "no minors' limits".to_string(),
         (Some(h), hours) => format!(
-            "minors by `{h}`: hours {}, {} requests a day",
+            "minors by `{h}`: hours {}, {} requests a day, reminded after {}",
             hours.as_deref().unwrap_or("any"),
             match cfg.minors.daily_requests {
                 0 => "any".to_string(),
                 n => n.to_string(),
+            },
+            if cfg.minors.session_reminder.get().is_zero() {
+                "never".to_string()
+            } else {
+                cfg.minors.session_reminder.to_string()
             }
         ),
     };

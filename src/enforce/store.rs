@@ -6,7 +6,7 @@
 //! many findings it had); `suspended:{user}` set for the suspension's length; `count:{name}:{user}:{bucket}`
 //! counters of requests a minute or a day; `seq:{user}` the number of a flagged user's latest
 //! request and `streak:{user}` (`n`, `last`) the strikes in a row and the number of the last
-//! struck request; `flagged`, a sorted set of the users with strikes or a
+//! struck request; `session:{user}` a minor's session of use (`start:last`); `flagged`, a sorted set of the users with strikes or a
 //! suspension, scored by when that ends, and `flagged-version`, raised at each change. Users are
 //! pseudonymous ids (`u-…`), never raw ids.
 //!
@@ -46,6 +46,9 @@ pub struct Standing {
     /// flagged (a strike on the next number continues a streak); `None` when not counted.
     pub seq: Option<u64>,
 }
+
+/// How long a memory entry keeps a session after its last request (the longest `session_gap`).
+const SESSION_KEEP_MS: u64 = 86_400_000;
 
 /// What a strike does (`Store::strike`).
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +148,15 @@ impl Store {
         }
     }
 
+    /// A request of `user` in a session of use at `now` (ms): a pause over `gap` ms began a new
+    /// one. Returns when the session began.
+    pub async fn session(&self, user: &str, now: u64, gap: u64) -> Result<u64, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.session(user, now, gap)),
+            Store::Redis(r) => r.session(user, now, gap).await,
+        }
+    }
+
     /// Forget a user's strikes and suspension (an operator's decision, or an erasure).
     pub async fn lift(&self, user: &str) -> Result<(), StoreError> {
         match self {
@@ -167,6 +179,8 @@ struct Entry {
     counters: Vec<(String, u64, u64, u64)>,
     /// Requests admitted while the entry lived (`Standing::seq`).
     seq: u64,
+    /// A session of use (minors): when it began and when the last request came, ms.
+    session: (u64, u64),
     /// Strikes in a row, and the request number of the last one.
     streak: u32,
     streak_last: Option<u64>,
@@ -189,7 +203,8 @@ impl Entry {
     }
 
     fn idle(&self, now: u64) -> bool {
-        self.suspended_until <= now
+        (self.session.1 == 0 || self.session.1 + SESSION_KEEP_MS <= now)
+            && self.suspended_until <= now
             && self.strikes.is_empty()
             && self.counters.iter().all(|c| c.3 <= now)
     }
@@ -298,6 +313,16 @@ impl MemoryStore {
                     1
                 }
             }
+        })
+    }
+
+    fn session(&self, user: &str, now: u64, gap: u64) -> u64 {
+        self.with(user, now, |e| {
+            if e.session.1 == 0 || now.saturating_sub(e.session.1) > gap {
+                e.session.0 = now;
+            }
+            e.session.1 = now;
+            e.session.0
         })
     }
 
@@ -565,6 +590,18 @@ impl RedisStore {
         Ok(n)
     }
 
+    async fn session(&self, user: &str, now: u64, gap: u64) -> Result<u64, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("EVAL")
+            .arg(SESSION_SCRIPT)
+            .arg(1)
+            .arg(self.key("session", user))
+            .arg(now)
+            .arg(gap);
+        let (start,): (String,) = self.run(&p).await?;
+        Ok(start.parse().unwrap_or(now))
+    }
+
     async fn lift(&self, user: &str) -> Result<(), StoreError> {
         let mut p = redis::pipe();
         p.atomic()
@@ -602,6 +639,20 @@ end
 redis.call('HSET', KEYS[1], 'n', n, 'last', seq)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return n
+";
+
+/// A session of use on the server: KEYS `session:{user}` (`start:last`, ms, kept `gap` ms);
+/// ARGV now and the gap. A request within `gap` of the last continues the session. Returns its
+/// start (as text: Lua's numbers would print large ones in exponent form).
+const SESSION_SCRIPT: &str = r"
+local start = ARGV[1]
+local v = redis.call('GET', KEYS[1])
+if v then
+  local s, l = string.match(v, '^(%d+):(%d+)$')
+  if s and tonumber(ARGV[1]) - tonumber(l) <= tonumber(ARGV[2]) then start = s end
+end
+redis.call('SET', KEYS[1], start .. ':' .. ARGV[1], 'PX', ARGV[2])
+return start
 ";
 
 /// Read the flagged users into `flagged` every `every` while the store lives: the whole set when

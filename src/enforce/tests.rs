@@ -214,6 +214,7 @@ async fn minors_are_served_within_their_hours_and_their_daily_cap() {
         daily_requests: 2,
         hours: Some("06:00-22:00".into()),
         utc_offset: "+08:00".into(),
+        ..MinorsConfig::default()
     };
     let e = enforcer(&c).await;
     let mut minor = HeaderMap::new();
@@ -375,4 +376,50 @@ async fn strikes_in_a_row_suspend_in_memory() {
 #[tokio::test]
 async fn strikes_in_a_row_suspend_in_redis() {
     strikes_in_a_row_suspend(StoreKind::Redis).await;
+}
+
+/// A minor's continuous use past `session_reminder` is reminded of on each answer; a pause
+/// longer than `session_gap` starts a new session; adults are never reminded.
+async fn minors_are_reminded_of_long_sessions(store: StoreKind) {
+    let mut c = cfg(store);
+    c.minors = MinorsConfig {
+        header: Some("x-user-minor".into()),
+        ..MinorsConfig::default()
+    };
+    let e = enforcer(&c).await;
+    let mut minor = HeaderMap::new();
+    minor.insert("x-user-minor", HeaderValue::from_static("1"));
+    let adult = HeaderMap::new();
+    let reminder = |v: Verdict| match v {
+        Verdict::Serve { reminder, .. } => reminder,
+        v => panic!("expected to be served, got {v:?}"),
+    };
+    let t0 = Enforcer::now_ms();
+    let min = 60_000;
+    // Requests every 20 minutes: two hours on, each answer reminds.
+    for i in 0..=6u64 {
+        let got = reminder(e.check(Some("u-kid"), &minor, t0 + i * 20 * min).await);
+        assert_eq!(got, (i == 6).then_some(120), "after {} minutes", i * 20);
+        let adult_got = reminder(e.check(Some("u-adult"), &adult, t0 + i * 20 * min).await);
+        assert_eq!(adult_got, None);
+    }
+    assert_eq!(
+        reminder(e.check(Some("u-kid"), &minor, t0 + 125 * min).await),
+        Some(125)
+    );
+    // A 31-minute pause: a new session.
+    assert_eq!(
+        reminder(e.check(Some("u-kid"), &minor, t0 + 156 * min).await),
+        None
+    );
+}
+
+#[tokio::test]
+async fn minors_are_reminded_of_long_sessions_in_memory() {
+    minors_are_reminded_of_long_sessions(StoreKind::Memory).await;
+}
+
+#[tokio::test]
+async fn minors_are_reminded_of_long_sessions_in_redis() {
+    minors_are_reminded_of_long_sessions(StoreKind::Redis).await;
 }
