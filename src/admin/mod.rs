@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 use crate::metrics::metrics;
 use crate::server::{AppState, Shutdown};
 
+mod assessment;
 mod complaints;
 mod review;
 
@@ -35,6 +36,7 @@ pub fn router(app: Arc<AppState>, shutdown: Shutdown) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/admin/policy", get(policy))
+        .route("/admin/assessment", get(assessment::assessment))
         .route("/admin/labels/public-key", get(public_key))
         .route("/admin/reload", post(reload))
         .route("/admin/records", get(records))
@@ -458,6 +460,8 @@ pub mod policy_view {
                     "name_zh": c.name_zh,
                     "name_en": c.name_en,
                     "action": c.action.as_str(),
+                    "minors": c.minors.map(|a| a.as_str()),
+                    "applies_to": c.applies_to,
                     "severity": c.severity,
                     "whole_words": c.whole_words,
                     "terms": st.terms_per_category.get(c.id.as_ref()).copied().unwrap_or(0),

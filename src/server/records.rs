@@ -15,6 +15,9 @@ use crate::server::routes::Route;
 pub struct Records {
     pub auditor: Auditor,
     pub pseudonymizer: Pseudonymizer,
+    /// The pseudonym key comes from a secret (stable across restarts and replicas), not made up
+    /// at start.
+    pub pseudonyms_stable: bool,
     pub user_header: String,
     pub tenant_header: String,
     pub excerpt_chars: usize,
@@ -35,6 +38,7 @@ impl Records {
         Self {
             auditor,
             pseudonymizer: cfg.pseudonymizer.clone(),
+            pseudonyms_stable: !cfg.pseudonym_is_ephemeral(),
             user_header: cfg.user_id_header.clone(),
             tenant_header: cfg.tenant_header.clone(),
             excerpt_chars: cfg.excerpt_chars,
