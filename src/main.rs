@@ -126,6 +126,10 @@ enum Command {
         /// Also write the rates in Prometheus text format (for a textfile collector).
         #[arg(long)]
         metrics_out: Option<PathBuf>,
+        /// Also write the report as JSON to this file (replaced whole), where a running shenhe's
+        /// `/admin/assessment` reads it (`assessment.eval_report`).
+        #[arg(long)]
+        report_out: Option<PathBuf>,
     },
 }
 
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             min_pass,
             json,
             metrics_out,
+            report_out,
         } => {
             use shenhe::eval::{load_bank, BankKind};
             let mut banks = Vec::new();
@@ -278,6 +283,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(out) = metrics_out {
                 std::fs::write(&out, report.prometheus())
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+            }
+            if let Some(out) = report_out {
+                // Written beside and renamed over: a reader never sees half a report.
+                let tmp = out.with_extension("json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)
+                    .and_then(|()| std::fs::rename(&tmp, &out))
                     .with_context(|| format!("cannot write {}", out.display()))?;
             }
             Ok(if report.passed() {

@@ -106,3 +106,62 @@ review: { enabled: true, store: memory }
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn the_acceptance_rates_come_from_the_last_eval_report() {
+    let up = Upstream::fixed(Script::json("{}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eval.json");
+    let p = proxy(
+        &up.base_url(),
+        &format!("assessment:\n  eval_report: \"{}\"\n", path.display()),
+    )
+    .await;
+    // Configured, not yet written: does not conform, and says why.
+    let (res, ev) = {
+        let r = report(&p).await;
+        let (res, ev) = result(&r, "TC260-003 §9");
+        (res.to_string(), ev.clone())
+    };
+    assert_eq!(res, "does_not_conform");
+    assert!(ev["error"].is_string(), "{ev}");
+
+    // The sample banks through the sample policy, as `shenhe eval` writes them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shenhe"))
+        .args(["eval", "--config", "tests/eval/policy.yaml"])
+        .args(["--should-refuse", "tests/eval/should_refuse.jsonl"])
+        .args(["--non-refusal", "tests/eval/non_refusal.jsonl"])
+        .args(["--generated", "tests/eval/generated.jsonl", "--report-out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&p).await;
+    let (res, ev) = result(&r, "TC260-003 §9");
+    assert_eq!(res, "conforms", "{ev}");
+    assert_eq!(ev["mode"], "policy");
+    assert_eq!(ev["banks"].as_array().unwrap().len(), 3);
+    assert!(ev["finished_at"].as_str().unwrap().ends_with('Z'));
+
+    // A run of two banks only proves two rates.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shenhe"))
+        .args(["eval", "--config", "tests/eval/policy.yaml"])
+        .args(["--should-refuse", "tests/eval/should_refuse.jsonl"])
+        .args([
+            "--non-refusal",
+            "tests/eval/non_refusal.jsonl",
+            "--report-out",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r = report(&p).await;
+    let (res, ev) = result(&r, "TC260-003 §9");
+    assert_eq!(res, "does_not_conform");
+    assert_eq!(ev["all_three_banks"], false);
+}

@@ -53,7 +53,17 @@ pub struct Config {
     pub enforce: crate::enforce::EnforceConfig,
     pub complaints: crate::complaints::ComplaintsConfig,
     pub review: crate::review::ReviewConfig,
+    pub assessment: AssessmentConfig,
     pub log: LogConfig,
+}
+
+/// `assessment:` where `/admin/assessment` finds the evidence shenhe does not measure itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssessmentConfig {
+    /// The JSON report `shenhe eval --report-out` last wrote (relative to this file): the
+    /// acceptance rates of TC260-003 §9, read at each call. Default none.
+    pub eval_report: Option<PathBuf>,
 }
 
 /// `server:` the listeners and limits on what clients control.

@@ -146,6 +146,7 @@ pub async fn run_live(
         out.push(bank_report(*kind, items, &verdicts, &goals));
     }
     Ok(Report {
+        finished_at: super::now_rfc3339(),
         mode: "live",
         policy_version: None,
         goals,

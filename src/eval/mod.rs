@@ -181,6 +181,8 @@ const MISSES_SHOWN: usize = 20;
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// When the run ended (RFC 3339, UTC).
+    pub finished_at: String,
     /// `policy` or `live`.
     pub mode: &'static str,
     pub policy_version: Option<String>,
@@ -422,11 +424,17 @@ pub fn run_policy(policy: &Arc<Policy>, banks: &[(BankKind, Vec<Item>)], goals: 
         })
         .collect();
     Report {
+        finished_at: now_rfc3339(),
         mode: "policy",
         policy_version: Some(policy.version().to_string()),
         goals,
         banks,
     }
+}
+
+/// Now, for `Report::finished_at`.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct Runtime {
     pub labeler: Option<Arc<Labeler>>,
     /// The external classifier of prompts; `None` when off.
     pub classifier: Option<Arc<crate::classify::Classifier>>,
+    /// `assessment.eval_report`, resolved against the config file's folder.
+    pub eval_report: Option<PathBuf>,
 }
 
 /// Extra text fields per dialect, parsed once.
@@ -89,6 +91,11 @@ impl Runtime {
             ))
         };
         let classifier = crate::classify::Classifier::new(&config.classifier, &policy)?;
+        let eval_report = config
+            .assessment
+            .eval_report
+            .as_ref()
+            .map(|f| base_dir.join(f));
         Ok(Self {
             config,
             routes,
@@ -98,6 +105,7 @@ impl Runtime {
             extras,
             labeler,
             classifier,
+            eval_report,
         })
     }
 }
