@@ -124,8 +124,10 @@ async fn strike(s: &AdminState, item: &Item) -> Option<String> {
     };
     let request = item.request_id.as_deref().unwrap_or(&item.id);
     let now = crate::enforce::Enforcer::now_ms();
-    let Some(detail) = enf.strike(user, request, None, now).await else {
-        return Some("counted".into());
+    let detail = match enf.strike(user, request, None, now).await {
+        Ok(Some(detail)) => detail,
+        Ok(None) => return Some("counted".into()),
+        Err(_) => return Some("not counted: the enforcement store did not answer".into()),
     };
     let mut r = crate::audit::Record::sanction(request, detail.clone());
     r.user = Some(user.to_string());

@@ -201,7 +201,7 @@ impl Classifier {
             }
             out.push(Finding {
                 category: Arc::clone(&cat.id),
-                action: cat.minors.filter(|_| minor).unwrap_or(cat.action),
+                action: cat.action_for(minor),
                 severity: cat.severity,
                 detector: Detector::Classifier {
                     score_permille: (score.clamp(0.0, 1.0) * 1000.0).round() as u16,

@@ -318,14 +318,15 @@ impl Enforcer {
 
     /// Count a strike against `user` for request `request_id`, number `seq` among the user's
     /// requests (`Verdict::Serve`; `None` when unknown: taken as the latest); the sanction
-    /// record's detail when the strike began a suspension.
+    /// record's detail when the strike began a suspension. A store error is counted and logged
+    /// here.
     pub async fn strike(
         &self,
         user: &str,
         request_id: &str,
         seq: Option<u64>,
         now: u64,
-    ) -> Option<String> {
+    ) -> Result<Option<String>, StoreError> {
         let s = &self.cfg.strikes;
         let rules = store::StrikeRules {
             window: self.window_ms(),
@@ -340,13 +341,13 @@ impl Enforcer {
                     .enforce_strikes
                     .with_label_values(&[outcome])
                     .inc();
-                began.then(|| {
+                Ok(began.then(|| {
                     let secs = self.cfg.suspend_for.get().as_secs();
                     format!(
                         "suspended for {secs}s: {} strikes, {} in a row",
                         after.strikes, after.streak
                     )
-                })
+                }))
             }
             Err(e) => {
                 metrics()
@@ -358,7 +359,7 @@ impl Enforcer {
                     .with_label_values(&["strike"])
                     .inc();
                 tracing::warn!(request_id, error = %e, "Strike not counted: the enforcement store did not answer");
-                None
+                Err(e)
             }
         }
     }

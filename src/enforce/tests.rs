@@ -68,9 +68,13 @@ async fn standing_rises_with_strikes(store: StoreKind) {
     let h = HeaderMap::new();
     let t0 = 1_800_000_000_000;
     assert_eq!(kind(&e.check(Some("u-a"), &h, t0).await), Ok(None));
-    assert!(e.strike("u-a", "req-1", None, t0).await.is_none());
+    assert!(e.strike("u-a", "req-1", None, t0).await.unwrap().is_none());
     // The same request again is not a second strike.
-    assert!(e.strike("u-a", "req-1", None, t0 + 1).await.is_none());
+    assert!(e
+        .strike("u-a", "req-1", None, t0 + 1)
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(
         e.store
             .standing("u-a", t0 + 2, 3_600_000)
@@ -85,7 +89,11 @@ async fn standing_rises_with_strikes(store: StoreKind) {
     );
     assert_eq!(kind(&e.check(Some("u-b"), &h, t0 + 2).await), Ok(None));
     // Restricted: two requests a minute, the third refused until the next minute.
-    assert!(e.strike("u-a", "req-2", None, t0 + 3).await.is_none());
+    assert!(e
+        .strike("u-a", "req-2", None, t0 + 3)
+        .await
+        .unwrap()
+        .is_none());
     let minute = (t0 / 60_000 + 1) * 60_000;
     for i in 0..2 {
         assert_eq!(
@@ -108,11 +116,12 @@ async fn standing_rises_with_strikes(store: StoreKind) {
     );
     // The third strike suspends, and says so once.
     let sanction = e.strike("u-a", "req-3", None, minute + 70_000).await;
-    let detail = sanction.unwrap_or_default();
+    let detail = sanction.unwrap().unwrap_or_default();
     assert!(detail.starts_with("suspended for 600s"), "{detail}");
     assert!(e
         .strike("u-a", "req-4", None, minute + 70_001)
         .await
+        .unwrap()
         .is_none());
     match e.check(Some("u-a"), &h, minute + 71_000).await {
         Verdict::Refuse {
@@ -134,7 +143,7 @@ async fn standing_rises_with_strikes(store: StoreKind) {
         Ok(None)
     );
     // Strikes older than the window do not count.
-    assert!(e.strike("u-c", "req-5", None, t0).await.is_none());
+    assert!(e.strike("u-c", "req-5", None, t0).await.unwrap().is_none());
     assert_eq!(
         kind(&e.check(Some("u-c"), &h, t0 + 3_600_001).await),
         Ok(None)
@@ -167,7 +176,7 @@ async fn replicas_on_one_redis_share_a_users_standing() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    a.strike("u-shared", "req-0", None, now).await;
+    a.strike("u-shared", "req-0", None, now).await.unwrap();
     assert!(
         a.store_may_flag("u-shared"),
         "a strike counts at once where it is made"
@@ -194,7 +203,8 @@ async fn replicas_on_one_redis_share_a_users_standing() {
             None,
             now + 3 + i as u64,
         )
-        .await;
+        .await
+        .unwrap();
     }
     assert_eq!(
         kind(&b.check(Some("u-shared"), &h, now + 10).await),
@@ -273,7 +283,7 @@ async fn a_store_that_does_not_answer_serves_or_refuses_as_configured() {
     let open = Enforcer::new(&c).unwrap().unwrap();
     let started = std::time::Instant::now();
     assert_eq!(kind(&open.check(Some("u-x"), &h, 1).await), Ok(None));
-    assert!(open.strike("u-x", "req", None, 1).await.is_none());
+    assert!(open.strike("u-x", "req", None, 1).await.is_err());
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "bounded by the timeout"
@@ -339,26 +349,42 @@ async fn strikes_in_a_row_suspend(store: StoreKind) {
     if store == StoreKind::Memory {
         assert_eq!(seq(&first), None);
     }
-    assert!(e.strike("u-s", "r-1", seq(&first), t).await.is_none());
+    assert!(e
+        .strike("u-s", "r-1", seq(&first), t)
+        .await
+        .unwrap()
+        .is_none());
     let next = e.check(Some("u-s"), &h, t + 1).await;
     let n = seq(&next).expect("a flagged user's request is numbered");
-    assert!(e.strike("u-s", "r-2", Some(n), t + 1).await.is_none());
+    assert!(e
+        .strike("u-s", "r-2", Some(n), t + 1)
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(e.standing("u-s").await.unwrap().streak, 2);
     // A clean request: the streak ends.
     let clean = seq(&e.check(Some("u-s"), &h, t + 2).await).unwrap();
     assert_eq!(clean, n + 1);
     for (i, req) in ["r-3", "r-4"].iter().enumerate() {
         let s = seq(&e.check(Some("u-s"), &h, t + 3 + i as u64).await);
-        assert!(e.strike("u-s", req, s, t + 3 + i as u64).await.is_none());
+        assert!(e
+            .strike("u-s", req, s, t + 3 + i as u64)
+            .await
+            .unwrap()
+            .is_none());
     }
     // The same request again changes nothing.
     let again = e.strike("u-s", "r-4", Some(n + 3), t + 5).await;
-    assert!(again.is_none());
+    assert!(again.unwrap().is_none());
     let st = e.standing("u-s").await.unwrap();
     assert_eq!((st.strikes, st.streak), (4, 2));
     // A third in a row suspends, with four strikes in the window of ten.
     let s = seq(&e.check(Some("u-s"), &h, t + 6).await);
-    let detail = e.strike("u-s", "r-5", s, t + 6).await.unwrap_or_default();
+    let detail = e
+        .strike("u-s", "r-5", s, t + 6)
+        .await
+        .unwrap()
+        .unwrap_or_default();
     assert!(detail.ends_with("5 strikes, 3 in a row"), "{detail}");
     assert_eq!(
         kind(&e.check(Some("u-s"), &h, t + 7).await),

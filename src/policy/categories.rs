@@ -116,6 +116,14 @@ pub struct Category {
 }
 
 impl Category {
+    /// What a finding of this category does on a `minor`'s request, or anyone's.
+    pub fn action_for(&self, minor: bool) -> Action {
+        match self.minors {
+            Some(a) if minor => a,
+            _ => self.action,
+        }
+    }
+
     /// Whether this is one of the 31 TC260-003 types.
     pub fn is_builtin(&self) -> bool {
         self.group != GROUP_CUSTOM

@@ -318,8 +318,8 @@ impl Policy {
     /// one (the scan itself is the same for everyone).
     pub fn for_minor(&self, findings: &mut [Finding]) {
         for f in findings {
-            if let Some(a) = self.category(&f.category).and_then(|c| c.minors) {
-                f.action = a;
+            if let Some(c) = self.category(&f.category) {
+                f.action = c.action_for(true);
             }
         }
     }

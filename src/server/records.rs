@@ -191,7 +191,7 @@ impl RecordCtx {
         self.queue(r).await;
         if let (true, Some(enf), Some(user)) = (strike, &self.records.enforcer, &self.user) {
             let now = crate::enforce::Enforcer::now_ms();
-            if let Some(detail) = enf
+            if let Ok(Some(detail)) = enf
                 .strike(user, &self.request_id, self.enforce_seq, now)
                 .await
             {
