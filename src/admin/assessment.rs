@@ -120,6 +120,10 @@ pub async fn items(app: &AppState) -> Vec<Item> {
 
     // TC260-003 §8.4: a classification model besides the keywords.
     let cl = &c.classifier;
+    let classifier_calls: u64 = ["ok", "error", "timeout"]
+        .iter()
+        .map(|r| m.classifier_calls.with_label_values(&[r]).get())
+        .sum();
     out.push(item(
         "TC260-003 §8.4",
         "A classification model judges prompts and generated content; keywords alone do not satisfy the standard",
@@ -132,7 +136,7 @@ pub async fn items(app: &AppState) -> Vec<Item> {
             "streamed_answers": cl.streams,
             "stream_check_chars": cl.stream_check_chars,
             "on_error": cl.on_error,
-            "calls": total(&m.classifier_calls),
+            "calls": classifier_calls,
         }),
     ));
 
