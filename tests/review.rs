@@ -29,17 +29,16 @@ async fn reviewed_proxy(policy: &str, review: &str) -> (Proxy, Upstream, tempfil
 
 /// The items waiting, once the writer (off the request's path) has stored at least one.
 async fn waiting(p: &Proxy) -> Vec<Value> {
+    waiting_for(p, 1).await
+}
+
+/// The items waiting, once the writer has stored at least `n` (or 5 s have passed).
+async fn waiting_for(p: &Proxy, n: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let r = client()
-            .get(p.admin_url("/admin/review"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let v: Value = r.json().await.unwrap();
+        let v = admin_json(p, "/admin/review".into()).await;
         let items = v["items"].as_array().unwrap().clone();
-        if !items.is_empty() || std::time::Instant::now() > deadline {
+        if items.len() >= n || std::time::Instant::now() > deadline {
             return items;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -237,14 +236,7 @@ async fn verdicts_feed_back_a_strike_for_a_confirmed_violation_and_dismissed_ter
             "flags let prompts through"
         );
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let items = loop {
-        let items = waiting(&p).await;
-        if items.len() == 4 || std::time::Instant::now() > deadline {
-            break items;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let items = waiting_for(&p, 4).await;
     assert_eq!(items.len(), 4, "{items:?}");
     let id = |i: usize| items[i]["id"].as_str().unwrap().to_string();
     let standing = |user: &str| admin_json(&p, format!("/admin/users?user={user}"));
